@@ -1,0 +1,130 @@
+"""The ``s4seg`` command. Parsers only: each stage's code is imported when its command runs, so
+``s4seg --help`` and the serving commands never import torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from s4seg import __version__
+from s4seg.errors import S4segError
+
+
+def _data_commands(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="make synthetic data, make labeled/unlabeled splits")
+    sub = data.add_subparsers(dest="action", required=True)
+
+    synth = sub.add_parser("synth", help="write the seeded synthetic data set (folder layout)")
+    synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--num-train", type=int, default=600)
+    synth.add_argument("--num-val", type=int, default=150)
+    synth.add_argument("--num-unlabeled", type=int, default=200)
+    synth.add_argument("--size", type=int, default=128, help="image side in pixels")
+
+    split = sub.add_parser("split", help="seeded labeled/unlabeled split of a training set")
+    split.add_argument("--data", required=True, help="data set folder")
+    split.add_argument("--kind", default="auto", help="voc|cityscapes|context|folder|auto")
+    split.add_argument("--train-split", help="name of the training split (layout default)")
+    split.add_argument("--ratio", default="1/8", help="1/50, 1/20, 1/8, 1/4, full, 0.3, ...")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", required=True, help="split file to write (JSON)")
+
+
+def _train_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train a model")
+    sub = train.add_subparsers(dest="trainer", required=True)
+    baseline = sub.add_parser("baseline", help="supervised DeepLabv2 on the labeled part only")
+    baseline.add_argument(
+        "--config",
+        default="voc",
+        help="preset (voc, cityscapes, context, synthetic-quick) or YAML file",
+    )
+    baseline.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.iterations=100",
+    )
+    baseline.add_argument(
+        "--resume",
+        metavar="CKPT|auto",
+        help="continue from a checkpoint; 'auto' = <out_dir>/last.pt if present",
+    )
+
+
+def _evaluate_command(commands: argparse._SubParsersAction) -> None:
+    ev = commands.add_parser("evaluate", help="mIoU, per-class IoU, pixel accuracy, confusion")
+    ev.add_argument("--segmenter", required=True, help="segmenter checkpoint (.pt)")
+    ev.add_argument(
+        "--data", help="data set folder (default: the one the checkpoint was trained on)"
+    )
+    ev.add_argument("--kind", default=None, help="layout of --data (default: auto)")
+    ev.add_argument("--split", default=None, help="split to evaluate (default: val)")
+    ev.add_argument("--out", help="folder for report.json, confusion.csv and predictions")
+    ev.add_argument(
+        "--save-predictions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write colourised predictions of the first N images (PNG)",
+    )
+    ev.add_argument("--max-images", type=int, default=None)
+    ev.add_argument("--device", default="auto")
+
+
+def _bench_commands(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmarks (results go into BENCHMARKS.md)")
+    sub = bench.add_subparsers(dest="target", required=True)
+    train = sub.add_parser("train", help="seconds per training iteration per backbone depth")
+    train.add_argument("--depths", type=int, nargs="+", default=[18, 50, 101])
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--crop", type=int, default=321)
+    train.add_argument("--iterations", type=int, default=3, help="timed iterations per case")
+    train.add_argument("--warmup", type=int, default=1)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s4seg", description="Semi-supervised semantic segmentation: train, export, serve."
+    )
+    parser.add_argument("--version", action="version", version=f"s4seg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _data_commands(commands)
+    _train_commands(commands)
+    _evaluate_command(commands)
+    _bench_commands(commands)
+    return parser
+
+
+def _first_line(error: BaseException) -> str:
+    """Errors raised in data loader workers arrive wrapped with a traceback: keep the message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("data", "train", "evaluate", "bench"):
+            from s4seg.training import commands
+
+            return getattr(commands, f"run_{args.command}")(args) or 0
+    except S4segError as error:
+        print(f"s4seg: error: {_first_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("s4seg: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

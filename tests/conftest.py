@@ -1,0 +1,83 @@
+"""Small data trees in the real on-disk layouts, and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import striped_mask, write_mask, write_rgb
+from s4seg.training.data.synth import write_synthetic
+
+
+@pytest.fixture
+def voc_root(tmp_path: Path) -> Path:
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    ids = [f"2007_{i:06d}" for i in range(10)]
+    for i, sample_id in enumerate(ids):
+        write_rgb(root / "JPEGImages" / f"{sample_id}.jpg", (40, 30), i, "JPEG")
+        write_mask(
+            root / "SegmentationClassAug" / f"{sample_id}.png",
+            striped_mask((40, 30), [0, i % 21, 255]),
+        )
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train_aug.txt").write_text("\n".join(ids[:8]) + "\n")
+    # The authors' list format: image and mask paths relative to the root.
+    (lists / "val.txt").write_text(
+        "".join(f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png\n" for i in ids[8:])
+    )
+    return root
+
+
+@pytest.fixture
+def cityscapes_root(tmp_path: Path) -> Path:
+    root = tmp_path / "cityscapes"
+    for split, city, count in (("train", "aachen", 3), ("val", "lindau", 1)):
+        for i in range(count):
+            stem = f"{city}_{i:06d}_000019"
+            write_rgb(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", (64, 32), i)
+            # labelIds: unlabeled(0), road(7), car(26), bicycle(33), license plate (-1 -> 255)
+            write_mask(
+                root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                striped_mask((64, 32), [0, 7, 26, 33]),
+            )
+    return root
+
+
+@pytest.fixture
+def context_root(tmp_path: Path) -> Path:
+    root = tmp_path / "VOCdevkit" / "VOC2010"
+    ids = [f"2008_{i:06d}" for i in range(4)]
+    for i, sample_id in enumerate(ids):
+        write_rgb(root / "JPEGImages" / f"{sample_id}.jpg", (36, 28), i, "JPEG")
+        write_mask(
+            root / "SegmentationClassContext" / f"{sample_id}.png",
+            striped_mask((36, 28), [0, 59, 30]),
+        )
+    lists = root / "ImageSets" / "SegmentationContext"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("\n".join(ids[:3]) + "\n")
+    (lists / "val.txt").write_text(ids[3] + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(
+        tmp_path_factory.mktemp("synth"), seed=3, num_train=24, num_val=4, num_unlabeled=4, size=64
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (if barely trained) segmenter checkpoint from the real trainer."""
+    from helpers import TINY_TRAINING
+    from s4seg.training.baseline import train_baseline
+    from s4seg.training.config import load_config
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        "synthetic-quick",
+        [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=3", f"train.out_dir={out}"],
+    )
+    return train_baseline(cfg, log=lambda *_: None)

@@ -1,0 +1,36 @@
+"""Helpers shared by the tests: tiny training settings and writers for small data trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_TRAINING = [
+    "model.backbone_depth=18",
+    "data.crop_size=[48, 48]",
+    "data.num_workers=0",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.val_max_images=2",
+    "optim.lr=0.005",
+]
+
+
+def write_rgb(path: Path, size: tuple[int, int], seed: int, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(path)
+
+
+def striped_mask(size: tuple[int, int], values: list[int]) -> np.ndarray:
+    """A mask of vertical stripes with the given values (W x H = size)."""
+    width, height = size
+    columns = np.array(values)[np.arange(width) * len(values) // width]
+    return np.tile(columns, (height, 1))

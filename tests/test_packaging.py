@@ -1,0 +1,35 @@
+"""The installed layout: every package listed, and the shared core free of torch and FastAPI."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapping = config["package-dir"]
+    found = set()
+    for name, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            dotted = ".".join([name, *relative])
+            if not any(
+                f"{other}." in dotted + "." and other != name and dotted.startswith(other + ".")
+                for other in mapping
+            ):
+                found.add(dotted)
+    assert found <= listed, f"not listed in pyproject.toml: {sorted(found - listed)}"
+
+
+def test_shared_core_imports_neither_torch_nor_fastapi() -> None:
+    code = (
+        "import sys, s4seg, s4seg.cli, s4seg.metrics, s4seg.classes, s4seg.visualize, "
+        "s4seg.errors; s4seg.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

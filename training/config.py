@@ -1,0 +1,191 @@
+"""Training configuration: paper defaults, presets, YAML files and ``--set key=value`` overrides.
+
+Every section forbids unknown keys, so a typo is an error that names the key (and suggests the
+closest real one) rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
+
+from s4seg.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    kind: Literal["auto", "voc", "cityscapes", "context", "folder"] = "auto"
+    root: str | None = None
+    train_split: str | None = None  # None: the layout's own (train_aug for VOC, else train)
+    val_split: str | None = None  # None: val
+    labeled_ratio: str = "1/8"
+    split_seed: int = 0
+    split_file: str | None = None  # a saved split; overrides labeled_ratio/split_seed
+    crop_size: tuple[int, int] = (321, 321)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    hflip: bool = True
+    # RGB, on [0, 1] pixels. Recorded in every checkpoint; export and serving use the recorded one.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_workers: int = 2
+
+    @field_validator("labeled_ratio", mode="before")
+    @classmethod
+    def _ratio_text(cls, value: Any) -> str:
+        from .data.split import format_ratio, parse_ratio
+
+        return format_ratio(parse_ratio(value))
+
+
+class ModelConfig(Section):
+    backbone_depth: Literal[18, 34, 50, 101] = 101
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    freeze_bn_affine: bool = True
+    pretrained_backbone: str | None = None  # local torchvision ResNet .pth; None = random init
+
+
+class OptimConfig(Section):
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    head_lr_mult: float = 10.0
+    poly_power: float = 0.9
+
+
+class TrainConfig(Section):
+    iterations: PositiveInt = 40000
+    batch_size: PositiveInt = 8
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 on CUDA, off on the CPU
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
+    log_every: PositiveInt = 50
+    val_every: PositiveInt = 5000  # the authors evaluate every 5k: low-label runs peak early
+    val_max_images: PositiveInt | None = None
+    checkpoint_every: PositiveInt = 1000  # overwrites <out_dir>/last.pt
+    snapshot_every: PositiveInt | None = None  # also keeps <out_dir>/snapshots/iter_NNNNNN.pt
+    out_dir: str = "runs/baseline"
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+PRESETS = ("voc", "cityscapes", "context", "synthetic-quick")
+
+
+def _preset_text(name: str) -> str:
+    return resources.files("s4seg.training.presets").joinpath(f"{name}.yaml").read_text()
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, optim, train)")
+    return data
+
+
+def raw_config(name_or_path: str) -> dict:
+    """A preset name or a YAML file; a file may say ``extends: <preset or file>``."""
+    if name_or_path in PRESETS:
+        data, source = _read_yaml(_preset_text(name_or_path), f"preset {name_or_path}"), None
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config '{name_or_path}' is neither a preset ({', '.join(PRESETS)}) nor a file"
+            )
+        data, source = _read_yaml(path.read_text(), str(path)), path
+    parent = data.pop("extends", None)
+    if parent:
+        if source is not None and parent not in PRESETS:
+            parent = str((source.parent / parent).resolve())
+        data = _deep_merge(raw_config(parent), data)
+    return data
+
+
+def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _all_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` pairs; values are parsed as YAML (so 1e-3, true, [1, 2] work)."""
+    data = _deep_merge({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"--set key '{key}' must be section.name, e.g. train.iterations")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        data.setdefault(parts[0], {})
+        if not isinstance(data[parts[0]], dict):
+            raise ConfigError(f"config section '{parts[0]}' must be a mapping")
+        data[parts[0]][parts[1]] = value
+    return data
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"] if not isinstance(p, int))
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, _all_keys(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"unknown config key '{key}'{hint}")
+        else:
+            problems.append(f"config key '{key}': {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(problems)
+
+
+def build_config(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Paper defaults <- preset or file <- ``--set`` overrides, validated."""
+    return build_config(apply_overrides(raw_config(name_or_path), overrides or []))

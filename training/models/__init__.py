@@ -1,0 +1,52 @@
+"""Model definitions and building them from configs and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from s4seg.errors import CheckpointError
+
+from .deeplabv2 import DeepLabV2, upsample_logits
+
+__all__ = [
+    "DeepLabV2",
+    "segmenter_arch",
+    "segmenter_from_arch",
+    "segmenter_from_checkpoint",
+    "upsample_logits",
+]
+
+
+def segmenter_arch(model_cfg: Any, num_classes: int) -> dict:
+    """What it takes to rebuild the segmenter (stored in checkpoints, checked on load)."""
+    return {
+        "name": "deeplabv2",
+        "num_classes": num_classes,
+        "backbone_depth": model_cfg.backbone_depth,
+        "aspp_rates": list(model_cfg.aspp_rates),
+        "freeze_bn_affine": model_cfg.freeze_bn_affine,
+    }
+
+
+def segmenter_from_arch(arch: dict) -> DeepLabV2:
+    if arch.get("name") != "deeplabv2":
+        raise CheckpointError(f"unknown segmenter architecture {arch.get('name')!r}")
+    return DeepLabV2(
+        num_classes=arch["num_classes"],
+        backbone_depth=arch["backbone_depth"],
+        aspp_rates=arch["aspp_rates"],
+        freeze_bn_affine=arch.get("freeze_bn_affine", True),
+    )
+
+
+def segmenter_from_checkpoint(payload: dict, source: str = "checkpoint") -> DeepLabV2:
+    """Rebuild the segmenter a checkpoint describes and load its weights (strictly)."""
+    if payload.get("kind") != "segmenter":
+        raise CheckpointError(f"{source} is a {payload.get('kind')} checkpoint, not a segmenter")
+    model = segmenter_from_arch(payload["arch"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        detail = str(error).splitlines()[0]
+        raise CheckpointError(f"{source}: weights do not fit {payload['arch']}: {detail}") from None
+    return model
