@@ -24,7 +24,10 @@ def test_image_and_mask_stay_aligned_through_scale_crop_flip() -> None:
         assert image.shape == (3, 16, 16) and mask.shape == (16, 16)
         labeled = mask != 255
         expected = (mask[labeled].float() * 100 / 255 - 0.5) / 0.5
-        assert torch.allclose(image[0][labeled], expected, atol=0.25)
+        # Bilinear resizing blurs the image at band edges (the mask is resized nearest), so allow
+        # a thin seam; a flip or crop applied to one of the two would mismatch most pixels.
+        agree = (image[0][labeled] - expected).abs() < 0.25
+        assert agree.float().mean() > 0.85
 
 
 def test_crop_larger_than_image_pads_mask_with_ignore() -> None:

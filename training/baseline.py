@@ -86,7 +86,11 @@ def checkpoint_payload(cfg, data, model, optimizer, scheduler, iteration, metric
     }
 
 
-def train_baseline(cfg: Config, resumed: dict | None = None, log=print) -> Path:
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train_baseline(cfg: Config, resumed: dict | None = None, log=log_to_stderr) -> Path:
     """Train (continuing ``resumed``, a loaded checkpoint, if given); return the last checkpoint."""
     if resumed is not None and resumed.get("trainer") != "baseline":
         raise CheckpointError(

@@ -201,8 +201,25 @@ class ContextLayout(VOCLayout):
 
 # Cityscapes labelIds -> the 19 trainIds (cityscapesScripts' table); everything else ignored.
 _CITYSCAPES_ID_TO_TRAIN = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-    25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
 }
 CITYSCAPES_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 for _label_id, _train_id in _CITYSCAPES_ID_TO_TRAIN.items():
@@ -274,8 +291,8 @@ class FolderLayout(DataLayout):
         if len(names) > IGNORE_INDEX:
             raise DatasetError(f"{self._class_file}: at most {IGNORE_INDEX} classes")
         self.classes = tuple(names)
-        background = meta.get("background", "background") if isinstance(meta, dict) else (
-            "background"
+        background = (
+            meta.get("background", "background") if isinstance(meta, dict) else ("background")
         )
         if isinstance(background, str):
             self.background_index = self.classes.index(background) if background in names else None
@@ -284,7 +301,9 @@ class FolderLayout(DataLayout):
         elif background is None:
             self.background_index = None
         else:
-            raise DatasetError(f"{self._class_file}: 'background' must be a class name, index or null")
+            raise DatasetError(
+                f"{self._class_file}: 'background' must be a class name, index or null"
+            )
         palette = meta.get("palette") if isinstance(meta, dict) else None
         self._palette = [tuple(int(v) for v in c) for c in palette] if palette else None
 
@@ -299,7 +318,9 @@ class FolderLayout(DataLayout):
                     return yaml.safe_load(path.read_text())
                 except (json.JSONDecodeError, yaml.YAMLError) as error:
                     raise DatasetError(f"can not parse {path}: {error}") from None
-        raise DatasetError(f"class names not found: expected {self.root}/classes.yaml or classes.json")
+        raise DatasetError(
+            f"class names not found: expected {self.root}/classes.yaml or classes.json"
+        )
 
     @property
     def palette(self) -> Palette:

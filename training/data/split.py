@@ -27,7 +27,9 @@ def parse_ratio(text: str | float) -> Fraction:
         else:
             value = Fraction(raw)
     except (ValueError, ZeroDivisionError):
-        raise DatasetError(f"labeled ratio '{text}' is not a fraction like 1/8, 0.125 or full") from None
+        raise DatasetError(
+            f"labeled ratio '{text}' is not a fraction like 1/8, 0.125 or full"
+        ) from None
     if not 0 < value <= 1:
         raise DatasetError(f"labeled ratio '{text}' must lie in (0, 1]")
     return value
@@ -75,9 +77,7 @@ class Split:
         return asdict(self)
 
 
-def make_split(
-    layout: DataLayout, train_split: str, ratio: str | float, seed: int
-) -> Split:
+def make_split(layout: DataLayout, train_split: str, ratio: str | float, seed: int) -> Split:
     """Labeled = the first ``int(ratio * N)`` of a seeded permutation of the training ids.
 
     The rule of the authors' code, seeded (theirs is not) so that a split can be made again.

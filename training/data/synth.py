@@ -1,13 +1,14 @@
 """A seeded procedural segmentation data set, written to disk in the generic folder layout.
 
-Object classes differ by shape only (colour and texture are drawn from one shared distribution),
-two pairs are easy to confuse (disc/ring, square/diamond), backgrounds are textured and carry
-shape-less clutter of the same textures, objects occlude each other, and pixel noise is added.
-A model must learn shape from few labels, so label count matters.
+Objects are saturated and backgrounds muted, and each class has a hue family, so a small network
+finds objects quickly; but disc/ring and square/diamond share their family and differ by shape
+only, shape-less clutter of any hue lies on the background, objects occlude each other and pixel
+noise is added. Telling shapes apart is what needs labels, so label count matters.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 from collections.abc import Callable
@@ -29,16 +30,36 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(up, dtype=np.float32) / 255.0
 
 
-def _texture(rng: np.random.Generator, size: int, foreground: bool) -> np.ndarray:
-    """An HxWx3 float texture: two colours mixed by noise, stripes, a checkerboard or a ramp.
+# Hue families: colour tells the family, only shape tells disc from ring and square from diamond.
+CLASS_HUES = {
+    "disc": 0.0,
+    "ring": 0.0,
+    "square": 0.33,
+    "diamond": 0.33,
+    "triangle": 0.6,
+    "cross": 0.8,
+}
 
-    Objects (and the clutter meant to be mistaken for them) get saturated colours and noise or
-    stripes; backgrounds get muted colours and any pattern, so that finding objects is learnable
-    quickly while telling their classes apart takes shape, and hence labels.
-    """
-    low, high = (0.0, 1.0) if foreground else (0.2, 0.8)
-    a, b = rng.uniform(low, high, 3), rng.uniform(low, high, 3)
-    kind = rng.integers(2) if foreground else rng.integers(4)
+
+def _colour(rng: np.random.Generator, hue: float | None) -> np.ndarray:
+    """Saturated colour of a hue family (objects), any hue (clutter), or muted (background)."""
+    if hue is None:
+        return np.array(
+            colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.35), rng.uniform(0.3, 0.9))
+        )
+    return np.array(
+        colorsys.hsv_to_rgb(
+            (hue + rng.normal(0, 0.04)) % 1.0, rng.uniform(0.55, 1.0), rng.uniform(0.45, 1.0)
+        )
+    )
+
+
+def _texture(rng: np.random.Generator, size: int, hue: float | None, saturated: bool) -> np.ndarray:
+    """An HxWx3 float texture: two colours mixed by noise, stripes, a checkerboard or a ramp."""
+    if saturated:
+        hue = rng.random() if hue is None else hue
+    a, b = _colour(rng, hue if saturated else None), _colour(rng, hue if saturated else None)
+    kind = rng.integers(2) if saturated else rng.integers(4)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if kind == 0:
         weight = _smooth_noise(rng, size, int(rng.integers(2, 8)))
@@ -94,8 +115,10 @@ def _blob(draw: ImageDraw.ImageDraw, cx, cy, r, rng) -> None:
     radii = r * rng.uniform(0.4, 1.0, points)
     draw.polygon(
         [
-            (cx + radii[k] * math.cos(2 * math.pi * k / points),
-             cy + radii[k] * math.sin(2 * math.pi * k / points))
+            (
+                cx + radii[k] * math.cos(2 * math.pi * k / points),
+                cy + radii[k] * math.sin(2 * math.pi * k / points),
+            )
             for k in range(points)
         ],
         fill=255,
@@ -104,19 +127,19 @@ def _blob(draw: ImageDraw.ImageDraw, cx, cy, r, rng) -> None:
 
 def render_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """One image (HxWx3 uint8) and its mask (HxW uint8 class indices)."""
-    image = _texture(rng, size, foreground=False)
+    image = _texture(rng, size, hue=None, saturated=False)
     mask = np.zeros((size, size), dtype=np.uint8)
 
-    def paste(draw_fn: Callable[[ImageDraw.ImageDraw], None], label: int | None) -> None:
+    def paste(draw_fn: Callable[[ImageDraw.ImageDraw], None], label: int) -> None:
         silhouette = Image.new("L", (size, size), 0)
         draw_fn(ImageDraw.Draw(silhouette))
         region = np.asarray(silhouette) > 127
-        image[region] = _texture(rng, size, foreground=True)[region]
-        if label is not None:
-            mask[region] = label
+        hue = CLASS_HUES.get(SYNTH_CLASSES[label])  # clutter (label 0): a random hue
+        image[region] = _texture(rng, size, hue, saturated=True)[region]
+        mask[region] = label
 
     for _ in range(int(rng.integers(0, 3))):
-        cx, cy, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(size * 0.1, size * 0.25)]
+        cx, cy, r = [*rng.uniform(0, size, 2).tolist(), rng.uniform(size * 0.1, size * 0.25)]
         paste(lambda d, cx=cx, cy=cy, r=r: _blob(d, cx, cy, r, rng), label=0)
     for _ in range(int(rng.integers(1, 4))):
         label = int(rng.integers(1, len(SYNTH_CLASSES)))
@@ -164,11 +187,23 @@ def write_synthetic(
             done += 1
             if progress:
                 progress(done, total)
-    meta = {"classes": list(SYNTH_CLASSES), "background": "background",
-            "palette": [list(c) for c in palette]}
+    meta = {
+        "classes": list(SYNTH_CLASSES),
+        "background": "background",
+        "palette": [list(c) for c in palette],
+    }
     (root / "classes.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     (root / "synth.json").write_text(
-        json.dumps({"seed": seed, "num_train": num_train, "num_val": num_val,
-                    "num_unlabeled": num_unlabeled, "size": size}, indent=1) + "\n"
+        json.dumps(
+            {
+                "seed": seed,
+                "num_train": num_train,
+                "num_val": num_val,
+                "num_unlabeled": num_unlabeled,
+                "size": size,
+            },
+            indent=1,
+        )
+        + "\n"
     )
     return root
