@@ -63,6 +63,42 @@ class OptimConfig(Section):
     poly_power: float = 0.9
 
 
+class GanConfig(Section):
+    """s4GAN (paper section 3.1, hyper-parameters of section 4.1.3)."""
+
+    losses: Literal["ce", "ce+sgan", "ce+fm", "ce+fm+st"] = "ce+fm+st"  # Table 6 rows
+    lambda_fm: float = 0.1
+    lambda_st: float = 1.0
+    lambda_adv: float = 0.01  # only for ce+sgan; the paper gives none, 0.01 is Hung et al.'s
+    gamma: float = 0.6  # self-training threshold on D's score (0.7 for Cityscapes)
+    unlabeled_batch_size: PositiveInt | None = None  # None: train.batch_size
+    d_lr: float = 1e-4  # Adam, poly(0.9) (1e-5 for Cityscapes)
+    d_betas: tuple[float, float] = (0.9, 0.99)
+    d_dropout: float = 0.5
+    d_dropout_after_last: bool = True  # the paper; the authors' code has none after the 4th conv
+    log_history_every: PositiveInt = 10  # rows of d_scores.csv / the D-score plot
+
+
+class MlmtConfig(Section):
+    """MLMT, the Mean-Teacher multi-label classifier (paper section 3.2)."""
+
+    depth: Literal[18, 34, 50, 101] = 101
+    pretrained_backbone: str | None = None
+    input_size: PositiveInt = 320
+    lr: float = 3e-2  # SGD nesterov, cosine to lr_min
+    lr_min: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    labeled_batch_size: PositiveInt = 16
+    unlabeled_batch_size: PositiveInt = 80
+    consistency: Literal["mse", "cosine"] = "mse"  # the paper's eq. 6; the authors' code: cosine
+    consistency_weight: float = 1.0
+    burn_in_epochs: float = 10.0  # consistency weight 0, epochs of the labeled set
+    rampup_epochs: float = 5.0
+    ema_max_decay: float = 0.999
+    weak_labels: str | None = None  # JSON {image id: [class names]}: Table 7's weak-label mode
+
+
 class TrainConfig(Section):
     iterations: PositiveInt = 40000
     batch_size: PositiveInt = 8
@@ -82,6 +118,8 @@ class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
+    gan: GanConfig = GanConfig()
+    mlmt: MlmtConfig = MlmtConfig()
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict:
@@ -111,7 +149,9 @@ def _read_yaml(text: str, source: str) -> dict:
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data, model, optim, train)")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections (data, model, optim, gan, mlmt, train)"
+        )
     return data
 
 

@@ -40,7 +40,7 @@ def evaluate_segmenter(
     num_classes: int,
     runtime: Runtime,
     max_images: int | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     on_prediction: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Confusion matrix over the data set, one whole image at a time (images differ in size)."""
@@ -50,7 +50,13 @@ def evaluate_segmenter(
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     try:
         items = islice((dataset[i] for i in range(len(dataset))), total)
-        for item in tqdm(items, total=total, desc="evaluate", disable=not progress, leave=False):
+        for item in tqdm(
+            items,
+            total=total,
+            desc="evaluate",
+            leave=False,
+            disable=None if progress is None else not progress,  # None: only on a terminal
+        ):
             probabilities = predict_probabilities(model, item["image"][None], runtime)
             prediction = probabilities.argmax(1)[0].cpu().numpy()
             confusion += confusion_matrix(item["mask"].numpy(), prediction, num_classes)
@@ -130,7 +136,7 @@ def evaluate_checkpoint(
         layout.num_classes,
         runtime,
         max_images,
-        progress=True,
+        progress=None,
         on_prediction=keep_picture,
     )
     extra = {

@@ -1,0 +1,55 @@
+"""The s4GAN losses (paper eq. 1-5) and the helpers that prepare the discriminator's inputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from s4seg import IGNORE_INDEX
+
+
+def one_hot_with_ignore(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) labels -> (N, C, H, W) one-hot; ignore pixels become all-zero vectors."""
+    valid = mask != IGNORE_INDEX
+    safe = torch.where(valid, mask, torch.zeros_like(mask))
+    one_hot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).float()
+    return one_hot * valid.unsqueeze(1)
+
+
+def minmax01(images: torch.Tensor) -> torch.Tensor:
+    """Scale each image to [0, 1] (what D sees next to the maps, as in the authors' code)."""
+    flat = images.flatten(1)
+    low = flat.min(1).values.view(-1, 1, 1, 1)
+    high = flat.max(1).values.view(-1, 1, 1, 1)
+    return (images - low) / (high - low).clamp_min(1e-8)
+
+
+def feature_matching_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: L1 distance of the batch means of D's pooled features (mean over dimensions)."""
+    return (real.mean(0) - fake.mean(0)).abs().mean()
+
+
+def self_training_loss(
+    logits: torch.Tensor, d_fake_prob: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3: cross-entropy of unlabeled predictions against their own argmax, for the samples
+    whose discriminator score is at least ``gamma`` (the paper's condition; the authors' code
+    uses ``>``). Returns the loss (0 when no sample qualifies) and the per-sample selection."""
+    selected = d_fake_prob.detach() >= gamma
+    if not bool(selected.any()):
+        return logits.sum() * 0.0, selected
+    chosen = logits[selected]
+    pseudo = chosen.detach().argmax(1)
+    return F.cross_entropy(chosen, pseudo), selected
+
+
+def discriminator_loss(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 as a loss to minimise: (BCE(D(fake), 0) + BCE(D(real), 1)) / 2."""
+    fake = F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+    real = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+    return (fake + real) / 2
+
+
+def generator_adversarial_loss(fake_logit: torch.Tensor) -> torch.Tensor:
+    """The standard GAN loss for S (Table 6's CE+SGAN row): BCE(D(S(x_u)), 1)."""
+    return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))

@@ -1,0 +1,38 @@
+"""Mean Teacher pieces: the EMA teacher update and the consistency-weight schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def ema_decay(step: int, max_decay: float = 0.999) -> float:
+    """min(1 - 1/(step + 1), max_decay): the teacher follows closely at first, then averages."""
+    return min(1.0 - 1.0 / (step + 1), max_decay)
+
+
+@torch.no_grad()
+def update_teacher(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student, for parameters; buffers (BN
+    statistics) are copied from the student."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)
+
+
+def sigmoid_rampup(progress: float) -> float:
+    """exp(-5 (1 - t)^2) for t in [0, 1] (Laine & Aila, used by Mean Teacher)."""
+    t = min(max(progress, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def consistency_weight(step: int, burn_in: int, rampup: int, weight: float) -> float:
+    """0 during burn-in, then ramped up to ``weight`` over ``rampup`` steps."""
+    if step < burn_in:
+        return 0.0
+    if rampup <= 0:
+        return weight
+    return weight * sigmoid_rampup((step - burn_in) / rampup)
