@@ -32,33 +32,44 @@ def _data_commands(commands: argparse._SubParsersAction) -> None:
     split.add_argument("--out", required=True, help="split file to write (JSON)")
 
 
+TRAINERS = {
+    "baseline": "supervised DeepLabv2 on the labeled part only (the paper's DeepLabv2 rows)",
+    "s4gan": "s4GAN: DeepLabv2 as the generator of a GAN (CE + feature matching + self-training)",
+    "mlmt": "MLMT: the Mean-Teacher multi-label classifier that gates the segmenter's classes",
+}
+
+
 def _train_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model")
     sub = train.add_subparsers(dest="trainer", required=True)
-    baseline = sub.add_parser("baseline", help="supervised DeepLabv2 on the labeled part only")
-    baseline.add_argument(
-        "--config",
-        default="voc",
-        help="preset (voc, cityscapes, context, synthetic-quick) or YAML file",
-    )
-    baseline.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. train.iterations=100",
-    )
-    baseline.add_argument(
-        "--resume",
-        metavar="CKPT|auto",
-        help="continue from a checkpoint; 'auto' = <out_dir>/last.pt if present",
-    )
+    for name, text in TRAINERS.items():
+        trainer = sub.add_parser(name, help=text, description=text)
+        trainer.add_argument(
+            "--config",
+            default="voc",
+            help="preset (voc, cityscapes, context, synthetic-quick) or YAML file",
+        )
+        trainer.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. train.iterations=100",
+        )
+        trainer.add_argument(
+            "--resume",
+            metavar="CKPT|auto",
+            help="continue from a checkpoint; 'auto' = <out_dir>/last.pt if present",
+        )
 
 
 def _evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("evaluate", help="mIoU, per-class IoU, pixel accuracy, confusion")
     ev.add_argument("--segmenter", required=True, help="segmenter checkpoint (.pt)")
+    ev.add_argument("--classifier", help="MLMT checkpoint: report gated and ungated mIoU")
+    ev.add_argument("--tau", type=float, default=0.2, help="gate threshold (paper: 0.2)")
+    ev.add_argument("--tau-sweep", action="store_true", help="also report several tau values")
     ev.add_argument(
         "--data", help="data set folder (default: the one the checkpoint was trained on)"
     )

@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from s4seg.errors import ConfigError
-
 from .config import apply_overrides, build_config, load_config
 
 
@@ -54,21 +52,27 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .baseline import train_baseline
     from .checkpoint import load_checkpoint
 
+    if args.trainer == "s4gan":
+        from .s4gan import train_s4gan as train
+    elif args.trainer == "mlmt":
+        from .mlmt import train_mlmt as train
+    else:
+        from .baseline import train_baseline as train
+    kind = "classifier" if args.trainer == "mlmt" else "segmenter"
     cfg = load_config(args.config, args.overrides)
+    if cfg.train.out_dir is None:
+        cfg.train.out_dir = f"runs/{Path(args.config).stem}-{args.trainer}"
     resumed = None
     if args.resume:
         path = Path(cfg.train.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
         if args.resume != "auto" or path.is_file():
-            resumed = load_checkpoint(path, kind="segmenter")
+            resumed = load_checkpoint(path, kind=kind)
             # The run continues with the configuration it started with; --set still applies
             # (e.g. more iterations).
             cfg = build_config(apply_overrides(resumed["config"], args.overrides))
-    if args.trainer != "baseline":  # pragma: no cover - argparse restricts the choices
-        raise ConfigError(f"unknown trainer {args.trainer}")
-    last = train_baseline(cfg, resumed)
+    last = train(cfg, resumed)
     if last.is_file():
         print(f"checkpoint: {last}")
     return 0
@@ -86,6 +90,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.save_predictions,
         args.max_images,
         args.device,
+        args.classifier,
+        args.tau,
+        args.tau_sweep,
     )
     print(table)
     if args.out:

@@ -111,7 +111,7 @@ class TrainConfig(Section):
     val_max_images: PositiveInt | None = None
     checkpoint_every: PositiveInt = 1000  # overwrites <out_dir>/last.pt
     snapshot_every: PositiveInt | None = None  # also keeps <out_dir>/snapshots/iter_NNNNNN.pt
-    out_dir: str = "runs/baseline"
+    out_dir: str | None = None  # None: runs/<preset or file name>-<trainer>
 
 
 class Config(Section):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision import tv_tensors
 from tqdm import tqdm
 
-from s4seg.errors import DatasetError
+from s4seg.errors import CheckpointError, DatasetError
 from s4seg.metrics import confusion_matrix, format_table, scores
 from s4seg.visualize import colorize, panel
 
@@ -20,6 +20,7 @@ from .checkpoint import load_checkpoint
 from .data.dataset import SegmentationDataset
 from .data.layouts import open_layout
 from .data.transforms import eval_transform
+from .gate import DEFAULT_TAU, gated_argmax
 from .models import segmenter_from_checkpoint, upsample_logits
 from .runtime import Runtime, setup_runtime
 
@@ -41,7 +42,6 @@ def evaluate_segmenter(
     runtime: Runtime,
     max_images: int | None = None,
     progress: bool | None = True,
-    on_prediction: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Confusion matrix over the data set, one whole image at a time (images differ in size)."""
     was_training = model.training
@@ -60,17 +60,14 @@ def evaluate_segmenter(
             probabilities = predict_probabilities(model, item["image"][None], runtime)
             prediction = probabilities.argmax(1)[0].cpu().numpy()
             confusion += confusion_matrix(item["mask"].numpy(), prediction, num_classes)
-            if on_prediction is not None:
-                on_prediction(item["index"], prediction)
     finally:
         model.train(was_training)
     return confusion
 
 
-def write_report(out_dir: Path, class_names: list[str], confusion: np.ndarray, extra: dict) -> dict:
+def write_report(out_dir: Path, class_names: list[str], report: dict) -> None:
     """report.json (figures + confusion matrix) and confusion.csv, both machine-readable."""
-    result = scores(confusion)
-    report = {**extra, **result.as_dict(class_names), "confusion_matrix": confusion.tolist()}
+    confusion = report["confusion_matrix"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     header = "target\\prediction," + ",".join(class_names)
@@ -79,7 +76,27 @@ def write_report(out_dir: Path, class_names: list[str], confusion: np.ndarray, e
         for name, row in zip(class_names, confusion, strict=True)
     ]
     (out_dir / "confusion.csv").write_text("\n".join([header, *rows]) + "\n")
-    return report
+
+
+TAU_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def format_comparison(class_names: list[str], ungated, gated, tau: float) -> str:
+    """Per-class IoU without and with the classifier gate, side by side."""
+    width = max(len("class"), *(len(n) for n in class_names))
+    rows = [f"{'class':<{width}}  ungated  gated(tau={tau:g})", f"{'-' * width}  -------  ------"]
+
+    def cell(value):
+        return "    n/a" if value is None else f"{100 * value:7.2f}"
+
+    for name, a, b in zip(class_names, ungated.iou, gated.iou, strict=True):
+        rows.append(f"{name:<{width}}  {cell(a)}  {cell(b)}")
+    rows.append(f"{'-' * width}  -------  ------")
+    rows.append(f"{'mIoU':<{width}}  {cell(ungated.miou)}  {cell(gated.miou)}")
+    rows.append(
+        f"{'pixel acc':<{width}}  {cell(ungated.pixel_accuracy)}  {cell(gated.pixel_accuracy)}"
+    )
+    return "\n".join(rows)
 
 
 def evaluate_checkpoint(
@@ -91,66 +108,104 @@ def evaluate_checkpoint(
     save_predictions: int = 0,
     max_images: int | None = None,
     device: str = "auto",
+    classifier: str | None = None,
+    tau: float = DEFAULT_TAU,
+    tau_sweep: bool = False,
 ) -> tuple[dict, str]:
-    """Evaluate a segmenter checkpoint; return the report and a readable table."""
+    """Evaluate a segmenter checkpoint, gated by a classifier checkpoint if given.
+
+    Returns the report (figures, confusion matrix) and a readable table.
+    """
     payload = load_checkpoint(checkpoint, kind="segmenter")
     model = segmenter_from_checkpoint(payload, checkpoint)
     trained_on = payload["split"]["dataset"]  # resolved root and kind of the training data
     layout = open_layout(
         data_root or trained_on["root"], kind or ("auto" if data_root else trained_on["kind"])
     )
-    if list(layout.classes) != payload["classes"]:
+    classes = list(layout.classes)
+    if classes != payload["classes"]:
         raise DatasetError(
-            f"{layout.root} has classes {list(layout.classes)[:6]}... but the checkpoint was "
-            "trained "
-            f"on {payload['classes'][:6]}..."
+            f"{layout.root} has classes {classes[:6]}... but {checkpoint} was trained on "
+            f"{payload['classes'][:6]}..."
         )
-    split = split or layout.default_val_split
-    norm = payload["normalization"]
-    dataset = SegmentationDataset(
-        layout, layout.samples(split), eval_transform(norm["mean"], norm["std"])
-    )
     runtime = setup_runtime(device, amp="off", channels_last="off")
-    model.to(runtime.device)
-    palette = payload["palette"]
+    model.to(runtime.device).eval()
+    gate_model = cls_view = None
+    if classifier:
+        from .data.classification import eval_view
+        from .mlmt import classifier_from_checkpoint
+
+        cls_payload = load_checkpoint(classifier, kind="classifier")
+        if cls_payload["classes"] != classes:
+            raise CheckpointError(f"{classifier} was trained on other classes than {checkpoint}")
+        gate_model = classifier_from_checkpoint(cls_payload, classifier).to(runtime.device).eval()
+        cls_view = eval_view(cls_payload["arch"]["input_size"])
+    split = split or layout.default_val_split
+    samples = layout.samples(split)[:max_images]
+    norm = payload["normalization"]
+    seg_view = eval_transform(norm["mean"], norm["std"])
+    taus = sorted({tau, *TAU_SWEEP}) if (tau_sweep and gate_model is not None) else [tau]
+    num_classes = len(classes)
+    ungated_cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    gated_cm = {t: np.zeros_like(ungated_cm) for t in taus}
+    background = payload["background_index"]
     out = Path(out_dir) if out_dir else None
-    shown = 0
+    for index, sample in enumerate(tqdm(samples, desc="evaluate", leave=False, disable=None)):
+        image = layout.read_image(sample)
+        truth = layout.read_mask(sample)
+        pixels = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        probabilities = predict_probabilities(model, seg_view(pixels)[None], runtime)
+        prediction = probabilities.argmax(1)[0].cpu().numpy()
+        ungated_cm += confusion_matrix(truth, prediction, num_classes)
+        shown = prediction
+        if gate_model is not None:
+            with torch.no_grad():
+                class_probs = torch.sigmoid(gate_model(cls_view(pixels)[None].to(runtime.device)))
+            for t in taus:
+                labels, _ = gated_argmax(probabilities, class_probs, t, background)
+                labels = labels[0].cpu().numpy()
+                gated_cm[t] += confusion_matrix(truth, labels, num_classes)
+                if t == tau:
+                    shown = labels
+        if out is not None and index < save_predictions:
+            name = sample.id.replace("/", "_")
+            palette = payload["palette"]
+            (out / "predictions").mkdir(parents=True, exist_ok=True)
+            colorize(shown, palette).save(out / "predictions" / f"{name}.png")
+            pictures = [image, colorize(truth, palette), colorize(prediction, palette)]
+            if gate_model is not None:
+                pictures.append(colorize(shown, palette))
+            panel(pictures).save(out / "predictions" / f"{name}_panel.png")
 
-    def keep_picture(index: int, prediction: np.ndarray) -> None:
-        nonlocal shown
-        if out is None or shown >= save_predictions:
-            return
-        sample = dataset.samples[index]
-        name = sample.id.replace("/", "_")
-        (out / "predictions").mkdir(parents=True, exist_ok=True)
-        colorize(prediction, palette).save(out / "predictions" / f"{name}.png")
-        truth = colorize(layout.read_mask(sample), palette)
-        panel([layout.read_image(sample), truth, colorize(prediction, palette)]).save(
-            out / "predictions" / f"{name}_panel.png"
-        )
-        shown += 1
-
-    confusion = evaluate_segmenter(
-        model,
-        dataset,
-        layout.num_classes,
-        runtime,
-        max_images,
-        progress=None,
-        on_prediction=keep_picture,
-    )
     extra = {
         "checkpoint": str(checkpoint),
+        "classifier": classifier,
         "data": layout.describe(),
         "split": split,
-        "images": min(len(dataset), max_images or len(dataset)),
+        "images": len(samples),
         "iteration": payload.get("iteration"),
         "protocol": "single scale, no flip",
     }
-    result = scores(confusion)
-    report = (
-        write_report(out, list(layout.classes), confusion, extra)
-        if out
-        else {**extra, **result.as_dict(list(layout.classes))}
-    )
-    return report, format_table(list(layout.classes), result)
+    ungated = scores(ungated_cm)
+    if gate_model is None:
+        report = {**extra, **ungated.as_dict(classes), "confusion_matrix": ungated_cm.tolist()}
+        table = format_table(classes, ungated)
+    else:
+        gated = scores(gated_cm[tau])
+        report = {
+            **extra,
+            "tau": tau,
+            **gated.as_dict(classes),
+            "confusion_matrix": gated_cm[tau].tolist(),
+            "ungated": {**ungated.as_dict(classes), "confusion_matrix": ungated_cm.tolist()},
+        }
+        if tau_sweep:
+            report["tau_sweep"] = [{"tau": t, "miou": scores(gated_cm[t]).miou} for t in taus]
+        table = format_comparison(classes, ungated, gated, tau)
+        if tau_sweep:
+            table += "\n\ntau sweep (gated mIoU): " + ", ".join(
+                f"{t:g}: {100 * scores(gated_cm[t]).miou:.2f}" for t in taus
+            )
+    if out is not None:
+        write_report(out, classes, report)
+    return report, table

@@ -65,7 +65,7 @@ class SegmenterRun:
         self.cfg, self.runtime, self.trainer, self.resumed, self.log = (
             cfg, runtime, trainer, resumed, log
         )  # fmt: skip
-        self.out_dir = Path(cfg.train.out_dir)
+        self.out_dir = Path(cfg.train.out_dir or f"runs/{trainer}")
         self.extra_state: Callable[[], dict[str, Any]] = dict
         seed_everything(cfg.train.seed + runtime.rank)
 
