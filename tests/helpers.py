@@ -15,6 +15,14 @@ TINY_TRAINING = [
     "train.log_every=1",
     "train.val_max_images=2",
     "optim.lr=0.005",
+    "mlmt.depth=18",
+    "mlmt.input_size=32",
+    "mlmt.labeled_batch_size=2",
+    "mlmt.unlabeled_batch_size=4",
+    "mlmt.burn_in_epochs=0.5",
+    "mlmt.rampup_epochs=1",
+    "gan.gamma=0.4",
+    "gan.log_history_every=1",
 ]
 
 

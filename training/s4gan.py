@@ -13,6 +13,7 @@ DistributedDataParallel, which allows one forward per backward.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from s4seg import IGNORE_INDEX
 
-from .config import Config
+from .config import Config, GanConfig
 from .losses import (
     discriminator_loss,
     feature_matching_loss,
@@ -108,6 +109,52 @@ def write_history(history: list[dict], out_dir: Path) -> None:
     plt.close(figure)
 
 
+@dataclass
+class GanTerms:
+    loss: torch.Tensor  # weighted sum of the GAN terms of L_S (added to L_ce)
+    scalars: dict[str, float]
+
+
+def segmenter_gan_terms(
+    discriminator: Discriminator,
+    logits_u: torch.Tensor,
+    images_u: torch.Tensor,
+    real_maps: torch.Tensor,
+    images_r: torch.Tensor,
+    gan: GanConfig,
+) -> GanTerms:
+    """The GAN terms of eq. 4 for S: feature matching, self-training, or the standard
+    adversarial loss, as ``gan.losses`` says.
+
+    D runs frozen and unwrapped (one forward on fake and real together): gradients flow through
+    it to S, none reaches its parameters.
+    """
+    count = len(logits_u)
+    discriminator.requires_grad_(False)
+    try:
+        d_logit, d_features = discriminator(
+            torch.cat([logits_u.softmax(1), real_maps]), torch.cat([images_u, images_r])
+        )
+    finally:
+        discriminator.requires_grad_(True)
+    fake_logit, fake_features = d_logit[:count], d_features[:count]
+    loss = logits_u.new_zeros(())
+    scalars: dict[str, float] = {}
+    if "fm" in gan.losses:
+        loss_fm = feature_matching_loss(d_features[count:], fake_features)
+        loss = loss + gan.lambda_fm * loss_fm
+        scalars["loss_fm"] = loss_fm.item()
+    if "st" in gan.losses:
+        loss_st, selected = self_training_loss(logits_u, torch.sigmoid(fake_logit), gan.gamma)
+        loss = loss + gan.lambda_st * loss_st
+        scalars.update(loss_st=loss_st.item(), st_selected=float(selected.sum()))
+    if gan.losses == "ce+sgan":
+        loss_adv = generator_adversarial_loss(fake_logit)
+        loss = loss + gan.lambda_adv * loss_adv
+        scalars["loss_adv"] = loss_adv.item()
+    return GanTerms(loss, scalars)
+
+
 def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
     """Train s4GAN (continuing ``resumed`` if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
@@ -119,8 +166,7 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
         labeled = run.batches(run.data.labeled, stream=0, batch_size=cfg.train.batch_size)
         unlabeled = run.batches(run.data.unlabeled, stream=1, batch_size=batch_u)
         real = run.batches(run.data.labeled, stream=2, batch_size=cfg.train.batch_size)
-        use_fm, use_st = "fm" in gan.losses, "st" in gan.losses
-        use_adv, use_gan = gan.losses == "ce+sgan", gan.losses != "ce"
+        use_gan = gan.losses != "ce"
 
         def step(iteration: int) -> dict[str, float]:
             batch_l, batch_u, batch_r = next(labeled), next(unlabeled), next(real)
@@ -140,32 +186,14 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
             loss = loss_ce
             scalars["loss_ce"] = loss_ce.item()
             if use_gan:
-                probs_u = logits_u.softmax(1)
                 images_u, images_r = minmax01(x_u), minmax01(x_r)
                 real_maps = one_hot_with_ignore(y_r, num_classes)
-                # D frozen and unwrapped: gradients flow through it to S, none to its weights.
-                run.discriminator.requires_grad_(False)
-                d_logit, d_features = run.discriminator(
-                    torch.cat([probs_u, real_maps]), torch.cat([images_u, images_r])
+                terms = segmenter_gan_terms(
+                    run.discriminator, logits_u, images_u, real_maps, images_r, gan
                 )
-                run.discriminator.requires_grad_(True)
-                fake_logit, fake_features = d_logit[: len(x_u)], d_features[: len(x_u)]
-                real_features = d_features[len(x_u) :]
-                if use_fm:
-                    loss_fm = feature_matching_loss(real_features, fake_features)
-                    loss = loss + gan.lambda_fm * loss_fm
-                    scalars["loss_fm"] = loss_fm.item()
-                if use_st:
-                    loss_st, selected = self_training_loss(
-                        logits_u, torch.sigmoid(fake_logit), gan.gamma
-                    )
-                    loss = loss + gan.lambda_st * loss_st
-                    scalars.update(loss_st=loss_st.item(), st_selected=float(selected.sum()))
-                    record["st_selected"] = float(selected.sum())
-                if use_adv:
-                    loss_adv = generator_adversarial_loss(fake_logit)
-                    loss = loss + gan.lambda_adv * loss_adv
-                    scalars["loss_adv"] = loss_adv.item()
+                loss = loss + terms.loss
+                scalars.update(terms.scalars)
+                record["st_selected"] = terms.scalars.get("st_selected", 0.0)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
@@ -174,7 +202,8 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
             # --- D step (eq. 5) on the detached prediction and the real maps, one forward.
             if use_gan:
                 d_logit, _ = discriminator(
-                    torch.cat([probs_u.detach(), real_maps]), torch.cat([images_u, images_r])
+                    torch.cat([logits_u.detach().softmax(1), real_maps]),
+                    torch.cat([images_u, images_r]),
                 )
                 fake_logit, real_logit = d_logit[: len(x_u)], d_logit[len(x_u) :]
                 loss_d = discriminator_loss(real_logit, fake_logit)
@@ -186,7 +215,7 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
                 scalars.update(
                     loss_d=loss_d.item(), d_real=record["d_real"], d_fake=record["d_fake"]
                 )
-            run.scheduler_d.step()
+                run.scheduler_d.step()
             run.record(iteration, record)
             return scalars
 

@@ -1,0 +1,110 @@
+"""s4GAN losses against hand-computed values; the S step's gradients go where they should."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from s4seg.training.config import GanConfig
+from s4seg.training.losses import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    minmax01,
+    one_hot_with_ignore,
+    self_training_loss,
+)
+from s4seg.training.models import DeepLabV2, upsample_logits
+from s4seg.training.models.discriminator import Discriminator
+from s4seg.training.s4gan import segmenter_gan_terms
+
+
+def test_feature_matching_by_hand() -> None:
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # mean (2, 3)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]])  # mean (1, 1)
+    assert feature_matching_loss(real, fake).item() == pytest.approx((1 + 2) / 2)
+
+
+def test_discriminator_and_adversarial_losses_by_hand() -> None:
+    zero = torch.zeros(3)
+    assert discriminator_loss(zero, zero).item() == pytest.approx(math.log(2))
+    real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
+    expected = (
+        -math.log(1 - torch.sigmoid(fake).item()) - math.log(torch.sigmoid(real).item())
+    ) / 2
+    assert discriminator_loss(real, fake).item() == pytest.approx(expected)
+    assert generator_adversarial_loss(fake).item() == pytest.approx(
+        -math.log(torch.sigmoid(fake).item())
+    )
+
+
+def test_self_training_selects_at_or_above_gamma_and_uses_argmax() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 2, 2)
+    scores = torch.tensor([0.59, 0.6, 0.9])
+    loss, selected = self_training_loss(logits, scores, gamma=0.6)
+    assert selected.tolist() == [False, True, True]  # >= gamma: 0.6 itself is taken
+    chosen = logits[1:]
+    by_hand = -chosen.log_softmax(1).max(1).values.mean()  # CE against the argmax class
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    none, picked = self_training_loss(logits, torch.tensor([0.1, 0.2, 0.3]), gamma=0.6)
+    assert none.item() == 0.0 and not picked.any()
+
+
+def test_one_hot_with_ignore_and_minmax() -> None:
+    mask = torch.tensor([[[0, 2], [255, 1]]])
+    one_hot = one_hot_with_ignore(mask, 3)
+    assert one_hot.shape == (1, 3, 2, 2)
+    assert one_hot[0, :, 1, 0].tolist() == [0, 0, 0]  # ignore pixel: all-zero vector
+    assert one_hot[0, :, 0, 1].tolist() == [0, 0, 1]
+    scaled = minmax01(torch.tensor([[[[-2.0, 0.0], [2.0, 1.0]]]]))
+    assert scaled.min().item() == 0.0 and scaled.max().item() == 1.0
+
+
+@pytest.mark.parametrize("losses", ["ce+fm", "ce+fm+st", "ce+sgan"])
+def test_s_step_leaves_discriminator_untouched_and_reaches_s(losses: str) -> None:
+    torch.manual_seed(0)
+    segmenter, discriminator = DeepLabV2(3, 18), Discriminator(3)
+    images = torch.randn(2, 3, 33, 33)
+    real_maps = one_hot_with_ignore(torch.randint(0, 3, (2, 33, 33)), 3)
+    logits_u = upsample_logits(segmenter(images), (33, 33))
+    gan = GanConfig(losses=losses, gamma=0.0)  # gamma 0: every sample is self-trained
+    terms = segmenter_gan_terms(
+        discriminator, logits_u, minmax01(images), real_maps, minmax01(images), gan
+    )
+    terms.loss.backward()
+    assert all(p.grad is None for p in discriminator.parameters())
+    assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen afterwards
+    head_grad = segmenter.classifier.branches[0].weight.grad
+    assert head_grad is not None and head_grad.abs().sum() > 0
+    if losses == "ce+fm":
+        assert set(terms.scalars) == {"loss_fm"}
+
+
+def test_feature_matching_alone_moves_s() -> None:
+    """With FM as the only term, S still gets a gradient: it flows through the frozen D."""
+    torch.manual_seed(1)
+    segmenter, discriminator = DeepLabV2(3, 18), Discriminator(3)
+    images = torch.randn(2, 3, 33, 33)
+    logits_u = upsample_logits(segmenter(images), (33, 33))
+    real = one_hot_with_ignore(torch.randint(0, 3, (2, 33, 33)), 3)
+    terms = segmenter_gan_terms(
+        discriminator, logits_u, minmax01(images), real, minmax01(images), GanConfig(losses="ce+fm")
+    )
+    grads = torch.autograd.grad(terms.loss, list(segmenter.classifier.parameters()))
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert F.softmax(logits_u, 1).requires_grad
+
+
+def test_discriminator_architecture() -> None:
+    discriminator = Discriminator(21)
+    convs = [m for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
+    assert convs[0].in_channels == 21 + 3
+    dropouts = [m for m in discriminator.modules() if isinstance(m, torch.nn.Dropout2d)]
+    assert len(dropouts) == 4 and all(d.p == 0.5 for d in dropouts)
+    assert len([m for m in Discriminator(21, dropout_after_last=False).modules()
+                if isinstance(m, torch.nn.Dropout2d)]) == 3  # fmt: skip
+    logit, features = discriminator(torch.zeros(2, 21, 64, 64), torch.zeros(2, 3, 64, 64))
+    assert logit.shape == (2,) and features.shape == (2, 512)

@@ -1,0 +1,43 @@
+"""Mean Teacher: the EMA update and the consistency ramp formulas; multi-label metrics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from s4seg.training.mean_teacher import consistency_weight, ema_decay, update_teacher
+from s4seg.training.multilabel_metrics import average_precision, roc_curve
+
+
+def test_ema_decay_schedule() -> None:
+    assert ema_decay(0) == 0.0  # the teacher starts as a copy of the student
+    assert ema_decay(9) == pytest.approx(0.9)
+    assert ema_decay(10_000) == 0.999
+
+
+def test_teacher_update_formula() -> None:
+    teacher, student = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = teacher.weight.detach().clone()
+    update_teacher(teacher, student, decay=0.75)
+    assert torch.allclose(teacher.weight, 0.75 * before + 0.25 * student.weight)
+    update_teacher(teacher, student, decay=ema_decay(0))
+    assert torch.equal(teacher.weight, student.weight)
+
+
+def test_consistency_ramp() -> None:
+    assert consistency_weight(5, burn_in=10, rampup=20, weight=1.0) == 0.0
+    assert consistency_weight(10, burn_in=10, rampup=20, weight=1.0) == pytest.approx(math.exp(-5))
+    assert consistency_weight(20, 10, 20, 2.0) == pytest.approx(2.0 * math.exp(-5 * 0.25))
+    assert consistency_weight(30, 10, 20, 2.0) == pytest.approx(2.0)
+    assert consistency_weight(99, 10, 20, 2.0) == pytest.approx(2.0)
+
+
+def test_average_precision_and_roc_by_hand() -> None:
+    targets = np.array([1, 0, 1, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.1])  # ranks: hit, miss, hit, miss
+    assert average_precision(targets, scores) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert average_precision(np.zeros(3), np.ones(3)) is None
+    _, _, auc = roc_curve(targets, scores)
+    assert auc == pytest.approx(0.75)  # 3 of the 4 positive/negative pairs ordered right
+    _, _, perfect = roc_curve(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.1]))
+    assert perfect == pytest.approx(1.0)

@@ -1,0 +1,78 @@
+"""A few iterations of each trainer end to end on synthetic data, and what they leave behind."""
+
+import csv
+import json
+from pathlib import Path
+
+from helpers import TINY_TRAINING
+from PIL import Image
+from s4seg.training.checkpoint import load_checkpoint
+
+from s4seg.cli import main
+
+
+def _run(trainer: str, root: Path, out: Path, *extra: str) -> dict:
+    settings = [*TINY_TRAINING, f"data.root={root}", "train.iterations=4", "train.val_every=4",
+                f"train.out_dir={out}", *extra]  # fmt: skip
+    assert main(["train", trainer, "--config", "synthetic-quick",
+                 *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+    return load_checkpoint(out / "last.pt")
+
+
+def test_s4gan_logs_losses_d_scores_and_writes_the_plot(synth_root: Path, tmp_path: Path) -> None:
+    payload = _run("s4gan", synth_root, tmp_path / "gan")
+    assert payload["kind"] == "segmenter" and payload["trainer"] == "s4gan"
+    assert {"discriminator", "optimizer_d", "scheduler_d"} <= payload.keys()
+    rows = list(csv.DictReader((tmp_path / "gan" / "d_scores.csv").read_text().splitlines()))
+    assert len(rows) == 4
+    assert all(0.0 <= float(r["d_real"]) <= 1.0 and 0.0 <= float(r["d_fake"]) <= 1.0 for r in rows)
+    assert Image.open(tmp_path / "gan" / "d_scores.png").format == "PNG"
+
+
+def test_s4gan_ablation_ce_only_leaves_d_untrained(synth_root: Path, tmp_path: Path) -> None:
+    import torch
+    from s4seg.training.models.discriminator import Discriminator
+
+    payload = _run("s4gan", synth_root, tmp_path / "ce", "gan.losses=ce")
+    torch.manual_seed(0)
+    assert payload["optimizer_d"]["state"] == {}  # D never stepped
+    assert isinstance(Discriminator(7), torch.nn.Module)
+
+
+def test_mlmt_reports_map_and_roc(synth_root: Path, tmp_path: Path) -> None:
+    payload = _run("mlmt", synth_root, tmp_path / "mlmt")
+    assert payload["kind"] == "classifier" and payload["arch"]["depth"] == 18
+    assert 0.0 <= payload["metrics"]["teacher_map"] <= 1.0
+    assert set(payload["metrics"]["teacher_per_class_ap"]) == set(payload["classes"])
+    assert Image.open(tmp_path / "mlmt" / "roc.png").format == "PNG"
+
+
+def test_mlmt_weak_label_mode(synth_root: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "weak.json"
+    labels.write_text(json.dumps({"unlabeled/unlabeled_00000": ["background", "disc"]}))
+    payload = _run("mlmt", synth_root, tmp_path / "weak", f"mlmt.weak_labels={labels}")
+    assert payload["config"]["mlmt"]["weak_labels"] == str(labels)
+
+
+def test_evaluate_gated_and_ungated(synth_root: Path, tmp_path: Path, capsys) -> None:
+    _run("baseline", synth_root, tmp_path / "seg")
+    _run("mlmt", synth_root, tmp_path / "cls")
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--segmenter", str(tmp_path / "seg" / "last.pt"),
+                 "--classifier", str(tmp_path / "cls" / "last.pt"), "--tau-sweep",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert "gated(tau=0.2)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["tau"] == 0.2 and "ungated" in report
+    taus = [row["tau"] for row in report["tau_sweep"]]
+    assert taus == sorted(taus) and 0.2 in taus
+    confusion = report["confusion_matrix"]
+    assert sum(map(sum, confusion)) == sum(map(sum, report["ungated"]["confusion_matrix"]))
+
+
+def test_classifier_checkpoint_is_refused_as_segmenter(synth_root: Path, tmp_path: Path,
+                                                       capsys) -> None:  # fmt: skip
+    _run("mlmt", synth_root, tmp_path / "cls")
+    assert main(["evaluate", "--segmenter", str(tmp_path / "cls" / "last.pt")]) == 2
+    assert "is a classifier checkpoint, expected segmenter" in capsys.readouterr().err
