@@ -62,3 +62,19 @@ def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(
     # And the run really moved: the weights differ from those at iteration 2.
     two = load_checkpoint(snapshot)["model"]
     assert not _equal(two, a["model"])
+
+
+def test_resume_auto_continues_the_run_in_out_dir(synth_root: Path, tmp_path: Path, capsys) -> None:
+    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.val_every=100",
+                f"train.out_dir={tmp_path}"]  # fmt: skip
+    args = [f"--set={s}" for s in settings]
+    _train("baseline", [*args, "--set=train.iterations=2", "--resume", "auto"])  # nothing yet
+    at_two = load_checkpoint(tmp_path / "last.pt")
+    assert at_two["iteration"] == 2
+    # A finished run extended on resume: the poly schedule is recomputed for 3 iterations, so
+    # the learning rate is no longer 0 and the extra iteration moves the weights.
+    _train("baseline", ["--set=train.iterations=3", "--resume", "auto", *args])
+    assert "resumed from iteration 2" in capsys.readouterr().err
+    at_three = load_checkpoint(tmp_path / "last.pt")
+    assert at_three["iteration"] == 3
+    assert not _equal(at_two["model"], at_three["model"])

@@ -29,6 +29,7 @@ from .models.backbone_weights import load_backbone_weights
 from .models.classifier import multilabel_resnet
 from .multilabel_metrics import multilabel_report, plot_roc
 from .progress import Progress
+from .schedules import cosine
 from .segmenter_run import Log, log_to_stderr, runtime_for, seed_everything
 
 
@@ -125,9 +126,7 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
         student.parameters(), lr=m.lr, momentum=m.momentum, nesterov=True,
         weight_decay=m.weight_decay,
     )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.train.iterations, eta_min=m.lr_min
-    )
+    scheduler = cosine(optimizer, cfg.train.iterations, m.lr, m.lr_min)
     start, metrics = 0, {}
     if resumed:
         if resumed["arch"] != classifier_arch(cfg, num_classes):

@@ -32,6 +32,7 @@ from .losses import (
 )
 from .models import upsample_logits
 from .models.discriminator import Discriminator
+from .schedules import poly
 from .segmenter_run import Log, SegmenterRun, log_to_stderr, runtime_for
 
 HISTORY_FIELDS = ("iteration", "d_real", "d_fake", "st_selected", "st_batch")
@@ -49,9 +50,7 @@ class S4ganRun(SegmenterRun):
         self.optimizer_d = torch.optim.Adam(
             self.discriminator.parameters(), lr=gan.d_lr, betas=gan.d_betas
         )
-        self.scheduler_d = torch.optim.lr_scheduler.PolynomialLR(
-            self.optimizer_d, total_iters=cfg.train.iterations, power=cfg.optim.poly_power
-        )
+        self.scheduler_d = poly(self.optimizer_d, cfg.train.iterations, cfg.optim.poly_power)
         if resumed:
             self.discriminator.load_state_dict(resumed["discriminator"])
             self.optimizer_d.load_state_dict(resumed["optimizer_d"])

@@ -31,6 +31,7 @@ from .models import segmenter_arch, segmenter_from_arch
 from .models.backbone_weights import load_backbone_weights
 from .progress import Progress
 from .runtime import Runtime, setup_runtime, teardown_runtime
+from .schedules import poly
 
 Log = Callable[[str], None]
 
@@ -43,13 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def poly_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
-    """lr * (1 - iter / max_iter) ** 0.9, stepped every iteration."""
-    return torch.optim.lr_scheduler.PolynomialLR(
-        optimizer, total_iters=cfg.train.iterations, power=cfg.optim.poly_power
-    )
 
 
 class SegmenterRun:
@@ -89,7 +83,7 @@ class SegmenterRun:
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
         )
-        self.scheduler = poly_scheduler(self.optimizer, cfg)
+        self.scheduler = poly(self.optimizer, cfg.train.iterations, cfg.optim.poly_power)
         self.start, self.metrics = 0, {}
         if resumed:
             self.model.load_state_dict(resumed["model"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from s4seg.errors import DatasetError
 
@@ -24,6 +25,10 @@ class TrainingData:
 def open_data(data_cfg) -> DataLayout:
     if not data_cfg.root:
         raise DatasetError("data.root is not set (e.g. --set data.root=data/synth)")
+    if not Path(data_cfg.root).expanduser().is_dir():
+        raise DatasetError(
+            f"data folder not found: {data_cfg.root} (point data.root at it: --set data.root=PATH)"
+        )
     return open_layout(data_cfg.root, data_cfg.kind)
 
 
