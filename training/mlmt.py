@@ -29,7 +29,7 @@ from .models.backbone_weights import load_backbone_weights
 from .models.classifier import multilabel_resnet
 from .multilabel_metrics import multilabel_report, plot_roc
 from .progress import Progress
-from .schedules import cosine
+from .schedules import cosine, resync
 from .segmenter_run import Log, log_to_stderr, runtime_for, seed_everything
 
 
@@ -135,6 +135,7 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
         teacher.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
+        resync(scheduler)
         start, metrics = resumed["iteration"], resumed.get("metrics", {})
 
     # Burn-in and ramp-up are given in epochs of the labeled set, as in the paper.

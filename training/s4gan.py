@@ -32,7 +32,7 @@ from .losses import (
 )
 from .models import upsample_logits
 from .models.discriminator import Discriminator
-from .schedules import poly
+from .schedules import poly, resync
 from .segmenter_run import Log, SegmenterRun, log_to_stderr, runtime_for
 
 HISTORY_FIELDS = ("iteration", "d_real", "d_fake", "st_selected", "st_batch")
@@ -55,6 +55,7 @@ class S4ganRun(SegmenterRun):
             self.discriminator.load_state_dict(resumed["discriminator"])
             self.optimizer_d.load_state_dict(resumed["optimizer_d"])
             self.scheduler_d.load_state_dict(resumed["scheduler_d"])
+            resync(self.scheduler_d)
         self.history: list[dict] = list(resumed.get("d_history", [])) if resumed else []
         self._window: list[dict] = []
         self.extra_state = lambda: {

@@ -26,3 +26,16 @@ def cosine(optimizer: torch.optim.Optimizer, total: int, lr: float, lr_min: floa
         return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * min(it, total) / total)) / 2
 
     return LambdaLR(optimizer, factor)
+
+
+def resync(scheduler: LambdaLR) -> None:
+    """After loading a checkpoint: set each group's lr from the (possibly longer) schedule.
+
+    The optimiser state holds the lr of the old schedule, which the next step would still use.
+    With an unchanged schedule this writes the very same value, so exact resume is kept.
+    """
+    epoch = scheduler.last_epoch
+    for group, base, factor in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(epoch)

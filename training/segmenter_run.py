@@ -31,7 +31,7 @@ from .models import segmenter_arch, segmenter_from_arch
 from .models.backbone_weights import load_backbone_weights
 from .progress import Progress
 from .runtime import Runtime, setup_runtime, teardown_runtime
-from .schedules import poly
+from .schedules import poly, resync
 
 Log = Callable[[str], None]
 
@@ -89,6 +89,7 @@ class SegmenterRun:
             self.model.load_state_dict(resumed["model"])
             self.optimizer.load_state_dict(resumed["optimizer"])
             self.scheduler.load_state_dict(resumed["scheduler"])
+            resync(self.scheduler)
             self.start, self.metrics = resumed["iteration"], resumed.get("metrics", {})
         self.best_miou = self.metrics.get("best_miou", -1.0)
         self.writer: SummaryWriter | None = None
