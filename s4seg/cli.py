@@ -66,9 +66,21 @@ def _train_commands(commands: argparse._SubParsersAction) -> None:
 
 def _evaluate_command(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("evaluate", help="mIoU, per-class IoU, pixel accuracy, confusion")
-    ev.add_argument("--segmenter", required=True, help="segmenter checkpoint (.pt)")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--segmenter", help="segmenter checkpoint (.pt): PyTorch evaluation")
+    what.add_argument("--onnx", metavar="DIR", help="an export folder: ONNX Runtime in-process")
+    what.add_argument(
+        "--triton", metavar="URL", help="a running Triton (host:port of its HTTP API)"
+    )
+    ev.add_argument(
+        "--repository",
+        default="model_repository",
+        help="with --triton: the repository it serves (for the manifest)",
+    )
     ev.add_argument("--classifier", help="MLMT checkpoint: report gated and ungated mIoU")
-    ev.add_argument("--tau", type=float, default=0.2, help="gate threshold (paper: 0.2)")
+    ev.add_argument(
+        "--tau", type=float, default=None, help="gate threshold (default: 0.2, or the manifest's)"
+    )
     ev.add_argument("--tau-sweep", action="store_true", help="also report several tau values")
     ev.add_argument(
         "--data", help="data set folder (default: the one the checkpoint was trained on)"
@@ -100,6 +112,53 @@ def _bench_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
 
 
+def _export_commands(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="checkpoints -> ONNX graphs + manifest.json, checked against PyTorch"
+    )
+    export.add_argument("--segmenter", required=True, help="segmenter checkpoint (s4GAN/baseline)")
+    export.add_argument("--classifier", help="MLMT checkpoint (without one the gate keeps all)")
+    export.add_argument("--out", required=True, help="folder to write (must not exist)")
+    export.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="served input size (default: the training crop size)",
+    )
+    export.add_argument("--tau", type=float, default=0.2, help="default gate threshold (paper 0.2)")
+    export.add_argument(
+        "--parity-data", help="images for the parity check (default: training data)"
+    )
+    export.add_argument("--parity-kind", default=None, help="layout of --parity-data (auto)")
+    export.add_argument("--parity-images", type=int, default=8)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    publish = commands.add_parser(
+        "publish", help="publish an export as the next version of a Triton model repository"
+    )
+    publish.add_argument("export_dir", metavar="DIR", help="folder written by s4seg export")
+    publish.add_argument("--repository", default="model_repository")
+    publish.add_argument(
+        "--runtime",
+        choices=["python", "onnxruntime"],
+        default="python",
+        help="python: ONNX Runtime inside the python backend (the pip tritonserver); "
+        "onnxruntime: Triton's native backend (NGC image)",
+    )
+    publish.add_argument("--keep", type=int, default=None, metavar="N", help="keep N versions")
+    publish.add_argument("--force", action="store_true", help="publish even if classes differ")
+    publish.add_argument("--eval-data", help="promotion gate: data set to compare versions on")
+    publish.add_argument("--eval-kind", default=None, help="layout of --eval-data (auto)")
+    publish.add_argument("--eval-images", type=int, default=None, help="at most N images")
+    publish.add_argument(
+        "--max-drop", type=float, default=1.0, help="refuse if gated mIoU drops more (points)"
+    )
+
+    rollback = commands.add_parser("rollback", help="remove the newest published version")
+    rollback.add_argument("--repository", default="model_repository")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s4seg", description="Semi-supervised semantic segmentation: train, export, serve."
@@ -109,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_commands(commands)
     _train_commands(commands)
     _evaluate_command(commands)
+    _export_commands(commands)
     _bench_commands(commands)
     return parser
 
@@ -124,6 +184,18 @@ def _first_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "export":
+            from s4seg.export.commands import run_export
+
+            return run_export(args)
+        if args.command in ("publish", "rollback"):
+            from s4seg.export import repository
+
+            return getattr(repository, f"run_{args.command}")(args)
+        if args.command == "evaluate" and not args.segmenter:
+            from s4seg.clients.evaluate import run_evaluate
+
+            return run_evaluate(args)
         if args.command in ("data", "train", "evaluate", "bench"):
             from s4seg.training import commands
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -79,3 +81,16 @@ def format_table(class_names: Sequence[str], result: SegmentationScores) -> str:
     lines.append(f"{'pixel acc':<{width}}  {100 * result.pixel_accuracy:6.2f}")
     lines.append(f"{'mean acc':<{width}}  {100 * result.mean_class_accuracy:6.2f}")
     return "\n".join(lines)
+
+
+def write_report(out_dir: Path, class_names: list[str], report: dict) -> None:
+    """report.json (figures + confusion matrix) and confusion.csv, both machine-readable."""
+    confusion = report["confusion_matrix"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    header = "target\\prediction," + ",".join(class_names)
+    rows = [
+        f"{name}," + ",".join(str(v) for v in row)
+        for name, row in zip(class_names, confusion, strict=True)
+    ]
+    (out_dir / "confusion.csv").write_text("\n".join([header, *rows]) + "\n")

@@ -33,3 +33,16 @@ def test_shared_core_imports_neither_torch_nor_fastapi() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_serving_side_modules_import_no_torch() -> None:
+    """Publish, the Triton launcher, the clients and the in-process ONNX pipeline run without
+    torch (the gateway's machine need not have it)."""
+    modules = (
+        "s4seg.manifest, s4seg.letterbox, s4seg.onnx_pipeline, s4seg.export.repository, "
+        "s4seg.export.triton_config, s4seg.serving.triton, s4seg.clients.evaluate, "
+        "s4seg.clients.triton_pipeline"
+    )
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -7,7 +7,6 @@ renamed over the target: a reader sees the old checkpoint or the new one, never 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from pathlib import Path
@@ -81,11 +80,3 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path} is a {payload.get('kind')} checkpoint, expected {kind}")
     return payload
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -91,7 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.max_images,
         args.device,
         args.classifier,
-        args.tau,
+        0.2 if args.tau is None else args.tau,  # the paper's tau
         args.tau_sweep,
     )
     print(table)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from itertools import islice
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from s4seg.errors import CheckpointError, DatasetError
-from s4seg.metrics import confusion_matrix, format_table, scores
+from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.visualize import colorize, panel
 
 from .checkpoint import load_checkpoint
@@ -63,19 +62,6 @@ def evaluate_segmenter(
     finally:
         model.train(was_training)
     return confusion
-
-
-def write_report(out_dir: Path, class_names: list[str], report: dict) -> None:
-    """report.json (figures + confusion matrix) and confusion.csv, both machine-readable."""
-    confusion = report["confusion_matrix"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    header = "target\\prediction," + ",".join(class_names)
-    rows = [
-        f"{name}," + ",".join(str(v) for v in row)
-        for name, row in zip(class_names, confusion, strict=True)
-    ]
-    (out_dir / "confusion.csv").write_text("\n".join([header, *rows]) + "\n")
 
 
 TAU_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)

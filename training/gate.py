@@ -1,5 +1,7 @@
 """The classifier gate (paper eq. 7): the one definition used by evaluation and by export.
 
+(``s4seg.export.graphs.Gate`` wraps this function for ONNX; tests check the two agree.)
+
 Classes whose image-level probability is at most ``tau`` can not be predicted: their scores are
 set to -inf before the argmax (not to 0, as the authors' code does with raw logits, where a
 suppressed class can still win). The background class is never suppressed. A pixel whose every
@@ -9,7 +11,6 @@ class is suppressed (possible only without a background class) keeps its ungated
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 DEFAULT_TAU = 0.2
 
@@ -40,16 +41,3 @@ def gated_argmax(
     ungated = scores.argmax(1)
     any_kept = keep.any(1)[:, None, None]
     return torch.where(any_kept, gated, ungated), ~keep
-
-
-class Gate(nn.Module):
-    """The gate as a module (what export turns into the ``gate`` ONNX graph)."""
-
-    def __init__(self, background_index: int | None) -> None:
-        super().__init__()
-        self.background_index = background_index
-
-    def forward(
-        self, scores: torch.Tensor, class_probs: torch.Tensor, tau: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return gated_argmax(scores, class_probs, tau, self.background_index)

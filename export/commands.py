@@ -1,0 +1,41 @@
+"""``s4seg export`` (imports torch; publish and rollback do not: see repository.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .exporter import export_models
+
+    manifest = export_models(
+        args.segmenter,
+        args.classifier,
+        args.out,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        tau=args.tau,
+        data=args.parity_data,
+        kind=args.parity_kind,
+        parity_images=args.parity_images,
+        overwrite=args.overwrite,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    out = Path(args.out)
+    p = manifest.parity
+    for graph in manifest.graphs.values():
+        size = (out / graph.file).stat().st_size / 2**20
+        print(f"{out / graph.file}  {size:.1f} MiB")
+    line = (
+        f"parity on {p['images']} images ({p['data']['kind']}): label agreement "
+        f"{100 * p['label_agreement']:.3f}%, max prob diff {p['max_abs_prob_diff']:.1e}"
+    )
+    if "gated_miou_diff" in p:
+        line += (
+            f", gated mIoU {100 * p['gated_miou_torch']:.2f} (PyTorch) vs "
+            f"{100 * p['gated_miou_onnx']:.2f} (ONNX)"
+        )
+    print(line)
+    print(f"manifest: {out / 'manifest.json'}")
+    return 0

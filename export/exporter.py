@@ -1,0 +1,246 @@
+"""``s4seg export``: checkpoints -> four ONNX graphs + manifest.json, proven equal to PyTorch.
+
+Everything is written into a temporary sibling folder that is renamed into place only after the
+parity check passes, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
+from s4seg.training.data.layouts import open_layout
+from s4seg.training.gate import DEFAULT_TAU
+from s4seg.training.mlmt import classifier_from_checkpoint
+from s4seg.training.models import segmenter_from_checkpoint
+
+from s4seg import __version__
+from s4seg.errors import CheckpointError, DatasetError
+from s4seg.letterbox import pad_colour
+from s4seg.manifest import (
+    MANIFEST_NAME,
+    ClassifierInput,
+    GraphFile,
+    Manifest,
+    Normalization,
+    Source,
+    digest_json,
+    sha256_file,
+)
+from s4seg.onnx_pipeline import OnnxPipeline
+
+from . import graphs as g
+from .onnx_export import OPSET, ExportError, export_onnx
+from .parity import describe_failure, measure_parity
+
+NO_CLASSIFIER_SIZE = 32  # input of the stand-in classifier graph: small, it is never looked at
+
+Log = Callable[[str], None]
+
+
+def served_size(payload: dict, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    if input_size is not None:
+        size = tuple(int(v) for v in input_size)
+    else:
+        crop = payload.get("config", {}).get("data", {}).get("crop_size", (321, 321))
+        size = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    if len(size) != 2 or min(size) < 16:
+        raise ExportError(f"input size must be two sides of at least 16 pixels, not {size}")
+    return size  # type: ignore[return-value]
+
+
+def parity_samples(
+    payload: dict, data: str | None, kind: str | None, count: int, workdir: Path
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict]:
+    """K validation images (+ masks) from ``data``, else the training data, else synthetic."""
+    root = data or payload["split"]["dataset"]["root"]
+    if data is None and not Path(root).is_dir():
+        root = None
+    if root is None:
+        from s4seg.training.data.synth import write_synthetic
+
+        root = write_synthetic(workdir / "synth", num_train=0, num_val=count, num_unlabeled=0)
+        kind = "folder"
+    layout = open_layout(root, kind or ("auto" if data else payload["split"]["dataset"]["kind"]))
+    samples = layout.samples(layout.default_val_split)[:count]
+    if not samples:
+        raise DatasetError(f"{layout.root} has no {layout.default_val_split} images for parity")
+    images = [np.asarray(layout.read_image(s)) for s in samples]
+    same_classes = list(layout.classes) == payload["classes"]
+    masks = [layout.read_mask(s) for s in samples] if same_classes else None
+    source = {**layout.describe(), "split": layout.default_val_split, "with_masks": same_classes}
+    return images, masks, source
+
+
+def _source(path: str, payload: dict) -> Source:
+    return Source(
+        path=str(Path(path).resolve()),
+        sha256=sha256_file(path),
+        kind=payload["kind"],
+        trainer=payload.get("trainer"),
+        iteration=payload.get("iteration"),
+        arch=payload["arch"],
+    )
+
+
+def export_models(
+    segmenter: str,
+    classifier: str | None,
+    out: str,
+    input_size: tuple[int, int] | None = None,
+    tau: float = DEFAULT_TAU,
+    data: str | None = None,
+    kind: str | None = None,
+    parity_images: int = 8,
+    overwrite: bool = False,
+    log: Log = print,
+) -> Manifest:
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{out_dir} exists and is not empty (choose another --out or --overwrite)"
+        )
+    seg_payload = load_checkpoint(segmenter)
+    if seg_payload.get("kind") != "segmenter":
+        raise CheckpointError(
+            f"--segmenter {segmenter} is a {seg_payload.get('kind')} checkpoint, not a segmenter"
+        )
+    seg_model = segmenter_from_checkpoint(seg_payload, segmenter)
+    classes = seg_payload["classes"]
+    if len(classes) > 255:
+        raise ExportError(f"{len(classes)} classes do not fit the UINT8 label map (at most 255)")
+    cls_payload = None
+    if classifier:
+        cls_payload = load_checkpoint(classifier)
+        if cls_payload.get("kind") != "classifier":
+            raise CheckpointError(
+                f"--classifier {classifier} is a {cls_payload.get('kind')} checkpoint, "
+                "not an MLMT classifier"
+            )
+        if cls_payload["classes"] != classes:
+            raise CheckpointError(
+                f"{classifier} was trained on classes {cls_payload['classes'][:5]}..., "
+                f"{segmenter} on {classes[:5]}..."
+            )
+    size = served_size(seg_payload, input_size)
+    norm = seg_payload["normalization"]
+    if cls_payload is not None:
+        cls_size = cls_payload["arch"]["input_size"]
+        cls_norm = cls_payload["normalization"]
+        cls_graph: torch.nn.Module = g.Classifier(
+            classifier_from_checkpoint(cls_payload, classifier)
+        )
+    else:
+        cls_size, cls_norm = NO_CLASSIFIER_SIZE, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        cls_graph = g.NoClassifier(len(classes))
+    torch_graphs: dict[str, torch.nn.Module] = {
+        "preprocess": g.Preprocess(
+            norm["mean"], norm["std"], cls_size, cls_norm["mean"], cls_norm["std"]
+        ),
+        "segmenter": g.Segmenter(seg_model),
+        "classifier": cls_graph,
+        "gate": g.Gate(seg_payload["background_index"]),
+    }
+    for module in torch_graphs.values():
+        module.eval()
+
+    n, h, w = 2, *size
+    examples = {
+        "preprocess": (
+            {g.IMAGE: torch.zeros(n, h, w, 3, dtype=torch.uint8)},
+            [g.SEG_INPUT, g.CLS_INPUT],
+            {g.IMAGE: {0: "batch", 1: "height", 2: "width"}},
+        ),
+        "segmenter": (
+            {g.SEG_INPUT: torch.zeros(n, 3, h, w)},
+            [g.LOGITS],
+            {g.SEG_INPUT: {0: "batch", 2: "height", 3: "width"}},
+        ),
+        "classifier": (
+            {g.CLS_INPUT: torch.zeros(n, 3, cls_size, cls_size)},
+            [g.CLASS_PROBS],
+            {g.CLS_INPUT: {0: "batch"}},
+        ),
+        "gate": (
+            {
+                g.LOGITS: torch.zeros(n, len(classes), h, w),
+                g.CLASS_PROBS: torch.zeros(n, len(classes)),
+                g.TAU: torch.zeros(n, 1),
+            },
+            [g.LABELS, g.SUPPRESSED],
+            {
+                g.LOGITS: {0: "batch", 2: "height", 3: "width"},
+                g.CLASS_PROBS: {0: "batch"},
+                g.TAU: {0: "batch"},
+            },
+        ),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        graph_files = {}
+        for step, (example, outputs, dynamic) in examples.items():
+            log(f"export: {step}")
+            path = work / f"{step}.onnx"
+            sig = export_onnx(torch_graphs[step], example, outputs, path, dynamic)
+            graph_files[step] = GraphFile(file=path.name, sha256=sha256_file(path), **sig)
+        sources = {"segmenter": _source(segmenter, seg_payload)}
+        configs = {"segmenter": seg_payload.get("config")}
+        if cls_payload is not None and classifier:
+            sources["classifier"] = _source(classifier, cls_payload)
+            configs["classifier"] = cls_payload.get("config")
+        manifest = Manifest(
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            s4seg_version=__version__,
+            dataset=dict(seg_payload["split"]["dataset"]),
+            classes=list(classes),
+            palette=[list(c) for c in seg_payload["palette"]],
+            background_index=seg_payload["background_index"],
+            input_size=list(size),
+            pad_value=list(pad_colour(norm["mean"])),
+            normalization=Normalization(mean=norm["mean"], std=norm["std"]),
+            classifier=(
+                ClassifierInput(
+                    size=cls_size,
+                    normalization=Normalization(mean=cls_norm["mean"], std=cls_norm["std"]),
+                )
+                if cls_payload is not None
+                else None
+            ),
+            tau=tau,
+            opset=OPSET,
+            graphs=graph_files,
+            sources=sources,
+            config_digest=digest_json(configs),
+            parity={},
+            metrics={
+                "segmenter": seg_payload.get("metrics", {}),
+                **({"classifier": cls_payload.get("metrics", {})} if cls_payload else {}),
+            },
+        )
+        manifest.save(work / MANIFEST_NAME)
+
+        images, masks, source = parity_samples(seg_payload, data, kind, parity_images, work)
+        log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
+        pipeline = OnnxPipeline.from_export(work, device="cpu")
+        figures = measure_parity(torch_graphs, pipeline, images, masks)
+        figures["data"] = source
+        manifest.parity = figures
+        if not figures["passed"]:
+            raise ExportError(f"ONNX differs from PyTorch: {describe_failure(figures)}")
+        shutil.rmtree(work / "synth", ignore_errors=True)
+        manifest.save(work / MANIFEST_NAME)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest

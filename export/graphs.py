@@ -1,0 +1,92 @@
+"""The four graphs of the served pipeline as torch modules, exactly as they are exported.
+
+preprocess: UINT8 NHWC image -> normalised FP32 NCHW (segmenter) + resized FP32 NCHW (classifier)
+segmenter:  seg_input -> logits at the input's resolution (bilinear, align_corners as in training)
+classifier: cls_input -> per-class probabilities (sigmoid); without MLMT every class gets 1.0
+gate:       logits, class_probs, tau -> labels (UINT8), suppressed (BOOL): training's gate function
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from s4seg.training.gate import gated_argmax
+from s4seg.training.models import upsample_logits
+from torch import nn
+
+# Tensor names shared by the ONNX files, the Triton configs and the clients.
+IMAGE, TAU = "image", "tau"
+SEG_INPUT, CLS_INPUT = "seg_input", "cls_input"
+LOGITS, CLASS_PROBS = "logits", "class_probs"
+LABELS, SUPPRESSED = "labels", "suppressed"
+
+
+class Preprocess(nn.Module):
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        classifier_size: int,
+        classifier_mean: list[float],
+        classifier_std: list[float],
+        pixel_scale: float = 1 / 255,
+    ) -> None:
+        super().__init__()
+        self.classifier_size = classifier_size
+        self.pixel_scale = pixel_scale
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.register_buffer("cls_mean", torch.tensor(classifier_mean).view(1, 3, 1, 1))
+        self.register_buffer("cls_std", torch.tensor(classifier_std).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = image.permute(0, 3, 1, 2).float() * self.pixel_scale
+        size = (self.classifier_size, self.classifier_size)
+        # Antialiased, like the classifier's training-side resize (torchvision Resize).
+        small = F.interpolate(
+            pixels, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+        return (pixels - self.mean) / self.std, (small - self.cls_mean) / self.cls_std
+
+
+class Segmenter(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, seg_input: torch.Tensor) -> torch.Tensor:
+        return upsample_logits(self.model(seg_input), seg_input.shape[-2:])
+
+
+class Classifier(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, cls_input: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(cls_input))
+
+
+class NoClassifier(nn.Module):
+    """Stands in for MLMT when none was trained: every class is present, the gate keeps all."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, cls_input: torch.Tensor) -> torch.Tensor:
+        return cls_input.new_ones(cls_input.shape[0], self.num_classes)
+
+
+class Gate(nn.Module):
+    """Eq. 7 + argmax. The same ``gated_argmax`` that evaluation uses, not a second copy."""
+
+    def __init__(self, background_index: int | None) -> None:
+        super().__init__()
+        self.background_index = background_index
+
+    def forward(
+        self, logits: torch.Tensor, class_probs: torch.Tensor, tau: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, suppressed = gated_argmax(logits, class_probs, tau, self.background_index)
+        return labels.to(torch.uint8), suppressed

@@ -1,0 +1,281 @@
+"""``s4seg publish`` and ``s4seg rollback``: versions of the Triton model repository.
+
+Layout (one folder per model, numbered version folders inside)::
+
+    model_repository/
+      s4seg_preprocess/config.pbtxt   N/model.onnx (+ N/model.py: the python-backend runner)
+      s4seg_segmenter/ ...             s4seg_classifier/ ...   s4seg_gate/ ...
+      s4seg/config.pbtxt              N/manifest.json   (the ensemble; its config names N)
+
+A version folder is staged under a name Triton ignores (``.N.tmp``) and renamed into place when
+complete. Steps keep their two newest versions loaded; the ensemble's config, replaced in one
+``os.replace`` after every step is in place, pins all steps to the new version, so Triton
+switches the whole pipeline at once and never mixes versions. No torch here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from s4seg.errors import S4segError
+from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
+from s4seg.onnx_pipeline import OnnxPipeline, open_session
+
+from .triton_config import ENSEMBLE, RUNTIMES, STEP_MODELS, ensemble_config, step_config
+
+RUNNER = Path(__file__).with_name("triton") / "onnx_runner.py"
+MIN_KEEP = 2  # the served version and the one before: what Triton keeps loaded
+
+
+class PublishError(S4segError):
+    """A version can not be published (or rolled back) safely."""
+
+
+def versions(model_dir: Path) -> list[int]:
+    """Complete version folders of one model, oldest first."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def served_version(repository: Path) -> int | None:
+    """The newest ensemble version: what the ensemble config names after publish/rollback."""
+    found = versions(repository / ENSEMBLE)
+    return found[-1] if found else None
+
+
+def served_manifest(repository: Path) -> Manifest | None:
+    version = served_version(repository)
+    return None if version is None else Manifest.load(repository / ENSEMBLE / str(version))
+
+
+def version_pipeline(repository: Path, version: int, device: str = "auto") -> OnnxPipeline:
+    """Run a published version in-process (the promotion gate, ``predict --via local``)."""
+    manifest = Manifest.load(repository / ENSEMBLE / str(version))
+    files = {s: repository / STEP_MODELS[s] / str(version) / "model.onnx" for s in STEPS}
+    return OnnxPipeline(manifest, files, device)
+
+
+@contextlib.contextmanager
+def locked(repository: Path) -> Iterator[None]:
+    """One publish or rollback at a time per repository."""
+    repository.mkdir(parents=True, exist_ok=True)
+    with open(repository / ".publish.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
+    """Copy ``files`` (name in the version folder -> source) into ``model_dir/version``."""
+    stage = model_dir / f".{version}.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copyfile(source, stage / name)
+    _fsync_tree(stage)
+    stage.rename(model_dir / str(version))
+
+
+def check_export(folder: Path) -> Manifest:
+    """The export is complete and unchanged since export: every file exists, hashes match, and
+    each graph loads in ONNX Runtime."""
+    manifest = Manifest.load(folder)
+    for step in STEPS:
+        graph = manifest.graphs[step]
+        path = folder / graph.file
+        if not path.is_file():
+            raise PublishError(f"{folder} lacks {graph.file} (the {step} graph)")
+        if sha256_file(path) != graph.sha256:
+            raise PublishError(
+                f"{path} does not match the sha256 in its manifest (changed or corrupt)"
+            )
+        open_session(path, ["CPUExecutionProvider"])
+    if not manifest.parity.get("passed"):
+        raise PublishError(f"{folder}: the export's parity check did not pass")
+    return manifest
+
+
+def compare_classes(new: Manifest, served: Manifest) -> str | None:
+    if new.classes != served.classes:
+        return f"classes {new.classes[:4]}... differ from the served {served.classes[:4]}..."
+    if new.background_index != served.background_index:
+        return (
+            f"background index {new.background_index} differs from the served "
+            f"{served.background_index}"
+        )
+    return None
+
+
+def publish(
+    export_dir: str | Path,
+    repository: str | Path = "model_repository",
+    runtime: str = "python",
+    keep: int | None = None,
+    force: bool = False,
+    eval_data: str | None = None,
+    eval_kind: str | None = None,
+    eval_images: int | None = None,
+    max_drop: float = 1.0,
+    log=print,
+) -> int:
+    """Publish ``export_dir`` as the next version; returns the version number."""
+    folder, repo = Path(export_dir), Path(repository)
+    if runtime not in RUNTIMES:
+        raise PublishError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if keep is not None and keep < MIN_KEEP:
+        raise PublishError(
+            f"--keep must be at least {MIN_KEEP} (the served version and the previous)"
+        )
+    manifest = check_export(folder)
+    with locked(repo):
+        served = served_version(repo)
+        if served is not None:
+            old = served_manifest(repo)
+            assert old is not None
+            problem = compare_classes(manifest, old)
+            if problem and not force:
+                raise PublishError(
+                    f"{problem}; clients expect the served classes (--force to replace)"
+                )
+            if eval_data:
+                promotion_gate(
+                    folder, repo, served, eval_data, eval_kind, eval_images, max_drop, log
+                )
+        everything = [versions(repo / m) for m in [*STEP_MODELS.values(), ENSEMBLE]]
+        version = max((v for found in everything for v in found), default=0) + 1
+        for step, model in STEP_MODELS.items():
+            model_dir = repo / model
+            model_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(model_dir / "config.pbtxt", step_config(step, runtime))
+            files = {"model.onnx": folder / manifest.graphs[step].file}
+            if runtime == "python":
+                files["model.py"] = RUNNER
+            _place_version(model_dir, version, files)
+        ensemble_dir = repo / ENSEMBLE
+        ensemble_dir.mkdir(parents=True, exist_ok=True)
+        _place_version(ensemble_dir, version, {MANIFEST_NAME: folder / MANIFEST_NAME})
+        # The switch: one atomic replacement of the ensemble config.
+        write_text_atomic(ensemble_dir / "config.pbtxt", ensemble_config(version))
+        if keep is not None:
+            prune(repo, keep, log)
+    log(f"published {folder} as version {version} of {repo} ({runtime} runtime)")
+    return version
+
+
+def promotion_gate(
+    folder: Path,
+    repo: Path,
+    served: int,
+    data: str,
+    kind: str | None,
+    max_images: int | None,
+    max_drop: float,
+    log,
+) -> None:
+    """Refuse a version whose gated mIoU is more than ``max_drop`` points below the served one."""
+    from s4seg.clients.evaluate import evaluate_pipeline
+
+    log(f"promotion gate: gated mIoU of the new export and of served version {served} on {data}")
+    new, _ = evaluate_pipeline(OnnxPipeline.from_export(folder), data, kind, max_images=max_images)
+    old, _ = evaluate_pipeline(version_pipeline(repo, served), data, kind, max_images=max_images)
+    new_miou, old_miou = 100 * new["miou"], 100 * old["miou"]
+    log(f"promotion gate: new {new_miou:.2f} mIoU, served (v{served}) {old_miou:.2f} mIoU")
+    if new_miou < old_miou - max_drop:
+        raise PublishError(
+            f"refused: gated mIoU {new_miou:.2f} is {old_miou - new_miou:.2f} points below the "
+            f"served version {served} ({old_miou:.2f}); --max-drop is {max_drop:g}"
+        )
+
+
+def prune(repo: Path, keep: int, log=print) -> list[int]:
+    """Remove all but the ``keep`` newest versions of every model."""
+    removed: set[int] = set()
+    for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
+        found = versions(repo / model)
+        for version in found[: max(0, len(found) - keep)]:
+            shutil.rmtree(repo / model / str(version))
+            removed.add(version)
+    if removed:
+        log(f"pruned versions {sorted(removed)}")
+    return sorted(removed)
+
+
+def rollback(repository: str | Path = "model_repository", log=print) -> int:
+    """Serve the previous version again and remove the newest; returns the version now served."""
+    repo = Path(repository)
+    with locked(repo):
+        found = versions(repo / ENSEMBLE)
+        if len(found) < 2:
+            raise PublishError(
+                f"{repo} has {len(found)} published version(s): nothing to roll back to"
+            )
+        newest, previous = found[-1], found[-2]
+        for model in STEP_MODELS.values():
+            if not (repo / model / str(previous)).is_dir():
+                raise PublishError(f"{repo / model} lacks version {previous}; can not roll back")
+        write_text_atomic(repo / ENSEMBLE / "config.pbtxt", ensemble_config(previous))
+        for model in [ENSEMBLE, *STEP_MODELS.values()]:
+            shutil.rmtree(repo / model / str(newest), ignore_errors=True)
+    log(f"rolled back {repo}: version {newest} removed, version {previous} served")
+    return previous
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    version = publish(
+        args.export_dir,
+        args.repository,
+        runtime=args.runtime,
+        keep=args.keep,
+        force=args.force,
+        eval_data=args.eval_data,
+        eval_kind=args.eval_kind,
+        eval_images=args.eval_images,
+        max_drop=args.max_drop,
+        log=_log,
+    )
+    print(version)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    print(rollback(args.repository, log=_log))
+    return 0
+
+
+__all__ = ["ManifestError", "PublishError", "publish", "rollback", "served_version"]

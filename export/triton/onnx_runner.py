@@ -1,0 +1,76 @@
+"""A Triton python-backend model that runs one ONNX file with ONNX Runtime.
+
+Publish copies this file as ``model.py`` beside each ``model.onnx``: every step of the s4seg
+ensemble (preprocess, segmenter, classifier, gate) is this runner on another graph. It uses the
+CUDA execution provider when Triton gives the instance a GPU, the CPU otherwise. Requests that
+Triton's dynamic batcher hands over together are concatenated into one ONNX Runtime call when
+their shapes allow.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        gpu = args.get("model_instance_kind") == "GPU"
+        providers = ["CPUExecutionProvider"]
+        if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            device = int(args.get("model_instance_device_id", 0))
+            providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
+        options.log_severity_level = 3
+        # A missing or corrupt file fails here: Triton marks this version unavailable and keeps
+        # serving the versions that did load.
+        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.name = f"{args['model_name']}/{args['model_version']}"
+        pb_utils.Logger.log_info(f"{self.name}: {path} on {self.session.get_providers()[0]}")
+
+    def execute(self, requests):
+        feeds = []
+        for request in requests:
+            feed = {}
+            for name in self.inputs:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    feed[name] = tensor.as_numpy()
+            feeds.append(feed)
+        responses = [None] * len(requests)
+        for group in self._groups(feeds):
+            try:
+                batch = {n: np.concatenate([feeds[i][n] for i in group]) for n in feeds[group[0]]}
+                results = self.session.run(self.outputs, batch)
+            except Exception as error:  # one bad request must not fail the others
+                message = f"{self.name}: {str(error).strip().splitlines()[0]}"
+                for i in group:
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                continue
+            start = 0
+            for i in group:
+                count = len(next(iter(feeds[i].values())))
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(value[start : start + count]))
+                    for name, value in zip(self.outputs, results, strict=False)
+                ]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += count
+        return responses
+
+    @staticmethod
+    def _groups(feeds):
+        """Indices of requests that can run as one batch (same inputs, same non-batch shapes)."""
+        groups = {}
+        for i, feed in enumerate(feeds):
+            key = tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in feed.items()))
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())

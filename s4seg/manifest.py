@@ -1,0 +1,170 @@
+"""The manifest: the contract between export, publish, the Triton ensemble and the gateway.
+
+Export writes ``manifest.json`` beside the ONNX files; publish copies it into the repository;
+the gateway and the clients read it. Nothing downstream guesses a constant the manifest carries.
+This module imports neither torch nor FastAPI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from s4seg.errors import S4segError
+
+MANIFEST_FORMAT = "s4seg-manifest/1"
+MANIFEST_NAME = "manifest.json"
+
+# The steps of the pipeline, in order; each is one ONNX file ``<step>.onnx``.
+STEPS = ("preprocess", "segmenter", "classifier", "gate")
+
+
+class ManifestError(S4segError):
+    """A manifest is missing, unreadable or does not describe a usable model."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Normalization(_Strict):
+    """What the network expects: ``(pixel * pixel_scale - mean) / std`` per channel."""
+
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    channel_order: Literal["RGB"] = "RGB"
+    pixel_scale: float = 1 / 255
+
+
+class ClassifierInput(_Strict):
+    """The classifier's own view: the whole image resized to ``size`` x ``size``."""
+
+    size: int = Field(gt=0)
+    normalization: Normalization
+
+
+class GraphFile(_Strict):
+    file: str
+    sha256: str
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    precision: Literal["fp32", "fp16"] = "fp32"
+
+
+class Source(_Strict):
+    """A checkpoint an ONNX file was made from."""
+
+    path: str
+    sha256: str
+    kind: str
+    trainer: str | None = None
+    iteration: int | None = None
+    arch: dict[str, Any]
+
+
+class Manifest(_Strict):
+    format: Literal["s4seg-manifest/1"] = MANIFEST_FORMAT
+    created: str
+    s4seg_version: str
+    dataset: dict[str, Any]
+    classes: list[str] = Field(min_length=1, max_length=255)
+    palette: list[list[int]]
+    background_index: int | None
+    input_size: list[int] = Field(min_length=2, max_length=2, description="served [height, width]")
+    pad_value: list[int] = Field(
+        min_length=3, max_length=3, description="RGB fill of the letterbox (the mean colour)"
+    )
+    normalization: Normalization
+    classifier: ClassifierInput | None = Field(
+        description="None: exported without an MLMT classifier (the gate keeps every class)"
+    )
+    tau: float = Field(ge=0.0, le=1.0)
+    opset: int
+    graphs: dict[str, GraphFile]
+    fp16_graphs: dict[str, GraphFile] = {}
+    sources: dict[str, Source]
+    config_digest: str
+    parity: dict[str, Any]
+    fp16_parity: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if len(self.palette) < len(self.classes):
+            raise ValueError(
+                f"palette has {len(self.palette)} colours for {len(self.classes)} classes"
+            )
+        if self.background_index is not None and not 0 <= self.background_index < len(self.classes):
+            raise ValueError(f"background_index {self.background_index} is not a class index")
+        missing = [step for step in STEPS if step not in self.graphs]
+        if missing:
+            raise ValueError(f"graphs lacks {', '.join(missing)}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        """Read ``path`` (a manifest file, or a folder holding one); errors name the file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(f"no manifest at {path} (make one with `s4seg export`)")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ManifestError(f"{path} is not readable JSON: {error}") from None
+        if isinstance(data, dict) and data.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(
+                f"{path} has format {data.get('format')!r}; this s4seg reads {MANIFEST_FORMAT}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise ManifestError(f"{path}: {where}: {first['msg']}") from None
+
+
+def digest_json(value: Any) -> str:
+    """sha256 of a value's canonical JSON (sorted keys): the same config gives the same digest."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | Path, value: Any) -> Path:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(value, handle, indent=1)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,118 @@
+"""The exported pipeline run in-process with ONNX Runtime (no server, no torch).
+
+It runs the same four ONNX files, in the same order, as the Triton ensemble: export uses it for
+its parity check, ``s4seg evaluate --onnx`` and ``s4seg predict --via local`` use it to serve.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from s4seg.letterbox import letterbox, unletterbox
+from s4seg.manifest import Manifest, ManifestError
+
+UNGATED_TAU = -1.0
+"""A tau below every probability: the gate keeps all classes (``gate=false``)."""
+
+
+@dataclass
+class PipelineOutput:
+    labels: np.ndarray  # (N, H, W) uint8
+    class_probs: np.ndarray  # (N, C) float32
+    suppressed: np.ndarray  # (N, C) bool
+    logits: np.ndarray | None = None  # (N, C, H, W) float32, only when asked for
+
+
+def gpu_present() -> bool:
+    """A CUDA device node exists (checked without torch or a CUDA call)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime execution providers: CUDA where a GPU is (``auto``) or asked for, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    want_cuda = device == "cuda" or (device == "auto" and gpu_present())
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise ManifestError("--device cuda: this onnxruntime has no CUDA execution provider")
+    if want_cuda and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def open_session(path: str | Path, providers: list[str]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: CUDA fallback notices are not the user's problem
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ManifestError(f"{path} does not load in ONNX Runtime: {first}") from None
+
+
+class OnnxPipeline:
+    """preprocess -> segmenter + classifier -> gate, as four ONNX Runtime sessions."""
+
+    def __init__(self, manifest: Manifest, files: dict[str, Path], device: str = "auto") -> None:
+        self.manifest = manifest
+        self.providers = choose_providers(device)
+        self.sessions = {}
+        for step, path in files.items():
+            if not path.is_file():
+                raise ManifestError(f"{path} (the {step} graph named by the manifest) is missing")
+            self.sessions[step] = open_session(path, self.providers)
+
+    @classmethod
+    def from_export(cls, folder: str | Path, device: str = "auto") -> OnnxPipeline:
+        """The pipeline in a folder written by ``s4seg export``."""
+        folder = Path(folder)
+        manifest = Manifest.load(folder)
+        return cls(manifest, {s: folder / g.file for s, g in manifest.graphs.items()}, device)
+
+    def run(
+        self, images: np.ndarray, tau: float | None = None, keep_logits: bool = False
+    ) -> PipelineOutput:
+        """``images`` (N, H, W, 3) uint8, all the same size. ``tau`` None: the manifest's."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"images must be (N, H, W, 3) uint8, not {images.shape} {images.dtype}"
+            )
+        tau = self.manifest.tau if tau is None else tau
+        seg_input, cls_input = self.sessions["preprocess"].run(None, {"image": images})
+        (logits,) = self.sessions["segmenter"].run(None, {"seg_input": seg_input})
+        (class_probs,) = self.sessions["classifier"].run(None, {"cls_input": cls_input})
+        taus = np.full((len(images), 1), tau, dtype=np.float32)
+        labels, suppressed = self.sessions["gate"].run(
+            None,
+            {
+                "logits": logits.astype(np.float32),
+                "class_probs": class_probs.astype(np.float32),
+                "tau": taus,
+            },
+        )
+        return PipelineOutput(
+            labels, class_probs.astype(np.float32), suppressed, logits if keep_logits else None
+        )
+
+    def segment(
+        self, image: np.ndarray, tau: float | None = None, fit: bool = True
+    ) -> PipelineOutput:
+        """One (H, W, 3) uint8 image -> its label map at the image's own size.
+
+        ``fit``: letterbox into the served input size as the server does; otherwise run at the
+        image's own size (the evaluation protocol).
+        """
+        if not fit:
+            return self.run(image[None], tau)
+        size = tuple(self.manifest.input_size)
+        canvas, placement = letterbox(image, size, tuple(self.manifest.pad_value))
+        out = self.run(canvas[None], tau)
+        out.labels = unletterbox(out.labels[0], placement)[None]
+        return out

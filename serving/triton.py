@@ -1,0 +1,218 @@
+"""Starting and stopping the ``tritonserver`` that ships inside the ``nvidia-pytriton`` wheel.
+
+What it takes on our machines (see docs/design.md): the python-backend stub copied next to the
+backend, the venv's ``bin`` first on PATH (the stub finds site-packages through ``python3``),
+``--backend-directory`` pointing into the wheel, and every port on 127.0.0.1 so that Triton's
+model-control API is not reachable from outside. No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from s4seg.errors import S4segError
+
+
+class TritonError(S4segError):
+    """tritonserver is missing, can not start, or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    backends: Path
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        """The wheel's server, with the python backend stub in place (copied on first use)."""
+        try:
+            import pytriton
+        except ImportError:
+            raise TritonError(
+                "nvidia-pytriton is not installed (pip install nvidia-pytriton)"
+            ) from None
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        binary, backends = root / "bin" / "tritonserver", root / "backends"
+        if not binary.is_file():
+            raise TritonError(f"no tritonserver binary in {root}")
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = backends / "python" / "triton_python_backend_stub"
+        if not stub.is_file():
+            source = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+            if not source.is_file():
+                raise TritonError(
+                    f"nvidia-pytriton has no python backend stub for Python {version}"
+                )
+            shutil.copy2(source, stub)
+        if ctypes.util.find_library(f"python{version}") is None and not any(
+            Path(d, f"libpython{version}.so.1.0").exists()
+            for d in (
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib",
+                "/usr/local/lib",
+                sys.base_prefix + "/lib",
+            )
+        ):
+            raise TritonError(
+                f"libpython{version}.so.1.0 not found: the python backend stub needs it "
+                f"(Debian/Ubuntu: apt install libpython{version})"
+            )
+        return cls(binary, backends)
+
+
+@dataclass
+class TritonSettings:
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    poll_seconds: float = 1.0
+    log_file: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str]:
+    return [
+        str(install.binary),
+        f"--model-repository={Path(settings.repository).resolve()}",
+        "--model-control-mode=poll",
+        f"--repository-poll-secs={max(1, round(settings.poll_seconds))}",
+        f"--backend-directory={install.backends}",
+        f"--http-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-address={settings.host}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-address={settings.host}",
+        f"--metrics-port={settings.metrics_port}",
+        # A broken version must not stop the server: the previous one keeps serving.
+        "--exit-on-error=false",
+        "--strict-readiness=false",
+        "--allow-gpu-metrics=false",
+        "--exit-timeout-secs=10",
+        *([] if os.path.exists("/dev/nvidiactl") else ["--pinned-memory-pool-byte-size=0"]),
+        *settings.extra_args,
+    ]
+
+
+def triton_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+class TritonProcess:
+    """A running tritonserver in its own process group (so stop() leaves nothing behind)."""
+
+    def __init__(self, settings: TritonSettings) -> None:
+        self.settings = settings
+        self.install = TritonInstall.find()
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> TritonProcess:
+        if not Path(self.settings.repository).is_dir():
+            raise TritonError(f"model repository not found: {self.settings.repository}")
+        out = subprocess.DEVNULL
+        if self.settings.log_file is not None:
+            self.settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.settings.log_file, "ab")  # noqa: SIM115 - lives with the process
+            out = self._log
+        self.process = subprocess.Popen(
+            triton_command(self.install, self.settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=triton_env(),
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_live(self, timeout: float = 60.0) -> None:
+        """Until the HTTP endpoint answers; raises if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                code = self.process.returncode if self.process else None
+                raise TritonError(
+                    f"tritonserver exited with code {code} (log: {self.settings.log_file})"
+                )
+            try:
+                if (
+                    httpx.get(f"{self.settings.http_url}/v2/health/live", timeout=1).status_code
+                    == 200
+                ):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TritonError(f"tritonserver did not come up within {timeout:.0f} s")
+
+    def wait_model(self, name: str, version: int | None = None, timeout: float = 120.0) -> None:
+        """Until ``name`` (at ``version``, if given) is ready for inference."""
+        url = f"{self.settings.http_url}/v2/models/{name}"
+        if version is not None:
+            url += f"/versions/{version}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise TritonError("tritonserver exited while waiting for the model")
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TritonError(f"{name} (version {version}) did not become ready within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with_group(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        else:  # it died on its own; its stubs may still be around
+            with_group(self.process.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> TritonProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def with_group(pid: int, sig: int) -> None:
+    """Signal a process group (the server and its python backend stubs)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
