@@ -90,6 +90,34 @@ def _source(path: str, payload: dict) -> Source:
     )
 
 
+def build_graphs(
+    seg_payload: dict,
+    cls_payload: dict | None,
+    segmenter: str = "segmenter",
+    classifier: str | None = "classifier",
+) -> tuple[dict[str, torch.nn.Module], int, dict]:
+    """The four torch modules of the pipeline (eval mode), the classifier's input size and
+    normalisation."""
+    norm = seg_payload["normalization"]
+    if cls_payload is not None:
+        cls_size = cls_payload["arch"]["input_size"]
+        cls_norm = cls_payload["normalization"]
+        model = classifier_from_checkpoint(cls_payload, classifier or "classifier")
+        cls_graph: torch.nn.Module = g.Classifier(model)
+    else:
+        cls_size, cls_norm = NO_CLASSIFIER_SIZE, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        cls_graph = g.NoClassifier(len(seg_payload["classes"]))
+    graphs: dict[str, torch.nn.Module] = {
+        "preprocess": g.Preprocess(
+            norm["mean"], norm["std"], cls_size, cls_norm["mean"], cls_norm["std"]
+        ),
+        "segmenter": g.Segmenter(segmenter_from_checkpoint(seg_payload, segmenter)),
+        "classifier": cls_graph,
+        "gate": g.Gate(seg_payload["background_index"]),
+    }
+    return {name: module.eval() for name, module in graphs.items()}, cls_size, cls_norm
+
+
 def export_models(
     segmenter: str,
     classifier: str | None,
@@ -112,7 +140,6 @@ def export_models(
         raise CheckpointError(
             f"--segmenter {segmenter} is a {seg_payload.get('kind')} checkpoint, not a segmenter"
         )
-    seg_model = segmenter_from_checkpoint(seg_payload, segmenter)
     classes = seg_payload["classes"]
     if len(classes) > 255:
         raise ExportError(f"{len(classes)} classes do not fit the UINT8 label map (at most 255)")
@@ -131,25 +158,7 @@ def export_models(
             )
     size = served_size(seg_payload, input_size)
     norm = seg_payload["normalization"]
-    if cls_payload is not None:
-        cls_size = cls_payload["arch"]["input_size"]
-        cls_norm = cls_payload["normalization"]
-        cls_graph: torch.nn.Module = g.Classifier(
-            classifier_from_checkpoint(cls_payload, classifier)
-        )
-    else:
-        cls_size, cls_norm = NO_CLASSIFIER_SIZE, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        cls_graph = g.NoClassifier(len(classes))
-    torch_graphs: dict[str, torch.nn.Module] = {
-        "preprocess": g.Preprocess(
-            norm["mean"], norm["std"], cls_size, cls_norm["mean"], cls_norm["std"]
-        ),
-        "segmenter": g.Segmenter(seg_model),
-        "classifier": cls_graph,
-        "gate": g.Gate(seg_payload["background_index"]),
-    }
-    for module in torch_graphs.values():
-        module.eval()
+    torch_graphs, cls_size, cls_norm = build_graphs(seg_payload, cls_payload, segmenter, classifier)
 
     n, h, w = 2, *size
     examples = {

@@ -28,7 +28,7 @@ from s4seg.errors import S4segError
 from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline, open_session
 
-from .triton_config import ENSEMBLE, RUNTIMES, STEP_MODELS, ensemble_config, step_config
+from .triton_config import ENSEMBLE, RUNTIMES, STEP_MODELS, ensemble_pbtxt, step_pbtxt
 
 RUNNER = Path(__file__).with_name("triton") / "onnx_runner.py"
 MIN_KEEP = 2  # the served version and the one before: what Triton keeps loaded
@@ -178,7 +178,7 @@ def publish(
         for step, model in STEP_MODELS.items():
             model_dir = repo / model
             model_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(model_dir / "config.pbtxt", step_config(step, runtime))
+            write_text_atomic(model_dir / "config.pbtxt", step_pbtxt(step, runtime))
             files = {"model.onnx": folder / manifest.graphs[step].file}
             if runtime == "python":
                 files["model.py"] = RUNNER
@@ -187,7 +187,7 @@ def publish(
         ensemble_dir.mkdir(parents=True, exist_ok=True)
         _place_version(ensemble_dir, version, {MANIFEST_NAME: folder / MANIFEST_NAME})
         # The switch: one atomic replacement of the ensemble config.
-        write_text_atomic(ensemble_dir / "config.pbtxt", ensemble_config(version))
+        write_text_atomic(ensemble_dir / "config.pbtxt", ensemble_pbtxt(version))
         if keep is not None:
             prune(repo, keep, log)
     log(f"published {folder} as version {version} of {repo} ({runtime} runtime)")
@@ -245,7 +245,7 @@ def rollback(repository: str | Path = "model_repository", log=print) -> int:
         for model in STEP_MODELS.values():
             if not (repo / model / str(previous)).is_dir():
                 raise PublishError(f"{repo / model} lacks version {previous}; can not roll back")
-        write_text_atomic(repo / ENSEMBLE / "config.pbtxt", ensemble_config(previous))
+        write_text_atomic(repo / ENSEMBLE / "config.pbtxt", ensemble_pbtxt(previous))
         for model in [ENSEMBLE, *STEP_MODELS.values()]:
             shutil.rmtree(repo / model / str(newest), ignore_errors=True)
     log(f"rolled back {repo}: version {newest} removed, version {previous} served")

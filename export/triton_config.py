@@ -1,11 +1,16 @@
-"""``config.pbtxt`` text for the four steps and the ensemble (no torch, no Triton needed).
+"""Triton model configs for the four steps and the ensemble (no torch, no Triton needed).
 
-Step configs never change between publishes (all dims that vary are -1); the ensemble's config
-names the served version and pins every step to it, so one file replacement switches the whole
-pipeline at once.
+One definition, two forms: ``config.pbtxt`` files written by publish (what a plain
+``tritonserver --model-control-mode=poll`` reads) and JSON configs that ``s4seg serve`` passes
+with each load request (so it decides exactly which versions are loaded, see
+``s4seg.serving.versions``). All sizes that vary are -1, so step configs never change between
+versions; the ensemble config pins every step to one version, so a switch never mixes versions.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 ENSEMBLE = "s4seg"
 STEP_MODELS = {
@@ -18,7 +23,8 @@ MAX_BATCH_SIZE = 8
 RUNTIMES = ("python", "onnxruntime")
 
 # (name, Triton type, dims without the batch axis)
-IO = {
+Tensor = tuple[str, str, list[int]]
+IO: dict[str, tuple[list[Tensor], list[Tensor]]] = {
     "preprocess": (
         [("image", "TYPE_UINT8", [-1, -1, 3])],
         [("seg_input", "TYPE_FP32", [3, -1, -1]), ("cls_input", "TYPE_FP32", [3, -1, -1])],
@@ -27,7 +33,10 @@ IO = {
         [("seg_input", "TYPE_FP32", [3, -1, -1])],
         [("logits", "TYPE_FP32", [-1, -1, -1])],
     ),
-    "classifier": ([("cls_input", "TYPE_FP32", [3, -1, -1])], [("class_probs", "TYPE_FP32", [-1])]),
+    "classifier": (
+        [("cls_input", "TYPE_FP32", [3, -1, -1])],
+        [("class_probs", "TYPE_FP32", [-1])],
+    ),
     "gate": (
         [
             ("logits", "TYPE_FP32", [-1, -1, -1]),
@@ -39,64 +48,118 @@ IO = {
 }
 # The ensemble's own inputs and outputs. tau is required here: Triton refuses optional inputs on
 # ensembles (server PR #3894), so the gateway always sends it (the manifest's tau by default).
-ENSEMBLE_INPUTS = [("image", "TYPE_UINT8", [-1, -1, 3]), ("tau", "TYPE_FP32", [1])]
-ENSEMBLE_OUTPUTS = [
+ENSEMBLE_INPUTS: list[Tensor] = [("image", "TYPE_UINT8", [-1, -1, 3]), ("tau", "TYPE_FP32", [1])]
+ENSEMBLE_OUTPUTS: list[Tensor] = [
     ("labels", "TYPE_UINT8", [-1, -1]),
     ("class_probs", "TYPE_FP32", [-1]),
     ("suppressed", "TYPE_BOOL", [-1]),
 ]
 
 
-def _tensors(kind: str, tensors: list[tuple[str, str, list[int]]]) -> str:
-    body = ",\n".join(
-        f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
-        for name, dtype, dims in tensors
-    )
-    return f"{kind} [\n{body}\n]\n"
+def _tensors(tensors: list[Tensor]) -> list[dict]:
+    return [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]
 
 
-def step_config(step: str, runtime: str) -> str:
+def step_config(step: str, runtime: str, loaded: list[int] | None = None) -> dict[str, Any]:
+    """``loaded`` None: the two newest versions (files on disk); else exactly these versions."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     inputs, outputs = IO[step]
-    backend = (
-        'backend: "python"\n'
+    backend: dict[str, Any] = (
+        {"backend": "python"}
         if runtime == "python"
-        else 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"\n'
+        else {"backend": "onnxruntime", "default_model_filename": "model.onnx"}
     )
-    return (
-        f"# Written by `s4seg publish --runtime {runtime}`; the same for every version.\n"
-        f'name: "{STEP_MODELS[step]}"\n'
-        f"{backend}"
-        f"max_batch_size: {MAX_BATCH_SIZE}\n"
-        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
-        "# The served version and the one before stay loaded, so the ensemble can switch at once.\n"
-        "version_policy: { latest: { num_versions: 2 } }\n"
-        "instance_group [ { kind: KIND_AUTO, count: 1 } ]\n"
-        f"{_tensors('input', inputs)}"
-        f"{_tensors('output', outputs)}"
+    policy = (
+        {"latest": {"num_versions": 2}}
+        if loaded is None
+        else {"specific": {"versions": sorted(set(loaded))}}
     )
+    return {
+        "name": STEP_MODELS[step],
+        **backend,
+        "max_batch_size": MAX_BATCH_SIZE,
+        "dynamic_batching": {"max_queue_delay_microseconds": 2000},
+        "version_policy": policy,
+        "instance_group": [{"kind": "KIND_AUTO", "count": 1}],
+        "input": _tensors(inputs),
+        "output": _tensors(outputs),
+    }
 
 
-def ensemble_config(version: int) -> str:
+def ensemble_config(version: int) -> dict[str, Any]:
     steps = []
     for step, model in STEP_MODELS.items():
         inputs, outputs = IO[step]
-        maps = [f'input_map {{ key: "{n}" value: "{n}" }}' for n, _, _ in inputs]
-        maps += [f'output_map {{ key: "{n}" value: "{n}" }}' for n, _, _ in outputs]
         steps.append(
-            f'  {{ model_name: "{model}" model_version: {version}\n    '
-            + "\n    ".join(maps)
-            + " }"
+            {
+                "model_name": model,
+                "model_version": version,
+                "input_map": {n: n for n, _, _ in inputs},
+                "output_map": {n: n for n, _, _ in outputs},
+            }
         )
-    return (
-        "# Written by `s4seg publish`: serves version "
-        f"{version} of every step (replaced atomically on publish and rollback).\n"
-        f'name: "{ENSEMBLE}"\n'
-        'platform: "ensemble"\n'
-        f"max_batch_size: {MAX_BATCH_SIZE}\n"
-        f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}\n"
-        f"{_tensors('input', ENSEMBLE_INPUTS)}"
-        f"{_tensors('output', ENSEMBLE_OUTPUTS)}"
-        "ensemble_scheduling {\n step [\n" + ",\n".join(steps) + "\n ]\n}\n"
+    return {
+        "name": ENSEMBLE,
+        "platform": "ensemble",
+        "max_batch_size": MAX_BATCH_SIZE,
+        "version_policy": {"specific": {"versions": [version]}},
+        "input": _tensors(ENSEMBLE_INPUTS),
+        "output": _tensors(ENSEMBLE_OUTPUTS),
+        "ensemble_scheduling": {"step": steps},
+    }
+
+
+def to_json(config: dict[str, Any]) -> str:
+    """The form Triton's load API takes as a config override."""
+    return json.dumps(config)
+
+
+def to_pbtxt(config: dict[str, Any], header: str = "") -> str:
+    """Protobuf text format of a config dict (enums such as TYPE_FP32 stay unquoted)."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str) and not (value.isupper() and "_" in value):
+            return json.dumps(value)
+        return str(value)
+
+    def fields(message: dict[str, Any], indent: str) -> list[str]:
+        lines = []
+        for key, value in message.items():
+            if key in ("input_map", "output_map"):  # proto maps: one entry block per key
+                lines += [f'{indent}{key} {{ key: "{k}" value: "{v}" }}' for k, v in value.items()]
+            elif isinstance(value, dict):
+                lines += [f"{indent}{key} {{", *fields(value, indent + "  "), f"{indent}}}"]
+            elif isinstance(value, list) and value and isinstance(value[0], dict):
+                lines.append(f"{indent}{key} [")
+                for i, item in enumerate(value):
+                    comma = "," if i < len(value) - 1 else ""
+                    lines += [
+                        f"{indent}  {{",
+                        *fields(item, indent + "    "),
+                        f"{indent}  }}{comma}",
+                    ]
+                lines.append(f"{indent}]")
+            elif isinstance(value, list):
+                lines.append(f"{indent}{key}: [ {', '.join(scalar(v) for v in value)} ]")
+            else:
+                lines.append(f"{indent}{key}: {scalar(value)}")
+        return lines
+
+    return header + "\n".join(fields(config, "")) + "\n"
+
+
+def step_pbtxt(step: str, runtime: str) -> str:
+    return to_pbtxt(
+        step_config(step, runtime),
+        f"# Written by `s4seg publish --runtime {runtime}`; the same for every version.\n",
+    )
+
+
+def ensemble_pbtxt(version: int) -> str:
+    return to_pbtxt(
+        ensemble_config(version),
+        f"# Written by `s4seg publish`: serves version {version} of every step.\n",
     )

@@ -85,6 +85,7 @@ class TritonSettings:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    control: str = "explicit"  # "explicit": s4seg decides what loads (serving/versions.py)
     poll_seconds: float = 1.0
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
@@ -98,8 +99,11 @@ def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str
     return [
         str(install.binary),
         f"--model-repository={Path(settings.repository).resolve()}",
-        "--model-control-mode=poll",
-        f"--repository-poll-secs={max(1, round(settings.poll_seconds))}",
+        *(
+            ["--model-control-mode=poll", f"--repository-poll-secs={round(settings.poll_seconds)}"]
+            if settings.control == "poll"
+            else ["--model-control-mode=explicit"]
+        ),
         f"--backend-directory={install.backends}",
         f"--http-address={settings.host}",
         f"--http-port={settings.http_port}",

@@ -81,3 +81,56 @@ def tiny_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=3", f"train.out_dir={out}"],
     )
     return train_baseline(cfg, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (barely trained) MLMT checkpoint from the real trainer."""
+    from helpers import TINY_TRAINING
+    from s4seg.training.config import load_config
+    from s4seg.training.mlmt import train_mlmt
+
+    out = tmp_path_factory.mktemp("mlmt")
+    cfg = load_config(
+        "synthetic-quick",
+        [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=2", f"train.out_dir={out}"],
+    )
+    return train_mlmt(cfg, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with freshly initialised weights: it predicts every class somewhere
+    (three training steps teach it "background everywhere"), so gating visibly changes maps."""
+    import torch
+    from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
+    from s4seg.training.models import segmenter_from_arch
+
+    payload = load_checkpoint(tiny_checkpoint, kind="segmenter")
+    torch.manual_seed(0)
+    model = segmenter_from_arch(payload["arch"])
+    with torch.no_grad():
+        for conv in model.classifier.branches:  # larger head weights: clear winners, no near-ties
+            conv.weight.normal_(0, 0.3)
+    payload["model"] = model.state_dict()
+    return save_checkpoint(payload, tmp_path_factory.mktemp("varied") / "varied.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(
+    varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path_factory
+) -> Path:
+    """A real export (segmenter + classifier) made by the real exporter."""
+    from s4seg.export.exporter import export_models
+
+    out = tmp_path_factory.mktemp("export") / "export"
+    export_models(
+        str(varied_checkpoint),
+        str(tiny_classifier),
+        str(out),
+        input_size=(64, 64),
+        data=str(synth_root),
+        parity_images=4,
+        log=lambda *_: None,
+    )
+    return out

@@ -1,0 +1,163 @@
+"""Which published version Triton serves, decided by us rather than by Triton's poller.
+
+Triton runs with ``--model-control-mode=explicit``. :meth:`VersionManager.sync` looks at the
+repository and, when a newer complete version is on disk, loads it step by step with config
+overrides that name exactly the versions to keep loaded (the served one and the new one), and
+switches the ensemble only when every step of the new version is ready. A version that fails to
+load (corrupt ONNX, wrong shapes) is recorded with Triton's reason and skipped until its files
+change; the served version keeps answering. Versions removed from disk (``s4seg rollback``) make
+it serve the newest one left.
+
+Why not ``--model-control-mode=poll``: when a pinned step fails to load, Triton unloads the
+ensemble that pins it, so a broken version would take the served one down (seen with 2.51).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from s4seg.export.triton_config import (
+    ENSEMBLE,
+    STEP_MODELS,
+    ensemble_config,
+    step_config,
+    to_json,
+)
+
+from s4seg.manifest import MANIFEST_NAME
+
+
+@dataclass
+class Failure:
+    reason: str
+    fingerprint: float
+
+
+@dataclass
+class VersionState:
+    served: int | None = None
+    failed: dict[int, Failure] = field(default_factory=dict)
+    switched_at: float | None = None
+
+
+def complete_versions(repository: Path) -> list[int]:
+    """Versions with a manifest and every step on disk, newest first."""
+    ensemble = repository / ENSEMBLE
+    if not ensemble.is_dir():
+        return []
+    found = []
+    for entry in ensemble.iterdir():
+        if not (entry.name.isdigit() and (entry / MANIFEST_NAME).is_file()):
+            continue
+        if all((repository / m / entry.name).is_dir() for m in STEP_MODELS.values()):
+            found.append(int(entry.name))
+    return sorted(found, reverse=True)
+
+
+def fingerprint(repository: Path, version: int) -> float:
+    """Changes when any file of the version changes (a fixed version is tried again)."""
+    stamps = [0.0]
+    for model in [*STEP_MODELS.values(), ENSEMBLE]:
+        folder = repository / model / str(version)
+        if folder.is_dir():
+            stamps += [p.stat().st_mtime for p in folder.iterdir()] + [folder.stat().st_mtime]
+    return max(stamps)
+
+
+class LoadError(Exception):
+    pass
+
+
+class VersionManager:
+    def __init__(
+        self,
+        repository: str | Path,
+        triton_url: str,
+        runtime: str = "python",
+        log: Callable[[str], None] = print,
+        timeout: float = 600.0,
+    ) -> None:
+        self.repository = Path(repository)
+        self.url = triton_url.rstrip("/")
+        self.runtime = runtime
+        self.log = log
+        self.timeout = timeout
+        self.state = VersionState()
+        self._lock = threading.Lock()
+
+    # -- Triton's repository API ----------------------------------------------------------------
+    def _load(self, model: str, config: dict) -> None:
+        response = httpx.post(
+            f"{self.url}/v2/repository/models/{model}/load",
+            json={"parameters": {"config": to_json(config)}},
+            timeout=self.timeout,
+        )
+        if response.status_code != 200:
+            try:
+                reason = response.json().get("error", response.text)
+            except ValueError:
+                reason = response.text
+            raise LoadError(f"{model}: {reason.strip().splitlines()[0]}")
+
+    def _ready(self, model: str, version: int) -> bool:
+        try:
+            url = f"{self.url}/v2/models/{model}/versions/{version}/ready"
+            return httpx.get(url, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- deciding -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Triton restarted: nothing is loaded any more."""
+        with self._lock:
+            self.state = VersionState(failed=self.state.failed)
+
+    def sync(self) -> int | None:
+        """Serve the newest complete version that loads; returns the served version."""
+        with self._lock:
+            on_disk = complete_versions(self.repository)
+            served = self.state.served
+            if served is not None and served not in on_disk:
+                self.log(f"version {served} is gone from {self.repository}")
+                served = None  # rolled back or removed: pick the newest left
+            for version in on_disk:
+                if served is not None and version <= served:
+                    break
+                failure = self.state.failed.get(version)
+                stamp = fingerprint(self.repository, version)
+                if failure is not None and failure.fingerprint == stamp:
+                    continue
+                try:
+                    self._switch(version, keep=served)
+                except LoadError as error:
+                    self.state.failed[version] = Failure(str(error), stamp)
+                    self.log(f"version {version} does not load, still serving {served}: {error}")
+                    continue
+                self.state.failed.pop(version, None)
+                self.log(f"serving version {version}" + (f" (was {served})" if served else ""))
+                served = version
+                self.state.switched_at = time.time()
+                break
+            self.state.served = served
+            return served
+
+    def _switch(self, version: int, keep: int | None) -> None:
+        loaded = [version] if keep is None else [keep, version]
+        for step, model in STEP_MODELS.items():
+            self._load(model, step_config(step, self.runtime, loaded))
+            if not self._ready(model, version):
+                raise LoadError(f"{model} version {version} is not ready after loading")
+        # Every step is ready: the ensemble switches in one reload, pinned to the new version.
+        self._load(ENSEMBLE, ensemble_config(version))
+        if not self._ready(ENSEMBLE, version):
+            raise LoadError(f"{ENSEMBLE} version {version} is not ready after loading")
+
+    def problems(self) -> dict[int, str]:
+        """Versions newer than the served one that do not load, with Triton's reason."""
+        served = self.state.served or 0
+        return {v: f.reason for v, f in sorted(self.state.failed.items()) if v > served}

@@ -1,0 +1,191 @@
+"""Export: real ONNX files from real checkpoints, checked against the PyTorch modules."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from s4seg.export.graphs import Gate, Preprocess
+from s4seg.export.onnx_export import ExportError, export_onnx
+from s4seg.training.gate import gated_argmax
+
+from s4seg.errors import CheckpointError
+from s4seg.manifest import STEPS, Manifest, sha256_file
+from s4seg.onnx_pipeline import OnnxPipeline
+
+
+def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> None:
+    manifest = Manifest.load(tiny_export)
+    assert sorted(p.name for p in tiny_export.iterdir()) == sorted(
+        [*(f"{s}.onnx" for s in STEPS), "manifest.json"]
+    )
+    for step in STEPS:
+        assert sha256_file(tiny_export / f"{step}.onnx") == manifest.graphs[step].sha256
+    assert manifest.input_size == [64, 64]
+    assert manifest.tau == 0.2 and manifest.opset >= 18
+    assert manifest.classifier is not None and manifest.classifier.size == 32
+    assert set(manifest.sources) == {"segmenter", "classifier"}
+    assert all(len(s.sha256) == 64 for s in manifest.sources.values())
+    assert manifest.config_digest.startswith("sha256:")
+    parity = manifest.parity
+    assert parity["passed"] and parity["images"] == 4
+    assert parity["label_agreement"] >= 0.999
+    assert parity["max_abs_prob_diff"] < 1e-3
+    assert parity["gated_miou_diff"] <= 0.001
+    # Batch, height and width stay dynamic in the files.
+    assert manifest.graphs["segmenter"].inputs["seg_input"] == ["batch", 3, "height", "width"]
+
+
+def test_pipeline_runs_any_batch_and_size(tiny_export: Path) -> None:
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    images = np.random.default_rng(0).integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
+    out = pipeline.run(images)
+    assert out.labels.shape == (3, 40, 56) and out.labels.dtype == np.uint8
+    assert out.class_probs.shape == (3, 7) and out.suppressed.shape == (3, 7)
+    single = pipeline.run(images[1:2])
+    np.testing.assert_array_equal(single.labels[0], out.labels[1])
+    # segment() letterboxes to the served size and maps back to the image's own size.
+    assert pipeline.segment(images[0]).labels.shape == (1, 40, 56)
+
+
+def test_gate_graph_computes_the_training_gate(tmp_path: Path) -> None:
+    for background in (0, None):
+        path = tmp_path / f"gate{background}.onnx"
+        export_onnx(
+            Gate(background),
+            {
+                "logits": torch.zeros(2, 5, 4, 4),
+                "class_probs": torch.zeros(2, 5),
+                "tau": torch.zeros(2, 1),
+            },
+            ["labels", "suppressed"],
+            path,
+            {
+                "logits": {0: "batch", 2: "height", 3: "width"},
+                "class_probs": {0: "batch"},
+                "tau": {0: "batch"},
+            },
+        )
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        generator = torch.Generator().manual_seed(1)
+        logits = torch.randn(4, 5, 9, 7, generator=generator)
+        probs = torch.rand(4, 5, generator=generator)
+        probs[3] = 0.01  # every class below tau: without background the ungated argmax is kept
+        tau = torch.tensor([[0.2], [0.5], [-1.0], [0.2]])
+        labels, suppressed = session.run(
+            None, {"logits": logits.numpy(), "class_probs": probs.numpy(), "tau": tau.numpy()}
+        )
+        expected_labels, expected_suppressed = gated_argmax(logits, probs, tau, background)
+        np.testing.assert_array_equal(labels, expected_labels.numpy())
+        np.testing.assert_array_equal(suppressed, expected_suppressed.numpy())
+        assert labels.dtype == np.uint8
+        if background is not None:
+            assert not suppressed[:, background].any()
+        assert not suppressed[2].any()  # tau -1: nothing suppressed (gate=false)
+
+
+def test_preprocess_matches_the_training_transforms() -> None:
+    from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD, eval_view
+    from s4seg.training.data.transforms import eval_transform
+    from torchvision import tv_tensors
+
+    mean, std = [0.45, 0.44, 0.4], [0.22, 0.23, 0.24]
+    module = Preprocess(mean, std, 32, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    image = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    seg, cls = module(torch.from_numpy(image)[None])
+    pixels = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+    torch.testing.assert_close(seg[0], eval_transform(mean, std)(pixels), atol=1e-5, rtol=0)
+    # The training view resizes uint8 pixels (rounded), the graph floats: < 1 grey level apart.
+    assert (cls[0] - eval_view(32)(pixels)).abs().max() < 1 / 255 / min(IMAGENET_STD) + 1e-4
+
+
+def test_wrong_checkpoint_kind_is_refused_by_name(
+    tiny_classifier: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CheckpointError, match="is a classifier checkpoint, not a segmenter"):
+        from s4seg.export.exporter import export_models
+
+        export_models(str(tiny_classifier), None, str(tmp_path / "out"))
+    result = subprocess.run(
+        [sys.executable, "-m", "s4seg", "export", "--segmenter", str(tiny_checkpoint),
+         "--classifier", str(tiny_checkpoint), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "is a segmenter checkpoint, not an MLMT classifier" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_parity_leaves_nothing_behind(
+    tiny_checkpoint: Path, synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from s4seg.export import exporter, parity
+
+    monkeypatch.setattr(parity, "MIN_LABEL_AGREEMENT", 1.01)  # no export can pass this
+    with pytest.raises(ExportError, match="ONNX differs from PyTorch: label agreement"):
+        exporter.export_models(
+            str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
+            data=str(synth_root), parity_images=2, log=lambda *_: None,
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_without_classifier_keeps_every_class(
+    tiny_checkpoint: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from s4seg.export.exporter import export_models
+
+    manifest = export_models(
+        str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
+        data=str(synth_root), parity_images=2, log=lambda *_: None,
+    )  # fmt: skip
+    assert manifest.classifier is None and "classifier" not in manifest.sources
+    out = OnnxPipeline.from_export(tmp_path / "out", device="cpu").run(
+        np.zeros((2, 64, 64, 3), dtype=np.uint8), tau=0.99
+    )
+    assert (out.class_probs == 1).all() and not out.suppressed.any()
+    # An existing, non-empty folder is not overwritten by accident.
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export_models(str(tiny_checkpoint), None, str(tmp_path / "out"))
+
+
+def test_evaluate_onnx_agrees_with_pytorch(
+    tiny_export: Path, varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path
+) -> None:
+    def run(*args: str) -> dict:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        subprocess.run(
+            [sys.executable, "-m", "s4seg", "evaluate", *args, "--data", str(synth_root),
+             "--out", str(out)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return json.loads((out / "report.json").read_text())
+
+    torch_report = run("--segmenter", str(varied_checkpoint), "--classifier", str(tiny_classifier))
+    onnx_report = run("--onnx", str(tiny_export))
+    assert onnx_report["images"] == torch_report["images"] == 4
+    assert abs(onnx_report["miou"] - torch_report["miou"]) <= 0.001
+    assert abs(onnx_report["ungated"]["miou"] - torch_report["ungated"]["miou"]) <= 0.001
+    assert torch_report["miou"] > 0  # the varied model predicts real classes somewhere
+
+
+def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> None:
+    from s4seg.manifest import ManifestError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_export, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["classes"] = []
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="classes"):
+        Manifest.load(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not readable JSON"):
+        Manifest.load(copy)

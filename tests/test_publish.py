@@ -1,0 +1,117 @@
+"""Publish, rollback, pruning and the promotion gate on a real repository (no server here;
+tests/test_triton.py serves it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from s4seg.export.repository import (
+    PublishError,
+    publish,
+    rollback,
+    served_version,
+    version_pipeline,
+    versions,
+)
+from s4seg.export.triton_config import ENSEMBLE, STEP_MODELS, step_pbtxt
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {"log": lambda *_: None}
+
+
+def test_committed_configs_are_what_publish_writes() -> None:
+    for step, model in STEP_MODELS.items():
+        committed = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
+        assert committed == step_pbtxt(step, "python"), f"{model}/config.pbtxt is stale"
+
+
+def test_publish_writes_complete_numbered_versions(tiny_export: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert publish(tiny_export, repo, **QUIET) == 1
+    assert publish(tiny_export, repo, **QUIET) == 2
+    for model in STEP_MODELS.values():
+        assert versions(repo / model) == [1, 2]
+        assert sorted(p.name for p in (repo / model / "2").iterdir()) == ["model.onnx", "model.py"]
+    assert (repo / ENSEMBLE / "2" / "manifest.json").is_file()
+    config = (repo / ENSEMBLE / "config.pbtxt").read_text()
+    assert "versions: [ 2 ]" in config and config.count("model_version: 2") == 4
+    assert served_version(repo) == 2
+    assert not list(repo.rglob("*.tmp"))  # no staging folder left
+    # A published version runs in-process exactly like the export it came from.
+    assert version_pipeline(repo, 2, device="cpu").manifest.classes[0] == "background"
+
+
+def test_rollback_serves_the_previous_version(tiny_export: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for _ in range(3):
+        publish(tiny_export, repo, **QUIET)
+    assert rollback(repo, **QUIET) == 2
+    assert served_version(repo) == 2
+    assert "model_version: 2" in (repo / ENSEMBLE / "config.pbtxt").read_text()
+    assert all(versions(repo / m) == [1, 2] for m in STEP_MODELS.values())
+    rollback(repo, **QUIET)
+    with pytest.raises(PublishError, match="nothing to roll back to"):
+        rollback(repo, **QUIET)
+
+
+def test_keep_prunes_old_versions(tiny_export: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for _ in range(4):
+        publish(tiny_export, repo, keep=2, **QUIET)
+    assert all(versions(repo / m) == [3, 4] for m in [ENSEMBLE, *STEP_MODELS.values()])
+    with pytest.raises(PublishError, match="at least 2"):
+        publish(tiny_export, repo, keep=1, **QUIET)
+
+
+def test_onnxruntime_runtime_writes_native_configs(tiny_export: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish(tiny_export, repo, runtime="onnxruntime", **QUIET)
+    config = (repo / "s4seg_segmenter" / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and 'backend: "python"' not in config
+    assert [p.name for p in (repo / "s4seg_segmenter" / "1").iterdir()] == ["model.onnx"]
+
+
+def test_other_classes_are_refused_unless_forced(tiny_export: Path, tmp_path: Path) -> None:
+    repo, other = tmp_path / "repo", tmp_path / "other"
+    publish(tiny_export, repo, **QUIET)
+    shutil.copytree(tiny_export, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["classes"][1] = "plate"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PublishError, match="differ from the served"):
+        publish(other, repo, **QUIET)
+    assert served_version(repo) == 1
+    assert publish(other, repo, force=True, **QUIET) == 2
+
+
+def test_changed_or_corrupt_export_is_refused(tiny_export: Path, tmp_path: Path) -> None:
+    repo, bad = tmp_path / "repo", tmp_path / "bad"
+    shutil.copytree(tiny_export, bad)
+    onnx = bad / "segmenter.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+    with pytest.raises(PublishError, match="does not match the sha256"):
+        publish(bad, repo, **QUIET)
+    assert served_version(repo) is None
+    assert not any((repo / m).exists() and versions(repo / m) for m in STEP_MODELS.values())
+
+
+def test_promotion_gate_prints_both_figures_and_refuses(
+    tiny_export: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    publish(tiny_export, repo, **QUIET)
+    command = [sys.executable, "-m", "s4seg", "publish", str(tiny_export), "--repository",
+               str(repo), "--eval-data", str(synth_root)]  # fmt: skip
+    accepted = subprocess.run([*command, "--max-drop", "1"], capture_output=True, text=True)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "promotion gate: new" in accepted.stderr and "served (v1)" in accepted.stderr
+    # Same model, but demand a gain of 5 points: the measured figures must refuse it.
+    refused = subprocess.run([*command, "--max-drop=-5"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "refused: gated mIoU" in refused.stderr and "served version 2" in refused.stderr
+    assert served_version(repo) == 2

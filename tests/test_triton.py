@@ -1,0 +1,220 @@
+"""A real tritonserver (from the pinned nvidia-pytriton wheel) on a repository made by the real
+``s4seg publish``: the ensemble's answers, tau per request, a hot version switch under load, and
+a broken version that must not take the served one down."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from s4seg.clients.triton_pipeline import TritonPipeline
+from s4seg.export.repository import publish
+from s4seg.export.triton_config import ENSEMBLE, STEP_MODELS, ensemble_pbtxt
+from s4seg.serving.triton import TritonProcess, TritonSettings, free_port
+from s4seg.serving.versions import VersionManager
+from s4seg.training.data.layouts import open_layout
+
+from s4seg.manifest import Manifest
+from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
+
+QUIET = {"log": lambda *_: None}
+
+
+class Server:
+    """tritonserver + the version manager that ``s4seg serve`` runs beside it."""
+
+    def __init__(self, process: TritonProcess, repo: Path) -> None:
+        self.process, self.repo = process, repo
+        self.url = process.settings.http_url
+        self.versions = VersionManager(repo, self.url, log=lambda *_: None)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self.versions.sync()
+
+    def pipeline(self) -> TritonPipeline:
+        return TritonPipeline(self.url, Manifest.load(self.repo / ENSEMBLE / "1"))
+
+    def index(self) -> list[dict]:
+        return httpx.post(f"{self.url}/v2/repository/index", timeout=5).json()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.process.settings.log_file.read_text().splitlines()[-30:])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("triton")
+    repo = root / "repo"
+    publish(tiny_export, repo, **QUIET)
+    settings = TritonSettings(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        poll_seconds=1, log_file=root / "triton.log",
+    )  # fmt: skip
+    process = TritonProcess(settings).start()
+    try:
+        process.wait_live(120)
+        server = Server(process, repo)
+        assert server.versions.sync() == 1
+        server._watcher.start()
+        yield server
+    finally:
+        if "server" in locals():
+            server._stop.set()
+        process.stop()
+    assert not process.running
+
+
+def synth_images(root: Path, count: int = 4) -> list[np.ndarray]:
+    layout = open_layout(root)
+    return [np.asarray(layout.read_image(s)) for s in layout.samples("val")[:count]]
+
+
+def test_ports_are_on_loopback_only(server: Server) -> None:
+    command = " ".join(server.process.process.args)
+    for kind in ("http", "grpc", "metrics"):
+        assert f"--{kind}-address=127.0.0.1" in command
+
+
+def test_ensemble_equals_onnx_runtime_and_pytorch(
+    server: Server, tiny_export: Path, varied_checkpoint: Path, tiny_classifier: Path, synth_root
+) -> None:
+    from s4seg.export.exporter import build_graphs
+    from s4seg.export.parity import torch_pipeline
+    from s4seg.training.checkpoint import load_checkpoint
+
+    images = np.stack(synth_images(synth_root))
+    remote = server.pipeline().run(images)
+    local = OnnxPipeline.from_export(tiny_export, device="cpu").run(images)
+    np.testing.assert_array_equal(remote.labels, local.labels)
+    np.testing.assert_allclose(remote.class_probs, local.class_probs, atol=1e-6)
+    graphs, _, _ = build_graphs(
+        load_checkpoint(varied_checkpoint), load_checkpoint(tiny_classifier)
+    )
+    reference = torch_pipeline(graphs, images, 0.2)
+    assert (remote.labels == reference["labels"]).mean() >= 0.999
+    assert len(np.unique(remote.labels)) > 2  # a real map, not one class everywhere
+
+
+def test_tau_per_request_changes_the_result_as_the_gate_says(server: Server, synth_root) -> None:
+    images = np.stack(synth_images(synth_root))
+    pipeline = server.pipeline()
+    ungated = pipeline.run(images, UNGATED_TAU)
+    strict = pipeline.run(images, 0.99)
+    probs = strict.class_probs
+    expected = probs <= 0.99
+    expected[:, 0] = False  # background is never suppressed
+    np.testing.assert_array_equal(strict.suppressed, expected)
+    assert not ungated.suppressed.any()
+    for labels, suppressed in zip(strict.labels, strict.suppressed, strict=True):
+        assert not np.isin(labels, np.flatnonzero(suppressed)).any()
+    assert (strict.labels != ungated.labels).any()
+    # Classes that survive keep exactly their ungated pixels.
+    kept = ~np.isin(ungated.labels, np.flatnonzero(strict.suppressed[0]))
+    np.testing.assert_array_equal(strict.labels[0][kept[0]], ungated.labels[0][kept[0]])
+
+
+def test_evaluate_through_triton_matches_onnx(
+    server: Server, tiny_export: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    reports = {}
+    for name, args in (
+        ("triton", ["--triton", server.url, "--repository", str(server.repo)]),
+        ("onnx", ["--onnx", str(tiny_export)]),
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "s4seg", "evaluate", *args, "--data", str(synth_root),
+             "--out", str(tmp_path / name)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert reports["triton"]["confusion_matrix"] == reports["onnx"]["confusion_matrix"]
+
+
+def test_second_publish_is_served_without_restart_or_failed_requests(
+    server: Server, tiny_export: Path, synth_root: Path
+) -> None:
+    image = np.stack(synth_images(synth_root, 1))
+    pid = server.process.process.pid
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        pipeline = server.pipeline()
+        while not stop.is_set():
+            try:
+                pipeline.run(image)
+                seen.append(pipeline.last_version or "?")
+            except Exception as error:
+                failures.append(str(error))
+        pipeline.close()
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(1)
+        assert publish(tiny_export, server.repo, **QUIET) == 2
+        deadline = time.monotonic() + 120
+        while "2" not in seen[-3:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == [], server.log_tail()
+    assert seen[0] == "1" and seen[-1] == "2", server.log_tail()
+    # Once switched, never back: the ensemble pins every step, versions do not mix.
+    assert "1" not in seen[seen.index("2") :]
+    assert server.process.process.pid == pid and server.process.running
+
+
+def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_root) -> None:
+    """Version 3 published by hand with a truncated segmenter: Triton fails to load it and
+    version 2 keeps answering."""
+    repo = server.repo
+    for model in [*STEP_MODELS.values(), ENSEMBLE]:
+        shutil.copytree(repo / model / "2", repo / model / ".3.tmp")
+    onnx = repo / "s4seg_segmenter" / ".3.tmp" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:2000])
+    for model in [*STEP_MODELS.values(), ENSEMBLE]:
+        (repo / model / ".3.tmp").rename(repo / model / "3")
+    (repo / ENSEMBLE / "config.pbtxt").write_text(ensemble_pbtxt(3))
+
+    deadline = time.monotonic() + 120
+    while 3 not in server.versions.problems() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "s4seg_segmenter" in server.versions.problems().get(3, ""), server.log_tail()
+    assert server.versions.state.served == 2
+    time.sleep(2)  # more syncs: the failed version is not retried until its files change
+    pipeline = server.pipeline()
+    image = np.stack(synth_images(synth_root, 1))
+    for _ in range(5):
+        pipeline.run(image)
+        assert pipeline.last_version == "2"
+    log = server.process.settings.log_file.read_text()
+    assert log.count("failed to load 's4seg_segmenter' version 3") == 1
+
+
+def test_rollback_serves_the_previous_version_again(server: Server, synth_root) -> None:
+    from s4seg.export.repository import rollback
+
+    assert rollback(server.repo, **QUIET) == 2  # removes the broken version 3
+    assert rollback(server.repo, **QUIET) == 1
+    deadline = time.monotonic() + 120
+    while server.versions.state.served != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    pipeline = server.pipeline()
+    pipeline.run(np.stack(synth_images(synth_root, 1)))
+    assert pipeline.last_version == "1"
