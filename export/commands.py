@@ -20,11 +20,12 @@ def run_export(args: argparse.Namespace) -> int:
         kind=args.parity_kind,
         parity_images=args.parity_images,
         overwrite=args.overwrite,
+        fp16=args.fp16,
         log=lambda message: print(message, file=sys.stderr),
     )
     out = Path(args.out)
     p = manifest.parity
-    for graph in manifest.graphs.values():
+    for graph in [*manifest.graphs.values(), *manifest.fp16_graphs.values()]:
         size = (out / graph.file).stat().st_size / 2**20
         print(f"{out / graph.file}  {size:.1f} MiB")
     line = (

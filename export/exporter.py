@@ -37,9 +37,10 @@ from s4seg.manifest import (
 from s4seg.onnx_pipeline import OnnxPipeline
 
 from . import graphs as g
-from .onnx_export import OPSET, ExportError, export_onnx
+from .onnx_export import OPSET, ExportError, export_onnx, signature
 from .parity import describe_failure, measure_parity
 
+FP16_STEPS = ("segmenter", "classifier")  # the heavy ones; pre/post-processing stays FP32
 NO_CLASSIFIER_SIZE = 32  # input of the stand-in classifier graph: small, it is never looked at
 
 Log = Callable[[str], None]
@@ -118,6 +119,43 @@ def build_graphs(
     return {name: module.eval() for name, module in graphs.items()}, cls_size, cls_norm
 
 
+def add_fp16_variant(
+    manifest: Manifest,
+    work: Path,
+    torch_graphs: dict[str, torch.nn.Module],
+    images: list[np.ndarray],
+    masks: list[np.ndarray] | None,
+    log: Log,
+) -> None:
+    """FP16 segmenter and classifier (FP32 inputs/outputs, so the other steps stay as they are),
+    with parity figures of their own. Dropped, with a warning, when they do not pass."""
+    import onnx
+    import onnx_ir as ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    files = {s: work / g.file for s, g in manifest.graphs.items()}
+    for step in FP16_STEPS:
+        path = work / f"{step}_fp16.onnx"
+        half = ir.from_proto(
+            convert_float_to_float16(onnx.load(str(files[step])), keep_io_types=True)
+        )
+        half.graph.sort()  # the converter appends its input casts out of topological order
+        onnx.save(ir.to_proto(half), path)
+        onnx.checker.check_model(str(path), full_check=True)
+        manifest.fp16_graphs[step] = GraphFile(
+            file=path.name, sha256=sha256_file(path), precision="fp16", **signature(path)
+        )
+        files[step] = path
+    figures = measure_parity(torch_graphs, OnnxPipeline(manifest, files, "auto"), images, masks)
+    manifest.fp16_parity = figures
+    log(f"parity fp16: label agreement {100 * figures['label_agreement']:.3f}%")
+    if not figures["passed"]:
+        log(f"fp16 variant dropped: {describe_failure(figures)}")
+        for step in FP16_STEPS:
+            (work / f"{step}_fp16.onnx").unlink()
+        manifest.fp16_graphs = {}
+
+
 def export_models(
     segmenter: str,
     classifier: str | None,
@@ -128,6 +166,7 @@ def export_models(
     kind: str | None = None,
     parity_images: int = 8,
     overwrite: bool = False,
+    fp16: bool = False,
     log: Log = print,
 ) -> Manifest:
     out_dir = Path(out)
@@ -244,6 +283,8 @@ def export_models(
         manifest.parity = figures
         if not figures["passed"]:
             raise ExportError(f"ONNX differs from PyTorch: {describe_failure(figures)}")
+        if fp16:
+            add_fp16_variant(manifest, work, torch_graphs, images, masks, log)
         shutil.rmtree(work / "synth", ignore_errors=True)
         manifest.save(work / MANIFEST_NAME)
         if out_dir.exists():

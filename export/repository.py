@@ -22,11 +22,12 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from s4seg.errors import S4segError
 from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
-from s4seg.onnx_pipeline import OnnxPipeline, open_session
+from s4seg.onnx_pipeline import OnnxPipeline, graph_files, open_session
 
 from .triton_config import ENSEMBLE, RUNTIMES, STEP_MODELS, ensemble_pbtxt, step_pbtxt
 
@@ -108,12 +109,14 @@ def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> Non
     stage.rename(model_dir / str(version))
 
 
-def check_export(folder: Path) -> Manifest:
+def check_export(folder: Path, precision: str = "fp32") -> Manifest:
     """The export is complete and unchanged since export: every file exists, hashes match, and
     each graph loads in ONNX Runtime."""
     manifest = Manifest.load(folder)
+    graphs = {**manifest.graphs, **(manifest.fp16_graphs if precision == "fp16" else {})}
+    graph_files(manifest, folder, precision)  # refuses fp16 when the export has none
     for step in STEPS:
-        graph = manifest.graphs[step]
+        graph = graphs[step]
         path = folder / graph.file
         if not path.is_file():
             raise PublishError(f"{folder} lacks {graph.file} (the {step} graph)")
@@ -142,6 +145,7 @@ def publish(
     export_dir: str | Path,
     repository: str | Path = "model_repository",
     runtime: str = "python",
+    precision: str = "fp32",
     keep: int | None = None,
     force: bool = False,
     eval_data: str | None = None,
@@ -158,7 +162,8 @@ def publish(
         raise PublishError(
             f"--keep must be at least {MIN_KEEP} (the served version and the previous)"
         )
-    manifest = check_export(folder)
+    manifest = check_export(folder, precision)
+    files = graph_files(manifest, folder, precision)
     with locked(repo):
         served = served_version(repo)
         if served is not None:
@@ -179,18 +184,28 @@ def publish(
             model_dir = repo / model
             model_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(model_dir / "config.pbtxt", step_pbtxt(step, runtime))
-            files = {"model.onnx": folder / manifest.graphs[step].file}
+            version_files = {"model.onnx": files[step]}
             if runtime == "python":
-                files["model.py"] = RUNNER
-            _place_version(model_dir, version, files)
+                version_files["model.py"] = RUNNER
+            _place_version(model_dir, version, version_files)
         ensemble_dir = repo / ENSEMBLE
         ensemble_dir.mkdir(parents=True, exist_ok=True)
-        _place_version(ensemble_dir, version, {MANIFEST_NAME: folder / MANIFEST_NAME})
+        stage = ensemble_dir / f".{version}.manifest"
+        manifest.published = {
+            "version": version,
+            "runtime": runtime,
+            "precision": precision,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": str(folder.resolve()),
+        }
+        manifest.save(stage)
+        _place_version(ensemble_dir, version, {MANIFEST_NAME: stage})
+        stage.unlink()
         # The switch: one atomic replacement of the ensemble config.
         write_text_atomic(ensemble_dir / "config.pbtxt", ensemble_pbtxt(version))
         if keep is not None:
             prune(repo, keep, log)
-    log(f"published {folder} as version {version} of {repo} ({runtime} runtime)")
+    log(f"published {folder} as version {version} of {repo} ({runtime} runtime, {precision})")
     return version
 
 
@@ -261,6 +276,7 @@ def run_publish(args: argparse.Namespace) -> int:
         args.export_dir,
         args.repository,
         runtime=args.runtime,
+        precision=args.precision,
         keep=args.keep,
         force=args.force,
         eval_data=args.eval_data,

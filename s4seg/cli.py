@@ -111,6 +111,20 @@ def _bench_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="auto")
     train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
 
+    export = sub.add_parser("export", help="export time and latency of each ONNX step")
+    export.add_argument("--segmenter", help="checkpoint (default: random weights, paper scale)")
+    export.add_argument("--classifier", help="MLMT checkpoint (with --segmenter)")
+    export.add_argument("--depth", type=int, default=101, help="backbone of the random segmenter")
+    export.add_argument("--classifier-depth", type=int, default=101)
+    export.add_argument("--classifier-size", type=int, default=320)
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    export.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    export.add_argument("--repeats", type=int, default=10)
+    export.add_argument("--warmup", type=int, default=2)
+    export.add_argument("--parity-images", type=int, default=4)
+    export.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    export.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+
 
 def _export_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
@@ -133,6 +147,9 @@ def _export_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--parity-kind", default=None, help="layout of --parity-data (auto)")
     export.add_argument("--parity-images", type=int, default=8)
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.add_argument(
+        "--fp16", action="store_true", help="also write FP16 segmenter/classifier (GPU serving)"
+    )
 
     publish = commands.add_parser(
         "publish", help="publish an export as the next version of a Triton model repository"
@@ -145,6 +162,9 @@ def _export_commands(commands: argparse._SubParsersAction) -> None:
         default="python",
         help="python: ONNX Runtime inside the python backend (the pip tritonserver); "
         "onnxruntime: Triton's native backend (NGC image)",
+    )
+    publish.add_argument(
+        "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16 needs export --fp16"
     )
     publish.add_argument("--keep", type=int, default=None, metavar="N", help="keep N versions")
     publish.add_argument("--force", action="store_true", help="publish even if classes differ")
@@ -196,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from s4seg.clients.evaluate import run_evaluate
 
             return run_evaluate(args)
+        if args.command == "bench" and args.target == "export":
+            from s4seg.export.bench import bench_export
+
+            bench_export(args)
+            return 0
         if args.command in ("data", "train", "evaluate", "bench"):
             from s4seg.training import commands
 

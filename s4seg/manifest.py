@@ -93,6 +93,9 @@ class Manifest(_Strict):
     parity: dict[str, Any]
     fp16_parity: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
+    published: dict[str, Any] | None = Field(
+        default=None, description="set by publish: version, runtime, precision, time, source"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -57,6 +57,16 @@ def open_session(path: str | Path, providers: list[str]):
         raise ManifestError(f"{path} does not load in ONNX Runtime: {first}") from None
 
 
+def graph_files(manifest: Manifest, folder: Path, precision: str = "fp32") -> dict[str, Path]:
+    """Step -> ONNX file of an export; FP16 files replace the FP32 ones they were made from."""
+    if precision not in ("fp32", "fp16"):
+        raise ManifestError(f"precision must be fp32 or fp16, not {precision!r}")
+    if precision == "fp16" and not manifest.fp16_graphs:
+        raise ManifestError(f"{folder} has no FP16 variant (export with --fp16)")
+    graphs = {**manifest.graphs, **(manifest.fp16_graphs if precision == "fp16" else {})}
+    return {step: folder / graph.file for step, graph in graphs.items()}
+
+
 class OnnxPipeline:
     """preprocess -> segmenter + classifier -> gate, as four ONNX Runtime sessions."""
 
@@ -70,11 +80,13 @@ class OnnxPipeline:
             self.sessions[step] = open_session(path, self.providers)
 
     @classmethod
-    def from_export(cls, folder: str | Path, device: str = "auto") -> OnnxPipeline:
-        """The pipeline in a folder written by ``s4seg export``."""
+    def from_export(
+        cls, folder: str | Path, device: str = "auto", precision: str = "fp32"
+    ) -> OnnxPipeline:
+        """The pipeline in a folder written by ``s4seg export`` (``fp16``: its FP16 variant)."""
         folder = Path(folder)
         manifest = Manifest.load(folder)
-        return cls(manifest, {s: folder / g.file for s, g in manifest.graphs.items()}, device)
+        return cls(manifest, graph_files(manifest, folder, precision), device)
 
     def run(
         self, images: np.ndarray, tau: float | None = None, keep_logits: bool = False

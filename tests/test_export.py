@@ -189,3 +189,24 @@ def test_manifest_errors_name_the_problem(tiny_export: Path, tmp_path: Path) -> 
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not readable JSON"):
         Manifest.load(copy)
+
+
+def test_fp16_variant_has_its_own_parity_and_publishes(
+    tiny_checkpoint: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from s4seg.export.exporter import export_models
+    from s4seg.export.repository import publish, version_pipeline
+
+    manifest = export_models(
+        str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
+        data=str(synth_root), parity_images=2, fp16=True, log=lambda *_: None,
+    )  # fmt: skip
+    assert set(manifest.fp16_graphs) == {"segmenter", "classifier"}
+    assert manifest.fp16_parity is not None and manifest.fp16_parity["passed"]
+    assert manifest.fp16_parity["max_abs_prob_diff"] > 0  # really computed in half precision
+    repo = tmp_path / "repo"
+    publish(tmp_path / "out", repo, precision="fp16", log=lambda *_: None)
+    served = version_pipeline(repo, 1, device="cpu")
+    assert served.manifest.published["precision"] == "fp16"
+    onnx_file = repo / "s4seg_segmenter" / "1" / "model.onnx"
+    assert sha256_file(onnx_file) == manifest.fp16_graphs["segmenter"].sha256

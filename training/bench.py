@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import re
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,21 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from s4seg import IGNORE_INDEX
+from s4seg.benchmarks import cpu_description, provenance, update_section
 
 from .models import DeepLabV2, upsample_logits
 from .runtime import setup_runtime
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    text = f"{cpu_description()}, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text
@@ -124,9 +112,7 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         print(f"  {row['s_per_it']:.3f} s/it ({row['it_per_s']:.3f} it/s)", file=sys.stderr)
     fp32 = next((r for r in rows if r["depth"] == 101 and r["precision"] == "fp32"), None)
     lines = [
-        f"Machine: {machine_description()}  ",
-        f"Command: `{shlex.join(['s4seg', *sys.argv[1:]])}`  ",
-        f"Date: {datetime.date.today().isoformat()}  ",
+        *provenance(machine_description()),
         f"Setting: DeepLabv2 (OS 8, ASPP 6/12/18/24), {args.crop}x{args.crop}, batch "
         f"{args.batch_size}, SGD step included; {args.warmup} warm-up + {args.iterations} timed "
         "iterations per row.",
@@ -148,17 +134,3 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         device_tag = "gpu" if any(r["device"].startswith("cuda") for r in rows) else "cpu"
         update_section(Path(args.write), f"train-{device_tag}", table)
     return rows
-
-
-def update_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the block between ``<!-- bench:NAME -->`` markers in a markdown file."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    block = f"{start}\n{body}\n{end}"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = (
-        pattern.sub(lambda _: block, text)
-        if pattern.search(text)
-        else text.rstrip() + f"\n\n{block}\n"
-    )
-    path.write_text(text)

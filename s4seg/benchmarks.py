@@ -1,0 +1,46 @@
+"""Writing benchmark results into BENCHMARKS.md (shared by every ``s4seg bench`` command)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+
+def cpu_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def provenance(machine: str) -> list[str]:
+    """The machine, the command and the date: the first lines of every benchmark section."""
+    return [
+        f"Machine: {machine}  ",
+        f"Command: `{shlex.join(['s4seg', *sys.argv[1:]])}`  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+    ]
+
+
+def update_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the block between ``<!-- bench:NAME -->`` markers in a markdown file."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body}\n{end}"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + f"\n\n{block}\n"
+    )
+    path.write_text(text)
