@@ -179,6 +179,29 @@ def _export_commands(commands: argparse._SubParsersAction) -> None:
     rollback.add_argument("--repository", default="model_repository")
 
 
+def _serving_commands(commands: argparse._SubParsersAction) -> None:
+    quick = commands.add_parser(
+        "quickstart", help="synthetic data -> s4GAN + MLMT -> export -> publish (first run)"
+    )
+    quick.add_argument("--data", default="data/synth", help="synthetic data set (made if missing)")
+    quick.add_argument("--runs", default="runs/quickstart", help="training runs and the export")
+    quick.add_argument("--repository", default="model_repository")
+    quick.add_argument("--iterations", type=int, help="override the preset's 300 iterations")
+    quick.add_argument("--force", action="store_true", help="publish again even if one is served")
+
+    serve = commands.add_parser(
+        "serve", help="serve segmentation: tritonserver + version manager + HTTP gateway"
+    )
+    serve.add_argument("--repository", help="model repository (env S4SEG_REPOSITORY)")
+    serve.add_argument("--host", help="gateway address (env S4SEG_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gateway port (env S4SEG_PORT, default 8080)")
+    serve.add_argument("--triton-url", help="use this running Triton instead of starting one")
+    serve.add_argument("--runtime", choices=["python", "onnxruntime"], help="step runtime")
+    serve.add_argument(
+        "--no-quickstart", action="store_true", help="fail instead of building the demo model"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s4seg", description="Semi-supervised semantic segmentation: train, export, serve."
@@ -189,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_commands(commands)
     _evaluate_command(commands)
     _export_commands(commands)
+    _serving_commands(commands)
     _bench_commands(commands)
     return parser
 
@@ -204,6 +228,14 @@ def _first_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            from s4seg.serving.commands import run_serve
+
+            return run_serve(args)
+        if args.command == "quickstart":
+            from s4seg.export.quickstart import run_quickstart
+
+            return run_quickstart(args)
         if args.command == "export":
             from s4seg.export.commands import run_export
 

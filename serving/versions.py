@@ -14,6 +14,7 @@ ensemble that pins it, so a broken version would take the served one down (seen 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,9 @@ from s4seg.export.triton_config import (
     to_json,
 )
 
-from s4seg.manifest import MANIFEST_NAME
+from s4seg.manifest import MANIFEST_NAME, write_json_atomic
+
+STATUS_FILE = ".serving-status.json"  # the gateway reads it (it may run in another process)
 
 
 @dataclass
@@ -144,6 +147,7 @@ class VersionManager:
                 self.state.switched_at = time.time()
                 break
             self.state.served = served
+            self._write_status()
             return served
 
     def _switch(self, version: int, keep: int | None) -> None:
@@ -156,6 +160,21 @@ class VersionManager:
         self._load(ENSEMBLE, ensemble_config(version))
         if not self._ready(ENSEMBLE, version):
             raise LoadError(f"{ENSEMBLE} version {version} is not ready after loading")
+
+    def _write_status(self) -> None:
+        status = {
+            "served_version": self.state.served,
+            "failed": {str(v): f.reason for v, f in self.problems().items()},
+            "switched_at": self.state.switched_at,
+        }
+        path = self.repository / STATUS_FILE
+        try:
+            previous = json.loads(path.read_text())
+            previous.pop("time", None)
+        except (OSError, ValueError):
+            previous = None
+        if previous != status:
+            write_json_atomic(path, {**status, "time": time.time()})
 
     def problems(self) -> dict[int, str]:
         """Versions newer than the served one that do not load, with Triton's reason."""

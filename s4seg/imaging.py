@@ -1,0 +1,102 @@
+"""Decoding images that users send: safely, with errors that name the problem.
+
+Used by the gateway, the CLI clients and batch inference (no torch, no FastAPI). The pixel cap
+is checked from the header, before any pixel is decoded (decompression bombs); EXIF orientation
+is applied; grayscale, palette, RGBA/LA, CMYK and 16-bit inputs become 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from s4seg.errors import S4segError
+
+DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000
+
+
+class ImageError(S4segError):
+    """An input is not a usable image. ``status`` is the HTTP status the gateway answers with."""
+
+    def __init__(self, message: str, status: int = 422, code: str = "bad_image") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, EXIF orientation applied
+    format: str | None
+    mode: str  # the mode it arrived in (before conversion)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: scale the full range to 8 bits rather than clipping at 255.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(values.max()), 1.0)
+        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("F",):
+        raise ImageError("floating-point images are not supported", 415, "unsupported_mode")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Transparent pixels become black, like most viewers show them on a dark canvas.
+        return image.convert("RGBA").convert("RGB")
+    try:
+        return image.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
+    except (ValueError, OSError) as error:
+        raise ImageError(f"image mode {mode} can not be converted to RGB: {error}", 415,
+                         "unsupported_mode") from None  # fmt: skip
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Bytes of an image file -> RGB pixels, or an ImageError naming what is wrong."""
+    if not data:
+        raise ImageError("empty body: no image was sent", 422, "empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unknown or unsupported file format)", 415,
+                         "not_an_image") from None  # fmt: skip
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"image too large: {error}", 413, "too_many_pixels") from None
+    except OSError as error:
+        raise ImageError(f"unreadable image: {error}", 422, "corrupt") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image has {width}x{height} = {width * height} pixels, more than the limit of "
+            f"{max_pixels}",
+            413,
+            "too_many_pixels",
+        )
+    if width == 0 or height == 0:
+        raise ImageError("image has no pixels", 422, "empty")
+    kind, mode = image.format, image.mode
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(image)
+        pixels = np.asarray(rgb, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:
+        # PIL reports truncated and corrupt data as OSError ("image file is truncated").
+        what = kind or "image"
+        raise ImageError(f"corrupt or truncated {what}: {error}", 422, "corrupt") from None
+    return DecodedImage(np.ascontiguousarray(pixels), kind, mode)
+
+
+def read_image_file(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    with open(path, "rb") as handle:
+        return decode_image(handle.read(), max_pixels)

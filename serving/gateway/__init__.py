@@ -1,0 +1,1 @@
+"""The FastAPI gateway in front of the Triton ensemble (no torch)."""

@@ -1,0 +1,22 @@
+"""What is served: the manifest of the served version and the versions on disk."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from ..dependencies import CatalogDep, TritonDep, require_api_key
+
+router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/v1/models", summary="The served version, its manifest, and all published versions")
+async def models(triton: TritonDep, catalog: CatalogDep) -> dict:
+    served = await triton.served_version()
+    if served is None:
+        raise HTTPException(503, "no version is being served (Triton down or nothing published)")
+    return {
+        "served_version": served,
+        "published_versions": catalog.versions(),
+        "failed_versions": catalog.status().get("failed", {}),
+        "manifest": catalog.manifest(served).model_dump(mode="json"),
+    }

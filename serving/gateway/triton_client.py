@@ -1,0 +1,96 @@
+"""The gateway's one long-lived async client of the Triton ensemble."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+import numpy as np
+import tritonclient.http.aio as triton_aio
+from s4seg.export.triton_config import ENSEMBLE
+from tritonclient.http import InferInput
+from tritonclient.utils import InferenceServerException
+
+from .metrics import TRITON_ERRORS
+
+
+class TritonUnavailable(Exception):
+    """Triton is down, not ready, or has no ready ensemble (HTTP 503)."""
+
+
+class TritonFailed(Exception):
+    """Triton answered the request with an error (HTTP 502) or too late (504)."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray  # (H, W) uint8 at the canvas size
+    class_probs: np.ndarray  # (C,)
+    suppressed: np.ndarray  # (C,) bool
+    version: str
+
+
+UNAVAILABLE_HINTS = ("unknown model", "not ready", "no available versions", "unavailable")
+
+
+class TritonEnsemble:
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url.removeprefix("http://")
+        self.timeout = timeout
+        self.client = triton_aio.InferenceServerClient(self.url, conn_timeout=timeout)
+
+    async def segment(self, canvas: np.ndarray, tau: float) -> Segmentation:
+        image = InferInput("image", [1, *canvas.shape], "UINT8")
+        image.set_data_from_numpy(canvas[None])
+        taus = InferInput("tau", [1, 1], "FP32")
+        taus.set_data_from_numpy(np.array([[tau]], dtype=np.float32))
+        try:
+            result = await asyncio.wait_for(
+                self.client.infer(ENSEMBLE, [image, taus]), timeout=self.timeout
+            )
+        except TimeoutError:
+            TRITON_ERRORS.labels("timeout").inc()
+            raise TritonFailed(f"Triton did not answer within {self.timeout:g} s", 504) from None
+        except InferenceServerException as error:
+            message = error.message() or str(error)
+            if any(hint in message.lower() for hint in UNAVAILABLE_HINTS):
+                TRITON_ERRORS.labels("unavailable").inc()
+                raise TritonUnavailable(f"the model is not ready: {message}") from None
+            TRITON_ERRORS.labels("inference").inc()
+            raise TritonFailed(f"Triton could not run the model: {message}") from None
+        except (aiohttp.ClientError, OSError) as error:
+            TRITON_ERRORS.labels("unreachable").inc()
+            raise TritonUnavailable(f"Triton is unreachable at {self.url}: {error}") from None
+        return Segmentation(
+            result.as_numpy("labels")[0],
+            result.as_numpy("class_probs")[0],
+            result.as_numpy("suppressed")[0],
+            str(result.get_response().get("model_version", "")),
+        )
+
+    async def served_version(self) -> int | None:
+        """The version the ensemble's loaded config pins (None: not loaded / unreachable)."""
+        try:
+            config = await asyncio.wait_for(self.client.get_model_config(ENSEMBLE), 5)
+        except (TimeoutError, InferenceServerException, aiohttp.ClientError, OSError):
+            return None
+        versions = config.get("version_policy", {}).get("specific", {}).get("versions", [])
+        return int(versions[0]) if versions else None
+
+    async def readiness(self) -> tuple[bool, str]:
+        try:
+            if not await asyncio.wait_for(self.client.is_server_live(), 5):
+                return False, "Triton is not live"
+            if not await asyncio.wait_for(self.client.is_model_ready(ENSEMBLE), 5):
+                return False, f"the '{ENSEMBLE}' ensemble is not ready (nothing published?)"
+        except (TimeoutError, InferenceServerException, aiohttp.ClientError, OSError) as error:
+            return False, f"Triton is unreachable at {self.url}: {error or type(error).__name__}"
+        return True, "ready"
+
+    async def close(self) -> None:
+        await self.client.close()

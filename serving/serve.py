@@ -1,0 +1,131 @@
+"""``s4seg serve``: tritonserver + the version manager + the gateway, as one command.
+
+1. No version published yet: run ``s4seg quickstart`` (a separate process: serving never imports
+   torch) to train, export and publish the demo model.
+2. Start ``tritonserver`` (explicit model control, ports on 127.0.0.1) and wait until it is live.
+3. A supervisor thread syncs the served version every ``version_poll_seconds`` (new publishes,
+   rollbacks) and restarts Triton if it dies.
+4. uvicorn runs the gateway in the foreground. SIGINT/SIGTERM stop the gateway, the supervisor
+   and Triton (its whole process group), in that order, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from s4seg.errors import S4segError
+
+from .settings import ServeSettings
+from .triton import TritonProcess, TritonSettings
+from .versions import VersionManager, complete_versions
+
+log = logging.getLogger("s4seg.serve")
+
+
+class Supervisor(threading.Thread):
+    """Keeps Triton running and the served version current."""
+
+    def __init__(self, triton: TritonProcess | None, versions: VersionManager, every: float):
+        super().__init__(name="s4seg-supervisor", daemon=True)
+        self.triton, self.versions, self.every = triton, versions, every
+        self.stopping = threading.Event()
+        self.restarts = 0
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every):
+            try:
+                if self.triton is not None and not self.triton.running:
+                    code = self.triton.process.returncode if self.triton.process else None
+                    log.error("tritonserver exited (code %s); restarting it", code)
+                    self.triton.stop()
+                    self.triton.start()
+                    self.triton.wait_live(120)
+                    self.restarts += 1
+                    self.versions.reset()
+                self.versions.sync()
+            except Exception as error:  # keep supervising; the next round tries again
+                log.error("supervisor: %s", error)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=30)
+
+
+def run_quickstart(repository: Path) -> None:
+    """Build and publish the demo model in a child process (it needs torch; we do not)."""
+    log.warning("no version in %s: running `s4seg quickstart` (a few minutes on a CPU)", repository)
+    command = [sys.executable, "-m", "s4seg", "quickstart", "--repository", str(repository)]
+    result = subprocess.run(command, check=False)
+    if result.returncode != 0:
+        raise S4segError(f"`{' '.join(command[2:])}` failed (exit code {result.returncode})")
+
+
+def _raise_on_sigterm() -> None:
+    """Until uvicorn installs its own handlers, SIGTERM unwinds like Ctrl-C (cleanup runs)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def serve(settings: ServeSettings, quickstart: bool = True) -> int:
+    import uvicorn
+
+    from .gateway.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _raise_on_sigterm()
+    repository = settings.repository
+    if not complete_versions(repository) and settings.triton_url is None:
+        if not quickstart:
+            raise S4segError(f"{repository} has no published version (run `s4seg quickstart`)")
+        run_quickstart(repository)
+    triton = None
+    if settings.triton_url is None:
+        triton = TritonProcess(
+            TritonSettings(
+                repository,
+                host=settings.triton_host,
+                http_port=settings.triton_http_port,
+                grpc_port=settings.triton_grpc_port,
+                metrics_port=settings.triton_metrics_port,
+                log_file=settings.log_dir / "tritonserver.log",
+            )
+        )
+    versions = VersionManager(
+        repository, f"http://{settings.triton_http}", settings.runtime, log=log.info
+    )
+    # With --triton-url someone else runs that Triton and decides what it serves.
+    supervisor = Supervisor(triton, versions, settings.version_poll_seconds) if triton else None
+    try:
+        if triton is not None:
+            log.info("starting tritonserver (log: %s)", triton.settings.log_file)
+            triton.start()
+            triton.wait_live(120)
+        if supervisor is not None:
+            served = versions.sync()
+            if served is None:
+                problems = "; ".join(f"v{v}: {r}" for v, r in versions.problems().items())
+                raise S4segError(f"no published version loads in Triton: {problems or 'none'}")
+            supervisor.start()
+        log.info("gateway on http://%s:%d (docs at /docs)", settings.host, settings.port)
+        config = uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port, log_level="info"
+        )
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        if triton is not None:
+            triton.stop()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,33 @@
+"""Settings of ``s4seg serve`` and the gateway: flags override environment variables
+(``S4SEG_*``), which override these defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="S4SEG_", extra="forbid")
+
+    repository: Path = Field(Path("model_repository"), description="Triton model repository")
+    host: str = Field("127.0.0.1", description="gateway address (0.0.0.0 to serve other hosts)")
+    port: int = Field(8080, description="gateway port")
+    triton_host: str = Field("127.0.0.1", description="Triton's ports bind here (keep loopback)")
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    triton_url: str | None = Field(None, description="use a Triton already running here instead")
+    runtime: str = Field("python", description="python (pip tritonserver) or onnxruntime (NGC)")
+    api_key: SecretStr | None = Field(None, description="require this key in X-API-Key")
+    max_body_bytes: int = Field(20 * 2**20, description="larger uploads get 413")
+    max_pixels: int = Field(40_000_000, description="larger images get 413 (checked pre-decode)")
+    request_timeout: float = Field(30.0, description="seconds per request to Triton")
+    version_poll_seconds: float = Field(1.0, description="how often new versions are looked for")
+    log_dir: Path = Field(Path("runs/serve"), description="tritonserver.log goes here")
+
+    @property
+    def triton_http(self) -> str:
+        return self.triton_url or f"{self.triton_host}:{self.triton_http_port}"

@@ -1,0 +1,317 @@
+"""``s4seg serve`` as a user runs it: a real tritonserver, the version manager and the FastAPI
+gateway in one process tree, talked to over HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from s4seg.export.repository import publish
+from s4seg.serving.triton import free_port
+
+QUIET = {"log": lambda *_: None}
+
+
+def pids_matching(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen, url: str, repo: Path, log: Path) -> None:
+        self.process, self.url, self.repo, self.log = process, url, repo, log
+
+    def post(self, data: bytes, content_type: str = "image/png", **params) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}/v1/segment",
+            content=data,
+            headers={"Content-Type": content_type},
+            params=params,
+            timeout=60,
+        )
+
+
+def start_serve(repo: Path, log: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "S4SEG_PORT": str(port), **extra_env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repo), "--no-quickstart"],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError("serve did not become ready:\n" + log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("serve")
+    repo = root / "repo"
+    publish(tiny_export, repo, **QUIET)
+    env = {
+        "S4SEG_TRITON_HTTP_PORT": str(free_port()),
+        "S4SEG_TRITON_GRPC_PORT": str(free_port()),
+        "S4SEG_TRITON_METRICS_PORT": str(free_port()),
+        "S4SEG_LOG_DIR": str(root / "logs"),
+        "S4SEG_MAX_BODY_BYTES": str(2_000_000),
+        "S4SEG_MAX_PIXELS": str(4_000_000),
+        "S4SEG_VERSION_POLL_SECONDS": "0.5",
+    }
+    process, url = start_serve(repo, root / "serve.log", env)
+    server = Served(process, url, repo, root / "serve.log")
+    server.triton_port = env["S4SEG_TRITON_HTTP_PORT"]  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    # Nothing left behind: no tritonserver, no python backend stub for this repository.
+    time.sleep(1)
+    assert pids_matching(str(repo)) == [], "processes left after SIGTERM"
+    assert process.returncode == 0
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo(synth_root: Path) -> Image.Image:
+    return Image.open(next(iter(sorted((synth_root / "images" / "val").iterdir())))).convert("RGB")
+
+
+def test_png_is_a_palette_label_map_at_the_input_size(served: Served, photo: Image.Image) -> None:
+    big = photo.resize((150, 90))
+    response = served.post(encode(big))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-model-version"] == "1"
+    labels = Image.open(io.BytesIO(response.content))
+    assert labels.mode == "P" and labels.size == (150, 90)
+    assert np.asarray(labels).max() < 7
+
+
+def test_multipart_json_and_overlay(served: Served, photo: Image.Image) -> None:
+    data = encode(photo, "JPEG")
+    response = httpx.post(
+        f"{served.url}/v1/segment",
+        files={"file": ("photo.jpg", data, "image/jpeg")},
+        params={"format": "json"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == photo.size
+    assert body["model_version"] == "1" and body["gated"] and body["tau"] == 0.2
+    assert sum(c["pixels"] for c in body["classes"]) == photo.size[0] * photo.size[1]
+    assert set(body["class_probabilities"]) >= {"background", "disc"}
+    from pycocotools import mask as coco_mask
+
+    first = body["classes"][0]
+    rle = {"size": first["rle"]["size"], "counts": first["rle"]["counts"].encode()}
+    assert coco_mask.decode(rle).sum() == first["pixels"]
+    overlay = served.post(data, "image/jpeg", format="overlay")
+    assert overlay.status_code == 200
+    assert Image.open(io.BytesIO(overlay.content)).mode == "RGB"
+
+
+def test_tau_and_gate_change_the_answer(served: Served, photo: Image.Image) -> None:
+    data = encode(photo)
+    strict = served.post(data, format="json", tau=1.0).json()
+    off = served.post(data, format="json", gate="false").json()
+    assert not off["gated"] and off["suppressed"] == []
+    assert "background" not in strict["suppressed"] and len(strict["suppressed"]) == 6
+    assert {c["name"] for c in strict["classes"]} == {"background"}
+    assert len(off["classes"]) > 1
+    bad = served.post(data, tau=2)
+    assert bad.status_code == 422 and "tau" in bad.json()["detail"]
+
+
+def test_exif_orientation_is_honoured(served: Served, photo: Image.Image) -> None:
+    wide = photo.resize((120, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    response = served.post(encode(wide, "JPEG", exif=exif), "image/jpeg")
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).size == (60, 120)
+
+
+@pytest.mark.parametrize(
+    "mode", ["L", "P", "RGBA", "CMYK", "I;16"], ids=["gray", "palette", "rgba", "cmyk", "16bit"]
+)
+def test_other_image_modes_are_converted(served: Served, photo: Image.Image, mode: str) -> None:
+    if mode == "I;16":
+        grey = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        sixteen = Image.fromarray(grey)
+        assert sixteen.mode.startswith("I;16")
+        data = encode(sixteen)
+    elif mode == "CMYK":
+        data = encode(photo.convert("CMYK"), "JPEG")
+    else:
+        data = encode(photo.convert(mode))
+    response = served.post(data)
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == photo.size
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "code"),
+    [
+        ("empty", 422, "empty"),
+        ("text", 415, "not_an_image"),
+        ("truncated", 422, "corrupt"),
+        ("wrong_type", 415, "unsupported_media_type"),
+        ("too_many_bytes", 413, "too_large"),
+        ("too_many_pixels", 413, "too_many_pixels"),
+        ("bomb", 413, "too_many_pixels"),
+        ("no_file_part", 422, "no_file"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(
+    served: Served, photo: Image.Image, case: str, status: int, code: str
+) -> None:
+    if case == "empty":
+        response = served.post(b"")
+    elif case == "text":
+        response = served.post(b"just some text, not an image\n" * 10)
+    elif case == "truncated":
+        jpeg = encode(photo.resize((256, 256)), "JPEG", quality=95)
+        response = served.post(jpeg[: len(jpeg) // 2], "image/jpeg")
+    elif case == "wrong_type":
+        response = served.post(encode(photo), "text/plain")
+    elif case == "too_many_bytes":
+        response = served.post(os.urandom(2_100_000))
+    elif case == "too_many_pixels":
+        response = served.post(encode(Image.new("L", (2500, 2000)), optimize=True))
+    elif case == "bomb":  # 20000 x 20000 of one colour: a tiny file that decodes to 400 MP
+        response = served.post(encode(Image.new("1", (20000, 20000))))
+    else:
+        response = httpx.post(
+            f"{served.url}/v1/segment", files={"other": ("x.png", encode(photo))}, timeout=30
+        )
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and body["detail"]
+    assert httpx.get(f"{served.url}/healthz").status_code == 200  # nothing crashed
+
+
+def test_models_health_metrics_and_docs(served: Served) -> None:
+    models = httpx.get(f"{served.url}/v1/models").json()
+    assert models["served_version"] == 1 and models["published_versions"] == [1]
+    assert models["manifest"]["classes"][0] == "background"
+    ready = httpx.get(f"{served.url}/readyz").json()
+    assert ready["ready"] and ready["served_version"] == 1
+    metrics = httpx.get(f"{served.url}/metrics").text
+    assert 's4seg_gateway_requests_total{route="/v1/segment",status="200"}' in metrics
+    assert 's4seg_gateway_requests_total{route="/v1/segment",status="415"}' in metrics
+    assert "s4seg_gateway_request_seconds_bucket" in metrics
+    assert "s4seg_gateway_in_flight_requests" in metrics
+    schema = httpx.get(f"{served.url}/openapi.json").json()
+    assert "/v1/segment" in schema["paths"]
+    assert httpx.get(f"{served.url}/docs").status_code == 200
+
+
+def test_api_key_when_configured(served: Served, photo: Image.Image, tmp_path: Path) -> None:
+    """A second gateway on the same Triton (``--triton-url``) with S4SEG_API_KEY set."""
+    process, url = start_serve(
+        served.repo,
+        tmp_path / "keyed.log",
+        {"S4SEG_API_KEY": "s3cret", "S4SEG_TRITON_URL": f"127.0.0.1:{served.triton_port}"},
+    )
+    try:
+        data = encode(photo)
+        headers = {"Content-Type": "image/png"}
+        missing = httpx.post(f"{url}/v1/segment", content=data, headers=headers)
+        wrong = httpx.post(
+            f"{url}/v1/segment", content=data, headers={**headers, "X-API-Key": "nope"}
+        )
+        right = httpx.post(
+            f"{url}/v1/segment", content=data, headers={**headers, "X-API-Key": "s3cret"}
+        )
+        assert missing.status_code == 401 and wrong.status_code == 401
+        assert missing.json()["error"] == "unauthorized"
+        assert right.status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200  # probes need no key
+        assert "s3cret" not in (tmp_path / "keyed.log").read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def test_publish_during_traffic_fails_no_request(
+    served: Served, photo: Image.Image, tiny_export: Path
+) -> None:
+    data = encode(photo)
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                r = client.post(
+                    f"{served.url}/v1/segment", content=data, headers={"Content-Type": "image/png"}
+                )
+                results.append((r.status_code, r.headers.get("x-model-version", "")))
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1)
+        assert publish(tiny_export, served.repo, **QUIET) == 2
+        deadline = time.monotonic() + 120
+        while ("2" not in {v for _, v in results[-3:]}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    statuses = {s for s, _ in results}
+    assert statuses == {200}, [r for r in results if r[0] != 200][:5]
+    assert results[0][1] == "1" and results[-1][1] == "2"
+    assert httpx.get(f"{served.url}/v1/models").json()["served_version"] == 2
+
+
+def test_triton_killed_gives_503_then_recovers(served: Served, photo: Image.Image) -> None:
+    data = encode(photo)
+    (pid,) = pids_matching(f"bin/tritonserver --model-repository={served.repo}")
+    os.kill(pid, signal.SIGKILL)
+    down = served.post(data)
+    assert down.status_code == 503, down.text
+    assert down.json()["error"] == "unavailable"
+    assert httpx.get(f"{served.url}/readyz").status_code == 503
+    deadline = time.monotonic() + 180
+    status = None
+    while time.monotonic() < deadline:
+        status = served.post(data).status_code
+        if status == 200:
+            break
+        time.sleep(0.5)
+    assert status == 200, served.log.read_text()[-2000:]
+    assert pids_matching(f"bin/tritonserver --model-repository={served.repo}") != [pid]
+    assert served.process.poll() is None  # the gateway itself never restarted
