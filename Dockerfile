@@ -1,7 +1,14 @@
-# s4seg on the NGC Triton image (GPU). Not buildable on our development machines (no Docker
-# engine there): keep it small and check it where Docker runs.
+# s4seg on the NGC Triton image: Triton's native ONNX Runtime backend on the GPU, the gateway in
+# front, one entrypoint (`s4seg serve`) that starts both. It can not be built on our development
+# machines (no Docker engine there); build and check it where Docker and a GPU are:
+#
 #   docker build -t s4seg .
-#   docker run --gpus all --rm -v $PWD/data:/data s4seg train baseline --config voc --set data.root=/data/VOCdevkit/VOC2012
+#   docker run --gpus all --rm -p 8080:8080 -v $PWD/model_repository:/models s4seg
+#   curl -F file=@photo.jpg 'http://127.0.0.1:8080/v1/segment?format=json'
+#
+# With an empty /models the first start trains and publishes the demo model (s4seg quickstart).
+# Publish your own: `s4seg export ... --out exp && s4seg publish exp --repository /models
+# --runtime onnxruntime` (the running server picks it up without a restart).
 FROM nvcr.io/nvidia/tritonserver:24.12-py3
 
 WORKDIR /opt/s4seg
@@ -11,9 +18,18 @@ COPY training ./training
 COPY export ./export
 COPY serving ./serving
 COPY clients ./clients
-COPY model_repository ./model_repository
-RUN python3 -m pip install --no-cache-dir --break-system-packages . \
-    && s4seg --version
+RUN python3 -m pip install --no-cache-dir --break-system-packages . && s4seg --version
 
+# The image's own tritonserver (with the onnxruntime backend), the native runtime, Triton on
+# loopback inside the container, the gateway on every interface of the container.
+ENV S4SEG_TRITON_BINARY=/opt/tritonserver/bin/tritonserver \
+    S4SEG_RUNTIME=onnxruntime \
+    S4SEG_REPOSITORY=/models \
+    S4SEG_HOST=0.0.0.0 \
+    S4SEG_PORT=8080 \
+    S4SEG_LOG_DIR=/tmp/s4seg
+VOLUME /models
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s CMD curl -fs http://127.0.0.1:8080/readyz || exit 1
 ENTRYPOINT ["s4seg"]
-CMD ["--help"]
+CMD ["serve"]

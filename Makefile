@@ -3,10 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA ?= data/synth
-RUN ?= runs/synthetic-quick
 
-.PHONY: setup test lint quickstart bench-train clean
+.PHONY: setup test lint serve quickstart bench-train bench-export clean
 
 setup: $(STAMP)
 
@@ -21,16 +19,20 @@ lint: setup
 test: setup lint
 	$(BIN)/pytest
 
-# The demo: synthetic data, a quick CPU baseline, its evaluation with pictures. Reruns reuse
-# what exists (the run resumes from its last checkpoint and stops at once when it is complete).
+# The main job: serve segmentation on http://127.0.0.1:8080. On the first run, when nothing is
+# published yet, `s4seg serve` runs `s4seg quickstart` (synthetic data, s4GAN + MLMT, export,
+# publish: a few minutes on a CPU); later runs reuse the published version.
+serve: setup
+	$(BIN)/s4seg serve
+
 quickstart: setup
-	test -f $(DATA)/classes.yaml || $(BIN)/s4seg data synth --out $(DATA)
-	$(BIN)/s4seg train baseline --config synthetic-quick --set data.root=$(DATA) \
-		--set train.out_dir=$(RUN) --resume auto
-	$(BIN)/s4seg evaluate --segmenter $(RUN)/last.pt --out $(RUN)/eval --save-predictions 8
+	$(BIN)/s4seg quickstart
 
 bench-train: setup
 	$(BIN)/s4seg bench train --write BENCHMARKS.md
+
+bench-export: setup
+	$(BIN)/s4seg bench export --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

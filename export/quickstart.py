@@ -44,7 +44,12 @@ def _train(trainer: str, data: Path, runs: Path, iterations: int | None) -> Path
 
 
 def quickstart(
-    data: Path, runs: Path, repository: Path, iterations: int | None = None, force: bool = False
+    data: Path,
+    runs: Path,
+    repository: Path,
+    iterations: int | None = None,
+    force: bool = False,
+    runtime: str = "python",
 ) -> int:
     if served_version(repository) is not None and not force:
         log(f"{repository} already serves version {served_version(repository)} (--force to redo)")
@@ -62,11 +67,14 @@ def quickstart(
     export_models(
         str(segmenter), str(classifier), str(out), input_size=SERVED_SIZE, overwrite=True, log=log
     )
-    version = publish(out, repository, log=log)
+    version = publish(out, repository, runtime=runtime, log=log)
     log(f"done in {time.monotonic() - start:.0f} s: version {version} in {repository}")
     return version
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
-    quickstart(Path(args.data), Path(args.runs), Path(args.repository), args.iterations, args.force)
+    quickstart(
+        Path(args.data), Path(args.runs), Path(args.repository), args.iterations, args.force,
+        args.runtime,
+    )  # fmt: skip
     return 0

@@ -47,7 +47,7 @@ def _train_commands(commands: argparse._SubParsersAction) -> None:
         trainer.add_argument(
             "--config",
             default="voc",
-            help="preset (voc, cityscapes, context, synthetic-quick) or YAML file",
+            help="preset (voc, cityscapes, context, synthetic-quick, quickstart) or YAML file",
         )
         trainer.add_argument(
             "--set",
@@ -188,6 +188,7 @@ def _serving_commands(commands: argparse._SubParsersAction) -> None:
     quick.add_argument("--repository", default="model_repository")
     quick.add_argument("--iterations", type=int, help="override the preset's 300 iterations")
     quick.add_argument("--force", action="store_true", help="publish again even if one is served")
+    quick.add_argument("--runtime", choices=["python", "onnxruntime"], default="python")
 
     serve = commands.add_parser(
         "serve", help="serve segmentation: tritonserver + version manager + HTTP gateway"
@@ -202,6 +203,35 @@ def _serving_commands(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _client_commands(commands: argparse._SubParsersAction) -> None:
+    segment = commands.add_parser("segment", help="segment images through the gateway")
+    segment.add_argument("images", nargs="+", metavar="IMG")
+    segment.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    segment.add_argument("--format", choices=["png", "overlay", "json"], default="png")
+    segment.add_argument("--out", default=".", help="folder for the outputs")
+    segment.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
+    segment.add_argument("--no-gate", action="store_true", help="do not gate classes")
+    segment.add_argument("--api-key", help="X-API-Key (default: env S4SEG_API_KEY)")
+
+    predict = commands.add_parser(
+        "predict", help="batch offline inference over a folder or list (resumable, sharded)"
+    )
+    predict.add_argument("--input", required=True, help="folder (recursive) or a list file")
+    predict.add_argument("--output", required=True, help="folder for the outputs")
+    predict.add_argument("--via", choices=["gateway", "triton", "local"], default="local")
+    predict.add_argument("--format", choices=["png", "overlay", "json"], default="png")
+    predict.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    predict.add_argument("--shard", help="i/n: this worker's share of the sorted inputs")
+    predict.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
+    predict.add_argument("--no-gate", action="store_true")
+    predict.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")
+    predict.add_argument("--api-key", help="--via gateway: X-API-Key (env S4SEG_API_KEY)")
+    predict.add_argument("--triton-url", default="127.0.0.1:8000", help="--via triton")
+    predict.add_argument("--repository", default="model_repository", help="--via triton/local")
+    predict.add_argument("--model", help="--via local: an export folder (default: served)")
+    predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s4seg", description="Semi-supervised semantic segmentation: train, export, serve."
@@ -213,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_command(commands)
     _export_commands(commands)
     _serving_commands(commands)
+    _client_commands(commands)
     _bench_commands(commands)
     return parser
 
@@ -228,6 +259,10 @@ def _first_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("segment", "predict"):
+            from s4seg.clients import commands as client_commands
+
+            return getattr(client_commands, f"run_{args.command}")(args)
         if args.command == "serve":
             from s4seg.serving.commands import run_serve
 

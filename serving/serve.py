@@ -57,10 +57,11 @@ class Supervisor(threading.Thread):
             self.join(timeout=30)
 
 
-def run_quickstart(repository: Path) -> None:
+def run_quickstart(repository: Path, runtime: str) -> None:
     """Build and publish the demo model in a child process (it needs torch; we do not)."""
     log.warning("no version in %s: running `s4seg quickstart` (a few minutes on a CPU)", repository)
-    command = [sys.executable, "-m", "s4seg", "quickstart", "--repository", str(repository)]
+    command = [sys.executable, "-m", "s4seg", "quickstart", "--repository", str(repository),
+               "--runtime", runtime]  # fmt: skip
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise S4segError(f"`{' '.join(command[2:])}` failed (exit code {result.returncode})")
@@ -86,7 +87,7 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
     if not complete_versions(repository) and settings.triton_url is None:
         if not quickstart:
             raise S4segError(f"{repository} has no published version (run `s4seg quickstart`)")
-        run_quickstart(repository)
+        run_quickstart(repository, settings.runtime)
     triton = None
     if settings.triton_url is None:
         triton = TritonProcess(

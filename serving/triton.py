@@ -38,11 +38,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 @dataclass(frozen=True)
 class TritonInstall:
     binary: Path
-    backends: Path
+    backends: Path | None  # None: the binary's own default (/opt/tritonserver/backends on NGC)
 
     @classmethod
     def find(cls) -> TritonInstall:
-        """The wheel's server, with the python backend stub in place (copied on first use)."""
+        """``S4SEG_TRITON_BINARY`` (e.g. the NGC image's server) if set, else the server in the
+        nvidia-pytriton wheel, with its python backend stub in place (copied on first use)."""
+        override = os.environ.get("S4SEG_TRITON_BINARY")
+        if override:
+            if not Path(override).is_file():
+                raise TritonError(f"S4SEG_TRITON_BINARY={override}: no such file")
+            return cls(Path(override), None)
         try:
             import pytriton
         except ImportError:
@@ -104,7 +110,7 @@ def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str
             if settings.control == "poll"
             else ["--model-control-mode=explicit"]
         ),
-        f"--backend-directory={install.backends}",
+        *([f"--backend-directory={install.backends}"] if install.backends else []),
         f"--http-address={settings.host}",
         f"--http-port={settings.http_port}",
         f"--grpc-address={settings.host}",

@@ -4,6 +4,7 @@ gateway in one process tree, talked to over HTTP."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -260,6 +261,60 @@ def test_api_key_when_configured(served: Served, photo: Image.Image, tmp_path: P
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def test_python_clients_sync_and_async(served: Served, photo: Image.Image) -> None:
+    import asyncio
+
+    from s4seg.clients import AsyncSegmentationClient, ClientError, SegmentationClient
+
+    with SegmentationClient(served.url) as client:
+        result = client.segment(np.asarray(photo))
+        assert result.version == "1" and result.labels().shape == photo.size[::-1]
+        assert client.models()["served_version"] == 1
+        with pytest.raises(ClientError) as refused:
+            client.segment(b"not an image")
+        assert refused.value.status == 415 and refused.value.code == "not_an_image"
+
+    async def concurrent() -> list:
+        async with AsyncSegmentationClient(served.url) as client:
+            return await asyncio.gather(*(client.segment(photo, "json") for _ in range(4)))
+
+    results = asyncio.run(concurrent())
+    assert len({json.dumps(r.json["classes"]) for r in results}) == 1
+
+
+def test_segment_cli_and_predict_through_every_path(
+    served: Served, synth_root: Path, tiny_export: Path, tmp_path: Path
+) -> None:
+    images = sorted((synth_root / "images" / "val").iterdir())
+    cli = subprocess.run(
+        [sys.executable, "-m", "s4seg", "segment", *map(str, images[:2]), "--url", served.url,
+         "--format", "json", "--out", str(tmp_path / "seg")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "(model version 1)" in cli.stdout and "background" in cli.stdout
+    assert json.loads((tmp_path / "seg" / f"{images[0].stem}.json").read_text())["classes"]
+    outputs = {}
+    for via, extra in (
+        ("gateway", ["--url", served.url]),
+        ("triton", ["--triton-url", f"127.0.0.1:{served.triton_port}",
+                    "--repository", str(served.repo)]),
+        ("local", ["--model", str(tiny_export)]),
+    ):  # fmt: skip
+        out, val = tmp_path / via, str(synth_root / "images" / "val")
+        run = subprocess.run(
+            [sys.executable, "-m", "s4seg", "predict", "--input", val,
+             "--output", str(out), "--via", via, "--concurrency", "3", *extra],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "4 written" in run.stdout and "images/s" in run.stdout
+        outputs[via] = [np.asarray(Image.open(out / p.name)) for p in images]
+    for via in ("gateway", "triton"):
+        for a, b in zip(outputs[via], outputs["local"], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_publish_during_traffic_fails_no_request(

@@ -41,7 +41,9 @@ def test_serving_side_modules_import_no_torch() -> None:
     modules = (
         "s4seg.manifest, s4seg.letterbox, s4seg.onnx_pipeline, s4seg.export.repository, "
         "s4seg.export.triton_config, s4seg.serving.triton, s4seg.clients.evaluate, "
-        "s4seg.clients.triton_pipeline"
+        "s4seg.clients.triton_pipeline, s4seg.clients.predict, s4seg.clients.backends, "
+        "s4seg.clients.commands, s4seg.serving.serve, s4seg.serving.versions, "
+        "s4seg.serving.gateway.app, s4seg.imaging, s4seg.outputs"
     )
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

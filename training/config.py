@@ -126,7 +126,7 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-PRESETS = ("voc", "cityscapes", "context", "synthetic-quick")
+PRESETS = ("voc", "cityscapes", "context", "synthetic-quick", "quickstart")
 
 
 def _preset_text(name: str) -> str:

@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from s4seg.imaging import ImageError, decode_image
 from s4seg.letterbox import letterbox, unletterbox
 from s4seg.onnx_pipeline import UNGATED_TAU
+from s4seg.outputs import label_png, overlay_png, segmentation_json
 
 from ..dependencies import CatalogDep, SettingsDep, TritonDep, require_api_key
-from ..encode import label_png, overlay_png, segmentation_json
 from ..triton_client import TritonUnavailable
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])

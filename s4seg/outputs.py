@@ -1,4 +1,5 @@
-"""Turning a label map into what the client asked for: palette PNG, overlay PNG or JSON + RLE."""
+"""Turning a label map into what users asked for: palette PNG, overlay PNG or JSON + COCO RLE
+(shared by the gateway, `s4seg segment` and `s4seg predict`)."""
 
 from __future__ import annotations
 

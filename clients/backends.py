@@ -1,0 +1,99 @@
+"""The three ways ``s4seg predict`` reaches a model: the gateway over HTTP, Triton directly, or
+the exported ONNX pipeline in-process. Each gives ``segment(path) -> bytes`` of the output."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from s4seg.errors import S4segError
+from s4seg.imaging import DEFAULT_MAX_PIXELS, read_image_file
+from s4seg.letterbox import letterbox, unletterbox
+from s4seg.manifest import Manifest
+from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
+from s4seg.outputs import label_png, overlay_png, segmentation_json
+
+Segment = Callable[[Path], bytes]
+
+
+def encode_output(
+    pixels, labels, class_probs, suppressed, manifest: Manifest, version: str, fmt: str, tau
+) -> bytes:
+    if fmt == "json":
+        body = segmentation_json(labels, class_probs, suppressed, manifest, version, tau)
+        return (json.dumps(body) + "\n").encode()
+    if fmt == "overlay":
+        return overlay_png(pixels, labels, manifest)
+    return label_png(labels, manifest)
+
+
+def pipeline_segmenter(
+    run: Callable, manifest: Manifest, version: Callable[[], str], fmt: str, tau, gate: bool
+) -> Segment:
+    """Decode, letterbox, run (a pipeline's ``run``), map back, encode: as the gateway does."""
+    used = (manifest.tau if tau is None else tau) if gate else UNGATED_TAU
+
+    def segment(path: Path) -> bytes:
+        decoded = read_image_file(path, DEFAULT_MAX_PIXELS)
+        canvas, placement = letterbox(
+            decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value)
+        )
+        out = run(canvas[None], used)
+        labels = unletterbox(out.labels[0], placement)
+        return encode_output(
+            decoded.pixels, labels, out.class_probs[0], out.suppressed[0], manifest, version(),
+            fmt, used if gate else None,
+        )  # fmt: skip
+
+    return segment
+
+
+def gateway_segmenter(url: str, fmt: str, tau, gate: bool, api_key: str | None) -> Segment:
+    from .client import SegmentationClient
+
+    client = SegmentationClient(url, api_key)  # httpx.Client is safe to share between threads
+    if not client.ready():
+        raise S4segError(f"the gateway at {url} is not ready (is `s4seg serve` running?)")
+    return lambda path: client.segment(path, fmt, tau, gate).content
+
+
+def triton_segmenter(url: str, repository: Path, fmt: str, tau, gate: bool) -> Segment:
+    from s4seg.export.repository import served_manifest
+
+    from .triton_pipeline import TritonPipeline
+
+    manifest = served_manifest(repository)
+    if manifest is None:
+        raise S4segError(f"{repository} has no published version (needed for the manifest)")
+    local = threading.local()  # tritonclient's HTTP client is not thread-safe: one per thread
+
+    def client() -> TritonPipeline:
+        if not hasattr(local, "pipeline"):
+            local.pipeline = TritonPipeline(url, manifest)
+        return local.pipeline
+
+    TritonPipeline(url, manifest).close()  # fail early when Triton is not there
+    return pipeline_segmenter(
+        lambda images, t: client().run(images, t), manifest,
+        lambda: client().last_version or "", fmt, tau, gate,
+    )  # fmt: skip
+
+
+def local_segmenter(
+    model: str | None, repository: Path, fmt: str, tau, gate: bool, device: str
+) -> Segment:
+    """The exported pipeline in-process: an export folder, else the repository's served one."""
+    if model:
+        pipeline = OnnxPipeline.from_export(model, device=device)
+        version = "local"
+    else:
+        from s4seg.export.repository import served_version, version_pipeline
+
+        served = served_version(repository)
+        if served is None:
+            raise S4segError(f"{repository} has no published version; pass --model EXPORT_DIR")
+        pipeline = version_pipeline(repository, served, device=device)
+        version = str(served)
+    return pipeline_segmenter(pipeline.run, pipeline.manifest, lambda: version, fmt, tau, gate)

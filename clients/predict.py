@@ -1,0 +1,202 @@
+"""``s4seg predict``: batch offline inference over a folder or a list of images.
+
+Streams the inputs through a bounded pool of workers, writes each output atomically (a temporary
+name renamed into place, so an interrupted run leaves no half-written file), skips outputs that
+already exist (rerun to resume), never writes outside the output folder, and lists every failure
+with its reason at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from s4seg.errors import S4segError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
+SUFFIX = {"png": ".png", "overlay": "_overlay.png", "json": ".json"}
+
+
+@dataclass
+class Job:
+    source: Path
+    relative: Path  # where the output goes, relative to the output folder (no suffix)
+
+
+@dataclass
+class Report:
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise S4segError(f"--shard must look like i/n (e.g. 0/4), not {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise S4segError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+
+def safe_relative(path: Path) -> Path | None:
+    """A path to place under the output folder: no absolute part, no '..'."""
+    parts = [p for p in path.parts if p not in ("", ".", "/")]
+    if any(p == ".." for p in parts) or not parts:
+        return None
+    return Path(*parts)
+
+
+def list_jobs(source: str, shard: tuple[int, int]) -> tuple[list[Job], list[tuple[str, str]]]:
+    """The images of a folder (recursively) or of a list file, sorted, this shard's share."""
+    root = Path(source)
+    rejected: list[tuple[str, str]] = []
+    if root.is_dir():
+        paths = sorted(
+            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        entries = [(p, p.relative_to(root)) for p in paths]
+        base = root.resolve()
+        kept = []
+        for path, relative in entries:
+            # A symlink that leads out of the input folder is not followed.
+            if not path.resolve().is_relative_to(base):
+                rejected.append((str(path), "symlink out of the input folder"))
+                continue
+            kept.append((path, relative))
+        entries = kept
+    elif root.is_file():
+        lines = [line.strip() for line in root.read_text().splitlines()]
+        listed = [Path(line) for line in lines if line and not line.startswith("#")]
+        entries = []
+        for path in listed:
+            full = path if path.is_absolute() else root.parent / path
+            relative = safe_relative(path if not path.is_absolute() else Path(*path.parts[1:]))
+            if relative is None:
+                rejected.append((str(path), "path escapes the output folder ('..')"))
+                continue
+            entries.append((full, relative))
+    else:
+        raise S4segError(f"--input {source} is neither a folder nor a list file")
+    index, count = shard
+    jobs = [Job(p, r.with_suffix("")) for i, (p, r) in enumerate(entries) if i % count == index]
+    return jobs, rejected
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def output_path(output: Path, job: Job, format: str) -> Path:
+    target = (output / job.relative).with_name(job.relative.name + SUFFIX[format])
+    if not target.resolve().is_relative_to(output.resolve()):
+        raise S4segError(f"{job.source}: output {target} would be outside {output}")
+    return target
+
+
+def run_jobs(
+    jobs: list[Job],
+    output: Path,
+    format: str,
+    segment: Callable[[Path], bytes],
+    concurrency: int,
+    progress: bool | None = None,
+) -> Report:
+    """Run ``segment`` over the jobs with at most ``concurrency`` in flight."""
+    report = Report()
+    lock = threading.Lock()
+    start = time.perf_counter()
+    todo: list[tuple[Job, Path]] = []
+    for job in jobs:
+        try:
+            target = output_path(output, job, format)
+        except S4segError as error:
+            report.failures.append((str(job.source), str(error)))
+            continue
+        if target.exists():
+            report.skipped += 1
+        else:
+            todo.append((job, target))
+
+    def one(job: Job, target: Path) -> None:
+        write_atomic(target, segment(job.source))
+
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=progress is False or None)
+    pending: dict[Future, Job] = {}
+    queue: Iterator[tuple[Job, Path]] = iter(todo)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        while True:
+            while len(pending) < 2 * concurrency:  # bounded: never the whole list in flight
+                item = next(queue, None)
+                if item is None:
+                    break
+                pending[pool.submit(one, *item)] = item[0]
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                error = future.exception()
+                with lock:
+                    if error is None:
+                        report.done += 1
+                    else:
+                        report.failures.append(
+                            (str(job.source), str(error) or type(error).__name__)
+                        )
+                bar.update(1)
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def summary(report: Report, output: Path) -> str:
+    lines = [
+        f"{report.done} written, {report.skipped} already there (skipped), "
+        f"{len(report.failures)} failed in {report.seconds:.1f} s "
+        f"({report.images_per_second:.2f} images/s) -> {output}"
+    ]
+    if report.failures:
+        lines.append("failures:")
+        lines += [f"  {path}: {reason}" for path, reason in report.failures]
+        lines.append(f"(also in {output / 'failures.json'})")
+    return "\n".join(lines)
+
+
+def write_failures(report: Report, output: Path) -> None:
+    path = output / "failures.json"
+    if report.failures:
+        body = [{"input": p, "reason": r} for p, r in report.failures]
+        write_atomic(path, (json.dumps(body, indent=1) + "\n").encode())
+    elif path.exists():
+        path.unlink()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr)

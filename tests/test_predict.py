@@ -1,0 +1,109 @@
+"""``s4seg predict --via local``: resume, failure listing, shards, and safe output paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from s4seg.clients.predict import Job, list_jobs, output_path, parse_shard
+
+from s4seg.errors import S4segError
+
+
+def predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "s4seg", "predict", "--via", "local", *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture
+def inputs(synth_root: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    shutil.copytree(synth_root / "images" / "val", folder / "a")
+    shutil.copy(synth_root / "images" / "val" / "val_00000.png", folder / "b.png")
+    return folder
+
+
+def test_predict_writes_resumes_and_lists_failures(
+    inputs: Path, tiny_export: Path, tmp_path: Path
+) -> None:
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (inputs / "notes.png").write_text("this is text")
+    out = tmp_path / "out"
+    first = predict("--input", str(inputs), "--output", str(out), "--model", str(tiny_export))
+    assert first.returncode == 1  # failures make the exit code non-zero
+    assert "5 written, 0 already there (skipped), 2 failed" in first.stdout
+    assert (
+        "broken.jpg: corrupt or truncated" in first.stdout
+        or "broken.jpg: unreadable" in first.stdout
+    )
+    assert "notes.png: not an image" in first.stdout
+    failures = json.loads((out / "failures.json").read_text())
+    assert {Path(f["input"]).name for f in failures} == {"broken.jpg", "notes.png"}
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a/val_00000.png", "a/val_00001.png", "a/val_00002.png", "a/val_00003.png",
+                       "b.png"]  # fmt: skip
+    mask = Image.open(out / "b.png")
+    assert mask.mode == "P" and mask.size == Image.open(inputs / "b.png").size
+    # Interrupted runs: a lost output is redone, existing ones are skipped, nothing half-written.
+    (out / "a" / "val_00002.png").unlink()
+    (inputs / "broken.jpg").unlink()
+    (inputs / "notes.png").unlink()
+    second = predict("--input", str(inputs), "--output", str(out), "--model", str(tiny_export))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 written, 4 already there (skipped), 0 failed" in second.stdout
+    assert not (out / "failures.json").exists()
+    assert not list(out.rglob("*.part"))
+
+
+def test_shards_cover_every_image_once(inputs: Path) -> None:
+    everything, _ = list_jobs(str(inputs), (0, 1))
+    shards = [list_jobs(str(inputs), (i, 3))[0] for i in range(3)]
+    names = sorted(str(j.source) for shard in shards for j in shard)
+    assert names == sorted(str(j.source) for j in everything)
+    with pytest.raises(S4segError, match="i/n"):
+        parse_shard("3")
+    with pytest.raises(S4segError, match="0 <= i < n"):
+        parse_shard("4/4")
+
+
+def test_outputs_never_leave_the_output_folder(inputs: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "x.png")
+    os.symlink(outside / "x.png", inputs / "link.png")  # a symlink out of the input tree
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f"in/b.png\n../evil.png\n{inputs / 'b.png'}\nin/a/../../escape.png\n# comment\n"
+    )
+    jobs, rejected = list_jobs(str(listing), (0, 1))
+    assert {Path(p).name for p, _ in rejected} == {"evil.png", "escape.png"}
+    out = tmp_path / "out"
+    for job in jobs:
+        assert output_path(out, job, "png").resolve().is_relative_to(out.resolve())
+    folder_jobs, folder_rejected = list_jobs(str(inputs), (0, 1))
+    assert [Path(p).name for p, _ in folder_rejected] == ["link.png"]
+    assert all(j.source.name != "link.png" for j in folder_jobs)
+    with pytest.raises(S4segError, match="outside"):
+        output_path(out, Job(Path("x"), Path("../../x")), "png")
+
+
+def test_predict_local_equals_the_pipeline(tiny_export: Path, inputs: Path, tmp_path: Path) -> None:
+    from s4seg.onnx_pipeline import OnnxPipeline
+
+    out = tmp_path / "out"
+    assert predict("--input", str(inputs / "a"), "--output", str(out), "--model",
+                   str(tiny_export), "--concurrency", "2").returncode == 0  # fmt: skip
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    for path in sorted((inputs / "a").iterdir()):
+        expected = pipeline.segment(np.asarray(Image.open(path).convert("RGB"))).labels[0]
+        np.testing.assert_array_equal(np.asarray(Image.open(out / path.name)), expected)
