@@ -164,7 +164,7 @@ class VersionManager:
     def _write_status(self) -> None:
         status = {
             "served_version": self.state.served,
-            "failed": {str(v): f.reason for v, f in self.problems().items()},
+            "failed": {str(v): reason for v, reason in self.problems().items()},
             "switched_at": self.state.switched_at,
         }
         path = self.repository / STATUS_FILE

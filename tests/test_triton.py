@@ -197,6 +197,8 @@ def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_
         time.sleep(0.5)
     assert "s4seg_segmenter" in server.versions.problems().get(3, ""), server.log_tail()
     assert server.versions.state.served == 2
+    status = json.loads((repo / ".serving-status.json").read_text())  # what /readyz shows
+    assert status["served_version"] == 2 and "s4seg_segmenter" in status["failed"]["3"]
     time.sleep(2)  # more syncs: the failed version is not retried until its files change
     pipeline = server.pipeline()
     image = np.stack(synth_images(synth_root, 1))
