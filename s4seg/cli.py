@@ -125,6 +125,14 @@ def _bench_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--device", default="auto", help="auto|cpu|cuda")
     export.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
 
+    serve = sub.add_parser("serve", help="gateway vs in-process ONNX Runtime vs naive PyTorch")
+    serve.add_argument("--repository", default="model_repository")
+    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    serve.add_argument("--requests", type=int, default=100, help="per target and concurrency")
+    serve.add_argument("--images", type=int, default=16, help="distinct images, cycled")
+    serve.add_argument("--log-dir", default="runs/bench-serve")
+    serve.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+
 
 def _export_commands(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
@@ -283,6 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from s4seg.clients.evaluate import run_evaluate
 
             return run_evaluate(args)
+        if args.command == "bench" and args.target == "serve":
+            from s4seg.clients.bench import bench_serve
+
+            bench_serve(args)
+            return 0
         if args.command == "bench" and args.target == "export":
             from s4seg.export.bench import bench_export
 

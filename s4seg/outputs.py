@@ -25,7 +25,12 @@ def label_png(labels: np.ndarray, manifest: Manifest) -> bytes:
 
 
 def overlay_png(pixels: np.ndarray, labels: np.ndarray, manifest: Manifest) -> bytes:
-    return png_bytes(overlay(Image.fromarray(pixels), labels, manifest.palette))
+    """The image blended with the class colours; background pixels stay as they were."""
+    blended = np.asarray(overlay(Image.fromarray(pixels), labels, manifest.palette)).copy()
+    if manifest.background_index is not None:
+        keep = labels == manifest.background_index
+        blended[keep] = pixels[keep]
+    return png_bytes(Image.fromarray(blended))
 
 
 def rle(binary: np.ndarray) -> dict:
