@@ -131,6 +131,9 @@ def run_jobs(
     """Run ``segment`` over the jobs with at most ``concurrency`` in flight."""
     report = Report()
     lock = threading.Lock()
+    # Temporary files of a run that was killed mid-write: never outputs, always redone.
+    for stale in output.rglob(".*.part"):
+        stale.unlink(missing_ok=True)
     start = time.perf_counter()
     todo: list[tuple[Job, Path]] = []
     for job in jobs:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 from s4seg.export.triton_config import (
     ENSEMBLE,
     STEP_MODELS,
@@ -30,7 +31,7 @@ from s4seg.export.triton_config import (
     to_json,
 )
 
-from s4seg.manifest import MANIFEST_NAME, write_json_atomic
+from s4seg.manifest import MANIFEST_NAME, Manifest, ManifestError, write_json_atomic
 
 STATUS_FILE = ".serving-status.json"  # the gateway reads it (it may run in another process)
 
@@ -156,10 +157,60 @@ class VersionManager:
             self._load(model, step_config(step, self.runtime, loaded))
             if not self._ready(model, version):
                 raise LoadError(f"{model} version {version} is not ready after loading")
+        self._smoke_test(version)
         # Every step is ready: the ensemble switches in one reload, pinned to the new version.
         self._load(ENSEMBLE, ensemble_config(version))
         if not self._ready(ENSEMBLE, version):
             raise LoadError(f"{ENSEMBLE} version {version} is not ready after loading")
+
+    def _infer(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict:
+        import tritonclient.http as http
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        client = http.InferenceServerClient(self.url.removeprefix("http://"))
+        try:
+            tensors = []
+            for name, value in inputs.items():
+                tensor = http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+                tensor.set_data_from_numpy(value)
+                tensors.append(tensor)
+            result = client.infer(model, tensors, model_version=str(version))
+            return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+        except InferenceServerException as error:
+            raise LoadError(f"{model} version {version} fails on a test image: {error}") from None
+        finally:
+            client.close()
+
+    def _smoke_test(self, version: int) -> None:
+        """One image through the new version's steps, outputs checked against its manifest: a
+        version that loads but computes the wrong shapes (another class count, a mismatched
+        step) is refused before the ensemble switches to it."""
+        try:
+            manifest = Manifest.load(self.repository / ENSEMBLE / str(version))
+        except ManifestError as error:
+            raise LoadError(str(error)) from None
+        height, width = manifest.input_size
+        classes = manifest.num_classes
+        image = np.empty((1, height, width, 3), dtype=np.uint8)
+        image[...] = np.asarray(manifest.pad_value, dtype=np.uint8)
+        pre = self._infer(STEP_MODELS["preprocess"], version, {"image": image})
+        seg = self._infer(STEP_MODELS["segmenter"], version, {"seg_input": pre["seg_input"]})
+        cls = self._infer(STEP_MODELS["classifier"], version, {"cls_input": pre["cls_input"]})
+        expected = {"logits": (1, classes, height, width), "class_probs": (1, classes)}
+        for name, value in {**seg, **cls}.items():
+            if name in expected and value.shape != expected[name]:
+                raise LoadError(
+                    f"version {version}: {name} has shape {value.shape}, but its manifest has "
+                    f"{classes} classes at {height}x{width} (expected {expected[name]})"
+                )
+        tau = np.full((1, 1), manifest.tau, dtype=np.float32)
+        gate = self._infer(
+            STEP_MODELS["gate"],
+            version,
+            {"logits": seg["logits"], "class_probs": cls["class_probs"], "tau": tau},
+        )
+        if gate["labels"].shape != (1, height, width) or gate["suppressed"].shape != (1, classes):
+            raise LoadError(f"version {version}: the gate's outputs do not fit its manifest")
 
     def _write_status(self) -> None:
         status = {

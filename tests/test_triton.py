@@ -209,11 +209,45 @@ def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_
     assert log.count("failed to load 's4seg_segmenter' version 3") == 1
 
 
+def test_version_with_wrong_shapes_is_refused_before_the_switch(
+    server: Server, synth_root, tmp_path: Path
+) -> None:
+    """Version 4 loads fine but its segmenter has 5 classes where the manifest says 7: the
+    smoke test through its steps refuses it, version 2 keeps answering."""
+    import torch
+    from s4seg.export.graphs import Segmenter
+    from s4seg.export.onnx_export import export_onnx
+    from s4seg.training.models import DeepLabV2
+
+    repo = server.repo
+    wrong = tmp_path / "wrong.onnx"
+    export_onnx(
+        Segmenter(DeepLabV2(5, 18, [6, 12, 18, 24])),
+        {"seg_input": torch.zeros(1, 3, 64, 64)},
+        ["logits"],
+        wrong,
+        {"seg_input": {0: "batch", 2: "height", 3: "width"}},
+    )
+    for model in [*STEP_MODELS.values(), ENSEMBLE]:
+        shutil.copytree(repo / model / "2", repo / model / ".4.tmp")
+    shutil.copyfile(wrong, repo / "s4seg_segmenter" / ".4.tmp" / "model.onnx")
+    for model in [*STEP_MODELS.values(), ENSEMBLE]:
+        (repo / model / ".4.tmp").rename(repo / model / "4")
+    deadline = time.monotonic() + 120
+    while 4 not in server.versions.problems() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    reason = server.versions.problems().get(4, "")
+    assert "logits has shape (1, 5, 64, 64)" in reason and "7 classes" in reason, reason
+    pipeline = server.pipeline()
+    pipeline.run(np.stack(synth_images(synth_root, 1)))
+    assert pipeline.last_version == "2"
+
+
 def test_rollback_serves_the_previous_version_again(server: Server, synth_root) -> None:
     from s4seg.export.repository import rollback
 
-    assert rollback(server.repo, **QUIET) == 2  # removes the broken version 3
-    assert rollback(server.repo, **QUIET) == 1
+    # Versions 4 and 3 are the broken ones; then back from 2 to 1.
+    assert [rollback(server.repo, **QUIET) for _ in range(3)] == [3, 2, 1]
     deadline = time.monotonic() + 120
     while server.versions.state.served != 1 and time.monotonic() < deadline:
         time.sleep(0.5)

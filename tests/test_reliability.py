@@ -1,0 +1,364 @@
+"""What the served system survives: load with bad input mixed in, Triton killed mid-load, a
+version swap under load, processes killed mid-work, and fuzzed input. Figures go to stdout and,
+with S4SEG_RELIABILITY_OUT=FILE, into a JSON file that RELIABILITY.md is written from."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from s4seg.export.repository import publish
+from s4seg.serving.triton import free_port
+
+from s4seg.imaging import DecodedImage, ImageError, decode_image
+
+QUIET = {"log": lambda *_: None}
+CONCURRENCY = 32
+
+
+def record(name: str, figures: dict) -> None:
+    print(f"\n[reliability] {name}: {json.dumps(figures)}")
+    path = os.environ.get("S4SEG_RELIABILITY_OUT")
+    if path:
+        data = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+        data[name] = figures
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def shm_regions() -> set[str]:
+    return {p.name for p in Path("/dev/shm").iterdir() if "triton" in p.name.lower()}
+
+
+def png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+class Stack:
+    def __init__(self, process: subprocess.Popen, url: str, repo: Path) -> None:
+        self.process, self.url, self.repo = process, url, repo
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("reliability")
+    repo = root / "repo"
+    publish(tiny_export, repo, **QUIET)
+    port = free_port()
+    env = {
+        **os.environ,
+        "S4SEG_PORT": str(port),
+        "S4SEG_TRITON_HTTP_PORT": str(free_port()),
+        "S4SEG_TRITON_GRPC_PORT": str(free_port()),
+        "S4SEG_TRITON_METRICS_PORT": str(free_port()),
+        "S4SEG_LOG_DIR": str(root / "logs"),
+        "S4SEG_VERSION_POLL_SECONDS": "0.5",
+    }
+    log = (root / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repo), "--no-quickstart"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    try:
+        yield Stack(process, url, repo)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        log.close()
+
+
+def mixed_inputs(synth_root: Path) -> list[tuple[str, bytes, int]]:
+    """(kind, body, expected status): valid images and the bad ones users send."""
+    images = sorted((synth_root / "images" / "val").iterdir())
+    valid = [("valid", p.read_bytes(), 200) for p in images]
+    jpeg = png(Image.open(images[0]).convert("RGB").resize((200, 200)), "JPEG")
+    bad = [
+        ("text", b"hello, not an image\n" * 20, 415),
+        ("truncated", jpeg[: len(jpeg) // 2], 422),
+        ("empty", b"", 422),
+    ]
+    return valid * 3 + bad  # 3 valid for each bad one
+
+
+def hammer(
+    url: str,
+    bodies: list[tuple[str, bytes, int]],
+    stop: Callable[[], bool],
+    results: list[tuple[float, str, int, str, str]],
+) -> None:
+    with httpx.Client(timeout=120) as client:
+        rng = random.Random(threading.get_ident())
+        while not stop():
+            kind, body, _ = rng.choice(bodies)
+            response = client.post(
+                f"{url}/v1/segment", content=body, headers={"Content-Type": "image/png"}
+            )
+            error = response.json().get("error", "") if response.status_code != 200 else ""
+            results.append(
+                (time.monotonic(), kind, response.status_code,
+                 response.headers.get("x-model-version", ""), error)
+            )  # fmt: skip
+
+
+def run_load(stack: Stack, bodies, until: Callable[[list], bool], during=None) -> list:
+    results: list = []
+    done = threading.Event()
+    workers = [
+        threading.Thread(target=hammer, args=(stack.url, bodies, done.is_set, results))
+        for _ in range(CONCURRENCY)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        if during is not None:
+            during(results)
+        while not until(results):
+            time.sleep(0.2)
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+    return results
+
+
+@pytest.mark.slow
+def test_load_with_bad_input_mixed_in(stack: Stack, synth_root: Path) -> None:
+    bodies = mixed_inputs(synth_root)
+    expected = {kind: status for kind, _, status in bodies}
+    stubs_before = len(pids(f"triton_python_backend_stub.*{stack.repo}"))
+    shm_before = shm_regions()
+    rss_before = rss_mib(stack.process.pid)
+    start = time.monotonic()
+    results = run_load(stack, bodies, lambda r: len(r) >= 2000)
+    seconds = time.monotonic() - start
+    unexpected = [r for r in results if r[2] != expected[r[1]]]
+    rss_after = rss_mib(stack.process.pid)
+    statuses = Counter((r[1], r[2]) for r in results)
+    stubs_after = len(pids(f"triton_python_backend_stub.*{stack.repo}"))
+    figures = {
+        "requests": len(results),
+        "concurrency": CONCURRENCY,
+        "seconds": round(seconds, 1),
+        "requests_per_second": round(len(results) / seconds, 1),
+        "by_kind_and_status": {f"{k} {s}": n for (k, s), n in statuses.items()},
+        "unexpected": len(unexpected),
+        "gateway_rss_mib_before": round(rss_before, 1),
+        "gateway_rss_mib_after": round(rss_after, 1),
+        "python_backend_stubs_before_after": [stubs_before, stubs_after],
+        "triton_shm_regions_before_after": [len(shm_before), len(shm_regions())],
+    }  # fmt: skip
+    record("load", figures)
+    assert unexpected == [], unexpected[:5]
+    assert rss_after - rss_before < 200, "gateway memory grew by more than 200 MiB"
+    assert stubs_before == stubs_after
+    assert shm_regions() == shm_before
+
+
+@pytest.mark.slow
+def test_version_swap_under_load(stack: Stack, synth_root: Path, tiny_export: Path) -> None:
+    bodies = [b for b in mixed_inputs(synth_root) if b[0] == "valid"]
+    published: dict[str, float] = {}
+
+    def swap(results: list) -> None:
+        time.sleep(2)
+        published["at"] = time.monotonic()
+        published["version"] = str(publish(tiny_export, stack.repo, **QUIET))
+
+    def switched(results: list) -> bool:
+        new = [r for r in results if published and r[3] == published["version"]]
+        return len(new) >= 3 * CONCURRENCY
+
+    results = run_load(stack, bodies, switched, during=swap)
+    failures = [r for r in results if r[2] != 200]
+    versions = Counter(r[3] for r in results)
+    first_new = min(r[0] for r in results if r[3] == published["version"])
+    figures = {
+        "requests": len(results),
+        "failed": len(failures),
+        "versions_in_responses": dict(versions),
+        "switch_seconds_after_publish": round(first_new - published["at"], 1),
+    }
+    record("version_swap", figures)
+    assert failures == []
+    assert set(versions) == {str(int(published["version"]) - 1), published["version"]}
+
+
+@pytest.mark.slow
+def test_triton_sigkill_mid_load(stack: Stack, synth_root: Path) -> None:
+    bodies = [b for b in mixed_inputs(synth_root) if b[0] == "valid"]
+    killed: dict[str, float] = {}
+
+    def kill(results: list) -> None:
+        time.sleep(2)
+        (pid,) = pids(f"bin/tritonserver --model-repository={stack.repo}")
+        killed["at"] = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+
+    def recovered(results: list) -> bool:
+        after = [r for r in results if killed and r[0] > killed["at"]]
+        failed = [r for r in after if r[2] != 200]
+        return bool(failed) and sum(1 for r in after if r[2] == 200 and r[0] > failed[-1][0]) > 50
+
+    results = run_load(stack, bodies, recovered, during=kill)
+    failed = [r for r in results if r[2] != 200]
+    figures = {
+        "requests": len(results),
+        "non_200": len(failed),
+        "non_200_statuses": dict(Counter(f"{r[2]} {r[4]}" for r in failed)),
+        "outage_seconds": round(failed[-1][0] - killed["at"], 1),
+        "gateway_restarted": stack.process.poll() is not None,
+    }
+    record("triton_sigkill", figures)
+    assert {r[2] for r in failed} == {503}
+    assert {r[4] for r in failed} == {"unavailable"}
+    assert stack.process.poll() is None
+
+
+@pytest.mark.slow
+def test_predict_killed_mid_run_then_completes(tiny_export: Path, tmp_path: Path) -> None:
+    from s4seg.training.data.synth import write_synthetic
+
+    root = write_synthetic(tmp_path / "synth", num_train=0, num_val=120, num_unlabeled=0, size=64)
+    images = root / "images" / "val"
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "s4seg", "predict", "--via", "local", "--model",
+               str(tiny_export), "--input", str(images), "--output", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.rglob("*.png"))) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = len(list(out.rglob("val_*.png")))
+    for path in out.rglob("val_*.png"):  # every file with a final name is a whole PNG
+        Image.open(path).load()
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(list(out.rglob("val_*.png"))) == 120
+    assert not list(out.rglob("*.part"))
+    record("predict_sigkill", {"written_before_kill": partial, "total": 120,
+                               "rerun": rerun.stdout.strip().splitlines()[0]})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_training_sigkill_then_resume_equals_uninterrupted(synth_root: Path, tmp_path: Path):
+    import torch
+    from helpers import TINY_TRAINING
+    from s4seg.training.checkpoint import load_checkpoint
+
+    base = [sys.executable, "-m", "s4seg", "train", "baseline", "--config", "synthetic-quick"]
+    sets = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=6",
+            "train.checkpoint_every=2", "train.val_every=100"]  # fmt: skip
+
+    def command(out: Path) -> list[str]:
+        return [*base, *(a for s in [*sets, f"train.out_dir={out}"] for a in ("--set", s))]
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        last = killed / "last.pt"
+        if last.is_file() and load_checkpoint(last)["iteration"] >= 2:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    at_kill = load_checkpoint(killed / "last.pt")["iteration"]
+    subprocess.run([*command(killed), "--resume", "auto"], check=True, capture_output=True)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    # A checkpoint cut short on disk is refused by name, never loaded half.
+    truncated = tmp_path / "truncated.pt"
+    data = (killed / "last.pt").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    result = subprocess.run([*command(killed), "--resume", str(truncated)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2 and "unreadable (truncated or corrupt?)" in result.stderr
+    record("training_sigkill", {"killed_at_iteration": at_kill, "resumed_to": 6,
+                                "weights_equal": True})  # fmt: skip
+
+
+# -- fuzzing -------------------------------------------------------------------------------------
+
+
+def _valid_png() -> bytes:
+    return png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 24, 3), np.uint8)))
+
+
+VALID = {"png": _valid_png(), "jpeg": png(Image.open(io.BytesIO(_valid_png())), "JPEG")}
+DECODE_CASES = {"tried": 0}
+
+
+@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.sampled_from(sorted(VALID)),
+    cut=st.integers(min_value=0, max_value=2000),
+    flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=8),
+    junk=st.binary(max_size=64),
+)
+def test_decoding_fuzzed_bytes_never_crashes(base: str, cut: int, flips, junk: bytes) -> None:
+    """Valid files cut, bit-flipped and extended: decoded, or refused with ImageError."""
+    data = bytearray(VALID[base][: max(cut, 1)] if cut else VALID[base])
+    for position, value in flips:
+        if data:
+            data[position % len(data)] = value
+    DECODE_CASES["tried"] += 1
+    try:
+        result = decode_image(bytes(data) + junk, max_pixels=1_000_000)
+    except ImageError as error:
+        assert 400 <= error.status < 500 and str(error)
+        return
+    assert isinstance(result, DecodedImage) and result.pixels.dtype == np.uint8
+    assert result.pixels.ndim == 3 and result.pixels.shape[2] == 3
+
+
+@settings(max_examples=200, deadline=2000)
+@given(st.binary(max_size=512))
+def test_decoding_random_bytes_never_crashes(data: bytes) -> None:
+    try:
+        decode_image(data)
+    except ImageError as error:
+        assert error.status in (413, 415, 422)
