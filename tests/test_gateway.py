@@ -220,6 +220,31 @@ def test_bad_input_gets_a_clear_4xx(
     assert httpx.get(f"{served.url}/healthz").status_code == 200  # nothing crashed
 
 
+def test_upload_limit_holds_for_streamed_bodies_without_length(served: Served) -> None:
+    """A chunked upload (no Content-Length) is cut off at the limit while it is read."""
+    sent = {"bytes": 0}
+
+    def chunks():
+        for _ in range(40):  # 40 x 100 kB = 4 MB, twice the limit
+            sent["bytes"] += 100_000
+            yield b"\0" * 100_000
+
+    response = httpx.post(
+        f"{served.url}/v1/segment", content=chunks(), headers={"Content-Type": "image/png"},
+        timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
+
+
+def test_bad_settings_give_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "s4seg", "serve", "--repository", str(tmp_path)],
+        env={**os.environ, "S4SEG_PORT": "eighty"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "S4SEG_PORT" in result.stderr
+
+
 def test_models_health_metrics_and_docs(served: Served) -> None:
     models = httpx.get(f"{served.url}/v1/models").json()
     assert models["served_version"] == 1 and models["published_versions"] == [1]

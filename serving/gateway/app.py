@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from s4seg import __version__
 from s4seg.imaging import ImageError
@@ -56,6 +57,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.exception_handler(ImageError)
     async def bad_image(_: Request, exc: ImageError) -> JSONResponse:
         return error(exc.status, exc.code, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away, or BodySizeLimit already answered 413: nothing to say.
+        return error(499, "client_disconnected", "the client closed the request")
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
