@@ -60,8 +60,19 @@ def _tensors(tensors: list[Tensor]) -> list[dict]:
     return [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]
 
 
-def step_config(step: str, runtime: str, loaded: list[int] | None = None) -> dict[str, Any]:
-    """``loaded`` None: the two newest versions (files on disk); else exactly these versions."""
+SEGMENTER_INSTANCES = 2  # two executions in flight: measured 1.2x one instance (BENCHMARKS.md)
+THREAD_PARAMETER = {"python": "intra_op_threads", "onnxruntime": "intra_op_thread_count"}
+
+
+def step_config(
+    step: str,
+    runtime: str,
+    loaded: list[int] | None = None,
+    segmenter_instances: int = SEGMENTER_INSTANCES,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """``loaded`` None: the two newest versions (files on disk); else exactly these versions.
+    ``threads``: ONNX Runtime intra-op threads per instance (None: its default, all cores)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     inputs, outputs = IO[step]
@@ -75,13 +86,20 @@ def step_config(step: str, runtime: str, loaded: list[int] | None = None) -> dic
         if loaded is None
         else {"specific": {"versions": sorted(set(loaded))}}
     )
+    instances = segmenter_instances if step == "segmenter" else 1
+    parameters = (
+        {"parameters": {THREAD_PARAMETER[runtime]: {"string_value": str(threads)}}}
+        if threads
+        else {}
+    )
     return {
         "name": STEP_MODELS[step],
         **backend,
         "max_batch_size": MAX_BATCH_SIZE,
         "dynamic_batching": {"max_queue_delay_microseconds": 2000},
         "version_policy": policy,
-        "instance_group": [{"kind": "KIND_AUTO", "count": 1}],
+        "instance_group": [{"kind": "KIND_AUTO", "count": instances}],
+        **parameters,
         "input": _tensors(inputs),
         "output": _tensors(outputs),
     }
@@ -130,6 +148,10 @@ def to_pbtxt(config: dict[str, Any], header: str = "") -> str:
         for key, value in message.items():
             if key in ("input_map", "output_map"):  # proto maps: one entry block per key
                 lines += [f'{indent}{key} {{ key: "{k}" value: "{v}" }}' for k, v in value.items()]
+            elif key == "parameters":
+                for k, v in value.items():
+                    entry = f'key: "{k}" value: {{ string_value: "{v["string_value"]}" }}'
+                    lines.append(f"{indent}parameters {{ {entry} }}")
             elif isinstance(value, dict):
                 lines += [f"{indent}{key} {{", *fields(value, indent + "  "), f"{indent}}}"]
             elif isinstance(value, list) and value and isinstance(value[0], dict):

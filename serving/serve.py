@@ -101,7 +101,12 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
             )
         )
     versions = VersionManager(
-        repository, f"http://{settings.triton_http}", settings.runtime, log=log.info
+        repository,
+        f"http://{settings.triton_http}",
+        settings.runtime,
+        log=log.info,
+        segmenter_instances=settings.segmenter_instances,
+        threads=settings.threads_per_instance,
     )
     # With --triton-url someone else runs that Triton and decides what it serves.
     supervisor = Supervisor(triton, versions, settings.version_poll_seconds) if triton else None

@@ -21,12 +21,22 @@ class ServeSettings(BaseSettings):
     triton_metrics_port: int = 8002
     triton_url: str | None = Field(None, description="use a Triton already running here instead")
     runtime: str = Field("python", description="python (pip tritonserver) or onnxruntime (NGC)")
+    segmenter_instances: int = Field(2, ge=1, description="segmenter executions in flight")
+    onnx_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads per instance (default: cores / instances)"
+    )
     api_key: SecretStr | None = Field(None, description="require this key in X-API-Key")
     max_body_bytes: int = Field(20 * 2**20, description="larger uploads get 413")
     max_pixels: int = Field(40_000_000, description="larger images get 413 (checked pre-decode)")
     request_timeout: float = Field(30.0, description="seconds per request to Triton")
     version_poll_seconds: float = Field(1.0, description="how often new versions are looked for")
     log_dir: Path = Field(Path("runs/serve"), description="tritonserver.log goes here")
+
+    @property
+    def threads_per_instance(self) -> int:
+        import os
+
+        return self.onnx_threads or max(1, (os.cpu_count() or 1) // self.segmenter_instances)
 
     @property
     def triton_http(self) -> str:

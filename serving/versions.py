@@ -85,7 +85,11 @@ class VersionManager:
         runtime: str = "python",
         log: Callable[[str], None] = print,
         timeout: float = 600.0,
+        segmenter_instances: int = 2,
+        threads: int | None = None,
     ) -> None:
+        self.segmenter_instances = segmenter_instances
+        self.threads = threads
         self.repository = Path(repository)
         self.url = triton_url.rstrip("/")
         self.runtime = runtime
@@ -154,7 +158,8 @@ class VersionManager:
     def _switch(self, version: int, keep: int | None) -> None:
         loaded = [version] if keep is None else [keep, version]
         for step, model in STEP_MODELS.items():
-            self._load(model, step_config(step, self.runtime, loaded))
+            config = step_config(step, self.runtime, loaded, self.segmenter_instances, self.threads)
+            self._load(model, config)
             if not self._ready(model, version):
                 raise LoadError(f"{model} version {version} is not ready after loading")
         self._smoke_test(version)
