@@ -89,10 +89,11 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
             raise S4segError(f"{repository} has no published version (run `s4seg quickstart`)")
         run_quickstart(repository, settings.runtime)
     triton = None
+    view = settings.log_dir / "triton-repository"
     if settings.triton_url is None:
         triton = TritonProcess(
             TritonSettings(
-                repository,
+                view,
                 host=settings.triton_host,
                 http_port=settings.triton_http_port,
                 grpc_port=settings.triton_grpc_port,
@@ -100,22 +101,24 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
                 log_file=settings.log_dir / "tritonserver.log",
             )
         )
-    versions = VersionManager(
-        repository,
-        f"http://{settings.triton_http}",
-        settings.runtime,
-        log=log.info,
-        segmenter_instances=settings.segmenter_instances,
-        threads=settings.threads_per_instance,
-    )
-    # With --triton-url someone else runs that Triton and decides what it serves.
-    supervisor = Supervisor(triton, versions, settings.version_poll_seconds) if triton else None
+    versions = None
+    if triton is not None:  # with --triton-url its owner decides what it serves
+        versions = VersionManager(
+            repository,
+            f"http://{settings.triton_http}",
+            settings.runtime,
+            log=log.info,
+            segmenter_instances=settings.segmenter_instances,
+            threads=settings.threads_per_instance,
+            view=view,
+        )
+    supervisor = Supervisor(triton, versions, settings.version_poll_seconds) if versions else None
     try:
         if triton is not None:
             log.info("starting tritonserver (log: %s)", triton.settings.log_file)
             triton.start()
             triton.wait_live(120)
-        if supervisor is not None:
+        if supervisor is not None and versions is not None:
             served = versions.sync()
             if served is None:
                 problems = "; ".join(f"v{v}: {r}" for v, r in versions.problems().items())

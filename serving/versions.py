@@ -1,6 +1,8 @@
 """Which published version Triton serves, decided by us rather than by Triton's poller.
 
-Triton runs with ``--model-control-mode=explicit``. :meth:`VersionManager.sync` looks at the
+Triton runs with ``--model-control-mode=explicit`` on a repository of its own (the *view*:
+configs we write, version folders linked from the published repository, which serving never
+modifies). :meth:`VersionManager.sync` looks at the
 repository and, when a newer complete version is on disk, loads it step by step with config
 overrides that name exactly the versions to keep loaded (the served one and the new one), and
 switches the ensemble only when every step of the new version is ready. A version that fails to
@@ -15,6 +17,7 @@ ensemble that pins it, so a broken version would take the served one down (seen 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +26,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from s4seg.export.repository import write_text_atomic
 from s4seg.export.triton_config import (
     ENSEMBLE,
     STEP_MODELS,
     ensemble_config,
     step_config,
-    to_json,
+    to_pbtxt,
 )
 
 from s4seg.manifest import MANIFEST_NAME, Manifest, ManifestError, write_json_atomic
@@ -87,9 +91,14 @@ class VersionManager:
         timeout: float = 600.0,
         segmenter_instances: int = 2,
         threads: int | None = None,
+        view: str | Path | None = None,
     ) -> None:
         self.segmenter_instances = segmenter_instances
         self.threads = threads
+        # Triton's own repository: our configs + links to the published version folders.
+        self.view = Path(view) if view else self.repository.parent / ".triton-view"
+        shutil.rmtree(self.view, ignore_errors=True)
+        self.view.mkdir(parents=True)
         self.repository = Path(repository)
         self.url = triton_url.rstrip("/")
         self.runtime = runtime
@@ -99,11 +108,26 @@ class VersionManager:
         self._lock = threading.Lock()
 
     # -- Triton's repository API ----------------------------------------------------------------
-    def _load(self, model: str, config: dict) -> None:
+    def _place(self, model: str, config: dict, versions: list[int]) -> None:
+        """Triton's view of one model: exactly ``versions`` (links into the published
+        repository) and ``config``. What Triton reads from disk is what we load, so an ensemble
+        load, which re-reads its steps from disk, never reloads them with another config."""
+        folder = self.view / model
+        folder.mkdir(exist_ok=True)
+        for entry in folder.iterdir():
+            if entry.name.isdigit() and int(entry.name) not in versions:
+                entry.unlink()
+        for version in versions:
+            link = folder / str(version)
+            if not link.is_symlink():
+                target = (self.repository / model / str(version)).resolve()
+                link.symlink_to(target, target_is_directory=True)
+        write_text_atomic(folder / "config.pbtxt", to_pbtxt(config))
+
+    def _load(self, model: str, config: dict, versions: list[int]) -> None:
+        self._place(model, config, versions)
         response = httpx.post(
-            f"{self.url}/v2/repository/models/{model}/load",
-            json={"parameters": {"config": to_json(config)}},
-            timeout=self.timeout,
+            f"{self.url}/v2/repository/models/{model}/load", json={}, timeout=self.timeout
         )
         if response.status_code != 200:
             try:
@@ -159,12 +183,12 @@ class VersionManager:
         loaded = [version] if keep is None else [keep, version]
         for step, model in STEP_MODELS.items():
             config = step_config(step, self.runtime, loaded, self.segmenter_instances, self.threads)
-            self._load(model, config)
+            self._load(model, config, loaded)
             if not self._ready(model, version):
                 raise LoadError(f"{model} version {version} is not ready after loading")
         self._smoke_test(version)
         # Every step is ready: the ensemble switches in one reload, pinned to the new version.
-        self._load(ENSEMBLE, ensemble_config(version))
+        self._load(ENSEMBLE, ensemble_config(version), [version])
         if not self._ready(ENSEMBLE, version):
             raise LoadError(f"{ENSEMBLE} version {version} is not ready after loading")
 

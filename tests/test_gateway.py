@@ -90,7 +90,7 @@ def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         process.wait(60)
     # Nothing left behind: no tritonserver, no python backend stub for this repository.
     time.sleep(1)
-    assert pids_matching(str(repo)) == [], "processes left after SIGTERM"
+    assert pids_matching(str(root)) == [], "processes left after SIGTERM"
     assert process.returncode == 0
 
 
@@ -379,7 +379,7 @@ def test_publish_during_traffic_fails_no_request(
 
 def test_triton_killed_gives_503_then_recovers(served: Served, photo: Image.Image) -> None:
     data = encode(photo)
-    (pid,) = pids_matching(f"bin/tritonserver --model-repository={served.repo}")
+    (pid,) = pids_matching(f"bin/tritonserver --model-repository={served.log.parent}")
     os.kill(pid, signal.SIGKILL)
     down = served.post(data)
     assert down.status_code == 503, down.text
@@ -393,5 +393,5 @@ def test_triton_killed_gives_503_then_recovers(served: Served, photo: Image.Imag
             break
         time.sleep(0.5)
     assert status == 200, served.log.read_text()[-2000:]
-    assert pids_matching(f"bin/tritonserver --model-repository={served.repo}") != [pid]
+    assert pids_matching(f"bin/tritonserver --model-repository={served.log.parent}") != [pid]
     assert served.process.poll() is None  # the gateway itself never restarted

@@ -167,7 +167,7 @@ def test_load_with_bad_input_mixed_in(stack: Stack, synth_root: Path) -> None:
             client.post(f"{stack.url}/v1/segment", content=body,
                         headers={"Content-Type": "image/png"})  # fmt: skip
     time.sleep(3)
-    stubs_before = len(pids(f"triton_python_backend_stub.*{stack.repo}"))
+    stubs_before = len(pids(f"triton_python_backend_stub.*{stack.repo.parent}"))
     shm_before = shm_regions()
     rss_before = rss_mib(stack.process.pid)
     start = time.monotonic()
@@ -176,7 +176,7 @@ def test_load_with_bad_input_mixed_in(stack: Stack, synth_root: Path) -> None:
     unexpected = [r for r in results if r[2] != expected[r[1]]]
     rss_after = rss_mib(stack.process.pid)
     statuses = Counter((r[1], r[2]) for r in results)
-    stubs_after = len(pids(f"triton_python_backend_stub.*{stack.repo}"))
+    stubs_after = len(pids(f"triton_python_backend_stub.*{stack.repo.parent}"))
     figures = {
         "requests": len(results),
         "concurrency": CONCURRENCY,
@@ -218,6 +218,7 @@ def test_version_swap_under_load(stack: Stack, synth_root: Path, tiny_export: Pa
     figures = {
         "requests": len(results),
         "failed": len(failures),
+        "failures": dict(Counter(f"{r[2]} {r[4]}" for r in failures)),
         "versions_in_responses": dict(versions),
         "switch_seconds_after_publish": round(first_new - published["at"], 1),
     }
@@ -233,7 +234,7 @@ def test_triton_sigkill_mid_load(stack: Stack, synth_root: Path) -> None:
 
     def kill(results: list) -> None:
         time.sleep(2)
-        (pid,) = pids(f"bin/tritonserver --model-repository={stack.repo}")
+        (pid,) = pids(f"bin/tritonserver --model-repository={stack.repo.parent}")
         killed["at"] = time.monotonic()
         os.kill(pid, signal.SIGKILL)
 

@@ -35,7 +35,9 @@ class Server:
     def __init__(self, process: TritonProcess, repo: Path) -> None:
         self.process, self.repo = process, repo
         self.url = process.settings.http_url
-        self.versions = VersionManager(repo, self.url, log=lambda *_: None)
+        self.versions = VersionManager(
+            repo, self.url, log=lambda *_: None, view=process.settings.repository
+        )
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
 
@@ -59,13 +61,14 @@ def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     repo = root / "repo"
     publish(tiny_export, repo, **QUIET)
     settings = TritonSettings(
-        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        root / "view", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
         poll_seconds=1, log_file=root / "triton.log",
     )  # fmt: skip
-    process = TritonProcess(settings).start()
+    process = TritonProcess(settings)
     try:
+        server = Server(process, repo)  # makes the view Triton serves
+        process.start()
         process.wait_live(120)
-        server = Server(process, repo)
         assert server.versions.sync() == 1
         server._watcher.start()
         yield server
