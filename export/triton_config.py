@@ -60,7 +60,7 @@ def _tensors(tensors: list[Tensor]) -> list[dict]:
     return [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]
 
 
-SEGMENTER_INSTANCES = 2  # two executions in flight: measured 1.2x one instance (BENCHMARKS.md)
+SEGMENTER_INSTANCES = 2  # two executions in flight (see BENCHMARKS.md, serving)
 THREAD_PARAMETER = {"python": "intra_op_threads", "onnxruntime": "intra_op_thread_count"}
 
 
