@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 from PIL import Image
 from s4seg.export.repository import served_version, version_pipeline
-from s4seg.export.triton_config import ENSEMBLE, STEP_MODELS
+from s4seg.export.triton_config import STEP_MODELS
 from s4seg.serving.triton import free_port
 
 from s4seg.benchmarks import cpu_description, provenance, update_section
@@ -213,6 +213,3 @@ def bench_serve(args: argparse.Namespace) -> str:
     if args.write:
         update_section(Path(args.write), "serve-cpu", table)
     return table
-
-
-__all__ = ["ENSEMBLE", "bench_serve"]

@@ -104,13 +104,16 @@ class OnnxPipeline:
         labels, suppressed = self.sessions["gate"].run(
             None,
             {
-                "logits": logits.astype(np.float32),
-                "class_probs": class_probs.astype(np.float32),
+                "logits": logits.astype(np.float32, copy=False),
+                "class_probs": class_probs.astype(np.float32, copy=False),
                 "tau": taus,
             },
         )
         return PipelineOutput(
-            labels, class_probs.astype(np.float32), suppressed, logits if keep_logits else None
+            labels,
+            class_probs.astype(np.float32, copy=False),
+            suppressed,
+            logits if keep_logits else None,
         )
 
     def segment(

@@ -183,23 +183,6 @@ class TritonProcess:
             time.sleep(0.2)
         raise TritonError(f"tritonserver did not come up within {timeout:.0f} s")
 
-    def wait_model(self, name: str, version: int | None = None, timeout: float = 120.0) -> None:
-        """Until ``name`` (at ``version``, if given) is ready for inference."""
-        url = f"{self.settings.http_url}/v2/models/{name}"
-        if version is not None:
-            url += f"/versions/{version}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise TritonError("tritonserver exited while waiting for the model")
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TritonError(f"{name} (version {version}) did not become ready within {timeout:.0f} s")
-
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None:
             return

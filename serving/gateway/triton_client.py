@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,6 +36,8 @@ class Segmentation:
     version: str
 
 
+SERVED_VERSION_TTL = 0.5  # seconds
+
 UNAVAILABLE_HINTS = ("unknown model", "not ready", "no available versions", "unavailable")
 
 
@@ -43,6 +46,7 @@ class TritonEnsemble:
         self.url = url.removeprefix("http://")
         self.timeout = timeout
         self.client = triton_aio.InferenceServerClient(self.url, conn_timeout=timeout)
+        self._served: tuple[float, int | None] = (0.0, None)
 
     async def segment(self, canvas: np.ndarray, tau: float) -> Segmentation:
         image = InferInput("image", [1, *canvas.shape], "UINT8")
@@ -73,8 +77,19 @@ class TritonEnsemble:
             str(result.get_response().get("model_version", "")),
         )
 
-    async def served_version(self) -> int | None:
-        """The version the ensemble's loaded config pins (None: not loaded / unreachable)."""
+    async def served_version(self, max_age: float = SERVED_VERSION_TTL) -> int | None:
+        """The version the ensemble's loaded config pins (None: not loaded / unreachable).
+
+        Cached for ``max_age`` seconds so that requests do not each cost a second round trip;
+        responses still name the version that actually ran (Triton's answer)."""
+        checked, version = self._served
+        if version is not None and time.monotonic() - checked < max_age:
+            return version
+        version = await self._fetch_served_version()
+        self._served = (time.monotonic(), version)
+        return version
+
+    async def _fetch_served_version(self) -> int | None:
         try:
             config = await asyncio.wait_for(self.client.get_model_config(ENSEMBLE), 5)
         except (TimeoutError, InferenceServerException, aiohttp.ClientError, OSError):

@@ -23,7 +23,7 @@ async def readyz(triton: TritonDep, catalog: CatalogDep) -> JSONResponse:
     body = {
         "ready": ready,
         "reason": reason,
-        "served_version": await triton.served_version() if ready else None,
+        "served_version": await triton.served_version(max_age=0) if ready else None,
         "failed_versions": status.get("failed", {}),
     }
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -11,7 +11,7 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
 @router.get("/v1/models", summary="The served version, its manifest, and all published versions")
 async def models(triton: TritonDep, catalog: CatalogDep) -> dict:
-    served = await triton.served_version()
+    served = await triton.served_version(max_age=0)
     if served is None:
         raise HTTPException(503, "no version is being served (Triton down or nothing published)")
     return {
