@@ -102,13 +102,31 @@ def _evaluate_command(commands: argparse._SubParsersAction) -> None:
 def _bench_commands(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks (results go into BENCHMARKS.md)")
     sub = bench.add_subparsers(dest="target", required=True)
-    train = sub.add_parser("train", help="seconds per training iteration per backbone depth")
-    train.add_argument("--depths", type=int, nargs="+", default=[18, 50, 101])
+    train = sub.add_parser(
+        "train", help="time the training step per backbone and precision (median, spread, MFU)"
+    )
+    train.add_argument(
+        "--trainer", choices=["segmenter", "s4gan"], default="segmenter", help="which step"
+    )
+    train.add_argument(
+        "--depths", type=int, nargs="+", help="backbones (default: 101 on a GPU, 18 50 101 on CPU)"
+    )
+    train.add_argument(
+        "--precisions",
+        nargs="+",
+        metavar="P",
+        help="fp32 fp32+cl bf16 bf16+cl (default: all four on a GPU, fp32 on the CPU)",
+    )
+    train.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--crop", type=int, default=321)
-    train.add_argument("--iterations", type=int, default=3, help="timed iterations per case")
-    train.add_argument("--warmup", type=int, default=1)
-    train.add_argument("--device", default="auto")
+    train.add_argument(
+        "--iterations", type=int, help="timed iterations per row (default: 50 GPU, 3 CPU)"
+    )
+    train.add_argument(
+        "--warmup", type=int, help="untimed iterations first (default: 10 GPU, 1 CPU)"
+    )
+    train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
 
     export = sub.add_parser("export", help="export time and latency of each ONNX step")

@@ -14,7 +14,7 @@ from s4seg import IGNORE_INDEX
 
 from .config import Config
 from .models import upsample_logits
-from .segmenter_run import Log, SegmenterRun, log_to_stderr, runtime_for
+from .segmenter_run import Log, Scalars, SegmenterRun, log_to_stderr, runtime_for
 
 
 def train_baseline(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
@@ -24,7 +24,7 @@ def train_baseline(cfg: Config, resumed: dict | None = None, log: Log = log_to_s
         segmenter = run.wrap(run.model)
         labeled = run.batches(run.data.labeled, stream=0, batch_size=cfg.train.batch_size)
 
-        def step(iteration: int) -> dict[str, float]:
+        def step(iteration: int) -> Scalars:
             batch = next(labeled)
             images = run.to_device(batch["image"])
             masks = batch["mask"].to(runtime.device, non_blocking=True)
@@ -37,6 +37,6 @@ def train_baseline(cfg: Config, resumed: dict | None = None, log: Log = log_to_s
             loss.backward()
             run.optimizer.step()
             run.scheduler.step()
-            return {"loss_ce": loss.item()}
+            return {"loss_ce": loss.detach()}
 
         return run.loop(step, "supervised baseline")

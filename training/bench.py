@@ -1,41 +1,74 @@
-"""``s4seg bench train``: seconds per training iteration of DeepLabv2 per backbone depth."""
+"""``s4seg bench train``: the training step of DeepLabv2 (or of s4GAN) per backbone and precision.
+
+A benchmark, not a probe: cuDNN autotuning and the warm-up happen outside the timed window, every
+timed iteration is measured on its own (GPU synchronised), and the table reports the median with
+its spread (p10-p90), peak GPU memory and an MFU estimate (FLOPs counted by PyTorch's flop counter
+over one step, against the card's dense peak for that precision).
+"""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from s4seg import IGNORE_INDEX
 from s4seg.benchmarks import cpu_description, provenance, update_section
+from s4seg.errors import ConfigError
 
+from .config import GanConfig
+from .losses import discriminator_loss, minmax01, one_hot_with_ignore
 from .models import DeepLabV2, upsample_logits
-from .runtime import setup_runtime
+from .models.discriminator import Discriminator
+from .runtime import Runtime, setup_runtime
+
+PRECISIONS = {  # name -> (train.amp, train.channels_last)
+    "fp32": ("off", "off"),
+    "fp32+cl": ("off", "on"),
+    "bf16": ("bf16", "off"),
+    "bf16+cl": ("bf16", "on"),
+}
+
+# Dense peak FLOP/s per card (the vendors' datasheets, no sparsity): bf16 tensor cores, and TF32,
+# which is what cuDNN uses for fp32 convolutions by default (torch.backends.cudnn.allow_tf32).
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp32": 494e12},
+    "H100": {"bf16": 989e12, "fp32": 494e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp32": 183e12},
+}
 
 
 def machine_description() -> str:
     text = f"{cpu_description()}, torch {torch.__version__}"
     if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name()}"
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        text += (
+            f", GPU {torch.cuda.get_device_name()} ({props.total_memory / 2**30:.0f} GiB), "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        )
     return text
 
 
-def time_iterations(
-    depth: int,
-    batch: int,
-    crop: int,
-    iterations: int,
-    warmup: int,
-    device: str,
-    amp: str,
-    channels_last: str,
-) -> dict:
-    runtime = setup_runtime(device, amp, channels_last)
-    torch.manual_seed(0)
+def peak_flops(runtime: Runtime) -> float | None:
+    if not runtime.on_cuda:
+        return None
+    name = torch.cuda.get_device_name(runtime.device)
+    for card, peaks in PEAK_FLOPS.items():
+        if card in name:
+            return peaks["bf16" if runtime.amp_dtype is not None else "fp32"]
+    return None
+
+
+def segmenter_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
+    """The baseline's step: forward, cross-entropy on upsampled logits, backward, SGD."""
     model = DeepLabV2(21, depth).to(runtime.device, memory_format=runtime.memory_format())
     optimizer = torch.optim.SGD(model.param_groups(2.5e-4, 10), lr=2.5e-4, momentum=0.9)
     images = torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
@@ -43,8 +76,6 @@ def time_iterations(
     )
     masks = torch.randint(0, 21, (batch, crop, crop), device=runtime.device)
     masks[:, :8] = IGNORE_INDEX
-    if runtime.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
         with runtime.autocast():
@@ -56,81 +87,176 @@ def time_iterations(
         loss.backward()
         optimizer.step()
 
-    def sync() -> None:
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
+    return step
 
-    for _ in range(warmup):
+
+def s4gan_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
+    """The s4GAN trainer's step (training/s4gan.py): S on labeled + unlabeled in one forward,
+    cross-entropy + feature matching + self-training, then the D step on detached maps."""
+    from .s4gan import segmenter_gan_terms
+
+    classes, gan = 21, GanConfig()
+    model = DeepLabV2(classes, depth).to(runtime.device, memory_format=runtime.memory_format())
+    discriminator = Discriminator(classes).to(runtime.device)
+    optimizer = torch.optim.SGD(model.param_groups(2.5e-4, 10), lr=2.5e-4, momentum=0.9)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=gan.d_lr, betas=gan.d_betas)
+
+    def images() -> torch.Tensor:
+        return torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
+            memory_format=runtime.memory_format()
+        )
+
+    x_l, x_u, x_r = images(), images(), images()
+    y_l = torch.randint(0, classes, (batch, crop, crop), device=runtime.device)
+    y_r = torch.randint(0, classes, (batch, crop, crop), device=runtime.device)
+
+    def step() -> None:
+        with runtime.autocast():
+            logits = model(torch.cat([x_l, x_u]))
+        logits = upsample_logits(logits.float(), (crop, crop))
+        logits_l, logits_u = logits[:batch], logits[batch:]
+        images_u, images_r = minmax01(x_u), minmax01(x_r)
+        real_maps = one_hot_with_ignore(y_r, classes)
+        terms = segmenter_gan_terms(discriminator, logits_u, images_u, real_maps, images_r, gan)
+        loss = F.cross_entropy(logits_l, y_l, ignore_index=IGNORE_INDEX) + terms.loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        d_logit, _ = discriminator(
+            torch.cat([logits_u.detach().softmax(1), real_maps]), torch.cat([images_u, images_r])
+        )
+        loss_d = discriminator_loss(d_logit[batch:], d_logit[:batch])
+        optimizer_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        optimizer_d.step()
+
+    return step
+
+
+STEPS = {"segmenter": segmenter_step, "s4gan": s4gan_step}
+
+
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one step (forward and backward), counted by PyTorch on the real operators."""
+    with FlopCounterMode(display=False) as counter:
         step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(iterations):
+    return counter.get_total_flops()
+
+
+def time_case(
+    trainer: str,
+    depth: int,
+    precision: str,
+    args: argparse.Namespace,
+    compile_model: bool = False,
+) -> dict:
+    amp, channels_last = PRECISIONS[precision]
+    runtime = setup_runtime(args.device, amp, channels_last)
+    torch.manual_seed(0)
+    step = STEPS[trainer](runtime, depth, args.batch_size, args.crop)
+    if compile_model:
+        step = torch.compile(step)
+    if runtime.on_cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+    # Warm-up outside the window: cuDNN autotuning (benchmark mode), torch.compile, allocator.
+    for _ in range(args.warmup):
         step()
-    sync()
-    seconds = (time.perf_counter() - start) / iterations
-    peak = torch.cuda.max_memory_allocated() / 2**30 if runtime.device.type == "cuda" else None
+    runtime.synchronize()
+    flops = count_flops(step) if not compile_model else None
+    runtime.synchronize()
+    times = []
+    for _ in range(args.iterations):
+        start = time.perf_counter()
+        step()
+        runtime.synchronize()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    deciles = statistics.quantiles(times, n=10) if len(times) >= 2 else [median] * 9
+    peak = peak_flops(runtime)
+    images = args.batch_size * (2 if trainer == "s4gan" else 1)
     return {
+        "trainer": trainer,
         "depth": depth,
         "device": str(runtime.device),
-        "precision": ("bf16" if runtime.amp_dtype else "fp32")
-        + (" + channels_last" if runtime.channels_last else ""),
-        "s_per_it": seconds,
-        "it_per_s": 1 / seconds,
-        "peak_gib": peak,
+        "precision": precision + (" + compile" if compile_model else ""),
+        "median_s": median,
+        "p10_s": deciles[0],
+        "p90_s": deciles[-1],
+        "images_per_s": images / median,
+        "peak_gib": (
+            torch.cuda.max_memory_allocated(runtime.device) / 2**30 if runtime.on_cuda else None
+        ),
+        "tflop_per_step": flops / 1e12 if flops else None,
+        "mfu": flops / median / peak if (flops and peak) else None,
     }
 
 
-def _cases(args: argparse.Namespace) -> list[tuple[int, str, str]]:
-    on_cuda = args.device.startswith("cuda") or (
-        args.device == "auto" and torch.cuda.is_available()
-    )
-    cases = [(depth, "off", "off") for depth in args.depths]
-    if on_cuda and 101 in args.depths:
-        cases.append((101, "bf16", "on"))
+def default_cases(args: argparse.Namespace, on_cuda: bool) -> list[tuple[int, str, bool]]:
+    depths = args.depths or ([101] if on_cuda else [18, 50, 101])
+    precisions = args.precisions or (list(PRECISIONS) if on_cuda else ["fp32"])
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ConfigError(f"unknown precision {unknown}: choose from {', '.join(PRECISIONS)}")
+    cases = [(depth, precision, False) for depth in depths for precision in precisions]
+    if args.compile:
+        cases += [(depth, precision, True) for depth in depths for precision in precisions]
     return cases
 
 
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
 def bench_train(args: argparse.Namespace) -> list[dict]:
+    runtime = setup_runtime(args.device, "off", "off")
+    on_cuda = runtime.on_cuda
+    args.iterations = args.iterations or (50 if on_cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
     rows = []
-    for depth, amp, channels_last in _cases(args):
+    for depth, precision, compiled in default_cases(args, on_cuda):
+        label = f"{args.trainer} ResNet-{depth} {precision}{' + compile' if compiled else ''}"
+        print(f"bench train: {label} ...", file=sys.stderr, flush=True)
+        row = time_case(args.trainer, depth, precision, args, compiled)
+        rows.append(row)
         print(
-            f"bench train: ResNet-{depth}, {amp=}, {channels_last=} ...",
+            f"  median {1000 * row['median_s']:.1f} ms/it (p10 {1000 * row['p10_s']:.1f}, "
+            f"p90 {1000 * row['p90_s']:.1f})",
             file=sys.stderr,
             flush=True,
         )
-        row = time_iterations(
-            depth,
-            args.batch_size,
-            args.crop,
-            args.iterations,
-            args.warmup,
-            args.device,
-            amp,
-            channels_last,
-        )
-        rows.append(row)
-        print(f"  {row['s_per_it']:.3f} s/it ({row['it_per_s']:.3f} it/s)", file=sys.stderr)
-    fp32 = next((r for r in rows if r["depth"] == 101 and r["precision"] == "fp32"), None)
+    baseline = {r["depth"]: r for r in rows if r["precision"] == "fp32"}
+    what = (
+        "s4GAN step (S on labeled + unlabeled batch in one forward, CE + FM + ST, D step)"
+        if args.trainer == "s4gan"
+        else "DeepLabv2 step (forward, CE, backward, SGD)"
+    )
     lines = [
         *provenance(machine_description()),
-        f"Setting: DeepLabv2 (OS 8, ASPP 6/12/18/24), {args.crop}x{args.crop}, batch "
-        f"{args.batch_size}, SGD step included; {args.warmup} warm-up + {args.iterations} timed "
-        "iterations per row.",
+        f"Setting: {what}, {args.crop}x{args.crop}, batch {args.batch_size}"
+        f"{' labeled + ' + str(args.batch_size) + ' unlabeled' if args.trainer == 's4gan' else ''}"
+        f"; {args.warmup} warm-up + {args.iterations} timed iterations per row, each timed on "
+        "its own; on a GPU, cuDNN benchmark mode is on (as in training).",
         "",
-        "| backbone | device | precision | s/iteration | iterations/s | peak GPU memory "
-        "| vs fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone | device | precision | median ms/it | p10-p90 ms | images/s "
+        "| peak GPU memory | TFLOP/step | MFU | vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ratio = f"{row['it_per_s'] / fp32['it_per_s']:.2f}x" if fp32 and row["depth"] == 101 else ""
-        peak = f"{row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else "n/a"
+        base = baseline.get(row["depth"])
+        ratio = f"{base['median_s'] / row['median_s']:.2f}x" if base else ""
+        peak = "n/a" if row["peak_gib"] is None else f"{row['peak_gib']:.1f} GiB"
+        mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.0f}%"
         lines.append(
             f"| ResNet-{row['depth']} | {row['device']} | {row['precision']} | "
-            f"{row['s_per_it']:.3f} | {row['it_per_s']:.3f} | {peak} | {ratio} |"
+            f"{1000 * row['median_s']:.1f} | {1000 * row['p10_s']:.1f}-{1000 * row['p90_s']:.1f}"
+            f" | {row['images_per_s']:.1f} | {peak} | {_cell(row['tflop_per_step'], '.2f')} | "
+            f"{mfu} | {ratio} |"
         )
     table = "\n".join(lines)
     print(table)
     if args.write:
-        device_tag = "gpu" if any(r["device"].startswith("cuda") for r in rows) else "cpu"
-        update_section(Path(args.write), f"train-{device_tag}", table)
+        device_tag = "gpu" if on_cuda else "cpu"
+        name = f"train-{device_tag}" + ("-s4gan" if args.trainer == "s4gan" else "")
+        update_section(Path(args.write), name, table)
     return rows

@@ -47,18 +47,19 @@ def evaluate_segmenter(
     model.eval()
     total = len(dataset) if max_images is None else min(max_images, len(dataset))
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    items = islice((dataset[i] for i in range(len(dataset))), total)
     try:
-        items = islice((dataset[i] for i in range(len(dataset))), total)
-        for item in tqdm(
-            items,
-            total=total,
-            desc="evaluate",
-            leave=False,
-            disable=None if progress is None else not progress,  # None: only on a terminal
-        ):
-            probabilities = predict_probabilities(model, item["image"][None], runtime)
-            prediction = probabilities.argmax(1)[0].cpu().numpy()
-            confusion += confusion_matrix(item["mask"].numpy(), prediction, num_classes)
+        with runtime.varying_shapes():
+            for item in tqdm(
+                items,
+                total=total,
+                desc="evaluate",
+                leave=False,
+                disable=None if progress is None else not progress,  # None: only on a terminal
+            ):
+                probabilities = predict_probabilities(model, item["image"][None], runtime)
+                prediction = probabilities.argmax(1)[0].cpu().numpy()
+                confusion += confusion_matrix(item["mask"].numpy(), prediction, num_classes)
     finally:
         model.train(was_training)
     return confusion
@@ -114,7 +115,7 @@ def evaluate_checkpoint(
             f"{layout.root} has classes {classes[:6]}... but {checkpoint} was trained on "
             f"{payload['classes'][:6]}..."
         )
-    runtime = setup_runtime(device, amp="off", channels_last="off")
+    runtime = setup_runtime(device, amp="off", channels_last="off", fixed_shapes=False)
     model.to(runtime.device).eval()
     gate_model = cls_view = None
     if classifier:

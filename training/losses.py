@@ -34,13 +34,17 @@ def self_training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 3: cross-entropy of unlabeled predictions against their own argmax, for the samples
     whose discriminator score is at least ``gamma`` (the paper's condition; the authors' code
-    uses ``>``). Returns the loss (0 when no sample qualifies) and the per-sample selection."""
-    selected = d_fake_prob.detach() >= gamma
-    if not bool(selected.any()):
-        return logits.sum() * 0.0, selected
-    chosen = logits[selected]
-    pseudo = chosen.detach().argmax(1)
-    return F.cross_entropy(chosen, pseudo), selected
+    uses ``>``). Returns the loss (0 when no sample qualifies) and the per-sample selection.
+
+    Written without data-dependent control flow (no ``if selected.any()``, no boolean
+    indexing), so the step never waits for the GPU: the mean cross-entropy of each sample,
+    averaged over the selected ones. Every sample has the same pixel count, so this equals the
+    cross-entropy over the selected samples' pixels."""
+    selected = (d_fake_prob.detach() >= gamma).reshape(-1)
+    pseudo = logits.detach().argmax(1)
+    per_sample = F.cross_entropy(logits, pseudo, reduction="none").flatten(1).mean(1)
+    weights = selected.to(per_sample.dtype)
+    return (per_sample * weights).sum() / weights.sum().clamp_min(1.0), selected
 
 
 def discriminator_loss(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from .mean_teacher import consistency_weight, ema_decay, update_teacher
 from .models.backbone_weights import load_backbone_weights
 from .models.classifier import multilabel_resnet
 from .multilabel_metrics import multilabel_report, plot_roc
-from .progress import Progress
+from .progress import LoaderClock, Progress
 from .schedules import cosine, resync
 from .segmenter_run import Log, log_to_stderr, runtime_for, seed_everything
 
@@ -142,14 +142,16 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
     per_epoch = max(1, math.ceil(len(labeled_set) / m.labeled_batch_size))
     burn_in, rampup = round(m.burn_in_epochs * per_epoch), round(m.rampup_epochs * per_epoch)
 
+    loader_clock = LoaderClock()
+
     def stream(dataset, index: int, batch: int):
         seed = cfg.train.seed + 1_000_003 * index
         sampler = ResumableSampler(len(dataset), seed=seed, start=start * batch)
-        return iter(DataLoader(
+        return loader_clock.timed(iter(DataLoader(
             dataset, batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers,
             drop_last=True, persistent_workers=cfg.data.num_workers > 0,
-            generator=torch.Generator().manual_seed(seed),
-        ))  # fmt: skip
+            pin_memory=runtime.on_cuda, generator=torch.Generator().manual_seed(seed),
+        )))  # fmt: skip
 
     labeled_batches = stream(labeled_set, 0, m.labeled_batch_size)
     all_batches = stream(all_set, 1, m.unlabeled_batch_size)
@@ -208,9 +210,13 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
     try:
         for iteration in range(start, cfg.train.iterations):
             batch_l, batch_all = next(labeled_batches), next(all_batches)
-            strong = torch.cat([batch_l["strong"], batch_all["strong"]]).to(runtime.device)
-            weak_views = torch.cat([batch_l["weak"], batch_all["weak"]]).to(runtime.device)
-            targets = batch_l["target"].to(runtime.device)
+            strong = torch.cat([batch_l["strong"], batch_all["strong"]]).to(
+                runtime.device, non_blocking=True
+            )
+            weak_views = torch.cat([batch_l["weak"], batch_all["weak"]]).to(
+                runtime.device, non_blocking=True
+            )
+            targets = batch_l["target"].to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 student_logits = student(strong).float()
                 with torch.no_grad():
@@ -231,7 +237,10 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
                            "cons_weight": weight}  # fmt: skip
                 for key, value in scalars.items():
                     writer.add_scalar(f"train/{key}", value, done)
-                progress.report(done, **scalars, lr=optimizer.param_groups[0]["lr"])
+                data_wait = loader_clock.share_since_last()
+                writer.add_scalar("perf/data_wait_share", data_wait, done)
+                progress.report(done, **scalars, lr=optimizer.param_groups[0]["lr"],
+                                data_wait=f"{100 * data_wait:.0f}%")  # fmt: skip
             if done % cfg.train.val_every == 0 or done == cfg.train.iterations:
                 validate(done)
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def format_duration(seconds: float) -> str:
@@ -37,3 +41,29 @@ class Progress:
             file=sys.stderr,
             flush=True,
         )
+
+
+class LoaderClock:
+    """Time the loop spends waiting for batches, against wall time: the share of each step that
+    the data loader failed to hide (near 0 when loading overlaps the GPU's work)."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+        self._mark_time, self._mark_waited = time.perf_counter(), 0.0
+
+    def timed(self, iterator: Iterator[T]) -> Iterator[T]:
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - start
+            yield item
+
+    def share_since_last(self) -> float:
+        """Waiting / wall time since the previous call (or since the clock was made)."""
+        now = time.perf_counter()
+        wall, waited = now - self._mark_time, self.waited - self._mark_waited
+        self._mark_time, self._mark_waited = now, self.waited
+        return waited / wall if wall > 0 else 0.0

@@ -33,7 +33,7 @@ from .losses import (
 from .models import upsample_logits
 from .models.discriminator import Discriminator
 from .schedules import poly, resync
-from .segmenter_run import Log, SegmenterRun, log_to_stderr, runtime_for
+from .segmenter_run import Log, Scalars, SegmenterRun, log_to_stderr, runtime_for
 
 HISTORY_FIELDS = ("iteration", "d_real", "d_fake", "st_selected", "st_batch")
 
@@ -56,7 +56,7 @@ class S4ganRun(SegmenterRun):
             self.optimizer_d.load_state_dict(resumed["optimizer_d"])
             self.scheduler_d.load_state_dict(resumed["scheduler_d"])
             resync(self.scheduler_d)
-        self.history: list[dict] = list(resumed.get("d_history", [])) if resumed else []
+        self._history: list[dict] = list(resumed.get("d_history", [])) if resumed else []
         self._window: list[dict] = []
         self.extra_state = lambda: {
             "discriminator": self.discriminator.state_dict(),
@@ -65,15 +65,24 @@ class S4ganRun(SegmenterRun):
             "d_history": self.history,
         }
 
-    def record(self, iteration: int, values: dict[str, float]) -> None:
-        """Average D's scores over ``gan.log_history_every`` iterations into one history row."""
+    def record(self, iteration: int, values: dict) -> None:
+        """Average D's scores over ``gan.log_history_every`` iterations into one history row.
+        Rows stay tensors on the device until ``history`` is read (no sync per iteration)."""
         self._window.append(values)
         if (iteration + 1) % self.cfg.gan.log_history_every == 0:
             row = {"iteration": iteration + 1}
             for key in HISTORY_FIELDS[1:]:
                 row[key] = sum(v[key] for v in self._window) / len(self._window)
-            self.history.append(row)
+            self._history.append(row)
             self._window = []
+
+    @property
+    def history(self) -> list[dict]:
+        """The D-score rows as plain numbers (what the checkpoint, CSV and plot hold)."""
+        self._history = [{k: float(v) for k, v in row.items()} for row in self._history]
+        for row in self._history:
+            row["iteration"] = int(row["iteration"])
+        return self._history
 
     def on_log(self, done: int, scalars: dict[str, float]) -> None:
         write_history(self.history, self.out_dir)
@@ -112,7 +121,7 @@ def write_history(history: list[dict], out_dir: Path) -> None:
 @dataclass
 class GanTerms:
     loss: torch.Tensor  # weighted sum of the GAN terms of L_S (added to L_ce)
-    scalars: dict[str, float]
+    scalars: dict[str, torch.Tensor]  # detached, still on the device
 
 
 def segmenter_gan_terms(
@@ -143,15 +152,15 @@ def segmenter_gan_terms(
     if "fm" in gan.losses:
         loss_fm = feature_matching_loss(d_features[count:], fake_features)
         loss = loss + gan.lambda_fm * loss_fm
-        scalars["loss_fm"] = loss_fm.item()
+        scalars["loss_fm"] = loss_fm.detach()
     if "st" in gan.losses:
         loss_st, selected = self_training_loss(logits_u, torch.sigmoid(fake_logit), gan.gamma)
         loss = loss + gan.lambda_st * loss_st
-        scalars.update(loss_st=loss_st.item(), st_selected=float(selected.sum()))
+        scalars.update(loss_st=loss_st.detach(), st_selected=selected.sum().float())
     if gan.losses == "ce+sgan":
         loss_adv = generator_adversarial_loss(fake_logit)
         loss = loss + gan.lambda_adv * loss_adv
-        scalars["loss_adv"] = loss_adv.item()
+        scalars["loss_adv"] = loss_adv.detach()
     return GanTerms(loss, scalars)
 
 
@@ -168,12 +177,12 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
         real = run.batches(run.data.labeled, stream=2, batch_size=cfg.train.batch_size)
         use_gan = gan.losses != "ce"
 
-        def step(iteration: int) -> dict[str, float]:
+        def step(iteration: int) -> Scalars:
             batch_l, batch_u, batch_r = next(labeled), next(unlabeled), next(real)
             x_l, x_u, x_r = (run.to_device(b["image"]) for b in (batch_l, batch_u, batch_r))
             y_l = batch_l["mask"].to(runtime.device, non_blocking=True)
             y_r = batch_r["mask"].to(runtime.device, non_blocking=True)
-            scalars: dict[str, float] = {}
+            scalars: Scalars = {}
             record = {"d_real": 0.0, "d_fake": 0.0, "st_selected": 0.0, "st_batch": len(x_u)}
 
             # --- S step (eq. 4). One forward for the labeled and unlabeled images (a module
@@ -184,7 +193,7 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
             logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
             loss_ce = F.cross_entropy(logits_l, y_l, ignore_index=IGNORE_INDEX)
             loss = loss_ce
-            scalars["loss_ce"] = loss_ce.item()
+            scalars["loss_ce"] = loss_ce.detach()
             if use_gan:
                 images_u, images_r = minmax01(x_u), minmax01(x_r)
                 real_maps = one_hot_with_ignore(y_r, num_classes)
@@ -210,10 +219,10 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
                 run.optimizer_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 run.optimizer_d.step()
-                record["d_real"] = torch.sigmoid(real_logit.detach()).mean().item()
-                record["d_fake"] = torch.sigmoid(fake_logit.detach()).mean().item()
+                record["d_real"] = torch.sigmoid(real_logit.detach()).mean()
+                record["d_fake"] = torch.sigmoid(fake_logit.detach()).mean()
                 scalars.update(
-                    loss_d=loss_d.item(), d_real=record["d_real"], d_fake=record["d_fake"]
+                    loss_d=loss_d.detach(), d_real=record["d_real"], d_fake=record["d_fake"]
                 )
                 run.scheduler_d.step()
             run.record(iteration, record)

@@ -29,11 +29,13 @@ from .data.setup import build_training_data
 from .evaluation import evaluate_segmenter
 from .models import segmenter_arch, segmenter_from_arch
 from .models.backbone_weights import load_backbone_weights
-from .progress import Progress
+from .progress import LoaderClock, Progress
 from .runtime import Runtime, setup_runtime, teardown_runtime
 from .schedules import poly, resync
 
 Log = Callable[[str], None]
+# What a step returns: tensors stay on the device until a log line needs them (no per-step sync).
+Scalars = dict[str, torch.Tensor | float]
 
 
 def log_to_stderr(message: str) -> None:
@@ -93,6 +95,7 @@ class SegmenterRun:
             self.start, self.metrics = resumed["iteration"], resumed.get("metrics", {})
         self.best_miou = self.metrics.get("best_miou", -1.0)
         self.writer: SummaryWriter | None = None
+        self.loader_clock = LoaderClock()
 
     # -- helpers for the trainers ---------------------------------------------------------------
     def log_main(self, message: str) -> None:
@@ -133,7 +136,7 @@ class SegmenterRun:
             # Our own generator: making the loader must not consume the global RNG we checkpoint.
             generator=torch.Generator().manual_seed(seed),
         )
-        return iter(loader)
+        return self.loader_clock.timed(iter(loader))
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(
@@ -198,15 +201,18 @@ class SegmenterRun:
         if result.miou >= self.best_miou:
             self.save("best.pt", done)
 
-    def _after_step(self, done: int, scalars: dict[str, float]) -> None:
+    def _after_step(self, done: int, step_scalars: Scalars) -> None:
         cfg = self.cfg.train
         if not self.runtime.is_main:
             return
         if done % cfg.log_every == 0 or done == self.start + 1:
+            scalars = {name: float(value) for name, value in step_scalars.items()}  # syncs here
             lr = self.optimizer.param_groups[0]["lr"]
+            data_wait = self.loader_clock.share_since_last()
             for name, value in {**scalars, "lr": lr}.items():
                 self.writer.add_scalar(f"train/{name}", value, done)
-            self.progress.report(done, **scalars, lr=lr)
+            self.writer.add_scalar("perf/data_wait_share", data_wait, done)
+            self.progress.report(done, **scalars, lr=lr, data_wait=f"{100 * data_wait:.0f}%")
             self.on_log(done, scalars)
         if done % cfg.val_every == 0 or done == cfg.iterations:
             self._validate(done)
@@ -218,7 +224,7 @@ class SegmenterRun:
     def on_log(self, done: int, scalars: dict[str, float]) -> None:
         """Hook for trainers that keep their own history (s4GAN's D-score curves)."""
 
-    def loop(self, step: Callable[[int], dict[str, float]], description: str) -> Path:
+    def loop(self, step: Callable[[int], Scalars], description: str) -> Path:
         """Run ``step(iteration)`` from the start (or resume point) to the end; return last.pt."""
         cfg = self.cfg
         if self.resumed:
