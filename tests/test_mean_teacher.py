@@ -24,6 +24,26 @@ def test_teacher_update_formula() -> None:
     assert torch.equal(teacher.weight, student.weight)
 
 
+def test_teacher_batch_norm_statistics_are_averaged_not_copied() -> None:
+    teacher, student = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    student.train()(torch.randn(4, 3, 5, 5) * 3 + 2)  # the student's stats move, the teacher's not
+    before = teacher.running_mean.clone()
+    update_teacher(teacher, student, decay=0.75)
+    assert torch.allclose(teacher.running_mean, 0.75 * before + 0.25 * student.running_mean)
+    assert not torch.allclose(teacher.running_mean, student.running_mean)
+    assert teacher.num_batches_tracked == student.num_batches_tracked  # counters are copied
+    update_teacher(teacher, student, decay=0.75, buffers="copy")
+    assert torch.equal(teacher.running_var, student.running_var)
+
+
+def test_consistency_is_eq6_squared_distance_summed_over_classes() -> None:
+    from s4seg.training.mlmt import consistency_loss
+
+    student, teacher = torch.zeros(2, 4), torch.full((2, 4), 100.0)  # sigmoids 0.5 and 1.0
+    assert consistency_loss(student, teacher, "mse").item() == pytest.approx(4 * 0.25)
+    assert consistency_loss(student, teacher, "mse_mean").item() == pytest.approx(0.25)
+
+
 def test_consistency_ramp() -> None:
     assert consistency_weight(5, burn_in=10, rampup=20, weight=1.0) == 0.0
     assert consistency_weight(10, burn_in=10, rampup=20, weight=1.0) == pytest.approx(math.exp(-5))

@@ -91,11 +91,13 @@ class MlmtConfig(Section):
     weight_decay: float = 1e-5
     labeled_batch_size: PositiveInt = 16
     unlabeled_batch_size: PositiveInt = 80
-    consistency: Literal["mse", "cosine"] = "mse"  # the paper's eq. 6; the authors' code: cosine
+    # mse: eq. 6, squared L2 over classes; mse_mean: / num classes; cosine: the authors' code
+    consistency: Literal["mse", "mse_mean", "cosine"] = "mse"
     consistency_weight: float = 1.0
     burn_in_epochs: float = 10.0  # consistency weight 0, epochs of the labeled set
     rampup_epochs: float = 5.0
     ema_max_decay: float = 0.999
+    teacher_bn: Literal["ema", "copy"] = "ema"  # teacher's BN statistics: averaged, or copied
     weak_labels: str | None = None  # JSON {image id: [class names]}: Table 7's weak-label mode
 
 

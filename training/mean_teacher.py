@@ -14,13 +14,25 @@ def ema_decay(step: int, max_decay: float = 0.999) -> float:
 
 
 @torch.no_grad()
-def update_teacher(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """teacher <- decay * teacher + (1 - decay) * student, for parameters; buffers (BN
-    statistics) are copied from the student."""
+def update_teacher(
+    teacher: nn.Module, student: nn.Module, decay: float, buffers: str = "ema"
+) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student for the parameters and, with
+    ``buffers="ema"``, for the batch-norm statistics too.
+
+    ``buffers="copy"`` takes the student's statistics as they are (this project's first
+    version): they were gathered on the student's strong views (colour jitter, blur), so the
+    teacher normalised its weak views with statistics of another distribution and with weights
+    they do not belong to. Averaging them like the weights keeps statistics and weights of one
+    ensemble together. Counters (``num_batches_tracked``) are copied either way.
+    """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+        if buffers == "ema" and t.is_floating_point():
+            t.mul_(decay).add_(s, alpha=1.0 - decay)
+        else:
+            t.copy_(s)
 
 
 def sigmoid_rampup(progress: float) -> float:

@@ -57,10 +57,19 @@ def classifier_from_checkpoint(payload: dict, source: str = "checkpoint") -> tor
     return model
 
 
-def consistency_loss(student_logits, teacher_logits, kind: str) -> torch.Tensor:
-    """Eq. 6's squared error between sigmoid outputs, or the authors' cosine on logits."""
-    if kind == "mse":
-        return F.mse_loss(torch.sigmoid(student_logits), torch.sigmoid(teacher_logits))
+def consistency_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """Eq. 6's squared L2 distance between the sigmoid outputs (summed over classes, averaged
+    over images), or the authors' cosine on logits.
+
+    ``mse_mean`` averages over classes too, as this project first did: it divides the term by
+    the number of classes (7 on the synthetic set, 21 on VOC), which makes ``lambda_cons`` that
+    much weaker than the paper's.
+    """
+    if kind in ("mse", "mse_mean"):
+        squared = (torch.sigmoid(student_logits) - torch.sigmoid(teacher_logits)).pow(2)
+        return squared.sum(1).mean() if kind == "mse" else squared.mean()
     return (1 - F.cosine_similarity(student_logits, teacher_logits, dim=1)).mean()
 
 
@@ -229,7 +238,7 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            update_teacher(teacher, student, ema_decay(iteration, m.ema_max_decay))
+            update_teacher(teacher, student, ema_decay(iteration, m.ema_max_decay), m.teacher_bn)
             done = completed = iteration + 1
 
             if done % cfg.train.log_every == 0 or done == start + 1:
