@@ -11,6 +11,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# numpy 2 beside the serving stack's numpy<2: tests/test_doctor.py runs training on it.
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/numpy2 'numpy>=2,<3'
 	touch $(STAMP)
 
 lint: setup

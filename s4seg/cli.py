@@ -258,6 +258,20 @@ def _client_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
 
 
+def _doctor_command(commands: argparse._SubParsersAction) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a machine: environment, then every stage once, small, on the device",
+        description="Run this first on a new machine. Reports torch/CUDA/cuDNN/GPU/numpy/ONNX "
+        "Runtime/tritonserver, then trains each trainer a few iterations (with a validation), "
+        "resumes, evaluates, exports with parity and runs the ONNX pipeline. Exit code 1 if a "
+        "stage fails.",
+    )
+    doctor.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    doctor.add_argument("--out", help="keep the work folder, stage logs and doctor.json here")
+    doctor.add_argument("--env-only", action="store_true", help="report the environment only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s4seg", description="Semi-supervised semantic segmentation: train, export, serve."
@@ -271,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serving_commands(commands)
     _client_commands(commands)
     _bench_commands(commands)
+    _doctor_command(commands)
     return parser
 
 
@@ -297,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from s4seg.export.quickstart import run_quickstart
 
             return run_quickstart(args)
+        if args.command == "doctor":
+            from s4seg.export.doctor import run_doctor
+
+            return run_doctor(args)
         if args.command == "export":
             from s4seg.export.commands import run_export
 
