@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint serve quickstart bench-train bench-export clean
+.PHONY: setup test lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,16 @@ bench-train: setup
 
 bench-export: setup
 	$(BIN)/s4seg bench export --write BENCHMARKS.md
+
+# A bare GPU machine (no registry) lacks pydantic: carry its wheels in .gpu-wheels/ (ignored).
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels: setup
+	$(BIN)/pip download --quiet --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels 'pydantic>=2.6'
+
+# On the GPU machine: doctor + bench train + loader check (scripts/gpu-check.sh says what).
+gpu-check:
+	bash scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -79,9 +79,11 @@ def tritonserver_path() -> str | None:
 def environment() -> dict[str, Any]:
     import torch
 
+    import s4seg
     from s4seg.benchmarks import cpu_description
 
     env: dict[str, Any] = {
+        "s4seg": f"{s4seg.__version__} at {Path(s4seg.__file__).parent}",
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_description(),
