@@ -44,7 +44,7 @@ def pipeline_segmenter(
         labels = unletterbox(out.labels[0], placement)
         return encode_output(
             decoded.pixels, labels, out.class_probs[0], out.suppressed[0], manifest, version(),
-            fmt, used if gate else None,
+            fmt, None if used == UNGATED_TAU else used,  # gate=false, or served "gate off"
         )  # fmt: skip
 
     return segment

@@ -22,6 +22,9 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         fp16=args.fp16,
         log=lambda message: print(message, file=sys.stderr),
+        calibrate_on=args.calibrate,
+        calibrate_kind=args.calibrate_kind,
+        calibrate_images=args.calibrate_images,
     )
     out = Path(args.out)
     p = manifest.parity
@@ -38,5 +41,6 @@ def run_export(args: argparse.Namespace) -> int:
             f"{100 * p['gated_miou_onnx']:.2f} (ONNX)"
         )
     print(line)
+    print(f"served: {manifest.describe_tau()}")
     print(f"manifest: {out / 'manifest.json'}")
     return 0

@@ -17,7 +17,6 @@ import torch
 from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.training.data.layouts import open_layout
-from s4seg.training.gate import DEFAULT_TAU
 from s4seg.training.mlmt import classifier_from_checkpoint
 from s4seg.training.models import segmenter_from_checkpoint
 
@@ -26,17 +25,20 @@ from s4seg.errors import CheckpointError, DatasetError
 from s4seg.letterbox import pad_colour
 from s4seg.manifest import (
     MANIFEST_NAME,
+    PAPER_TAU,
     ClassifierInput,
     GraphFile,
     Manifest,
     Normalization,
     Source,
+    TauChoice,
     digest_json,
     sha256_file,
 )
 from s4seg.onnx_pipeline import OnnxPipeline
 
 from . import graphs as g
+from .calibration import DEFAULT_CALIBRATION_IMAGES, calibrate
 from .onnx_export import OPSET, ExportError, export_onnx, signature
 from .parity import describe_failure, measure_parity
 
@@ -156,19 +158,55 @@ def add_fp16_variant(
         manifest.fp16_graphs = {}
 
 
+def choose_served_tau(
+    pipeline: OnnxPipeline,
+    seg_payload: dict,
+    has_classifier: bool,
+    tau: float | None,
+    calibrate_on: str | None,
+    calibrate_kind: str | None,
+    calibrate_images: int,
+    log: Log,
+) -> tuple[float, TauChoice]:
+    """An explicit tau wins; otherwise calibrate, falling back to the paper's tau (said so in the
+    manifest) only when ``auto`` finds no labeled validation data."""
+    if not has_classifier:
+        reason = "exported without a classifier: the gate keeps every class"
+        return PAPER_TAU, TauChoice(method="no classifier", reason=reason)
+    if tau is not None:
+        return tau, TauChoice(method="explicit", reason=f"--tau {tau:g} given at export")
+    if not calibrate_on or calibrate_on == "off":
+        reason = "not calibrated (--calibrate off): the paper's tau"
+        return PAPER_TAU, TauChoice(method="paper default", reason=reason)
+    try:
+        return calibrate(pipeline, seg_payload, calibrate_on, calibrate_kind, calibrate_images, log)
+    except DatasetError as error:
+        if calibrate_on != "auto":
+            raise
+        reason = f"not calibrated: {error} (pass --calibrate DATA); the paper's tau"
+        log(f"warning: {reason}")
+        return PAPER_TAU, TauChoice(method="paper default", reason=reason)
+
+
 def export_models(
     segmenter: str,
     classifier: str | None,
     out: str,
     input_size: tuple[int, int] | None = None,
-    tau: float = DEFAULT_TAU,
+    tau: float | None = None,
     data: str | None = None,
     kind: str | None = None,
     parity_images: int = 8,
     overwrite: bool = False,
     fp16: bool = False,
     log: Log = print,
+    calibrate_on: str | None = "auto",
+    calibrate_kind: str | None = None,
+    calibrate_images: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> Manifest:
+    """Export, prove parity, choose the served tau (``tau`` explicit, else calibrated on
+    ``calibrate_on``: a labeled data set, ``auto`` for the training data's validation split,
+    None for the paper's 0.2)."""
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(
@@ -262,7 +300,7 @@ def export_models(
                 if cls_payload is not None
                 else None
             ),
-            tau=tau,
+            tau=PAPER_TAU,  # the parity check gates at the paper's tau; the served one is set below
             opset=OPSET,
             graphs=graph_files,
             sources=sources,
@@ -285,6 +323,10 @@ def export_models(
             raise ExportError(f"ONNX differs from PyTorch: {describe_failure(figures)}")
         if fp16:
             add_fp16_variant(manifest, work, torch_graphs, images, masks, log)
+        manifest.tau, manifest.tau_choice = choose_served_tau(
+            pipeline, seg_payload, cls_payload is not None, tau, calibrate_on, calibrate_kind,
+            calibrate_images, log,
+        )  # fmt: skip
         shutil.rmtree(work / "synth", ignore_errors=True)
         manifest.save(work / MANIFEST_NAME)
         if out_dir.exists():

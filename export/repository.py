@@ -206,6 +206,7 @@ def publish(
         if keep is not None:
             prune(repo, keep, log)
     log(f"published {folder} as version {version} of {repo} ({runtime} runtime, {precision})")
+    log(f"version {version} serves {manifest.describe_tau()}")
     return version
 
 
@@ -227,6 +228,7 @@ def promotion_gate(
     old, _ = evaluate_pipeline(version_pipeline(repo, served), data, kind, max_images=max_images)
     new_miou, old_miou = 100 * new["miou"], 100 * old["miou"]
     log(f"promotion gate: new {new_miou:.2f} mIoU, served (v{served}) {old_miou:.2f} mIoU")
+    log(f"promotion gate: new version serves {Manifest.load(folder).describe_tau()}")
     if new_miou < old_miou - max_drop:
         raise PublishError(
             f"refused: gated mIoU {new_miou:.2f} is {old_miou - new_miou:.2f} points below the "

@@ -166,7 +166,20 @@ def _export_commands(commands: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="served input size (default: the training crop size)",
     )
-    export.add_argument("--tau", type=float, default=0.2, help="default gate threshold (paper 0.2)")
+    export.add_argument(
+        "--tau", type=float, help="serve this gate threshold (default: calibrated, see below)"
+    )
+    export.add_argument(
+        "--calibrate",
+        default="auto",
+        metavar="DATA|auto|off",
+        help="choose the served tau on these labeled held-out images (auto: the validation split "
+        "of the training data); the gate is served off when no tau beats ungated",
+    )
+    export.add_argument("--calibrate-kind", default=None, help="layout of --calibrate (auto)")
+    export.add_argument(
+        "--calibrate-images", type=int, default=300, help="at most N images for calibration"
+    )
     export.add_argument(
         "--parity-data", help="images for the parity check (default: training data)"
     )

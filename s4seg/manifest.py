@@ -24,6 +24,12 @@ MANIFEST_NAME = "manifest.json"
 # The steps of the pipeline, in order; each is one ONNX file ``<step>.onnx``.
 STEPS = ("preprocess", "segmenter", "classifier", "gate")
 
+# The gate's threshold (eq. 7). The paper's 0.2 was chosen by cross-validation on VOC; export
+# chooses the served one on held-out data (export/calibration.py). -1 is below every probability:
+# the gate keeps every class ("gate off").
+PAPER_TAU = 0.2
+GATE_OFF_TAU = -1.0
+
 
 class ManifestError(S4segError):
     """A manifest is missing, unreadable or does not describe a usable model."""
@@ -68,6 +74,17 @@ class Source(_Strict):
     arch: dict[str, Any]
 
 
+class TauChoice(_Strict):
+    """How the served tau was chosen: what publish prints and ``/v1/models`` shows."""
+
+    method: Literal["calibrated", "explicit", "paper default", "no classifier"]
+    reason: str
+    data: dict[str, Any] | None = None  # the held-out images of a calibration
+    images: int | None = None
+    ungated_miou: float | None = None
+    sweep: list[dict[str, float]] = []  # [{"tau": t, "miou": gated mIoU at t}]
+
+
 class Manifest(_Strict):
     format: Literal["s4seg-manifest/1"] = MANIFEST_FORMAT
     created: str
@@ -84,7 +101,8 @@ class Manifest(_Strict):
     classifier: ClassifierInput | None = Field(
         description="None: exported without an MLMT classifier (the gate keeps every class)"
     )
-    tau: float = Field(ge=0.0, le=1.0)
+    tau: float = Field(ge=GATE_OFF_TAU, le=1.0, description="served gate threshold; -1: gate off")
+    tau_choice: TauChoice | None = None
     opset: int
     graphs: dict[str, GraphFile]
     fp16_graphs: dict[str, GraphFile] = {}
@@ -105,6 +123,8 @@ class Manifest(_Strict):
             )
         if self.background_index is not None and not 0 <= self.background_index < len(self.classes):
             raise ValueError(f"background_index {self.background_index} is not a class index")
+        if self.tau < 0 and self.tau != GATE_OFF_TAU:
+            raise ValueError(f"tau must be in [0, 1] or {GATE_OFF_TAU} (gate off), not {self.tau}")
         missing = [step for step in STEPS if step not in self.graphs]
         if missing:
             raise ValueError(f"graphs lacks {', '.join(missing)}")
@@ -113,6 +133,18 @@ class Manifest(_Strict):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def describe_tau(self) -> str:
+        """One line: the served tau and how it was chosen."""
+        served = "gate off (tau -1)" if self.tau == GATE_OFF_TAU else f"tau {self.tau:g}"
+        if self.tau_choice is None:
+            return served
+        return f"{served} [{self.tau_choice.method}] {self.tau_choice.reason}"
+
+    @property
+    def gate_on(self) -> bool:
+        """The served default gates classes (a classifier, and tau not "off")."""
+        return self.classifier is not None and self.tau != GATE_OFF_TAU
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.model_dump(mode="json"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from s4seg.letterbox import letterbox, unletterbox
-from s4seg.manifest import Manifest, ManifestError
+from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
 
-UNGATED_TAU = -1.0
+UNGATED_TAU = GATE_OFF_TAU
 """A tau below every probability: the gate keeps all classes (``gate=false``)."""
 
 

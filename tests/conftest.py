@@ -132,5 +132,7 @@ def tiny_export(
         data=str(synth_root),
         parity_images=4,
         log=lambda *_: None,
+        tau=0.2,  # the paper's tau, explicitly: the tests of the gate need it on (calibration:
+        # tests/test_calibration.py)
     )
     return out

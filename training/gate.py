@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_TAU = 0.2
+from s4seg.manifest import PAPER_TAU
+
+DEFAULT_TAU = PAPER_TAU
 
 
 def class_keep_mask(

@@ -107,7 +107,7 @@ async def segment(
     if format is Format.json:
         body = segmentation_json(
             labels, result.class_probs, result.suppressed, manifest, result.version,
-            used_tau if gate else None,
+            None if used_tau == UNGATED_TAU else used_tau,  # gate=false, or served "gate off"
         )  # fmt: skip
         return JSONResponse(body, headers=headers)
     if format is Format.overlay:

@@ -1,0 +1,114 @@
+"""The served tau, chosen on held-out labeled images at export.
+
+The paper picked tau = 0.2 "by cross-validation" on VOC; a classifier trained elsewhere (another
+data set, fewer labels, a shorter schedule) can make that threshold remove more right classes
+than wrong ones. So export sweeps tau on labeled images the model was not trained on, through the
+exported ONNX pipeline as the server runs it (letterboxed), and serves the tau with the best gated
+mIoU, or the gate off (tau = -1) when no tau beats the ungated map. The sweep is recorded in the
+manifest (``tau_choice``) so publish and ``/v1/models`` can say which tau was chosen and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from s4seg.training.data.layouts import open_layout
+from s4seg.training.gate import gated_argmax
+
+from s4seg.errors import DatasetError
+from s4seg.letterbox import letterbox, unletterbox
+from s4seg.manifest import GATE_OFF_TAU, TauChoice
+from s4seg.metrics import confusion_matrix, scores
+from s4seg.onnx_pipeline import OnnxPipeline
+
+CALIBRATION_TAUS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_CALIBRATION_IMAGES = 300  # enough to rank taus; bounds the export time on a CPU
+
+
+def sweep_tau(
+    pipeline: OnnxPipeline,
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    taus: tuple[float, ...] = CALIBRATION_TAUS,
+) -> tuple[float, list[dict[str, float]]]:
+    """Ungated mIoU and ``[{tau, miou}]``: each image runs through the pipeline once, the gate
+    (``training.gate.gated_argmax``, what the ONNX gate is exported from) once per tau."""
+    manifest = pipeline.manifest
+    n = manifest.num_classes
+    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    ungated = np.zeros((n, n), dtype=np.int64)
+    gated = {tau: np.zeros_like(ungated) for tau in taus}
+    for image, truth in zip(images, masks, strict=True):
+        canvas, placement = letterbox(image, size, pad)
+        out = pipeline.run(canvas[None], GATE_OFF_TAU, keep_logits=True)
+        logits, probs = torch.from_numpy(out.logits), torch.from_numpy(out.class_probs)
+        ungated += confusion_matrix(truth, unletterbox(out.labels[0], placement), n)
+        for tau in taus:
+            labels, _ = gated_argmax(logits, probs, tau, manifest.background_index)
+            gated[tau] += confusion_matrix(truth, unletterbox(labels[0].numpy(), placement), n)
+    return scores(ungated).miou, [{"tau": t, "miou": scores(gated[t]).miou} for t in taus]
+
+
+def choose_tau(ungated_miou: float, sweep: list[dict[str, float]]) -> tuple[float, str]:
+    """The tau with the best gated mIoU if it beats the ungated map (ties: the smallest such
+    tau, which suppresses least), else the gate off."""
+    best = max(sweep, key=lambda row: (row["miou"], -row["tau"]))
+    if best["miou"] > ungated_miou:
+        return best["tau"], (
+            f"tau {best['tau']:g} gives the best gated mIoU, {100 * best['miou']:.2f} against "
+            f"{100 * ungated_miou:.2f} ungated"
+        )
+    return GATE_OFF_TAU, (
+        f"gate off: no tau beats the ungated mIoU {100 * ungated_miou:.2f} (best: tau "
+        f"{best['tau']:g} at {100 * best['miou']:.2f}); the classifier removes more right "
+        "classes than wrong ones on these images"
+    )
+
+
+def calibration_data(
+    payload: dict, data: str, kind: str | None, max_images: int
+) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+    """Labeled held-out images: ``data`` (a data set folder), or ``auto``: the validation split
+    of the data set the segmenter was trained on."""
+    trained_on = payload["split"]["dataset"]
+    root = trained_on["root"] if data == "auto" else data
+    layout_kind = trained_on["kind"] if data == "auto" else (kind or "auto")
+    if not Path(root).is_dir():
+        raise DatasetError(f"no labeled data to calibrate tau on at {root}")
+    layout = open_layout(root, layout_kind)
+    if list(layout.classes) != payload["classes"]:
+        raise DatasetError(f"{layout.root} has other classes than the model; cannot calibrate")
+    split = layout.default_val_split
+    samples = layout.samples(split)[:max_images]
+    if not samples:
+        raise DatasetError(f"{layout.root} has no {split} images to calibrate tau on")
+    images = [np.asarray(layout.read_image(s)) for s in samples]
+    masks = [layout.read_mask(s) for s in samples]
+    return images, masks, {**layout.describe(), "split": split}
+
+
+def calibrate(
+    pipeline: OnnxPipeline,
+    payload: dict,
+    data: str,
+    kind: str | None = None,
+    max_images: int = DEFAULT_CALIBRATION_IMAGES,
+    log: Callable[[str], None] = print,
+) -> tuple[float, TauChoice]:
+    images, masks, source = calibration_data(payload, data, kind, max_images)
+    log(f"calibrating tau on {len(images)} {source['split']} images of {source['root']}")
+    ungated, sweep = sweep_tau(pipeline, images, masks)
+    tau, reason = choose_tau(ungated, sweep)
+    log(f"tau: {reason}")
+    choice = TauChoice(
+        method="calibrated",
+        reason=reason,
+        data=source,
+        images=len(images),
+        ungated_miou=ungated,
+        sweep=sweep,
+    )
+    return tau, choice

@@ -1,0 +1,96 @@
+"""The served tau is chosen on held-out labeled images at export (export/calibration.py): the
+best gated tau when gating helps, the gate off when no tau beats the ungated map."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from s4seg.export.calibration import CALIBRATION_TAUS, calibrate, choose_tau
+from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
+
+from s4seg.cli import main
+from s4seg.manifest import GATE_OFF_TAU, Manifest
+from s4seg.onnx_pipeline import OnnxPipeline
+
+
+def test_choose_tau_serves_only_a_tau_that_beats_ungated() -> None:
+    sweep = [{"tau": 0.1, "miou": 0.50}, {"tau": 0.2, "miou": 0.55}, {"tau": 0.3, "miou": 0.55}]
+    assert choose_tau(0.52, sweep)[0] == 0.2  # the best; of equals, the one suppressing least
+    tau, reason = choose_tau(0.55, sweep)  # a tie with ungated is no gain
+    assert tau == GATE_OFF_TAU and reason.startswith("gate off")
+
+
+def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: float) -> Path:
+    """The synthetic val images with masks set to the pipeline's own answer at ``tau``: on this
+    "ground truth" the segmenter is perfect, so only gating at ``tau`` can keep it perfect."""
+    shutil.copytree(synth_root, out)
+    for mask_path in sorted((out / "masks" / "val").glob("*.png")):
+        image = np.asarray(Image.open(out / "images" / "val" / mask_path.name).convert("RGB"))
+        labels = pipeline.segment(image, tau).labels[0]
+        Image.fromarray(labels.astype(np.uint8), mode="L").save(mask_path)
+    return out
+
+
+def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Path, tmp_path):
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    images = [np.asarray(Image.open(p).convert("RGB"))
+              for p in sorted((synth_root / "images" / "val").glob("*.png"))]  # fmt: skip
+    # The smallest tau of the sweep at which the gate changes some map: the truth to find.
+    target = next(
+        t for t in CALIBRATION_TAUS
+        if any((pipeline.segment(i, t).labels != pipeline.segment(i, GATE_OFF_TAU).labels).any()
+               for i in images)
+    )  # fmt: skip
+    data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", target)
+    payload = load_checkpoint(Manifest.load(tiny_export).sources["segmenter"].path)
+    tau, choice = calibrate(pipeline, payload, str(data), log=lambda *_: None)
+    best = max(row["miou"] for row in choice.sweep)
+    assert tau != GATE_OFF_TAU and best == pytest.approx(1.0) and best > choice.ungated_miou
+    assert next(r["miou"] for r in choice.sweep if r["tau"] == tau) == best
+    assert choice.method == "calibrated" and choice.images == len(images)
+
+
+def test_export_serves_the_gate_off_for_a_useless_classifier(
+    tiny_export: Path, varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path,
+    tmp_path: Path, capsys,
+) -> None:  # fmt: skip
+    # A classifier that says "nothing is here" for every image and class.
+    payload = load_checkpoint(tiny_classifier)
+    payload["model"]["fc.bias"].fill_(-20.0)
+    useless = save_checkpoint(payload, tmp_path / "useless.pt")
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", GATE_OFF_TAU)
+    out = tmp_path / "export"
+    assert main(["export", "--segmenter", str(varied_checkpoint), "--classifier", str(useless),
+                 "--out", str(out), "--input-size", "64", "64", "--parity-data", str(synth_root),
+                 "--parity-images", "2", "--calibrate", str(data)]) == 0  # fmt: skip
+    manifest = Manifest.load(out)
+    assert manifest.tau == GATE_OFF_TAU and not manifest.gate_on
+    choice = manifest.tau_choice
+    assert choice is not None and choice.method == "calibrated" and choice.reason.startswith("gate")
+    assert [row["tau"] for row in choice.sweep] == list(CALIBRATION_TAUS)
+    assert all(row["miou"] < choice.ungated_miou for row in choice.sweep)  # gating only hurt
+    assert "served: gate off (tau -1) [calibrated]" in capsys.readouterr().out
+    # The served default then leaves the map ungated; an explicit tau still gates.
+    served = OnnxPipeline.from_export(out, device="cpu")
+    image = np.asarray(Image.open(next((data / "images" / "val").glob("*.png"))).convert("RGB"))
+    assert not served.segment(image).suppressed.any()
+    assert served.segment(image, 0.5).suppressed.sum() == manifest.num_classes - 1
+
+
+def test_an_explicit_tau_wins_and_auto_falls_back_by_name(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    from s4seg.export.exporter import choose_served_tau
+
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    payload = load_checkpoint(Manifest.load(tiny_export).sources["segmenter"].path)
+    tau, choice = choose_served_tau(pipeline, payload, True, 0.3, "auto", None, 10, print)
+    assert tau == 0.3 and choice.method == "explicit"
+    payload["split"]["dataset"]["root"] = str(tmp_path / "gone")  # training data not here
+    tau, choice = choose_served_tau(pipeline, payload, True, None, "auto", None, 10, print)
+    assert tau == 0.2 and choice.method == "paper default" and "gone" in choice.reason
