@@ -98,6 +98,9 @@ class MlmtConfig(Section):
     rampup_epochs: float = 5.0
     ema_max_decay: float = 0.999
     teacher_bn: Literal["ema", "copy"] = "ema"  # teacher's BN statistics: averaged, or copied
+    # Vertical flips and quarter turns on top of the paper's horizontal flip: only for data whose
+    # classes do not depend on orientation (the synthetic shapes; not people or cars).
+    geometric_augmentation: bool = False
     weak_labels: str | None = None  # JSON {image id: [class names]}: Table 7's weak-label mode
 
 

@@ -120,8 +120,11 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
         if unknown:
             raise S4segError(f"weak labels name images outside the unlabeled set: {unknown[:3]}")
         labeled = labeled + [by_id[i] for i in weak]
-    labeled_set = MultiLabelDataset(layout, labeled, m.input_size, targets=weak)
-    all_set = MultiLabelDataset(layout, labeled + unlabeled, m.input_size, labeled=False)
+    geometric = m.geometric_augmentation
+    labeled_set = MultiLabelDataset(layout, labeled, m.input_size, weak, geometric=geometric)
+    all_set = MultiLabelDataset(
+        layout, labeled + unlabeled, m.input_size, labeled=False, geometric=geometric
+    )
     val_split = cfg.data.val_split or layout.default_val_split
     val_set = MultiLabelDataset(layout, layout.samples(val_split), m.input_size, evaluation=True)
     num_classes = layout.num_classes

@@ -30,22 +30,37 @@ def multi_hot(mask: np.ndarray, num_classes: int) -> torch.Tensor:
     return target
 
 
-def weak_view(size: int) -> v2.Compose:
+class RandomRot90:
+    """A rotation by 0, 90, 180 or 270 degrees: exact (a permutation of pixels), and the classes
+    present stay the same. Only for data whose classes do not depend on orientation."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
+
+
+def _geometry(geometric: bool) -> list:
+    """Horizontal flip (the paper); with ``geometric``, vertical flips and quarter turns too."""
+    if not geometric:
+        return [v2.RandomHorizontalFlip()]
+    return [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()]
+
+
+def weak_view(size: int, geometric: bool = False) -> v2.Compose:
     return v2.Compose(
         [
             v2.Resize((size, size), antialias=True),
-            v2.RandomHorizontalFlip(),
+            *_geometry(geometric),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
 
 
-def strong_view(size: int) -> v2.Compose:
+def strong_view(size: int, geometric: bool = False) -> v2.Compose:
     return v2.Compose(
         [
             v2.Resize((size, size), antialias=True),
-            v2.RandomHorizontalFlip(),
+            *_geometry(geometric),
             v2.ColorJitter(0.4, 0.4, 0.4, 0.1),
             v2.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0)),
             v2.ToDtype(torch.float32, scale=True),
@@ -95,11 +110,12 @@ class MultiLabelDataset(Dataset):
         targets: dict[str, torch.Tensor] | None = None,
         labeled: bool = True,
         evaluation: bool = False,
+        geometric: bool = False,
     ) -> None:
         self.layout, self.samples, self.labeled = layout, samples, labeled
         self.targets = targets or {}
-        self.weak = eval_view(size) if evaluation else weak_view(size)
-        self.strong = None if evaluation else strong_view(size)
+        self.weak = eval_view(size) if evaluation else weak_view(size, geometric)
+        self.strong = None if evaluation else strong_view(size, geometric)
 
     def __len__(self) -> int:
         return len(self.samples)
