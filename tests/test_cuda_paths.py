@@ -35,7 +35,18 @@ def test_setup_runtime_hands_set_device_an_indexed_gpu(monkeypatch, device, expe
 
 
 def test_each_torchrun_process_takes_its_local_rank(monkeypatch) -> None:
-    install(monkeypatch, count=4)
+    import torch.distributed as dist
+
+    fake = install(monkeypatch, count=4)
+    groups = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: groups.append((a, k)))
+    for key, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}.items():
+        monkeypatch.setenv(key, value)
+    runtime = setup_runtime("cuda")
+    assert runtime.device == torch.device("cuda", 3) and runtime.distributed
+    assert [torch.device(d) for d in fake.set_device_calls] == [torch.device("cuda", 3)]
+    assert groups == [(("nccl",), {"device_id": torch.device("cuda", 3)})]
     assert resolve_device("cuda", local_rank=3, world_size=4) == torch.device("cuda", 3)
     assert resolve_device("auto", local_rank=2, world_size=4) == torch.device("cuda", 2)
     with pytest.raises(ConfigError, match="every process on GPU 1"):

@@ -127,7 +127,10 @@ def setup_runtime(
         torch.cuda.set_device(torch_device)
         torch.backends.cudnn.benchmark = fixed_shapes
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if on_cuda else "gloo")
+        if on_cuda:  # bound to this process's GPU: NCCL need not guess it from the rank
+            dist.init_process_group("nccl", device_id=torch_device)
+        else:
+            dist.init_process_group("gloo")
     use_cl = channels_last == "on" or (channels_last == "auto" and on_cuda)
     return Runtime(
         torch_device, rank, local_rank, world_size, resolve_amp(amp, torch_device), use_cl
