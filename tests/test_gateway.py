@@ -249,6 +249,12 @@ def test_models_health_metrics_and_docs(served: Served) -> None:
     models = httpx.get(f"{served.url}/v1/models").json()
     assert models["served_version"] == 1 and models["published_versions"] == [1]
     assert models["manifest"]["classes"][0] == "background"
+    assert models["gate"] == {
+        "on": True,
+        "tau": 0.2,
+        "why": "tau 0.2 [explicit] --tau 0.2 given at export",
+    }
+    assert models["manifest"]["tau_choice"]["method"] == "explicit"
     ready = httpx.get(f"{served.url}/readyz").json()
     assert ready["ready"] and ready["served_version"] == 1
     metrics = httpx.get(f"{served.url}/metrics").text

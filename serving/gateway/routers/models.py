@@ -14,9 +14,12 @@ async def models(triton: TritonDep, catalog: CatalogDep) -> dict:
     served = await triton.served_version(max_age=0)
     if served is None:
         raise HTTPException(503, "no version is being served (Triton down or nothing published)")
+    manifest = catalog.manifest(served)
     return {
         "served_version": served,
         "published_versions": catalog.versions(),
         "failed_versions": catalog.status().get("failed", {}),
-        "manifest": catalog.manifest(served).model_dump(mode="json"),
+        # The default gate of every request, and why (the sweep is in manifest.tau_choice).
+        "gate": {"on": manifest.gate_on, "tau": manifest.tau, "why": manifest.describe_tau()},
+        "manifest": manifest.model_dump(mode="json"),
     }
