@@ -105,7 +105,7 @@ class MlmtConfig(Section):
 
 
 class TrainConfig(Section):
-    iterations: PositiveInt = 40000
+    iterations: PositiveInt = 35000  # the paper (sec. 4.1.3): 35k for VOC and Cityscapes
     batch_size: PositiveInt = 8
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
