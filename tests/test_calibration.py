@@ -22,6 +22,7 @@ def test_choose_tau_serves_only_a_tau_that_beats_ungated() -> None:
     assert choose_tau(0.52, sweep)[0] == 0.2  # the best; of equals, the one suppressing least
     tau, reason = choose_tau(0.55, sweep)  # a tie with ungated is no gain
     assert tau == GATE_OFF_TAU and reason.startswith("gate off")
+    assert choose_tau(0.5495, sweep)[0] == GATE_OFF_TAU  # +0.05 point: noise, not a gain
 
 
 def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: float) -> Path:
