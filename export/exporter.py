@@ -24,6 +24,7 @@ from s4seg import __version__
 from s4seg.errors import CheckpointError, DatasetError
 from s4seg.letterbox import pad_colour
 from s4seg.manifest import (
+    GATE_OFF_TAU,
     MANIFEST_NAME,
     PAPER_TAU,
     ClassifierInput,
@@ -207,6 +208,8 @@ def export_models(
     """Export, prove parity, choose the served tau (``tau`` explicit, else calibrated on
     ``calibrate_on``: a labeled data set, ``auto`` for the training data's validation split,
     None for the paper's 0.2)."""
+    if tau is not None and not (0.0 <= tau <= 1.0 or tau == GATE_OFF_TAU):
+        raise ExportError(f"--tau {tau:g}: a gate threshold is in [0, 1], or -1 for the gate off")
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(

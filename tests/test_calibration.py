@@ -95,3 +95,10 @@ def test_an_explicit_tau_wins_and_auto_falls_back_by_name(
     payload["split"]["dataset"]["root"] = str(tmp_path / "gone")  # training data not here
     tau, choice = choose_served_tau(pipeline, payload, True, None, "auto", None, 10, print)
     assert tau == 0.2 and choice.method == "paper default" and "gone" in choice.reason
+
+
+def test_a_tau_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    code = main(["export", "--segmenter", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o"),
+                 "--tau", "1.5"])  # fmt: skip
+    assert code == 2 and "--tau 1.5: a gate threshold is in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
