@@ -161,7 +161,8 @@ class Smoke:
         from s4seg.training.checkpoint import load_checkpoint
 
         module = importlib.import_module(f"s4seg.training.{trainer}")
-        last = getattr(module, f"train_{trainer}")(self.config(trainer), log=_quiet)
+        cfg = self.config(trainer)
+        last = getattr(module, f"train_{trainer}")(cfg, log=_quiet)
         payload = load_checkpoint(last)
         self.outputs[trainer] = last
         metrics = payload.get("metrics", {})
@@ -170,7 +171,7 @@ class Smoke:
             if "teacher_map" in metrics
             else f"val mIoU {100 * metrics['val_miou']:.1f}"
         )
-        return f"{payload['iteration']} iterations on {_device_of(self.config(trainer))}, {figure}"
+        return f"{payload['iteration']} iterations on {_device_of(cfg)}, {figure}"
 
     def resume(self) -> str:
         from s4seg.training.baseline import train_baseline
