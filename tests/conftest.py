@@ -136,3 +136,12 @@ def tiny_export(
         # tests/test_calibration.py)
     )
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """List the screenshots the browser tests saved, so a CI log says where to look."""
+    shots = sorted((Path(__file__).resolve().parent.parent / "test-artifacts").rglob("*.png"))
+    if shots:
+        terminalreporter.write_sep("-", "test artifacts")
+        for shot in shots:
+            terminalreporter.write_line(str(shot))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from s4seg.export.repository import publish
-from s4seg.serving.triton import free_port
+from serve_helpers import Served, serving, start_serve
 
 QUIET = {"log": lambda *_: None}
 
@@ -29,69 +29,18 @@ def pids_matching(pattern: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-class Served:
-    def __init__(self, process: subprocess.Popen, url: str, repo: Path, log: Path) -> None:
-        self.process, self.url, self.repo, self.log = process, url, repo, log
-
-    def post(self, data: bytes, content_type: str = "image/png", **params) -> httpx.Response:
-        return httpx.post(
-            f"{self.url}/v1/segment",
-            content=data,
-            headers={"Content-Type": content_type},
-            params=params,
-            timeout=60,
-        )
-
-
-def start_serve(repo: Path, log: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "S4SEG_PORT": str(port), **extra_env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repo), "--no-quickstart"],
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise AssertionError("serve did not become ready:\n" + log.read_text()[-3000:])
-
-
 @pytest.fixture(scope="module")
 def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("serve")
     repo = root / "repo"
     publish(tiny_export, repo, **QUIET)
-    env = {
-        "S4SEG_TRITON_HTTP_PORT": str(free_port()),
-        "S4SEG_TRITON_GRPC_PORT": str(free_port()),
-        "S4SEG_TRITON_METRICS_PORT": str(free_port()),
-        "S4SEG_LOG_DIR": str(root / "logs"),
-        "S4SEG_MAX_BODY_BYTES": str(2_000_000),
-        "S4SEG_MAX_PIXELS": str(4_000_000),
-        "S4SEG_VERSION_POLL_SECONDS": "0.5",
-    }
-    process, url = start_serve(repo, root / "serve.log", env)
-    server = Served(process, url, repo, root / "serve.log")
-    server.triton_port = env["S4SEG_TRITON_HTTP_PORT"]  # type: ignore[attr-defined]
-    try:
+    limits = {"S4SEG_MAX_BODY_BYTES": str(2_000_000), "S4SEG_MAX_PIXELS": str(4_000_000)}
+    with serving(repo, root, **limits) as server:
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
     # Nothing left behind: no tritonserver, no python backend stub for this repository.
     time.sleep(1)
     assert pids_matching(str(root)) == [], "processes left after SIGTERM"
-    assert process.returncode == 0
+    assert server.process.returncode == 0
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from s4seg.export.repository import publish
-from s4seg.serving.triton import free_port
+from serve_helpers import Served, serving
 
 from s4seg.imaging import DecodedImage, ImageError, decode_image
 
@@ -63,45 +63,13 @@ def png(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-class Stack:
-    def __init__(self, process: subprocess.Popen, url: str, repo: Path) -> None:
-        self.process, self.url, self.repo = process, url, repo
-
-
 @pytest.fixture(scope="module")
-def stack(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("reliability")
     repo = root / "repo"
     publish(tiny_export, repo, **QUIET)
-    port = free_port()
-    env = {
-        **os.environ,
-        "S4SEG_PORT": str(port),
-        "S4SEG_TRITON_HTTP_PORT": str(free_port()),
-        "S4SEG_TRITON_GRPC_PORT": str(free_port()),
-        "S4SEG_TRITON_METRICS_PORT": str(free_port()),
-        "S4SEG_LOG_DIR": str(root / "logs"),
-        "S4SEG_VERSION_POLL_SECONDS": "0.5",
-    }
-    log = (root / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repo), "--no-quickstart"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    try:
-        yield Stack(process, url, repo)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-        log.close()
+    with serving(repo, root) as server:
+        yield server
 
 
 def mixed_inputs(synth_root: Path) -> list[tuple[str, bytes, int]]:
@@ -137,7 +105,7 @@ def hammer(
             )  # fmt: skip
 
 
-def run_load(stack: Stack, bodies, until: Callable[[list], bool], during=None) -> list:
+def run_load(stack: Served, bodies, until: Callable[[list], bool], during=None) -> list:
     results: list = []
     done = threading.Event()
     workers = [
@@ -159,7 +127,7 @@ def run_load(stack: Stack, bodies, until: Callable[[list], bool], during=None) -
 
 
 @pytest.mark.slow
-def test_load_with_bad_input_mixed_in(stack: Stack, synth_root: Path) -> None:
+def test_load_with_bad_input_mixed_in(stack: Served, synth_root: Path) -> None:
     bodies = mixed_inputs(synth_root)
     expected = {kind: status for kind, _, status in bodies}
     with httpx.Client(timeout=60) as client:  # warm up: every stub started, every region made
@@ -198,7 +166,7 @@ def test_load_with_bad_input_mixed_in(stack: Stack, synth_root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_version_swap_under_load(stack: Stack, synth_root: Path, tiny_export: Path) -> None:
+def test_version_swap_under_load(stack: Served, synth_root: Path, tiny_export: Path) -> None:
     bodies = [b for b in mixed_inputs(synth_root) if b[0] == "valid"]
     published: dict[str, float] = {}
 
@@ -228,7 +196,7 @@ def test_version_swap_under_load(stack: Stack, synth_root: Path, tiny_export: Pa
 
 
 @pytest.mark.slow
-def test_triton_sigkill_mid_load(stack: Stack, synth_root: Path) -> None:
+def test_triton_sigkill_mid_load(stack: Served, synth_root: Path) -> None:
     bodies = [b for b in mixed_inputs(synth_root) if b[0] == "valid"]
     killed: dict[str, float] = {}
 
@@ -373,7 +341,7 @@ def test_decoding_random_bytes_never_crashes(data: bytes) -> None:
 
 
 @pytest.mark.slow
-def test_gateway_fuzzed_from_its_openapi_schema(stack: Stack) -> None:
+def test_gateway_fuzzed_from_its_openapi_schema(stack: Served) -> None:
     """Requests generated from the gateway's own OpenAPI schema (schemathesis): never a 5xx,
     never a hang. (Driven with hypothesis directly: schemathesis' pytest plugin does not load
     under this pytest.)"""

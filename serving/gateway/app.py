@@ -21,7 +21,7 @@ from .catalog import Catalog
 from .dependencies import Unauthorized
 from .limits import BodySizeLimit
 from .metrics import IN_FLIGHT, LATENCY, REQUESTS
-from .routers import health, models, segment
+from .routers import health, models, page, segment
 from .triton_client import TritonEnsemble, TritonFailed, TritonUnavailable
 
 log = logging.getLogger("s4seg.gateway")
@@ -53,6 +53,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(segment.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files, name="static")
 
     @app.exception_handler(ImageError)
     async def bad_image(_: Request, exc: ImageError) -> JSONResponse:
