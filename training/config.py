@@ -52,7 +52,9 @@ class ModelConfig(Section):
     backbone_depth: Literal[18, 34, 50, 101] = 101
     aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
     freeze_bn_affine: bool = True
-    pretrained_backbone: str | None = None  # local torchvision ResNet .pth; None = random init
+    # imagenet: torchvision's weights of this depth (torch's cache, downloaded when online); or a
+    # local torchvision ResNet .pth; None: random init
+    pretrained_backbone: str | None = None
 
 
 class OptimConfig(Section):
@@ -83,7 +85,7 @@ class MlmtConfig(Section):
     """MLMT, the Mean-Teacher multi-label classifier (paper section 3.2)."""
 
     depth: Literal[18, 34, 50, 101] = 101
-    pretrained_backbone: str | None = None
+    pretrained_backbone: str | None = None  # as model.pretrained_backbone
     input_size: PositiveInt = 320
     lr: float = 3e-2  # SGD nesterov, cosine to lr_min
     lr_min: float = 1e-4

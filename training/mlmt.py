@@ -131,7 +131,7 @@ def _train(cfg: Config, runtime, resumed: dict | None, log: Log) -> Path:
 
     student = multilabel_resnet(num_classes, m.depth)
     if m.pretrained_backbone and not resumed:
-        log(load_backbone_weights(student, m.pretrained_backbone).summary())
+        log(load_backbone_weights(student, m.pretrained_backbone, m.depth).summary())
     student.to(runtime.device)
     teacher = copy.deepcopy(student).requires_grad_(False)
     optimizer = torch.optim.SGD(

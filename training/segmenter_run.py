@@ -75,7 +75,9 @@ class SegmenterRun:
             )
         self.model = segmenter_from_arch(self.arch)
         if cfg.model.pretrained_backbone and not resumed:
-            report = load_backbone_weights(self.model.backbone, cfg.model.pretrained_backbone)
+            report = load_backbone_weights(
+                self.model.backbone, cfg.model.pretrained_backbone, cfg.model.backbone_depth
+            )
             self.log_main(report.summary())
         self.model.to(runtime.device, memory_format=runtime.memory_format())
         # The paper's optimiser: SGD, head at 10x, poly(0.9) per iteration.

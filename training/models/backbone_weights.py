@@ -1,4 +1,5 @@
-"""Optional ImageNet initialisation of the backbone from a local torchvision-format file."""
+"""Optional ImageNet initialisation of the backbone: ``imagenet`` (torchvision's weights of the
+chosen ResNet depth, from torch's cache or downloaded into it) or a torchvision-format file."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision import models
 
 from s4seg.errors import CheckpointError
+
+IMAGENET = "imagenet"  # the value of model.pretrained_backbone / mlmt.pretrained_backbone
 
 
 @dataclass
@@ -34,12 +38,55 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
+def imagenet_weights(depth: int) -> models.WeightsEnum:
+    """torchvision's ImageNet weights for a ResNet of ``depth`` (V1: the classic ones, as in the
+    paper's time; e.g. ``resnet101-63fe2227.pth``)."""
+    enum = getattr(models, f"ResNet{depth}_Weights", None)
+    if enum is None:
+        raise CheckpointError(f"torchvision has no ImageNet weights for a ResNet-{depth}")
+    return enum.IMAGENET1K_V1
+
+
+def imagenet_file(depth: int) -> Path:
+    """Where torch's cache keeps them (``$TORCH_HOME/hub/checkpoints/``, as torchvision does)."""
+    name = Path(imagenet_weights(depth).url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def fetch_imagenet(depth: int) -> Path:
+    """The cached file, or download it into the cache; offline without it: one line that says
+    which file, from where, and where to put it."""
+    target = imagenet_file(depth)
+    if target.is_file():
+        return target
+    url = imagenet_weights(depth).url
+    hashed = torch.hub.HASH_REGEX.search(target.name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written to a temporary name and moved into place: no half file in the cache.
+        torch.hub.download_url_to_file(url, str(target), hashed.group(1) if hashed else None)
+    except Exception as error:
+        raise CheckpointError(
+            f"ImageNet weights for ResNet-{depth} are not in torch's cache and could not be "
+            f"downloaded ({type(error).__name__}: {error}): download {url} and put it at "
+            f"{target} (or set the option to a local .pth file)"
+        ) from None
+    return target
+
+
+def load_backbone_weights(
+    backbone: nn.Module, path: str | Path, depth: int | None = None
+) -> LoadReport:
     """Copy every tensor whose name and shape match (e.g. ``resnet101-63fe2227.pth``).
 
-    Names are matched after removing ``module.``/``backbone.`` prefixes; the ImageNet ``fc``
-    layer has no counterpart and is reported as unused.
+    ``path`` may be ``imagenet``: torchvision's weights for a ResNet of ``depth``. Names are
+    matched after removing ``module.``/``backbone.`` prefixes; the ImageNet ``fc`` layer has no
+    counterpart and is reported as unused.
     """
+    if str(path) == IMAGENET:
+        if depth is None:
+            raise CheckpointError("imagenet weights need the backbone depth")
+        path = fetch_imagenet(depth)
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"backbone weights file not found: {path}")
