@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from s4seg.training.data.layouts import open_layout
-from s4seg.training.gate import gated_argmax
+from s4seg.training.gate import class_keep_mask, gated_argmax
 
 from s4seg.errors import DatasetError
 from s4seg.letterbox import letterbox, unletterbox
@@ -38,22 +38,31 @@ def sweep_tau(
     images: list[np.ndarray],
     masks: list[np.ndarray],
     taus: tuple[float, ...] = CALIBRATION_TAUS,
+    batch: int = 8,
 ) -> tuple[float, list[dict[str, float]]]:
-    """Ungated mIoU and ``[{tau, miou}]``: each image runs through the pipeline once, the gate
-    (``training.gate.gated_argmax``, what the ONNX gate is exported from) once per tau."""
+    """Ungated mIoU and ``[{tau, miou}]``: the images run through the pipeline once (letterboxed,
+    ``batch`` at a time), the gate (``training.gate.gated_argmax``, what the ONNX gate is exported
+    from) once per distinct set of kept classes: taus that keep the same classes share a map."""
     manifest = pipeline.manifest
-    n = manifest.num_classes
+    n, background = manifest.num_classes, manifest.background_index
     size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
     ungated = np.zeros((n, n), dtype=np.int64)
     gated = {tau: np.zeros_like(ungated) for tau in taus}
-    for image, truth in zip(images, masks, strict=True):
-        canvas, placement = letterbox(image, size, pad)
-        out = pipeline.run(canvas[None], GATE_OFF_TAU, keep_logits=True)
+    for start in range(0, len(images), batch):
+        placed = [letterbox(image, size, pad) for image in images[start : start + batch]]
+        out = pipeline.run(np.stack([canvas for canvas, _ in placed]), GATE_OFF_TAU, True)
         logits, probs = torch.from_numpy(out.logits), torch.from_numpy(out.class_probs)
-        ungated += confusion_matrix(truth, unletterbox(out.labels[0], placement), n)
-        for tau in taus:
-            labels, _ = gated_argmax(logits, probs, tau, manifest.background_index)
-            gated[tau] += confusion_matrix(truth, unletterbox(labels[0].numpy(), placement), n)
+        for i, (_, placement) in enumerate(placed):
+            truth = masks[start + i]
+            by_kept: dict[tuple[bool, ...], np.ndarray] = {}
+            ungated += confusion_matrix(truth, unletterbox(out.labels[i], placement), n)
+            for tau in taus:
+                kept = tuple(class_keep_mask(probs[i : i + 1], tau, background)[0].tolist())
+                if kept not in by_kept:
+                    labels, _ = gated_argmax(logits[i : i + 1], probs[i : i + 1], tau, background)
+                    map_ = unletterbox(labels[0].numpy(), placement)
+                    by_kept[kept] = confusion_matrix(truth, map_, n)
+                gated[tau] += by_kept[kept]
     return scores(ungated).miou, [{"tau": t, "miou": scores(gated[t]).miou} for t in taus]
 
 

@@ -318,7 +318,8 @@ def export_models(
 
         images, masks, source = parity_samples(seg_payload, data, kind, parity_images, work)
         log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
-        pipeline = OnnxPipeline.from_export(work, device="cpu")
+        # Parity and calibration put torch work between runs: ONNX threads sleep, not spin.
+        pipeline = OnnxPipeline.from_export(work, device="cpu", spin=False)
         figures = measure_parity(torch_graphs, pipeline, images, masks)
         figures["data"] = source
         manifest.parity = figures

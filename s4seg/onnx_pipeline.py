@@ -45,11 +45,15 @@ def choose_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def open_session(path: str | Path, providers: list[str]):
+def open_session(path: str | Path, providers: list[str], spin: bool = True):
+    """``spin=False``: idle intra-op threads sleep instead of spinning (for callers that do other
+    CPU work between runs; on 2 cores spinning threads halved the speed of torch ops between)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: CUDA fallback notices are not the user's problem
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
@@ -70,23 +74,25 @@ def graph_files(manifest: Manifest, folder: Path, precision: str = "fp32") -> di
 class OnnxPipeline:
     """preprocess -> segmenter + classifier -> gate, as four ONNX Runtime sessions."""
 
-    def __init__(self, manifest: Manifest, files: dict[str, Path], device: str = "auto") -> None:
+    def __init__(
+        self, manifest: Manifest, files: dict[str, Path], device: str = "auto", spin: bool = True
+    ) -> None:
         self.manifest = manifest
         self.providers = choose_providers(device)
         self.sessions = {}
         for step, path in files.items():
             if not path.is_file():
                 raise ManifestError(f"{path} (the {step} graph named by the manifest) is missing")
-            self.sessions[step] = open_session(path, self.providers)
+            self.sessions[step] = open_session(path, self.providers, spin)
 
     @classmethod
     def from_export(
-        cls, folder: str | Path, device: str = "auto", precision: str = "fp32"
+        cls, folder: str | Path, device: str = "auto", precision: str = "fp32", spin: bool = True
     ) -> OnnxPipeline:
         """The pipeline in a folder written by ``s4seg export`` (``fp16``: its FP16 variant)."""
         folder = Path(folder)
         manifest = Manifest.load(folder)
-        return cls(manifest, graph_files(manifest, folder, precision), device)
+        return cls(manifest, graph_files(manifest, folder, precision), device, spin)
 
     def run(
         self, images: np.ndarray, tau: float | None = None, keep_logits: bool = False
