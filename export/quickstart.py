@@ -1,7 +1,9 @@
 """``s4seg quickstart``: synthetic data -> s4GAN + MLMT -> export -> publish, for the first run.
 
 Every step is skipped when its result is already there (data, finished runs, a published
-version), so a second run is quick and an interrupted one continues where it stopped.
+version), so a second run is quick and an interrupted one continues where it stopped. Each step
+starts with a line saying how long the whole demo has left: the steps' costs measured on our
+2-core CPU machines, scaled by how fast this machine did the steps so far.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from s4seg.training.checkpoint import load_checkpoint
@@ -18,29 +21,63 @@ from .exporter import export_models
 from .repository import publish, served_version
 
 SERVED_SIZE = (128, 128)  # the synthetic images' own size
+# The segmenter's iterations are the preset's (quickstart.yaml); the classifier needs fewer for
+# a demo, and its steps cost less than half of s4GAN's.
+MLMT_ITERATIONS = 80
 
 
 def log(message: str) -> None:
     print(f"quickstart: {message}", file=sys.stderr, flush=True)
 
 
-def _train(trainer: str, data: Path, runs: Path, iterations: int | None) -> Path:
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+@dataclass
+class Step:
+    name: str
+    reference_s: float  # on a 2-core Xeon of our CI machines (README, first answer)
+
+
+class Plan:
+    """The demo's steps and an ETA for what is left."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+        self.done_reference = 0.0
+        self.done_actual = 0.0
+
+    def begin(self, index: int, what: str) -> float:
+        """Say which step starts and how long the demo has left; returns the step's start."""
+        elapsed = self.done_actual
+        pace = min(max(elapsed / self.done_reference, 0.3), 5.0) if self.done_reference else 1.0
+        left = pace * sum(s.reference_s for s in self.steps[index:])
+        log(f"[{index + 1}/{len(self.steps)}] {what} (demo ready in about {clock(left)})")
+        return time.monotonic()
+
+    def end(self, index: int, started: float, skipped: bool = False) -> None:
+        if not skipped:  # a skipped step says nothing about this machine's speed
+            self.done_reference += self.steps[index].reference_s
+            self.done_actual += time.monotonic() - started
+
+
+def _train(trainer: str, data: Path, runs: Path, iterations: int) -> tuple[Path, bool]:
+    """The run's last checkpoint, and whether it had to be trained (False: it was complete)."""
     from s4seg.training.mlmt import train_mlmt
     from s4seg.training.s4gan import train_s4gan
 
     out = runs / trainer
-    overrides = [f"data.root={data}", f"train.out_dir={out}"]
-    if iterations:
-        overrides.append(f"train.iterations={iterations}")
+    overrides = [f"data.root={data}", f"train.out_dir={out}", f"train.iterations={iterations}"]
     cfg = load_config("quickstart", overrides)
     last = out / "last.pt"
     resumed = load_checkpoint(last) if last.is_file() else None
     if resumed is not None and resumed["iteration"] >= cfg.train.iterations:
         log(f"{trainer}: {last} is complete")
-        return last
-    log(f"training {trainer} ({cfg.train.iterations} iterations) into {out}")
+        return last, False
     train = train_mlmt if trainer == "mlmt" else train_s4gan
-    return train(cfg, resumed)
+    return train(cfg, resumed), True
 
 
 def quickstart(
@@ -54,21 +91,39 @@ def quickstart(
     if served_version(repository) is not None and not force:
         log(f"{repository} already serves version {served_version(repository)} (--force to redo)")
         return served_version(repository)  # type: ignore[return-value]
+    segmenter_iterations = iterations or load_config("quickstart", []).train.iterations
+    classifier_iterations = iterations or MLMT_ITERATIONS
+    plan = Plan([
+        Step("data", 11),
+        Step("s4gan", 12 + 1.1 * segmenter_iterations),
+        Step("mlmt", 8 + 0.5 * classifier_iterations),
+        Step("export", 50),
+    ])  # fmt: skip
     start = time.monotonic()
-    if not (data / "classes.yaml").is_file():
+
+    begun = plan.begin(0, f"the synthetic data set in {data}")
+    fresh = not (data / "classes.yaml").is_file()
+    if fresh:
         from s4seg.training.data.synth import write_synthetic
 
-        log(f"writing the synthetic data set to {data}")
         write_synthetic(data)
-    segmenter = _train("s4gan", data, runs, iterations)
-    classifier = _train("mlmt", data, runs, iterations)
+    plan.end(0, begun, skipped=not fresh)
+
+    begun = plan.begin(1, f"s4GAN segmenter, {segmenter_iterations} iterations ({runs / 's4gan'})")
+    segmenter, trained = _train("s4gan", data, runs, segmenter_iterations)
+    plan.end(1, begun, skipped=not trained)
+
+    begun = plan.begin(2, f"MLMT classifier, {classifier_iterations} iterations ({runs / 'mlmt'})")
+    classifier, trained = _train("mlmt", data, runs, classifier_iterations)
+    plan.end(2, begun, skipped=not trained)
+
     out = runs / "export"
-    log(f"exporting to {out}")
+    plan.begin(3, f"export to ONNX with parity and tau calibration, publish to {repository}")
     export_models(
         str(segmenter), str(classifier), str(out), input_size=SERVED_SIZE, overwrite=True, log=log
     )
     version = publish(out, repository, runtime=runtime, log=log)
-    log(f"done in {time.monotonic() - start:.0f} s: version {version} in {repository}")
+    log(f"done in {clock(time.monotonic() - start)}: version {version} in {repository}")
     return version
 
 
