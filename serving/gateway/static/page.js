@@ -107,6 +107,13 @@ function swatch(index) {
   return span;
 }
 
+function nameCell(name) {
+  const span = document.createElement("span");
+  span.className = "name";
+  span.textContent = name;
+  return span;
+}
+
 function renderTables(body, total) {
   const legend = $("legend");
   legend.replaceChildren();
@@ -116,7 +123,7 @@ function renderTables(body, total) {
     const share = document.createElement("span");
     share.className = "share";
     share.textContent = `${((100 * cls.pixels) / total).toFixed(1)}%`;
-    li.append(swatch(cls.index), document.createTextNode(cls.name), share);
+    li.append(swatch(cls.index), nameCell(cls.name), share);
     legend.append(li);
   }
 
@@ -147,7 +154,7 @@ function renderTables(body, total) {
     const value = document.createElement("span");
     value.className = "share";
     value.textContent = p.toFixed(2) + (suppressed.has(name) ? " suppressed" : "");
-    li.append(swatch(index), document.createTextNode(name), bar, value);
+    li.append(swatch(index), nameCell(name), bar, value);
     list.append(li);
   });
 }
