@@ -60,7 +60,7 @@ def gateway_segmenter(url: str, fmt: str, tau, gate: bool, api_key: str | None) 
 
 
 def triton_segmenter(url: str, repository: Path, fmt: str, tau, gate: bool) -> Segment:
-    from s4seg.export.repository import served_manifest
+    from s4seg.repository import served_manifest
 
     from .triton_pipeline import TritonPipeline
 
@@ -89,7 +89,7 @@ def local_segmenter(
         pipeline = OnnxPipeline.from_export(model, device=device)
         version = "local"
     else:
-        from s4seg.export.repository import served_version, version_pipeline
+        from s4seg.repository import served_version, version_pipeline
 
         served = served_version(repository)
         if served is None:

@@ -23,8 +23,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from s4seg.export.repository import served_version, version_pipeline
-from s4seg.export.triton_config import STEP_MODELS
 from s4seg.serving.triton import free_port
 
 from s4seg.benchmarks import cpu_description, provenance, update_section
@@ -32,6 +30,7 @@ from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
 from s4seg.letterbox import letterbox, unletterbox
 from s4seg.outputs import label_png
+from s4seg.repository import STEP_MODELS, served_version, version_pipeline
 
 
 def bench_images(manifest, count: int) -> list[bytes]:

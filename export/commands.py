@@ -1,4 +1,5 @@
-"""``s4seg export`` (imports torch; publish and rollback do not: see repository.py)."""
+"""The export stage's commands: ``s4seg export`` (imports torch), ``publish`` and ``rollback``
+(no torch)."""
 
 from __future__ import annotations
 
@@ -43,4 +44,35 @@ def run_export(args: argparse.Namespace) -> int:
     print(line)
     print(f"served: {manifest.describe_tau()}")
     print(f"manifest: {out / 'manifest.json'}")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from .repository import publish
+
+    version = publish(
+        args.export_dir,
+        args.repository,
+        runtime=args.runtime,
+        precision=args.precision,
+        keep=args.keep,
+        force=args.force,
+        eval_data=args.eval_data,
+        eval_kind=args.eval_kind,
+        eval_images=args.eval_images,
+        max_drop=args.max_drop,
+        log=_log,
+    )
+    print(version)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from .repository import rollback
+
+    print(rollback(args.repository, log=_log))
     return 0

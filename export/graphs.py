@@ -14,11 +14,13 @@ from s4seg.training.gate import gated_argmax
 from s4seg.training.models import upsample_logits
 from torch import nn
 
-# Tensor names shared by the ONNX files, the Triton configs and the clients.
-IMAGE, TAU = "image", "tau"
-SEG_INPUT, CLS_INPUT = "seg_input", "cls_input"
-LOGITS, CLASS_PROBS = "logits", "class_probs"
-LABELS, SUPPRESSED = "labels", "suppressed"
+from s4seg import tensors
+
+# The graphs' input and output names (their dtypes and shapes: s4seg.tensors).
+IMAGE, TAU = tensors.IMAGE.name, tensors.TAU.name
+SEG_INPUT, CLS_INPUT = tensors.SEG_INPUT.name, tensors.CLS_INPUT.name
+LOGITS, CLASS_PROBS = tensors.LOGITS.name, tensors.CLASS_PROBS.name
+LABELS, SUPPRESSED = tensors.LABELS.name, tensors.SUPPRESSED.name
 
 
 class Preprocess(nn.Module):

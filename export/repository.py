@@ -1,11 +1,5 @@
-"""``s4seg publish`` and ``s4seg rollback``: versions of the Triton model repository.
-
-Layout (one folder per model, numbered version folders inside)::
-
-    model_repository/
-      s4seg_preprocess/config.pbtxt   N/model.onnx (+ N/model.py: the python-backend runner)
-      s4seg_segmenter/ ...             s4seg_classifier/ ...   s4seg_gate/ ...
-      s4seg/config.pbtxt              N/manifest.json   (the ensemble; its config names N)
+"""Publishing, the promotion gate and rollback: writing versions into the Triton model
+repository (its layout and reading it: ``s4seg.repository``).
 
 A version folder is staged under a name Triton ignores (``.N.tmp``) and renamed into place when
 complete. Steps keep their two newest versions loaded; the ensemble's config, replaced in one
@@ -15,21 +9,30 @@ switches the whole pipeline at once and never mixes versions. No torch here.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from s4seg.atomic import write_atomic
+from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
-from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
+from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline, graph_files, open_session
+from s4seg.repository import (
+    ENSEMBLE,
+    STEP_MODELS,
+    model_versions,
+    read_manifest,
+    served_version,
+    version_pipeline,
+)
+from s4seg.triton_config import RUNTIMES, ensemble_pbtxt, step_pbtxt
 
-from .triton_config import ENSEMBLE, RUNTIMES, STEP_MODELS, ensemble_pbtxt, step_pbtxt
+from .pipeline_evaluation import evaluate_pipeline
 
 RUNNER = Path(__file__).with_name("triton") / "onnx_runner.py"
 MIN_KEEP = 2  # the served version and the one before: what Triton keeps loaded
@@ -37,31 +40,6 @@ MIN_KEEP = 2  # the served version and the one before: what Triton keeps loaded
 
 class PublishError(S4segError):
     """A version can not be published (or rolled back) safely."""
-
-
-def versions(model_dir: Path) -> list[int]:
-    """Complete version folders of one model, oldest first."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def served_version(repository: Path) -> int | None:
-    """The newest ensemble version: what the ensemble config names after publish/rollback."""
-    found = versions(repository / ENSEMBLE)
-    return found[-1] if found else None
-
-
-def served_manifest(repository: Path) -> Manifest | None:
-    version = served_version(repository)
-    return None if version is None else Manifest.load(repository / ENSEMBLE / str(version))
-
-
-def version_pipeline(repository: Path, version: int, device: str = "auto") -> OnnxPipeline:
-    """Run a published version in-process (the promotion gate, ``predict --via local``)."""
-    manifest = Manifest.load(repository / ENSEMBLE / str(version))
-    files = {s: repository / STEP_MODELS[s] / str(version) / "model.onnx" for s in STEPS}
-    return OnnxPipeline(manifest, files, device)
 
 
 @contextlib.contextmanager
@@ -85,17 +63,6 @@ def _fsync_tree(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
@@ -143,7 +110,7 @@ def compare_classes(new: Manifest, served: Manifest) -> str | None:
 
 def publish(
     export_dir: str | Path,
-    repository: str | Path = "model_repository",
+    repository: str | Path = REPOSITORY,
     runtime: str = "python",
     precision: str = "fp32",
     keep: int | None = None,
@@ -167,8 +134,7 @@ def publish(
     with locked(repo):
         served = served_version(repo)
         if served is not None:
-            old = served_manifest(repo)
-            assert old is not None
+            old = read_manifest(repo, served)
             problem = compare_classes(manifest, old)
             if problem and not force:
                 raise PublishError(
@@ -178,12 +144,12 @@ def publish(
                 promotion_gate(
                     folder, repo, served, eval_data, eval_kind, eval_images, max_drop, log
                 )
-        everything = [versions(repo / m) for m in [*STEP_MODELS.values(), ENSEMBLE]]
+        everything = [model_versions(repo / m) for m in [*STEP_MODELS.values(), ENSEMBLE]]
         version = max((v for found in everything for v in found), default=0) + 1
         for step, model in STEP_MODELS.items():
             model_dir = repo / model
             model_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(model_dir / "config.pbtxt", step_pbtxt(step, runtime))
+            write_atomic(model_dir / "config.pbtxt", step_pbtxt(step, runtime), skip_unchanged=True)
             version_files = {"model.onnx": files[step]}
             if runtime == "python":
                 version_files["model.py"] = RUNNER
@@ -202,7 +168,7 @@ def publish(
         _place_version(ensemble_dir, version, {MANIFEST_NAME: stage})
         stage.unlink()
         # The switch: one atomic replacement of the ensemble config.
-        write_text_atomic(ensemble_dir / "config.pbtxt", ensemble_pbtxt(version))
+        write_atomic(ensemble_dir / "config.pbtxt", ensemble_pbtxt(version))
         if keep is not None:
             prune(repo, keep, log)
     log(f"published {folder} as version {version} of {repo} ({runtime} runtime, {precision})")
@@ -221,8 +187,6 @@ def promotion_gate(
     log,
 ) -> None:
     """Refuse a version whose gated mIoU is more than ``max_drop`` points below the served one."""
-    from s4seg.clients.evaluate import evaluate_pipeline
-
     log(f"promotion gate: gated mIoU of the new export and of served version {served} on {data}")
     new, _ = evaluate_pipeline(OnnxPipeline.from_export(folder), data, kind, max_images=max_images)
     old, _ = evaluate_pipeline(version_pipeline(repo, served), data, kind, max_images=max_images)
@@ -240,7 +204,7 @@ def prune(repo: Path, keep: int, log=print) -> list[int]:
     """Remove all but the ``keep`` newest versions of every model."""
     removed: set[int] = set()
     for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
-        found = versions(repo / model)
+        found = model_versions(repo / model)
         for version in found[: max(0, len(found) - keep)]:
             shutil.rmtree(repo / model / str(version))
             removed.add(version)
@@ -249,11 +213,11 @@ def prune(repo: Path, keep: int, log=print) -> list[int]:
     return sorted(removed)
 
 
-def rollback(repository: str | Path = "model_repository", log=print) -> int:
+def rollback(repository: str | Path = REPOSITORY, log=print) -> int:
     """Serve the previous version again and remove the newest; returns the version now served."""
     repo = Path(repository)
     with locked(repo):
-        found = versions(repo / ENSEMBLE)
+        found = model_versions(repo / ENSEMBLE)
         if len(found) < 2:
             raise PublishError(
                 f"{repo} has {len(found)} published version(s): nothing to roll back to"
@@ -262,38 +226,8 @@ def rollback(repository: str | Path = "model_repository", log=print) -> int:
         for model in STEP_MODELS.values():
             if not (repo / model / str(previous)).is_dir():
                 raise PublishError(f"{repo / model} lacks version {previous}; can not roll back")
-        write_text_atomic(repo / ENSEMBLE / "config.pbtxt", ensemble_pbtxt(previous))
+        write_atomic(repo / ENSEMBLE / "config.pbtxt", ensemble_pbtxt(previous))
         for model in [ENSEMBLE, *STEP_MODELS.values()]:
             shutil.rmtree(repo / model / str(newest), ignore_errors=True)
     log(f"rolled back {repo}: version {newest} removed, version {previous} served")
     return previous
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def run_publish(args: argparse.Namespace) -> int:
-    version = publish(
-        args.export_dir,
-        args.repository,
-        runtime=args.runtime,
-        precision=args.precision,
-        keep=args.keep,
-        force=args.force,
-        eval_data=args.eval_data,
-        eval_kind=args.eval_kind,
-        eval_images=args.eval_images,
-        max_drop=args.max_drop,
-        log=_log,
-    )
-    print(version)
-    return 0
-
-
-def run_rollback(args: argparse.Namespace) -> int:
-    print(rollback(args.repository, log=_log))
-    return 0
-
-
-__all__ = ["ManifestError", "PublishError", "publish", "rollback", "served_version"]

@@ -334,9 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_export(args)
         if args.command in ("publish", "rollback"):
-            from s4seg.export import repository
+            from s4seg.export import commands as export_commands
 
-            return getattr(repository, f"run_{args.command}")(args)
+            return getattr(export_commands, f"run_{args.command}")(args)
         if args.command == "evaluate" and not args.segmenter:
             from s4seg.clients.evaluate import run_evaluate
 

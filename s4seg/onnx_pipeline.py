@@ -14,6 +14,7 @@ import numpy as np
 
 from s4seg.letterbox import letterbox, unletterbox
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
+from s4seg.tensors import CLASS_PROBS, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
 
 UNGATED_TAU = GATE_OFF_TAU
 """A tau below every probability: the gate keeps all classes (``gate=false``)."""
@@ -103,16 +104,16 @@ class OnnxPipeline:
                 f"images must be (N, H, W, 3) uint8, not {images.shape} {images.dtype}"
             )
         tau = self.manifest.tau if tau is None else tau
-        seg_input, cls_input = self.sessions["preprocess"].run(None, {"image": images})
-        (logits,) = self.sessions["segmenter"].run(None, {"seg_input": seg_input})
-        (class_probs,) = self.sessions["classifier"].run(None, {"cls_input": cls_input})
-        taus = np.full((len(images), 1), tau, dtype=np.float32)
+        seg_input, cls_input = self.sessions["preprocess"].run(None, {IMAGE.name: images})
+        (logits,) = self.sessions["segmenter"].run(None, {SEG_INPUT.name: seg_input})
+        (class_probs,) = self.sessions["classifier"].run(None, {CLS_INPUT.name: cls_input})
+        taus = np.full((len(images), 1), tau, dtype=TAU.dtype)
         labels, suppressed = self.sessions["gate"].run(
             None,
             {
-                "logits": logits.astype(np.float32, copy=False),
-                "class_probs": class_probs.astype(np.float32, copy=False),
-                "tau": taus,
+                LOGITS.name: logits.astype(LOGITS.dtype, copy=False),  # FP16 graphs: back to FP32
+                CLASS_PROBS.name: class_probs.astype(CLASS_PROBS.dtype, copy=False),
+                TAU.name: taus,
             },
         )
         return PipelineOutput(

@@ -19,10 +19,11 @@ import threading
 from pathlib import Path
 
 from s4seg.errors import S4segError
+from s4seg.repository import complete_versions
 
 from .settings import ServeSettings
 from .triton import TritonProcess, TritonSettings
-from .versions import VersionManager, complete_versions
+from .versions import VersionManager
 
 log = logging.getLogger("s4seg.serve")
 

@@ -2,13 +2,13 @@
 
 Triton runs with ``--model-control-mode=explicit`` on a repository of its own (the *view*:
 configs we write, version folders linked from the published repository, which serving never
-modifies). :meth:`VersionManager.sync` looks at the
-repository and, when a newer complete version is on disk, loads it step by step with config
-overrides that name exactly the versions to keep loaded (the served one and the new one), and
-switches the ensemble only when every step of the new version is ready. A version that fails to
-load (corrupt ONNX, wrong shapes) is recorded with Triton's reason and skipped until its files
-change; the served version keeps answering. Versions removed from disk (``s4seg rollback``) make
-it serve the newest one left.
+modifies; the serving status goes beside it, ``s4seg.repository.write_status``).
+:meth:`VersionManager.sync` looks at the repository and, when a newer complete version is on
+disk, loads it step by step with config overrides that name exactly the versions to keep loaded
+(the served one and the new one), and switches the ensemble only when every step of the new
+version is ready. A version that fails to load (corrupt ONNX, wrong shapes) is recorded with
+Triton's reason and skipped until its files change; the served version keeps answering.
+Versions removed from disk (``s4seg rollback``) make it serve the newest one left.
 
 Why not ``--model-control-mode=poll``: when a pinned step fails to load, Triton unloads the
 ensemble that pins it, so a broken version would take the served one down (seen with 2.51).
@@ -16,7 +16,6 @@ ensemble that pins it, so a broken version would take the served one down (seen 
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -26,18 +25,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from s4seg.export.repository import write_text_atomic
-from s4seg.export.triton_config import (
+
+from s4seg.atomic import write_atomic
+from s4seg.defaults import SEGMENTER_INSTANCES
+from s4seg.manifest import ManifestError
+from s4seg.repository import (
     ENSEMBLE,
     STEP_MODELS,
-    ensemble_config,
-    step_config,
-    to_pbtxt,
+    complete_versions,
+    read_manifest,
+    read_status,
+    write_status,
 )
-
-from s4seg.manifest import MANIFEST_NAME, Manifest, ManifestError, write_json_atomic
-
-STATUS_FILE = ".serving-status.json"  # the gateway reads it (it may run in another process)
+from s4seg.triton_config import ensemble_config, step_config, to_pbtxt
 
 
 @dataclass
@@ -51,20 +51,6 @@ class VersionState:
     served: int | None = None
     failed: dict[int, Failure] = field(default_factory=dict)
     switched_at: float | None = None
-
-
-def complete_versions(repository: Path) -> list[int]:
-    """Versions with a manifest and every step on disk, newest first."""
-    ensemble = repository / ENSEMBLE
-    if not ensemble.is_dir():
-        return []
-    found = []
-    for entry in ensemble.iterdir():
-        if not (entry.name.isdigit() and (entry / MANIFEST_NAME).is_file()):
-            continue
-        if all((repository / m / entry.name).is_dir() for m in STEP_MODELS.values()):
-            found.append(int(entry.name))
-    return sorted(found, reverse=True)
 
 
 def fingerprint(repository: Path, version: int) -> float:
@@ -89,17 +75,17 @@ class VersionManager:
         runtime: str = "python",
         log: Callable[[str], None] = print,
         timeout: float = 600.0,
-        segmenter_instances: int = 2,
+        segmenter_instances: int = SEGMENTER_INSTANCES,
         threads: int | None = None,
         view: str | Path | None = None,
     ) -> None:
+        self.repository = Path(repository)
         self.segmenter_instances = segmenter_instances
         self.threads = threads
         # Triton's own repository: our configs + links to the published version folders.
         self.view = Path(view) if view else self.repository.parent / ".triton-view"
         shutil.rmtree(self.view, ignore_errors=True)
         self.view.mkdir(parents=True)
-        self.repository = Path(repository)
         self.url = triton_url.rstrip("/")
         self.runtime = runtime
         self.log = log
@@ -122,7 +108,7 @@ class VersionManager:
             if not link.is_symlink():
                 target = (self.repository / model / str(version)).resolve()
                 link.symlink_to(target, target_is_directory=True)
-        write_text_atomic(folder / "config.pbtxt", to_pbtxt(config))
+        write_atomic(folder / "config.pbtxt", to_pbtxt(config), skip_unchanged=True)
 
     def _load(self, model: str, config: dict, versions: list[int]) -> None:
         self._place(model, config, versions)
@@ -152,7 +138,7 @@ class VersionManager:
     def sync(self) -> int | None:
         """Serve the newest complete version that loads; returns the served version."""
         with self._lock:
-            on_disk = complete_versions(self.repository)
+            on_disk = complete_versions(self.repository)[::-1]  # newest first
             served = self.state.served
             if served is not None and served not in on_disk:
                 self.log(f"version {served} is gone from {self.repository}")
@@ -215,7 +201,7 @@ class VersionManager:
         version that loads but computes the wrong shapes (another class count, a mismatched
         step) is refused before the ensemble switches to it."""
         try:
-            manifest = Manifest.load(self.repository / ENSEMBLE / str(version))
+            manifest = read_manifest(self.repository, version)
         except ManifestError as error:
             raise LoadError(str(error)) from None
         height, width = manifest.input_size
@@ -247,14 +233,11 @@ class VersionManager:
             "failed": {str(v): reason for v, reason in self.problems().items()},
             "switched_at": self.state.switched_at,
         }
-        path = self.repository / STATUS_FILE
-        try:
-            previous = json.loads(path.read_text())
-            previous.pop("time", None)
-        except (OSError, ValueError):
-            previous = None
+        previous = read_status(self.repository)
+        previous.pop("time", None)
+        previous.pop("pid", None)
         if previous != status:
-            write_json_atomic(path, {**status, "time": time.time()})
+            write_status(self.repository, {**status, "time": time.time()})
 
     def problems(self) -> dict[int, str]:
         """Versions newer than the served one that do not load, with Triton's reason."""

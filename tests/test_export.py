@@ -195,7 +195,9 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
     tiny_checkpoint: Path, synth_root: Path, tmp_path: Path
 ) -> None:
     from s4seg.export.exporter import export_models
-    from s4seg.export.repository import publish, version_pipeline
+    from s4seg.export.repository import publish
+
+    from s4seg.repository import version_pipeline
 
     manifest = export_models(
         str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),

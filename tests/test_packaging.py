@@ -40,7 +40,8 @@ def test_serving_side_modules_import_no_torch() -> None:
     torch (the gateway's machine need not have it)."""
     modules = (
         "s4seg.manifest, s4seg.letterbox, s4seg.onnx_pipeline, s4seg.export.repository, "
-        "s4seg.export.triton_config, s4seg.serving.triton, s4seg.clients.evaluate, "
+        "s4seg.triton_config, s4seg.repository, s4seg.tensors, s4seg.export.pipeline_evaluation, "
+        "s4seg.export.commands, s4seg.serving.triton, s4seg.clients.evaluate, "
         "s4seg.clients.triton_pipeline, s4seg.clients.predict, s4seg.clients.backends, "
         "s4seg.clients.commands, s4seg.serving.serve, s4seg.serving.versions, "
         "s4seg.serving.gateway.app, s4seg.imaging, s4seg.outputs"

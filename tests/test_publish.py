@@ -10,15 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from s4seg.export.repository import (
-    PublishError,
-    publish,
-    rollback,
-    served_version,
-    version_pipeline,
-    versions,
-)
-from s4seg.export.triton_config import ENSEMBLE, STEP_MODELS, step_pbtxt
+from s4seg.export.repository import PublishError, publish, rollback
+
+from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
+from s4seg.repository import model_versions as versions
+from s4seg.triton_config import step_pbtxt
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda *_: None}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from s4seg.export.quickstart import quickstart
-from s4seg.export.repository import served_manifest, served_version
+
+from s4seg.repository import served_manifest, served_version
 
 
 def test_quickstart_builds_and_publishes_then_reuses(tmp_path: Path) -> None:

@@ -18,13 +18,20 @@ import numpy as np
 import pytest
 from s4seg.clients.triton_pipeline import TritonPipeline
 from s4seg.export.repository import publish
-from s4seg.export.triton_config import ENSEMBLE, STEP_MODELS, ensemble_pbtxt
 from s4seg.serving.triton import TritonProcess, TritonSettings, free_port
 from s4seg.serving.versions import VersionManager
 from s4seg.training.data.layouts import open_layout
 
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
+from s4seg.repository import (
+    ENSEMBLE,
+    STEP_MODELS,
+    complete_versions,
+    read_status,
+    served_version,
+)
+from s4seg.triton_config import ensemble_pbtxt
 
 QUIET = {"log": lambda *_: None}
 
@@ -200,8 +207,11 @@ def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_
         time.sleep(0.5)
     assert "s4seg_segmenter" in server.versions.problems().get(3, ""), server.log_tail()
     assert server.versions.state.served == 2
-    status = json.loads((repo / ".serving-status.json").read_text())  # what /readyz shows
+    status = read_status(repo)  # what /readyz shows; beside the repository, not in it
+    assert not any(p.name.endswith(".json") for p in repo.iterdir())
     assert status["served_version"] == 2 and "s4seg_segmenter" in status["failed"]["3"]
+    # `predict --via local` and the gateway answer with the same model: the one served.
+    assert served_version(repo) == 2 and max(complete_versions(repo)) == 3
     time.sleep(2)  # more syncs: the failed version is not retried until its files change
     pipeline = server.pipeline()
     image = np.stack(synth_images(synth_root, 1))

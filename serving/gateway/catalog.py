@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from functools import lru_cache
 from pathlib import Path
 
-from s4seg.export.triton_config import ENSEMBLE
-
-from s4seg.manifest import Manifest
-
-from ..versions import STATUS_FILE
+from s4seg.manifest import MANIFEST_NAME, Manifest
+from s4seg.repository import ENSEMBLE, model_versions, read_status, version_folder
 
 
 @lru_cache(maxsize=16)
@@ -24,20 +20,16 @@ class Catalog:
         self.repository = Path(repository)
 
     def manifest(self, version: int | str) -> Manifest:
-        path = self.repository / ENSEMBLE / str(version) / "manifest.json"
+        path = version_folder(self.repository, version) / MANIFEST_NAME
         return _manifest(str(path), path.stat().st_mtime if path.exists() else 0.0)
 
     def versions(self) -> list[int]:
-        folder = self.repository / ENSEMBLE
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+        return model_versions(self.repository / ENSEMBLE)
 
     def status(self) -> dict:
         """What the version manager last wrote: served version and versions that fail to load."""
-        try:
-            status = json.loads((self.repository / STATUS_FILE).read_text())
-        except (OSError, ValueError):
+        status = read_status(self.repository)
+        if not status:
             return {}
         status["age_seconds"] = round(time.time() - status.get("time", time.time()), 1)
         return status

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 import tritonclient.http.aio as triton_aio
-from s4seg.export.triton_config import ENSEMBLE
 from tritonclient.http import InferInput
 from tritonclient.utils import InferenceServerException
+
+from s4seg.repository import ENSEMBLE
+from s4seg.tensors import CLASS_PROBS, IMAGE, LABELS, SUPPRESSED, TAU
 
 from .metrics import TRITON_ERRORS
 
@@ -49,10 +51,10 @@ class TritonEnsemble:
         self._served: tuple[float, int | None] = (0.0, None)
 
     async def segment(self, canvas: np.ndarray, tau: float) -> Segmentation:
-        image = InferInput("image", [1, *canvas.shape], "UINT8")
-        image.set_data_from_numpy(canvas[None])
-        taus = InferInput("tau", [1, 1], "FP32")
-        taus.set_data_from_numpy(np.array([[tau]], dtype=np.float32))
+        image = InferInput(IMAGE.name, [1, *canvas.shape], IMAGE.wire_type)
+        image.set_data_from_numpy(canvas[None].astype(IMAGE.dtype, copy=False))
+        taus = InferInput(TAU.name, [1, 1], TAU.wire_type)
+        taus.set_data_from_numpy(np.array([[tau]], dtype=TAU.dtype))
         try:
             result = await asyncio.wait_for(
                 self.client.infer(ENSEMBLE, [image, taus]), timeout=self.timeout
@@ -71,9 +73,9 @@ class TritonEnsemble:
             TRITON_ERRORS.labels("unreachable").inc()
             raise TritonUnavailable(f"Triton is unreachable at {self.url}: {error}") from None
         return Segmentation(
-            result.as_numpy("labels")[0],
-            result.as_numpy("class_probs")[0],
-            result.as_numpy("suppressed")[0],
+            result.as_numpy(LABELS.name)[0],
+            result.as_numpy(CLASS_PROBS.name)[0],
+            result.as_numpy(SUPPRESSED.name)[0],
             str(result.get_response().get("model_version", "")),
         )
 

@@ -12,55 +12,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-ENSEMBLE = "s4seg"
-STEP_MODELS = {
-    "preprocess": "s4seg_preprocess",
-    "segmenter": "s4seg_segmenter",
-    "classifier": "s4seg_classifier",
-    "gate": "s4seg_gate",
-}
+from s4seg.defaults import SEGMENTER_INSTANCES
+from s4seg.repository import ENSEMBLE, STEP_MODELS
+from s4seg.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, GRAPH_IO, TensorSpec
+
 MAX_BATCH_SIZE = 8
 RUNTIMES = ("python", "onnxruntime")
 
-# (name, Triton type, dims without the batch axis)
-Tensor = tuple[str, str, list[int]]
-IO: dict[str, tuple[list[Tensor], list[Tensor]]] = {
-    "preprocess": (
-        [("image", "TYPE_UINT8", [-1, -1, 3])],
-        [("seg_input", "TYPE_FP32", [3, -1, -1]), ("cls_input", "TYPE_FP32", [3, -1, -1])],
-    ),
-    "segmenter": (
-        [("seg_input", "TYPE_FP32", [3, -1, -1])],
-        [("logits", "TYPE_FP32", [-1, -1, -1])],
-    ),
-    "classifier": (
-        [("cls_input", "TYPE_FP32", [3, -1, -1])],
-        [("class_probs", "TYPE_FP32", [-1])],
-    ),
-    "gate": (
-        [
-            ("logits", "TYPE_FP32", [-1, -1, -1]),
-            ("class_probs", "TYPE_FP32", [-1]),
-            ("tau", "TYPE_FP32", [1]),
-        ],
-        [("labels", "TYPE_UINT8", [-1, -1]), ("suppressed", "TYPE_BOOL", [-1])],
-    ),
-}
-# The ensemble's own inputs and outputs. tau is required here: Triton refuses optional inputs on
-# ensembles (server PR #3894), so the gateway always sends it (the manifest's tau by default).
-ENSEMBLE_INPUTS: list[Tensor] = [("image", "TYPE_UINT8", [-1, -1, 3]), ("tau", "TYPE_FP32", [1])]
-ENSEMBLE_OUTPUTS: list[Tensor] = [
-    ("labels", "TYPE_UINT8", [-1, -1]),
-    ("class_probs", "TYPE_FP32", [-1]),
-    ("suppressed", "TYPE_BOOL", [-1]),
-]
+def _tensors(tensors: tuple[TensorSpec, ...]) -> list[dict]:
+    return [{"name": t.name, "data_type": t.triton_type, "dims": list(t.dims)} for t in tensors]
 
 
-def _tensors(tensors: list[Tensor]) -> list[dict]:
-    return [{"name": n, "data_type": t, "dims": d} for n, t, d in tensors]
-
-
-SEGMENTER_INSTANCES = 2  # two executions in flight (see BENCHMARKS.md, serving)
 THREAD_PARAMETER = {"python": "intra_op_threads", "onnxruntime": "intra_op_thread_count"}
 
 
@@ -75,7 +37,7 @@ def step_config(
     ``threads``: ONNX Runtime intra-op threads per instance (None: its default, all cores)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
-    inputs, outputs = IO[step]
+    inputs, outputs = GRAPH_IO[step]
     backend: dict[str, Any] = (
         {"backend": "python"}
         if runtime == "python"
@@ -108,13 +70,13 @@ def step_config(
 def ensemble_config(version: int) -> dict[str, Any]:
     steps = []
     for step, model in STEP_MODELS.items():
-        inputs, outputs = IO[step]
+        inputs, outputs = GRAPH_IO[step]
         steps.append(
             {
                 "model_name": model,
                 "model_version": version,
-                "input_map": {n: n for n, _, _ in inputs},
-                "output_map": {n: n for n, _, _ in outputs},
+                "input_map": {t.name: t.name for t in inputs},
+                "output_map": {t.name: t.name for t in outputs},
             }
         )
     return {
@@ -126,11 +88,6 @@ def ensemble_config(version: int) -> dict[str, Any]:
         "output": _tensors(ENSEMBLE_OUTPUTS),
         "ensemble_scheduling": {"step": steps},
     }
-
-
-def to_json(config: dict[str, Any]) -> str:
-    """The form Triton's load API takes as a config override."""
-    return json.dumps(config)
 
 
 def to_pbtxt(config: dict[str, Any], header: str = "") -> str:
