@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
 
 from .predict import SUFFIX, list_jobs, parse_shard, run_jobs, summary, write_failures
@@ -61,3 +62,98 @@ def run_predict(args: argparse.Namespace) -> int:
     write_failures(report, output)
     print(summary(report, output))
     return 1 if report.failures else 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``--segmenter``: PyTorch (the training stage's); ``--onnx``/``--triton``: the export."""
+    if args.segmenter:
+        from s4seg.training.commands import run_evaluate as evaluate_checkpoint
+
+        return evaluate_checkpoint(args)
+    from .evaluate import run_evaluate as evaluate_export
+
+    return evaluate_export(args)
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    from .bench import bench_serve
+
+    bench_serve(args)
+    return 0
+
+
+# -- the command line: parsers only (no torch at parse time); each command names its handler ----
+
+
+def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    segment = commands.add_parser("segment", help="segment images through the gateway")
+    segment.add_argument("images", nargs="+", metavar="IMG")
+    segment.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    segment.add_argument("--format", choices=["png", "overlay", "json"], default="png")
+    segment.add_argument("--out", default=".", help="folder for the outputs")
+    segment.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
+    segment.add_argument("--no-gate", action="store_true", help="do not gate classes")
+    segment.add_argument("--api-key", help="X-API-Key (default: env S4SEG_API_KEY)")
+
+    predict = commands.add_parser(
+        "predict", help="batch offline inference over a folder or list (resumable, sharded)"
+    )
+    predict.add_argument("--input", required=True, help="folder (recursive) or a list file")
+    predict.add_argument("--output", required=True, help="folder for the outputs")
+    predict.add_argument("--via", choices=["gateway", "triton", "local"], default="local")
+    predict.add_argument("--format", choices=["png", "overlay", "json"], default="png")
+    predict.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    predict.add_argument("--shard", help="i/n: this worker's share of the sorted inputs")
+    predict.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
+    predict.add_argument("--no-gate", action="store_true")
+    predict.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")
+    predict.add_argument("--api-key", help="--via gateway: X-API-Key (env S4SEG_API_KEY)")
+    predict.add_argument("--triton-url", default="127.0.0.1:8000", help="--via triton")
+    predict.add_argument("--repository", default=str(REPOSITORY), help="--via triton/local")
+    predict.add_argument("--model", help="--via local: an export folder (default: served)")
+    predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+    segment.set_defaults(handler=run_segment)
+    predict.set_defaults(handler=run_predict)
+
+    ev = commands.add_parser("evaluate", help="mIoU, per-class IoU, pixel accuracy, confusion")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--segmenter", help="segmenter checkpoint (.pt): PyTorch evaluation")
+    what.add_argument("--onnx", metavar="DIR", help="an export folder: ONNX Runtime in-process")
+    what.add_argument(
+        "--triton", metavar="URL", help="a running Triton (host:port of its HTTP API)"
+    )
+    ev.add_argument(
+        "--repository",
+        default=str(REPOSITORY),
+        help="with --triton: the repository it serves (for the manifest)",
+    )
+    ev.add_argument("--classifier", help="MLMT checkpoint: report gated and ungated mIoU")
+    ev.add_argument(
+        "--tau", type=float, default=None, help="gate threshold (default: 0.2, or the manifest's)"
+    )
+    ev.add_argument("--tau-sweep", action="store_true", help="also report several tau values")
+    ev.add_argument(
+        "--data", help="data set folder (default: the one the checkpoint was trained on)"
+    )
+    ev.add_argument("--kind", default=None, help="layout of --data (default: auto)")
+    ev.add_argument("--split", default=None, help="split to evaluate (default: val)")
+    ev.add_argument("--out", help="folder for report.json, confusion.csv and predictions")
+    ev.add_argument(
+        "--save-predictions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write colourised predictions of the first N images (PNG)",
+    )
+    ev.add_argument("--max-images", type=int, default=None)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(handler=run_evaluate)
+
+    serve = bench.add_parser("serve", help="gateway vs in-process ONNX Runtime vs naive PyTorch")
+    serve.add_argument("--repository", default=str(REPOSITORY))
+    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    serve.add_argument("--requests", type=int, default=100, help="per target and concurrency")
+    serve.add_argument("--images", type=int, default=16, help="distinct images, cycled")
+    serve.add_argument("--log-dir", default="runs/bench-serve")
+    serve.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+    serve.set_defaults(handler=run_bench_serve)

@@ -9,9 +9,7 @@ with its reason at the end.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from s4seg.atomic import write_atomic
 from s4seg.errors import S4segError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
@@ -99,18 +98,6 @@ def list_jobs(source: str, shard: tuple[int, int]) -> tuple[list[Job], list[tupl
     index, count = shard
     jobs = [Job(p, r.with_suffix("")) for i, (p, r) in enumerate(entries) if i % count == index]
     return jobs, rejected
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def output_path(output: Path, job: Job, format: str) -> Path:

@@ -8,11 +8,13 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from s4seg.defaults import REPOSITORY, SEGMENTER_INSTANCES
+
 
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="S4SEG_", extra="forbid")
 
-    repository: Path = Field(Path("model_repository"), description="Triton model repository")
+    repository: Path = Field(REPOSITORY, description="Triton model repository")
     host: str = Field("127.0.0.1", description="gateway address (0.0.0.0 to serve other hosts)")
     port: int = Field(8080, description="gateway port")
     triton_host: str = Field("127.0.0.1", description="Triton's ports bind here (keep loopback)")
@@ -21,7 +23,9 @@ class ServeSettings(BaseSettings):
     triton_metrics_port: int = 8002
     triton_url: str | None = Field(None, description="use a Triton already running here instead")
     runtime: str = Field("python", description="python (pip tritonserver) or onnxruntime (NGC)")
-    segmenter_instances: int = Field(2, ge=1, description="segmenter executions in flight")
+    segmenter_instances: int = Field(
+        SEGMENTER_INSTANCES, ge=1, description="segmenter executions in flight"
+    )
     onnx_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per instance (default: cores / instances)"
     )

@@ -1,4 +1,5 @@
-"""The training-side CLI commands (data, train, evaluate, bench)."""
+"""The training stage's commands: ``data``, ``train``, ``bench train``, and the PyTorch path of
+``evaluate`` (``--segmenter``; its parser is the clients': one command, three pipelines)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,86 @@ def run_bench(args: argparse.Namespace) -> int:
 
     bench_train(args)
     return 0
+
+
+# -- the command line: parsers only (no torch at parse time); each command names its handler ----
+
+TRAINERS = {
+    "baseline": "supervised DeepLabv2 on the labeled part only (the paper's DeepLabv2 rows)",
+    "s4gan": "s4GAN: DeepLabv2 as the generator of a GAN (CE + feature matching + self-training)",
+    "mlmt": "MLMT: the Mean-Teacher multi-label classifier that gates the segmenter's classes",
+}
+
+
+def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="make synthetic data, make labeled/unlabeled splits")
+    sub = data.add_subparsers(dest="action", required=True)
+
+    synth = sub.add_parser("synth", help="write the seeded synthetic data set (folder layout)")
+    synth.add_argument("--out", required=True, help="folder to write")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--num-train", type=int, default=600)
+    synth.add_argument("--num-val", type=int, default=150)
+    synth.add_argument("--num-unlabeled", type=int, default=200)
+    synth.add_argument("--size", type=int, default=128, help="image side in pixels")
+
+    split = sub.add_parser("split", help="seeded labeled/unlabeled split of a training set")
+    split.add_argument("--data", required=True, help="data set folder")
+    split.add_argument("--kind", default="auto", help="voc|cityscapes|context|folder|auto")
+    split.add_argument("--train-split", help="name of the training split (layout default)")
+    split.add_argument("--ratio", default="1/8", help="1/50, 1/20, 1/8, 1/4, full, 0.3, ...")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", required=True, help="split file to write (JSON)")
+    data.set_defaults(handler=run_data)
+
+    train = commands.add_parser("train", help="train a model")
+    sub = train.add_subparsers(dest="trainer", required=True)
+    for name, text in TRAINERS.items():
+        trainer = sub.add_parser(name, help=text, description=text)
+        trainer.add_argument(
+            "--config",
+            default="voc",
+            help="preset (voc, cityscapes, context, synthetic-quick, quickstart) or YAML file",
+        )
+        trainer.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. train.iterations=100",
+        )
+        trainer.add_argument(
+            "--resume",
+            metavar="CKPT|auto",
+            help="continue from a checkpoint; 'auto' = <out_dir>/last.pt if present",
+        )
+        trainer.set_defaults(handler=run_train)
+
+    train = bench.add_parser(
+        "train", help="time the training step per backbone and precision (median, spread, MFU)"
+    )
+    train.add_argument(
+        "--trainer", choices=["segmenter", "s4gan"], default="segmenter", help="which step"
+    )
+    train.add_argument(
+        "--depths", type=int, nargs="+", help="backbones (default: 101 on a GPU, 18 50 101 on CPU)"
+    )
+    train.add_argument(
+        "--precisions",
+        nargs="+",
+        metavar="P",
+        help="fp32 fp32+cl bf16 bf16+cl (default: all four on a GPU, fp32 on the CPU)",
+    )
+    train.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--crop", type=int, default=321)
+    train.add_argument(
+        "--iterations", type=int, help="timed iterations per row (default: 50 GPU, 3 CPU)"
+    )
+    train.add_argument(
+        "--warmup", type=int, help="untimed iterations first (default: 10 GPU, 1 CPU)"
+    )
+    train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+    train.set_defaults(handler=run_bench)

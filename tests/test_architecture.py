@@ -1,0 +1,113 @@
+"""Import directions, read from the source: the core depends on no stage; a stage uses the core
+and the stages before it (training -> export -> serving -> clients), never one after it; no
+module imports itself through a circle. Function-level (lazy) imports count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# package -> (folder, rank): a module may import packages of its rank or lower.
+PACKAGES = {
+    "s4seg": ("s4seg", 0),
+    "s4seg.training": ("training", 1),
+    "s4seg.export": ("export", 2),
+    "s4seg.serving": ("serving", 3),
+    "s4seg.clients": ("clients", 4),
+}
+# Not imported as s4seg modules: a file Triton's python backend loads by path.
+STANDALONE = {"s4seg.export.triton.onnx_runner"}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, (folder, _) in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join((package, *parts)).removesuffix(".__init__")
+            if name not in STANDALONE:
+                found[name] = path
+    return found
+
+
+def stage(module: str) -> str:
+    return max((p for p in PACKAGES if module == p or module.startswith(p + ".")), key=len)
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """s4seg modules that ``name`` imports anywhere in its file (relative ones resolved)."""
+    is_package = path.name == "__init__.py"
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base if is_package else base[:-1]
+                base = base[: len(base) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            targets.add(module)
+            targets |= {f"{module}.{a.name}" for a in node.names}  # `from pkg import module`
+    return {t for t in targets if t == "s4seg" or t.startswith("s4seg.")}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: {t for t in imports(name, path) if t in found} for name, path in found.items()}
+
+
+def test_the_module_list_covers_every_stage(graph: dict[str, set[str]]) -> None:
+    assert {stage(m) for m in graph} == set(PACKAGES)
+    assert "s4seg.repository" in graph and "s4seg.training.segmenter_run" in graph
+
+
+def test_imports_point_down_into_the_core_or_back_along_the_pipeline(
+    graph: dict[str, set[str]],
+) -> None:
+    wrong = sorted(
+        f"{source} imports {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if PACKAGES[stage(target)][1] > PACKAGES[stage(source)][1]
+    )
+    assert wrong == []
+
+
+def test_no_module_imports_itself_through_a_circle(graph: dict[str, set[str]]) -> None:
+    def package_of(module: str) -> str | None:  # importing a.b imports a first: not a circle
+        return module.rsplit(".", 1)[0] if "." in module else None
+
+    circles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if target == package_of(node) or node == package_of(target):
+                continue
+            if state.get(target) == 1:
+                circles.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_the_checker_sees_a_backward_import(tmp_path: Path) -> None:
+    """The rule itself can fail: a training module importing export is caught."""
+    path = tmp_path / "bad.py"
+    path.write_text("def f():\n    from s4seg.export.repository import publish\n")
+    found = imports("s4seg.training.bad", path)
+    assert "s4seg.export.repository" in found
+    assert PACKAGES[stage("s4seg.export.repository")][1] > PACKAGES["s4seg.training"][1]
