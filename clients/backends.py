@@ -33,7 +33,7 @@ def pipeline_segmenter(
     run: Callable, manifest: Manifest, version: Callable[[], str], fmt: str, tau, gate: bool
 ) -> Segment:
     """Decode, letterbox, run (a pipeline's ``run``), map back, encode: as the gateway does."""
-    used = (manifest.tau if tau is None else tau) if gate else UNGATED_TAU
+    used = manifest.request_tau(tau, gate)
 
     def segment(path: Path) -> bytes:
         decoded = read_image_file(path, DEFAULT_MAX_PIXELS)

@@ -32,7 +32,7 @@ class TritonPipeline:
             raise S4segError(f"Triton at {url} has no ready '{ENSEMBLE}' ensemble")
 
     def run(self, images: np.ndarray, tau: float | None = None) -> PipelineOutput:
-        tau = self.manifest.tau if tau is None else tau
+        tau = self.manifest.request_tau(tau)
         image = self._http.InferInput("image", list(images.shape), "UINT8")
         image.set_data_from_numpy(np.ascontiguousarray(images))
         taus = self._http.InferInput("tau", [len(images), 1], "FP32")

@@ -48,7 +48,7 @@ def evaluate_pipeline(
             f"{layout.root} has classes {classes[:6]}... "
             f"but the model serves {manifest.classes[:6]}..."
         )
-    tau = manifest.tau if tau is None else tau
+    tau = manifest.request_tau(tau)
     split = split or layout.default_val_split
     samples = layout.samples(split)[:max_images]
     gated = manifest.classifier is not None

@@ -145,6 +145,13 @@ class Manifest(_Strict):
         """The served default gates classes (a classifier, and tau not "off")."""
         return self.classifier is not None and self.tau != GATE_OFF_TAU
 
+    def request_tau(self, tau: float | None = None, gate: bool = True) -> float:
+        """The tau a request runs with: the gate off when ``gate`` is False, else the asked
+        ``tau``, else the served one. (The one place a request's tau is resolved.)"""
+        if not gate:
+            return GATE_OFF_TAU
+        return self.tau if tau is None else tau
+
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.model_dump(mode="json"))
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from s4seg.letterbox import letterbox, unletterbox
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
 from s4seg.tensors import CLASS_PROBS, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
 
@@ -103,7 +102,7 @@ class OnnxPipeline:
             raise ValueError(
                 f"images must be (N, H, W, 3) uint8, not {images.shape} {images.dtype}"
             )
-        tau = self.manifest.tau if tau is None else tau
+        tau = self.manifest.request_tau(tau)
         seg_input, cls_input = self.sessions["preprocess"].run(None, {IMAGE.name: images})
         (logits,) = self.sessions["segmenter"].run(None, {SEG_INPUT.name: seg_input})
         (class_probs,) = self.sessions["classifier"].run(None, {CLS_INPUT.name: cls_input})
@@ -122,19 +121,3 @@ class OnnxPipeline:
             suppressed,
             logits if keep_logits else None,
         )
-
-    def segment(
-        self, image: np.ndarray, tau: float | None = None, fit: bool = True
-    ) -> PipelineOutput:
-        """One (H, W, 3) uint8 image -> its label map at the image's own size.
-
-        ``fit``: letterbox into the served input size as the server does; otherwise run at the
-        image's own size (the evaluation protocol).
-        """
-        if not fit:
-            return self.run(image[None], tau)
-        size = tuple(self.manifest.input_size)
-        canvas, placement = letterbox(image, size, tuple(self.manifest.pad_value))
-        out = self.run(canvas[None], tau)
-        out.labels = unletterbox(out.labels[0], placement)[None]
-        return out

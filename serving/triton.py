@@ -1,9 +1,9 @@
 """Starting and stopping the ``tritonserver`` that ships inside the ``nvidia-pytriton`` wheel.
 
-What it takes on our machines (see docs/design.md): the python-backend stub copied next to the
-backend, the venv's ``bin`` first on PATH (the stub finds site-packages through ``python3``),
-``--backend-directory`` pointing into the wheel, and every port on 127.0.0.1 so that Triton's
-model-control API is not reachable from outside. No torch here.
+What it takes on our machines (found by running it; README, Serving): the python-backend stub
+copied next to the backend, the venv's ``bin`` first on PATH (the stub finds site-packages
+through ``python3``), ``--backend-directory`` pointing into the wheel, and every port on
+127.0.0.1 so that Triton's model-control API is not reachable from outside. No torch here.
 """
 
 from __future__ import annotations

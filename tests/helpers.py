@@ -42,3 +42,13 @@ def striped_mask(size: tuple[int, int], values: list[int]) -> np.ndarray:
     width, height = size
     columns = np.array(values)[np.arange(width) * len(values) // width]
     return np.tile(columns, (height, 1))
+
+
+def segment_like_the_server(pipeline, image: np.ndarray, tau: float | None = None) -> np.ndarray:
+    """One (H, W, 3) image through an OnnxPipeline as the gateway runs it: letterboxed into the
+    served size, the label map cropped and resized back to the image's size."""
+    from s4seg.letterbox import letterbox, unletterbox
+
+    manifest = pipeline.manifest
+    canvas, placement = letterbox(image, tuple(manifest.input_size), tuple(manifest.pad_value))
+    return unletterbox(pipeline.run(canvas[None], tau).labels[0], placement)

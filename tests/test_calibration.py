@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import segment_like_the_server
 from PIL import Image
 from s4seg.export.calibration import CALIBRATION_TAUS, calibrate, choose_tau
 from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
@@ -31,7 +32,7 @@ def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: f
     shutil.copytree(synth_root, out)
     for mask_path in sorted((out / "masks" / "val").glob("*.png")):
         image = np.asarray(Image.open(out / "images" / "val" / mask_path.name).convert("RGB"))
-        labels = pipeline.segment(image, tau).labels[0]
+        labels = segment_like_the_server(pipeline, image, tau)
         Image.fromarray(labels.astype(np.uint8), mode="L").save(mask_path)
     return out
 

@@ -304,40 +304,54 @@ def _valid_png() -> bytes:
 
 
 VALID = {"png": _valid_png(), "jpeg": png(Image.open(io.BytesIO(_valid_png())), "JPEG")}
-DECODE_CASES = {"tried": 0}
+FUZZED = {
+    "base": st.sampled_from(sorted(VALID)),
+    "cut": st.integers(min_value=0, max_value=2000),
+    "flips": st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=8),
+    "junk": st.binary(max_size=64),
+}
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    base=st.sampled_from(sorted(VALID)),
-    cut=st.integers(min_value=0, max_value=2000),
-    flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=8),
-    junk=st.binary(max_size=64),
-)
-def test_decoding_fuzzed_bytes_never_crashes(base: str, cut: int, flips, junk: bytes) -> None:
+def test_decoding_fuzzed_bytes_never_crashes() -> None:
     """Valid files cut, bit-flipped and extended: decoded, or refused with ImageError."""
-    data = bytearray(VALID[base][: max(cut, 1)] if cut else VALID[base])
-    for position, value in flips:
-        if data:
-            data[position % len(data)] = value
-    DECODE_CASES["tried"] += 1
-    try:
-        result = decode_image(bytes(data) + junk, max_pixels=1_000_000)
-    except ImageError as error:
-        assert 400 <= error.status < 500 and str(error)
-        return
-    assert isinstance(result, DecodedImage) and result.pixels.dtype == np.uint8
-    assert result.pixels.ndim == 3 and result.pixels.shape[2] == 3
+    tried = 0
+
+    @settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+    @given(**FUZZED)
+    def fuzz(base: str, cut: int, flips, junk: bytes) -> None:
+        nonlocal tried
+        tried += 1
+        data = bytearray(VALID[base][: max(cut, 1)] if cut else VALID[base])
+        for position, value in flips:
+            if data:
+                data[position % len(data)] = value
+        try:
+            result = decode_image(bytes(data) + junk, max_pixels=1_000_000)
+        except ImageError as error:
+            assert 400 <= error.status < 500 and str(error)
+            return
+        assert isinstance(result, DecodedImage) and result.pixels.dtype == np.uint8
+        assert result.pixels.ndim == 3 and result.pixels.shape[2] == 3
+
+    fuzz()
+    record("fuzz_decode_fuzzed", {"cases": tried})
 
 
-@settings(max_examples=200, deadline=2000)
-@given(st.binary(max_size=512))
-def test_decoding_random_bytes_never_crashes(data: bytes) -> None:
-    DECODE_CASES["tried"] += 1
-    try:
-        decode_image(data)
-    except ImageError as error:
-        assert error.status in (413, 415, 422)
+def test_decoding_random_bytes_never_crashes() -> None:
+    tried = 0
+
+    @settings(max_examples=200, deadline=2000)
+    @given(st.binary(max_size=512))
+    def fuzz(data: bytes) -> None:
+        nonlocal tried
+        tried += 1
+        try:
+            decode_image(data)
+        except ImageError as error:
+            assert error.status in (413, 415, 422)
+
+    fuzz()
+    record("fuzz_decode_random", {"cases": tried})
 
 
 @pytest.mark.slow
@@ -350,6 +364,7 @@ def test_gateway_fuzzed_from_its_openapi_schema(stack: Served) -> None:
 
     schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
+    cases: Counter = Counter()
     assert any(op.path == "/v1/segment" for op in operations)
     for operation in operations:
 
@@ -357,14 +372,8 @@ def test_gateway_fuzzed_from_its_openapi_schema(stack: Served) -> None:
                   database=None)  # fmt: skip
         @given(case=operation.as_strategy())
         def fuzz(case) -> None:
-            API_CASES[f"{case.method} {case.path}"] += 1
+            cases[f"{case.method} {case.path}"] += 1
             case.call_and_validate(checks=[not_a_server_error], timeout=60)
 
         fuzz()
-
-
-API_CASES: Counter = Counter()
-
-
-def test_zz_record_fuzz_counts() -> None:
-    record("fuzz", {"decode_cases": DECODE_CASES["tried"], "api_cases": dict(API_CASES)})
+    record("fuzz_api", {"cases": dict(cases)})

@@ -95,7 +95,7 @@ async def segment(
     if served is None:
         raise TritonUnavailable("no version is being served (Triton down or nothing published)")
     manifest = catalog.manifest(served)
-    used_tau = (manifest.tau if tau is None else tau) if gate else UNGATED_TAU
+    used_tau = manifest.request_tau(tau, gate)
     canvas, placement = await run_in_threadpool(
         letterbox, decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value)
     )
