@@ -1,7 +1,7 @@
 """Supervised DeepLabv2 baseline: the labeled part of a split only (the paper's "DeepLabv2" rows).
 
-The step reads top to bottom; set-up, resume, logging, validation and checkpoints are shared with
-the s4GAN trainer in ``segmenter_run.py``.
+The step reads top to bottom; set-up and validation are shared with the s4GAN trainer in
+``segmenter_run.py``, resume, logging and checkpoints with every trainer in ``training_run.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from s4seg import IGNORE_INDEX
 
 from .config import Config
 from .models import upsample_logits
-from .segmenter_run import Log, Scalars, SegmenterRun, log_to_stderr, runtime_for
+from .run_support import Log, log_to_stderr, runtime_for
+from .segmenter_run import SegmenterRun
+from .training_run import Scalars
 
 
 def train_baseline(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:

@@ -21,6 +21,7 @@ from .data.layouts import open_layout
 from .data.transforms import eval_transform
 from .gate import DEFAULT_TAU, gated_argmax
 from .models import segmenter_from_checkpoint, upsample_logits
+from .models.classifier import classifier_from_checkpoint
 from .runtime import Runtime, setup_runtime
 
 
@@ -120,7 +121,6 @@ def evaluate_checkpoint(
     gate_model = cls_view = None
     if classifier:
         from .data.classification import eval_view
-        from .mlmt import classifier_from_checkpoint
 
         cls_payload = load_checkpoint(classifier, kind="classifier")
         if cls_payload["classes"] != classes:

@@ -32,8 +32,11 @@ from .losses import (
 )
 from .models import upsample_logits
 from .models.discriminator import Discriminator
+from .run_support import Log, log_to_stderr, runtime_for
+from .runtime import Runtime
 from .schedules import poly, resync
-from .segmenter_run import Log, Scalars, SegmenterRun, log_to_stderr, runtime_for
+from .segmenter_run import SegmenterRun
+from .training_run import Scalars
 
 HISTORY_FIELDS = ("iteration", "d_real", "d_fake", "st_selected", "st_batch")
 
@@ -41,7 +44,7 @@ HISTORY_FIELDS = ("iteration", "d_real", "d_fake", "st_selected", "st_batch")
 class S4ganRun(SegmenterRun):
     """The shared segmenter run plus the discriminator, its optimiser and the D-score history."""
 
-    def __init__(self, cfg: Config, runtime, resumed: dict | None, log: Log) -> None:
+    def __init__(self, cfg: Config, runtime: Runtime, resumed: dict | None, log: Log) -> None:
         super().__init__(cfg, runtime, "s4gan", resumed, log)
         gan = cfg.gan
         self.discriminator = Discriminator(

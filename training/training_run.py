@@ -1,0 +1,240 @@
+"""The skeleton every trainer shares, its step aside: resume, the data streams, the cadence of log
+lines, validation and checkpoints, one-dict checkpoints with the RNG state, and saving what was
+done when a run stops early.
+
+A trainer subclasses ``TrainingRun``: it builds its networks, optimiser and scheduler, sets the
+attributes declared below, implements ``validate`` and ``summary``, and hands its step to
+``loop``. ``segmenter_run.py`` (baseline, s4GAN) and ``mlmt.py`` are the two subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.tensorboard import SummaryWriter
+
+from s4seg.errors import CheckpointError, S4segError
+
+from .checkpoint import restore_rng_state, rng_state, save_checkpoint
+from .config import Config
+from .data.layouts import DataLayout
+from .data.sampler import ResumableSampler
+from .data.split import Split
+from .progress import LoaderClock, Progress
+from .run_support import Log, seed_everything
+from .runtime import Runtime
+from .schedules import resync
+
+# What a step returns: tensors stay on the device until a log line needs them (no per-step sync).
+Scalars = dict[str, torch.Tensor | float]
+
+
+def normalization(mean: Sequence[float], std: Sequence[float]) -> dict:
+    """How the model's input pixels were normalised (the checkpoint's recipe for export)."""
+    return {"mean": list(mean), "std": list(std), "channel_order": "RGB", "pixel_scale": 1 / 255}
+
+
+class TrainingRun:
+    """One training run of one trainer; ``extra_state`` adds the trainer's own checkpoint
+    entries."""
+
+    kind: str  # the checkpoint's kind: "segmenter" or "classifier"
+    # Set by the subclass before ``loop``:
+    arch: dict  # what rebuilds the model (checked on resume)
+    model: nn.Module  # what the checkpoint's "model" holds: the network that is exported
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    layout: DataLayout
+    split: Split
+    normalization: dict
+
+    def __init__(
+        self, cfg: Config, runtime: Runtime, trainer: str, resumed: dict | None, log: Log
+    ) -> None:
+        if resumed is not None and resumed.get("trainer") != trainer:
+            raise CheckpointError(
+                f"checkpoint was written by the {resumed.get('trainer')} trainer, not {trainer}"
+            )
+        self.cfg, self.runtime, self.trainer, self.resumed, self.log = (
+            cfg, runtime, trainer, resumed, log
+        )  # fmt: skip
+        self.out_dir = Path(cfg.train.out_dir or f"runs/{trainer}")
+        self.extra_state: Callable[[], dict[str, Any]] = dict
+        seed_everything(cfg.train.seed + runtime.rank)
+        self.start, self.metrics = 0, {}
+        self.writer: SummaryWriter | None = None
+        self.loader_clock = LoaderClock()
+
+    # -- building and resuming (called by the subclass's __init__) -------------------------------
+    def check_resumed_arch(self) -> None:
+        if self.resumed and self.resumed["arch"] != self.arch:
+            raise CheckpointError(
+                f"checkpoint architecture {self.resumed['arch']} differs from the config's "
+                f"{self.arch}"
+            )
+
+    def restore_progress(self) -> None:
+        """Optimiser, schedule, iteration and metrics of the resumed run (its weights are the
+        subclass's to load, first)."""
+        assert self.resumed is not None
+        self.optimizer.load_state_dict(self.resumed["optimizer"])
+        self.scheduler.load_state_dict(self.resumed["scheduler"])
+        resync(self.scheduler)
+        self.start, self.metrics = self.resumed["iteration"], self.resumed.get("metrics", {})
+
+    # -- helpers for the trainers ---------------------------------------------------------------
+    def log_main(self, message: str) -> None:
+        if self.runtime.is_main:
+            self.log(message)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DistributedDataParallel under torchrun, the module itself otherwise."""
+        if not self.runtime.distributed:
+            return module
+        device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    def batches(self, dataset: Dataset, stream: int, batch_size: int) -> Iterator[dict]:
+        """Endless batches of one data stream, continuing where the run stopped.
+
+        Each stream (labeled, unlabeled, the second labeled stream of s4GAN) has its own
+        seeded order, so the streams are independent and each resumes exactly.
+        """
+        seed = self.cfg.train.seed + 1_000_003 * stream
+        runtime = self.runtime
+        sampler = ResumableSampler(
+            len(dataset),
+            seed=seed,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            start=self.start * batch_size * runtime.world_size,
+        )
+        workers = self.cfg.data.num_workers
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=runtime.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            # Our own generator: making the loader must not consume the global RNG we checkpoint.
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return self.loader_clock.timed(iter(loader))
+
+    # -- what the trainer adds ------------------------------------------------------------------
+    def summary(self) -> str:
+        """The rest of the "training ..." line: model, data, device."""
+        raise NotImplementedError
+
+    def validate(self, done: int) -> None:
+        """Evaluate on the validation set, update ``metrics``, write TensorBoard and log."""
+        raise NotImplementedError
+
+    def on_log(self, done: int, scalars: dict[str, float]) -> None:
+        """Hook for trainers that keep their own history (s4GAN's D-score curves)."""
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def payload(self, iteration: int) -> dict:
+        layout = self.layout
+        return {
+            "kind": self.kind,
+            "trainer": self.trainer,
+            "arch": self.arch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": iteration,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "split": self.split.as_dict(),
+            "classes": list(layout.classes),
+            "palette": [list(c) for c in layout.palette],
+            "background_index": layout.background_index,
+            "normalization": self.normalization,
+            "metrics": self.metrics,
+            **self.extra_state(),
+        }
+
+    def save(self, name: str, iteration: int) -> Path:
+        return save_checkpoint(self.payload(iteration), self.out_dir / name)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def loop(self, step: Callable[[int], Scalars], description: str) -> Path:
+        """Run ``step(iteration)`` from the start (or resume point) to the end; return last.pt."""
+        self._resume_rng()
+        if self.runtime.is_main:
+            self._open_outputs()
+            self.log(f"training {description}: {self.summary()}")
+        self.progress = Progress(
+            self.cfg.train.iterations, self.start, enabled=self.runtime.is_main
+        )
+        completed = self.start
+        try:
+            for iteration in range(self.start, self.cfg.train.iterations):
+                scalars = step(iteration)
+                completed = iteration + 1
+                self._after_step(completed, scalars)
+        except (S4segError, KeyboardInterrupt):
+            # Lose nothing: keep the progress made so far, then report the problem.
+            if self.runtime.is_main and completed > self.start:
+                path = self.save("last.pt", completed)
+                self.log(f"stopped at iteration {completed}; state saved to {path} (--resume it)")
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if self.runtime.is_main:
+            (self.out_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=1) + "\n")
+        return self.out_dir / "last.pt"
+
+    def _resume_rng(self) -> None:
+        if self.resumed:
+            # Last, after every module and stream is built: the RNG continues exactly where it
+            # was saved.
+            restore_rng_state(self.resumed["rng"])
+            self.log_main(f"resumed from iteration {self.start}")
+
+    def _open_outputs(self) -> None:
+        """The run's folder: its config and split (to rerun it), and TensorBoard."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(
+            yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        )
+        self.split.save(self.out_dir / "split.json")
+        self.writer = SummaryWriter(
+            str(self.out_dir / "tensorboard"), purge_step=self.start or None
+        )
+
+    def _after_step(self, done: int, step_scalars: Scalars) -> None:
+        cfg = self.cfg.train
+        if not self.runtime.is_main:
+            return
+        if done % cfg.log_every == 0 or done == self.start + 1:
+            self._log_step(done, step_scalars)
+        if done % cfg.val_every == 0 or done == cfg.iterations:
+            self.validate(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            self.save("last.pt", done)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0:
+            self.save(f"snapshots/iter_{done:06d}.pt", done)
+
+    def _log_step(self, done: int, step_scalars: Scalars) -> None:
+        assert self.writer is not None
+        scalars = {name: float(value) for name, value in step_scalars.items()}  # syncs here
+        lr = self.optimizer.param_groups[0]["lr"]
+        data_wait = self.loader_clock.share_since_last()
+        for name, value in {**scalars, "lr": lr}.items():
+            self.writer.add_scalar(f"train/{name}", value, done)
+        self.writer.add_scalar("perf/data_wait_share", data_wait, done)
+        self.progress.report(done, **scalars, lr=lr, data_wait=f"{100 * data_wait:.0f}%")
+        self.on_log(done, scalars)
