@@ -17,8 +17,8 @@ import torch
 from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.training.data.layouts import open_layout
-from s4seg.training.mlmt import classifier_from_checkpoint
 from s4seg.training.models import segmenter_from_checkpoint
+from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from s4seg import __version__
 from s4seg.errors import CheckpointError, DatasetError
@@ -189,6 +189,133 @@ def choose_served_tau(
         return PAPER_TAU, TauChoice(method="paper default", reason=reason)
 
 
+def check_request(out_dir: Path, tau: float | None, overwrite: bool) -> None:
+    if tau is not None and not (0.0 <= tau <= 1.0 or tau == GATE_OFF_TAU):
+        raise ExportError(f"--tau {tau:g}: a gate threshold is in [0, 1], or -1 for the gate off")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{out_dir} exists and is not empty (choose another --out or --overwrite)"
+        )
+
+
+def load_payloads(segmenter: str, classifier: str | None) -> tuple[dict, dict | None]:
+    """Both checkpoints, checked to be of the right kind and to share their classes."""
+    seg_payload = load_checkpoint(segmenter)
+    if seg_payload.get("kind") != "segmenter":
+        raise CheckpointError(
+            f"--segmenter {segmenter} is a {seg_payload.get('kind')} checkpoint, not a segmenter"
+        )
+    classes = seg_payload["classes"]
+    if len(classes) > 255:
+        raise ExportError(f"{len(classes)} classes do not fit the UINT8 label map (at most 255)")
+    if not classifier:
+        return seg_payload, None
+    cls_payload = load_checkpoint(classifier)
+    if cls_payload.get("kind") != "classifier":
+        raise CheckpointError(
+            f"--classifier {classifier} is a {cls_payload.get('kind')} checkpoint, "
+            "not an MLMT classifier"
+        )
+    if cls_payload["classes"] != classes:
+        raise CheckpointError(
+            f"{classifier} was trained on classes {cls_payload['classes'][:5]}..., "
+            f"{segmenter} on {classes[:5]}..."
+        )
+    return seg_payload, cls_payload
+
+
+def example_inputs(num_classes: int, size: tuple[int, int], cls_size: int) -> dict:
+    """Per step: example inputs, output names, dynamic axes (names: ``s4seg.tensors``)."""
+    n, h, w = 2, *size
+    return {
+        "preprocess": (
+            {g.IMAGE: torch.zeros(n, h, w, 3, dtype=torch.uint8)},
+            [g.SEG_INPUT, g.CLS_INPUT],
+            {g.IMAGE: {0: "batch", 1: "height", 2: "width"}},
+        ),
+        "segmenter": (
+            {g.SEG_INPUT: torch.zeros(n, 3, h, w)},
+            [g.LOGITS],
+            {g.SEG_INPUT: {0: "batch", 2: "height", 3: "width"}},
+        ),
+        "classifier": (
+            {g.CLS_INPUT: torch.zeros(n, 3, cls_size, cls_size)},
+            [g.CLASS_PROBS],
+            {g.CLS_INPUT: {0: "batch"}},
+        ),
+        "gate": (
+            {
+                g.LOGITS: torch.zeros(n, num_classes, h, w),
+                g.CLASS_PROBS: torch.zeros(n, num_classes),
+                g.TAU: torch.zeros(n, 1),
+            },
+            [g.LABELS, g.SUPPRESSED],
+            {
+                g.LOGITS: {0: "batch", 2: "height", 3: "width"},
+                g.CLASS_PROBS: {0: "batch"},
+                g.TAU: {0: "batch"},
+            },
+        ),
+    }
+
+
+def write_graphs(torch_graphs: dict, examples: dict, work: Path, log: Log) -> dict[str, GraphFile]:
+    graph_files = {}
+    for step, (example, outputs, dynamic) in examples.items():
+        log(f"export: {step}")
+        path = work / f"{step}.onnx"
+        sig = export_onnx(torch_graphs[step], example, outputs, path, dynamic)
+        graph_files[step] = GraphFile(file=path.name, sha256=sha256_file(path), **sig)
+    return graph_files
+
+
+def build_manifest(
+    seg_payload: dict,
+    cls_payload: dict | None,
+    paths: dict[str, str],
+    size: tuple[int, int],
+    cls_size: int,
+    cls_norm: dict,
+    graph_files: dict[str, GraphFile],
+) -> Manifest:
+    """Everything the server needs to know; parity and the served tau come later."""
+    norm = seg_payload["normalization"]
+    sources = {"segmenter": _source(paths["segmenter"], seg_payload)}
+    configs = {"segmenter": seg_payload.get("config")}
+    if cls_payload is not None:
+        sources["classifier"] = _source(paths["classifier"], cls_payload)
+        configs["classifier"] = cls_payload.get("config")
+    return Manifest(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        s4seg_version=__version__,
+        dataset=dict(seg_payload["split"]["dataset"]),
+        classes=list(seg_payload["classes"]),
+        palette=[list(c) for c in seg_payload["palette"]],
+        background_index=seg_payload["background_index"],
+        input_size=list(size),
+        pad_value=list(pad_colour(norm["mean"])),
+        normalization=Normalization(mean=norm["mean"], std=norm["std"]),
+        classifier=(
+            ClassifierInput(
+                size=cls_size,
+                normalization=Normalization(mean=cls_norm["mean"], std=cls_norm["std"]),
+            )
+            if cls_payload is not None
+            else None
+        ),
+        tau=PAPER_TAU,  # the parity check gates at the paper's tau; the served one is set later
+        opset=OPSET,
+        graphs=graph_files,
+        sources=sources,
+        config_digest=digest_json(configs),
+        parity={},
+        metrics={
+            "segmenter": seg_payload.get("metrics", {}),
+            **({"classifier": cls_payload.get("metrics", {})} if cls_payload else {}),
+        },
+    )
+
+
 def export_models(
     segmenter: str,
     classifier: str | None,
@@ -207,126 +334,36 @@ def export_models(
 ) -> Manifest:
     """Export, prove parity, choose the served tau (``tau`` explicit, else calibrated on
     ``calibrate_on``: a labeled data set, ``auto`` for the training data's validation split,
-    None for the paper's 0.2)."""
-    if tau is not None and not (0.0 <= tau <= 1.0 or tau == GATE_OFF_TAU):
-        raise ExportError(f"--tau {tau:g}: a gate threshold is in [0, 1], or -1 for the gate off")
+    None for the paper's 0.2). Written into a temporary folder, renamed to ``out`` when done."""
     out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(
-            f"{out_dir} exists and is not empty (choose another --out or --overwrite)"
-        )
-    seg_payload = load_checkpoint(segmenter)
-    if seg_payload.get("kind") != "segmenter":
-        raise CheckpointError(
-            f"--segmenter {segmenter} is a {seg_payload.get('kind')} checkpoint, not a segmenter"
-        )
-    classes = seg_payload["classes"]
-    if len(classes) > 255:
-        raise ExportError(f"{len(classes)} classes do not fit the UINT8 label map (at most 255)")
-    cls_payload = None
-    if classifier:
-        cls_payload = load_checkpoint(classifier)
-        if cls_payload.get("kind") != "classifier":
-            raise CheckpointError(
-                f"--classifier {classifier} is a {cls_payload.get('kind')} checkpoint, "
-                "not an MLMT classifier"
-            )
-        if cls_payload["classes"] != classes:
-            raise CheckpointError(
-                f"{classifier} was trained on classes {cls_payload['classes'][:5]}..., "
-                f"{segmenter} on {classes[:5]}..."
-            )
+    check_request(out_dir, tau, overwrite)
+    seg_payload, cls_payload = load_payloads(segmenter, classifier)
     size = served_size(seg_payload, input_size)
-    norm = seg_payload["normalization"]
     torch_graphs, cls_size, cls_norm = build_graphs(seg_payload, cls_payload, segmenter, classifier)
+    examples = example_inputs(len(seg_payload["classes"]), size, cls_size)
 
-    n, h, w = 2, *size
-    examples = {
-        "preprocess": (
-            {g.IMAGE: torch.zeros(n, h, w, 3, dtype=torch.uint8)},
-            [g.SEG_INPUT, g.CLS_INPUT],
-            {g.IMAGE: {0: "batch", 1: "height", 2: "width"}},
-        ),
-        "segmenter": (
-            {g.SEG_INPUT: torch.zeros(n, 3, h, w)},
-            [g.LOGITS],
-            {g.SEG_INPUT: {0: "batch", 2: "height", 3: "width"}},
-        ),
-        "classifier": (
-            {g.CLS_INPUT: torch.zeros(n, 3, cls_size, cls_size)},
-            [g.CLASS_PROBS],
-            {g.CLS_INPUT: {0: "batch"}},
-        ),
-        "gate": (
-            {
-                g.LOGITS: torch.zeros(n, len(classes), h, w),
-                g.CLASS_PROBS: torch.zeros(n, len(classes)),
-                g.TAU: torch.zeros(n, 1),
-            },
-            [g.LABELS, g.SUPPRESSED],
-            {
-                g.LOGITS: {0: "batch", 2: "height", 3: "width"},
-                g.CLASS_PROBS: {0: "batch"},
-                g.TAU: {0: "batch"},
-            },
-        ),
-    }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        graph_files = {}
-        for step, (example, outputs, dynamic) in examples.items():
-            log(f"export: {step}")
-            path = work / f"{step}.onnx"
-            sig = export_onnx(torch_graphs[step], example, outputs, path, dynamic)
-            graph_files[step] = GraphFile(file=path.name, sha256=sha256_file(path), **sig)
-        sources = {"segmenter": _source(segmenter, seg_payload)}
-        configs = {"segmenter": seg_payload.get("config")}
-        if cls_payload is not None and classifier:
-            sources["classifier"] = _source(classifier, cls_payload)
-            configs["classifier"] = cls_payload.get("config")
-        manifest = Manifest(
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            s4seg_version=__version__,
-            dataset=dict(seg_payload["split"]["dataset"]),
-            classes=list(classes),
-            palette=[list(c) for c in seg_payload["palette"]],
-            background_index=seg_payload["background_index"],
-            input_size=list(size),
-            pad_value=list(pad_colour(norm["mean"])),
-            normalization=Normalization(mean=norm["mean"], std=norm["std"]),
-            classifier=(
-                ClassifierInput(
-                    size=cls_size,
-                    normalization=Normalization(mean=cls_norm["mean"], std=cls_norm["std"]),
-                )
-                if cls_payload is not None
-                else None
-            ),
-            tau=PAPER_TAU,  # the parity check gates at the paper's tau; the served one is set below
-            opset=OPSET,
-            graphs=graph_files,
-            sources=sources,
-            config_digest=digest_json(configs),
-            parity={},
-            metrics={
-                "segmenter": seg_payload.get("metrics", {}),
-                **({"classifier": cls_payload.get("metrics", {})} if cls_payload else {}),
-            },
+        graph_files = write_graphs(torch_graphs, examples, work, log)
+        paths = {"segmenter": segmenter, "classifier": classifier or ""}
+        manifest = build_manifest(
+            seg_payload, cls_payload, paths, size, cls_size, cls_norm, graph_files
         )
         manifest.save(work / MANIFEST_NAME)
 
+        # Parity: the ONNX pipeline against PyTorch on real images.
         images, masks, source = parity_samples(seg_payload, data, kind, parity_images, work)
         log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
         # Parity and calibration put torch work between runs: ONNX threads sleep, not spin.
         pipeline = OnnxPipeline.from_export(work, device="cpu", spin=False)
-        figures = measure_parity(torch_graphs, pipeline, images, masks)
-        figures["data"] = source
-        manifest.parity = figures
-        if not figures["passed"]:
-            raise ExportError(f"ONNX differs from PyTorch: {describe_failure(figures)}")
+        manifest.parity = measure_parity(torch_graphs, pipeline, images, masks) | {"data": source}
+        if not manifest.parity["passed"]:
+            raise ExportError(f"ONNX differs from PyTorch: {describe_failure(manifest.parity)}")
         if fp16:
             add_fp16_variant(manifest, work, torch_graphs, images, masks, log)
+
+        # The served tau: explicit, calibrated on held-out labeled images, or the paper's.
         manifest.tau, manifest.tau_choice = choose_served_tau(
             pipeline, seg_payload, cls_payload is not None, tau, calibrate_on, calibrate_kind,
             calibrate_images, log,
