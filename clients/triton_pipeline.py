@@ -7,6 +7,7 @@ import numpy as np
 from s4seg.errors import S4segError
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import PipelineOutput
+from s4seg.tensors import CLASS_PROBS, IMAGE, LABELS, SUPPRESSED, TAU
 
 ENSEMBLE = "s4seg"
 
@@ -33,14 +34,16 @@ class TritonPipeline:
 
     def run(self, images: np.ndarray, tau: float | None = None) -> PipelineOutput:
         tau = self.manifest.request_tau(tau)
-        image = self._http.InferInput("image", list(images.shape), "UINT8")
-        image.set_data_from_numpy(np.ascontiguousarray(images))
-        taus = self._http.InferInput("tau", [len(images), 1], "FP32")
-        taus.set_data_from_numpy(np.full((len(images), 1), tau, dtype=np.float32))
+        image = self._http.InferInput(IMAGE.name, list(images.shape), IMAGE.wire_type)
+        image.set_data_from_numpy(np.ascontiguousarray(images, dtype=IMAGE.dtype))
+        taus = self._http.InferInput(TAU.name, [len(images), 1], TAU.wire_type)
+        taus.set_data_from_numpy(np.full((len(images), 1), tau, dtype=TAU.dtype))
         result = self.client.infer(ENSEMBLE, [image, taus])
         self.last_version = result.get_response().get("model_version")
         return PipelineOutput(
-            result.as_numpy("labels"), result.as_numpy("class_probs"), result.as_numpy("suppressed")
+            result.as_numpy(LABELS.name),
+            result.as_numpy(CLASS_PROBS.name),
+            result.as_numpy(SUPPRESSED.name),
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.training.models import segmenter_from_arch
 from s4seg.training.models.classifier import multilabel_resnet
 
+from s4seg import tensors as t
 from s4seg.benchmarks import cpu_description, provenance, update_section
 from s4seg.classes import VOC_CLASSES, voc_palette
 from s4seg.letterbox import letterbox
@@ -91,15 +92,16 @@ def step_latencies(
     canvas, _ = letterbox(photo, tuple(manifest.input_size), tuple(manifest.pad_value))
     images = np.repeat(canvas[None], batch, axis=0)
     s = pipeline.sessions
-    seg_input, cls_input = s["preprocess"].run(None, {"image": images})
-    (logits,) = s["segmenter"].run(None, {"seg_input": seg_input})
-    (probs,) = s["classifier"].run(None, {"cls_input": cls_input})
-    tau = np.full((batch, 1), manifest.tau, dtype=np.float32)
+    seg_input, cls_input = s["preprocess"].run(None, {t.IMAGE.name: images})
+    (logits,) = s["segmenter"].run(None, {t.SEG_INPUT.name: seg_input})
+    (probs,) = s["classifier"].run(None, {t.CLS_INPUT.name: cls_input})
+    tau = np.full((batch, 1), manifest.tau, dtype=t.TAU.dtype)
+    gate_inputs = {t.LOGITS.name: logits, t.CLASS_PROBS.name: probs, t.TAU.name: tau}
     calls = {
-        "preprocess": lambda: s["preprocess"].run(None, {"image": images}),
-        "segmenter": lambda: s["segmenter"].run(None, {"seg_input": seg_input}),
-        "classifier": lambda: s["classifier"].run(None, {"cls_input": cls_input}),
-        "gate": lambda: s["gate"].run(None, {"logits": logits, "class_probs": probs, "tau": tau}),
+        "preprocess": lambda: s["preprocess"].run(None, {t.IMAGE.name: images}),
+        "segmenter": lambda: s["segmenter"].run(None, {t.SEG_INPUT.name: seg_input}),
+        "classifier": lambda: s["classifier"].run(None, {t.CLS_INPUT.name: cls_input}),
+        "gate": lambda: s["gate"].run(None, gate_inputs),
         "pipeline": lambda: pipeline.run(images),
     }
     times: dict[str, list[float]] = {}

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from s4seg import tensors as t
 from s4seg.atomic import write_atomic
 from s4seg.defaults import SEGMENTER_INSTANCES
 from s4seg.manifest import ManifestError
@@ -208,23 +209,26 @@ class VersionManager:
         classes = manifest.num_classes
         image = np.empty((1, height, width, 3), dtype=np.uint8)
         image[...] = np.asarray(manifest.pad_value, dtype=np.uint8)
-        pre = self._infer(STEP_MODELS["preprocess"], version, {"image": image})
-        seg = self._infer(STEP_MODELS["segmenter"], version, {"seg_input": pre["seg_input"]})
-        cls = self._infer(STEP_MODELS["classifier"], version, {"cls_input": pre["cls_input"]})
-        expected = {"logits": (1, classes, height, width), "class_probs": (1, classes)}
+        pre = self._infer(STEP_MODELS["preprocess"], version, {t.IMAGE.name: image})
+        seg_in, cls_in = t.SEG_INPUT.name, t.CLS_INPUT.name
+        seg = self._infer(STEP_MODELS["segmenter"], version, {seg_in: pre[seg_in]})
+        cls = self._infer(STEP_MODELS["classifier"], version, {cls_in: pre[cls_in]})
+        logits, probs = t.LOGITS.name, t.CLASS_PROBS.name
+        expected = {logits: (1, classes, height, width), probs: (1, classes)}
         for name, value in {**seg, **cls}.items():
             if name in expected and value.shape != expected[name]:
                 raise LoadError(
                     f"version {version}: {name} has shape {value.shape}, but its manifest has "
                     f"{classes} classes at {height}x{width} (expected {expected[name]})"
                 )
-        tau = np.full((1, 1), manifest.tau, dtype=np.float32)
+        tau = np.full((1, 1), manifest.tau, dtype=t.TAU.dtype)
         gate = self._infer(
             STEP_MODELS["gate"],
             version,
-            {"logits": seg["logits"], "class_probs": cls["class_probs"], "tau": tau},
+            {logits: seg[logits], probs: cls[probs], t.TAU.name: tau},
         )
-        if gate["labels"].shape != (1, height, width) or gate["suppressed"].shape != (1, classes):
+        labels, suppressed = gate[t.LABELS.name], gate[t.SUPPRESSED.name]
+        if labels.shape != (1, height, width) or suppressed.shape != (1, classes):
             raise LoadError(f"version {version}: the gate's outputs do not fit its manifest")
 
     def _write_status(self) -> None:

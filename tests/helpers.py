@@ -44,11 +44,13 @@ def striped_mask(size: tuple[int, int], values: list[int]) -> np.ndarray:
     return np.tile(columns, (height, 1))
 
 
-def segment_like_the_server(pipeline, image: np.ndarray, tau: float | None = None) -> np.ndarray:
+def segment_like_the_server(pipeline, image: np.ndarray, tau: float | None = None):
     """One (H, W, 3) image through an OnnxPipeline as the gateway runs it: letterboxed into the
-    served size, the label map cropped and resized back to the image's size."""
+    served size; the output's label map (1, H, W) cropped and resized back to the image's size."""
     from s4seg.letterbox import letterbox, unletterbox
 
     manifest = pipeline.manifest
     canvas, placement = letterbox(image, tuple(manifest.input_size), tuple(manifest.pad_value))
-    return unletterbox(pipeline.run(canvas[None], tau).labels[0], placement)
+    out = pipeline.run(canvas[None], tau)
+    out.labels = unletterbox(out.labels[0], placement)[None]
+    return out

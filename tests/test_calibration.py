@@ -32,7 +32,7 @@ def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: f
     shutil.copytree(synth_root, out)
     for mask_path in sorted((out / "masks" / "val").glob("*.png")):
         image = np.asarray(Image.open(out / "images" / "val" / mask_path.name).convert("RGB"))
-        labels = segment_like_the_server(pipeline, image, tau)
+        labels = segment_like_the_server(pipeline, image, tau).labels[0]
         Image.fromarray(labels.astype(np.uint8), mode="L").save(mask_path)
     return out
 
@@ -44,7 +44,8 @@ def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Pat
     # The smallest tau of the sweep at which the gate changes some map: the truth to find.
     target = next(
         t for t in CALIBRATION_TAUS
-        if any((pipeline.segment(i, t).labels != pipeline.segment(i, GATE_OFF_TAU).labels).any()
+        if any((segment_like_the_server(pipeline, i, t).labels
+                != segment_like_the_server(pipeline, i, GATE_OFF_TAU).labels).any()
                for i in images)
     )  # fmt: skip
     data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", target)
@@ -80,8 +81,8 @@ def test_export_serves_the_gate_off_for_a_useless_classifier(
     # The served default then leaves the map ungated; an explicit tau still gates.
     served = OnnxPipeline.from_export(out, device="cpu")
     image = np.asarray(Image.open(next((data / "images" / "val").glob("*.png"))).convert("RGB"))
-    assert not served.segment(image).suppressed.any()
-    assert served.segment(image, 0.5).suppressed.sum() == manifest.num_classes - 1
+    assert not segment_like_the_server(served, image).suppressed.any()
+    assert segment_like_the_server(served, image, 0.5).suppressed.sum() == manifest.num_classes - 1
 
 
 def test_an_explicit_tau_wins_and_auto_falls_back_by_name(

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import segment_like_the_server
 from s4seg.export.graphs import Gate, Preprocess
 from s4seg.export.onnx_export import ExportError, export_onnx
 from s4seg.training.gate import gated_argmax
@@ -51,8 +52,8 @@ def test_pipeline_runs_any_batch_and_size(tiny_export: Path) -> None:
     assert out.class_probs.shape == (3, 7) and out.suppressed.shape == (3, 7)
     single = pipeline.run(images[1:2])
     np.testing.assert_array_equal(single.labels[0], out.labels[1])
-    # segment() letterboxes to the served size and maps back to the image's own size.
-    assert pipeline.segment(images[0]).labels.shape == (1, 40, 56)
+    # Letterboxed to the served size as the server does, mapped back to the image's own size.
+    assert segment_like_the_server(pipeline, images[0]).labels.shape == (1, 40, 56)
 
 
 def test_gate_graph_computes_the_training_gate(tmp_path: Path) -> None:
