@@ -8,6 +8,7 @@ from pathlib import Path
 
 from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
+from s4seg.manifest import PAPER_TAU
 
 from .predict import SUFFIX, list_jobs, parse_shard, run_jobs, summary, write_failures
 
@@ -129,7 +130,10 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
     )
     ev.add_argument("--classifier", help="MLMT checkpoint: report gated and ungated mIoU")
     ev.add_argument(
-        "--tau", type=float, default=None, help="gate threshold (default: 0.2, or the manifest's)"
+        "--tau",
+        type=float,
+        default=None,
+        help=f"gate threshold (default: the manifest's; with --segmenter, {PAPER_TAU})",
     )
     ev.add_argument("--tau-sweep", action="store_true", help="also report several tau values")
     ev.add_argument(

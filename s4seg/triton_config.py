@@ -19,6 +19,7 @@ from s4seg.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, GRAPH_IO, TensorSpe
 MAX_BATCH_SIZE = 8
 RUNTIMES = ("python", "onnxruntime")
 
+
 def _tensors(tensors: tuple[TensorSpec, ...]) -> list[dict]:
     return [{"name": t.name, "data_type": t.triton_type, "dims": list(t.dims)} for t in tensors]
 

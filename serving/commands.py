@@ -27,6 +27,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ) from None
     return serve(settings, quickstart=not args.no_quickstart)
 
+
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from s4seg.manifest import PAPER_TAU
+
 from .config import apply_overrides, build_config, load_config
 
 
@@ -92,7 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.max_images,
         args.device,
         args.classifier,
-        0.2 if args.tau is None else args.tau,  # the paper's tau
+        PAPER_TAU if args.tau is None else args.tau,
         args.tau_sweep,
     )
     print(table)
