@@ -70,7 +70,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
                          "not_an_image") from None  # fmt: skip
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image too large: {error}", 413, "too_many_pixels") from None
-    except OSError as error:
+    except (OSError, SyntaxError, ValueError) as error:
+        # Header damage: OSError, or ValueError ("Truncated IHDR chunk", found by the fuzz test).
         raise ImageError(f"unreadable image: {error}", 422, "corrupt") from None
     width, height = image.size
     if width * height > max_pixels:

@@ -140,3 +140,17 @@ def test_corrupt_image_mid_training_names_the_file_and_keeps_progress(
         train_baseline(cfg, log=lambda *_: None)
     saved = load_checkpoint(tmp_path / "run" / "last.pt", kind="segmenter")
     assert saved["iteration"] == 2
+
+
+def test_a_png_with_a_truncated_header_chunk_is_a_clear_422() -> None:
+    """Found by the fuzz test: PIL raises ValueError, not OSError, for a short IHDR chunk."""
+    import struct
+    import zlib
+
+    from s4seg.imaging import ImageError, decode_image
+
+    short_ihdr = struct.pack(">I", 0) + b"IHDR" + struct.pack(">I", zlib.crc32(b"IHDR"))
+    data = b"\x89PNG\r\n\x1a\n" + short_ihdr
+    with pytest.raises(ImageError, match="unreadable image") as caught:
+        decode_image(data)
+    assert caught.value.status == 422
