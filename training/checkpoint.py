@@ -7,7 +7,6 @@ renamed over the target: a reader sees the old checkpoint or the new one, never 
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s4seg.atomic import atomic_file
 from s4seg.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "s4seg-checkpoint/1"
@@ -42,23 +42,9 @@ def restore_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    with atomic_file(path) as handle:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
