@@ -6,42 +6,51 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from s4seg.errors import S4segError
 from s4seg.imaging import DEFAULT_MAX_PIXELS, read_image_file
-from s4seg.letterbox import letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
-from s4seg.outputs import label_png, overlay_png, segmentation_json
+from s4seg.outputs import label_png, overlay_bytes, segmentation_json
 
 Segment = Callable[[Path], bytes]
 
 
+@dataclass(frozen=True)
+class OutputFormat:
+    format: str  # png, overlay or json
+    encoding: str | None = None  # overlay only: png (None), jpeg or webp
+
+
 def encode_output(
-    pixels, labels, class_probs, suppressed, manifest: Manifest, version: str, fmt: str, tau
-) -> bytes:
-    if fmt == "json":
+    pixels, labels, class_probs, suppressed, manifest: Manifest, version: str,
+    fmt: OutputFormat, tau,
+) -> bytes:  # fmt: skip
+    if fmt.format == "json":
         body = segmentation_json(labels, class_probs, suppressed, manifest, version, tau)
         return (json.dumps(body) + "\n").encode()
-    if fmt == "overlay":
-        return overlay_png(pixels, labels, manifest)
+    if fmt.format == "overlay":
+        return overlay_bytes(pixels, labels, manifest, fmt.encoding or "png")
     return label_png(labels, manifest)
 
 
 def pipeline_segmenter(
-    run: Callable, manifest: Manifest, version: Callable[[], str], fmt: str, tau, gate: bool
-) -> Segment:
+    run: Callable, manifest: Manifest, version: Callable[[], str], fmt: OutputFormat, tau,
+    gate: bool,
+) -> Segment:  # fmt: skip
     """Decode, letterbox, run (a pipeline's ``run``), map back, encode: as the gateway does."""
     used = manifest.request_tau(tau, gate)
+    size = tuple(manifest.input_size)
+    fit = None if fmt.format == "overlay" else size  # only the overlay shows the photo
 
     def segment(path: Path) -> bytes:
-        decoded = read_image_file(path, DEFAULT_MAX_PIXELS)
-        canvas, placement = letterbox(
-            decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value)
-        )
+        decoded = read_image_file(path, DEFAULT_MAX_PIXELS, fit)
+        canvas, placement = letterbox(decoded.pixels, size, tuple(manifest.pad_value), decoded.size)
         out = run(canvas[None], used)
-        labels = unletterbox(out.labels[0], placement)
+        labels = labels_from_scores(out.scores[0], placement)
         return encode_output(
             decoded.pixels, labels, out.class_probs[0], out.suppressed[0], manifest, version(),
             fmt, None if used == UNGATED_TAU else used,  # gate=false, or served "gate off"
@@ -50,16 +59,16 @@ def pipeline_segmenter(
     return segment
 
 
-def gateway_segmenter(url: str, fmt: str, tau, gate: bool, api_key: str | None) -> Segment:
+def gateway_segmenter(url: str, fmt: OutputFormat, tau, gate: bool, api_key: str | None) -> Segment:
     from .client import SegmentationClient
 
     client = SegmentationClient(url, api_key)  # httpx.Client is safe to share between threads
     if not client.ready():
         raise S4segError(f"the gateway at {url} is not ready (is `s4seg serve` running?)")
-    return lambda path: client.segment(path, fmt, tau, gate).content
+    return lambda path: client.segment(path, fmt.format, tau, gate, fmt.encoding).content
 
 
-def triton_segmenter(url: str, repository: Path, fmt: str, tau, gate: bool) -> Segment:
+def triton_segmenter(url: str, repository: Path, fmt: OutputFormat, tau, gate: bool) -> Segment:
     from s4seg.repository import served_manifest
 
     from .triton_pipeline import TritonPipeline
@@ -82,7 +91,7 @@ def triton_segmenter(url: str, repository: Path, fmt: str, tau, gate: bool) -> S
 
 
 def local_segmenter(
-    model: str | None, repository: Path, fmt: str, tau, gate: bool, device: str
+    model: str | None, repository: Path, fmt: OutputFormat, tau, gate: bool, device: str
 ) -> Segment:
     """The exported pipeline in-process: an export folder, else the repository's served one."""
     if model:

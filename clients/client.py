@@ -71,11 +71,15 @@ def image_bytes(image: ImageInput) -> tuple[bytes, str]:
     return buffer.getvalue(), "image/png"
 
 
-def _request_args(image: ImageInput, format: str, tau: float | None, gate: bool) -> dict[str, Any]:
+def _request_args(
+    image: ImageInput, format: str, tau: float | None, gate: bool, encoding: str | None = None
+) -> dict[str, Any]:
     data, content_type = image_bytes(image)
     params: dict[str, Any] = {"format": format, "gate": str(gate).lower()}
     if tau is not None:
         params["tau"] = tau
+    if encoding is not None:
+        params["encoding"] = encoding
     return {"content": data, "params": params, "headers": {"Content-Type": content_type}}
 
 
@@ -99,10 +103,17 @@ class SegmentationClient:
         self.http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout)
 
     def segment(
-        self, image: ImageInput, format: str = "png", tau: float | None = None, gate: bool = True
+        self,
+        image: ImageInput,
+        format: str = "png",
+        tau: float | None = None,
+        gate: bool = True,
+        encoding: str | None = None,
     ) -> SegmentResult:
+        """``encoding``: for ``format="overlay"``, png (default), jpeg or webp."""
         try:
-            response = self.http.post("/v1/segment", **_request_args(image, format, tau, gate))
+            args = _request_args(image, format, tau, gate, encoding)
+            response = self.http.post("/v1/segment", **args)
         except httpx.HTTPError as error:
             raise ClientError(0, "unreachable", f"{self.http.base_url}: {error}") from None
         return _result(response, format)
@@ -131,12 +142,16 @@ class AsyncSegmentationClient:
         self.http = httpx.AsyncClient(base_url=url, headers=_headers(api_key), timeout=timeout)
 
     async def segment(
-        self, image: ImageInput, format: str = "png", tau: float | None = None, gate: bool = True
+        self,
+        image: ImageInput,
+        format: str = "png",
+        tau: float | None = None,
+        gate: bool = True,
+        encoding: str | None = None,
     ) -> SegmentResult:
         try:
-            response = await self.http.post(
-                "/v1/segment", **_request_args(image, format, tau, gate)
-            )
+            args = _request_args(image, format, tau, gate, encoding)
+            response = await self.http.post("/v1/segment", **args)
         except httpx.HTTPError as error:
             raise ClientError(0, "unreachable", f"{self.http.base_url}: {error}") from None
         return _result(response, format)

@@ -26,6 +26,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 SUFFIX = {"png": ".png", "overlay": "_overlay.png", "json": ".json"}
 
 
+def output_suffix(format: str, encoding: str | None = None) -> str:
+    """``photo.jpg`` -> ``photo.jpg.png``, ``photo.jpg_overlay.jpeg``, ``photo.jpg.json``."""
+    if format == "overlay" and encoding:
+        return f"_overlay.{encoding}"
+    return SUFFIX[format]
+
+
 @dataclass
 class Job:
     source: Path
@@ -100,8 +107,9 @@ def list_jobs(source: str, shard: tuple[int, int]) -> tuple[list[Job], list[tupl
     return jobs, rejected
 
 
-def output_path(output: Path, job: Job, format: str) -> Path:
-    target = (output / job.relative).with_name(job.relative.name + SUFFIX[format])
+def output_path(output: Path, job: Job, format: str, encoding: str | None = None) -> Path:
+    suffix = output_suffix(format, encoding)
+    target = (output / job.relative).with_name(job.relative.name + suffix)
     if not target.resolve().is_relative_to(output.resolve()):
         raise S4segError(f"{job.source}: output {target} would be outside {output}")
     return target
@@ -114,6 +122,7 @@ def run_jobs(
     segment: Callable[[Path], bytes],
     concurrency: int,
     progress: bool | None = None,
+    encoding: str | None = None,
 ) -> Report:
     """Run ``segment`` over the jobs with at most ``concurrency`` in flight."""
     report = Report()
@@ -125,7 +134,7 @@ def run_jobs(
     todo: list[tuple[Job, Path]] = []
     for job in jobs:
         try:
-            target = output_path(output, job, format)
+            target = output_path(output, job, format, encoding)
         except S4segError as error:
             report.failures.append((str(job.source), str(error)))
             continue

@@ -7,7 +7,7 @@ import numpy as np
 from s4seg.errors import S4segError
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import PipelineOutput
-from s4seg.tensors import CLASS_PROBS, IMAGE, LABELS, SUPPRESSED, TAU
+from s4seg.tensors import CLASS_PROBS, IMAGE, LABELS, SCORES, SUPPRESSED, TAU
 
 ENSEMBLE = "s4seg"
 
@@ -44,6 +44,7 @@ class TritonPipeline:
             result.as_numpy(LABELS.name),
             result.as_numpy(CLASS_PROBS.name),
             result.as_numpy(SUPPRESSED.name),
+            result.as_numpy(SCORES.name),
         )
 
     def close(self) -> None:

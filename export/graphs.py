@@ -3,14 +3,15 @@
 preprocess: UINT8 NHWC image -> normalised FP32 NCHW (segmenter) + resized FP32 NCHW (classifier)
 segmenter:  seg_input -> logits at the input's resolution (bilinear, align_corners as in training)
 classifier: cls_input -> per-class probabilities (sigmoid); without MLMT every class gets 1.0
-gate:       logits, class_probs, tau -> labels (UINT8), suppressed (BOOL): training's gate function
+gate:       logits, class_probs, tau -> labels (UINT8), suppressed (BOOL), gated scores (FP32):
+            training's gate function
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from s4seg.training.gate import gated_argmax
+from s4seg.training.gate import gated_scores
 from s4seg.training.models import upsample_logits
 from torch import nn
 
@@ -20,7 +21,7 @@ from s4seg import tensors
 IMAGE, TAU = tensors.IMAGE.name, tensors.TAU.name
 SEG_INPUT, CLS_INPUT = tensors.SEG_INPUT.name, tensors.CLS_INPUT.name
 LOGITS, CLASS_PROBS = tensors.LOGITS.name, tensors.CLASS_PROBS.name
-LABELS, SUPPRESSED = tensors.LABELS.name, tensors.SUPPRESSED.name
+LABELS, SUPPRESSED, SCORES = tensors.LABELS.name, tensors.SUPPRESSED.name, tensors.SCORES.name
 
 
 class Preprocess(nn.Module):
@@ -81,7 +82,8 @@ class NoClassifier(nn.Module):
 
 
 class Gate(nn.Module):
-    """Eq. 7 + argmax. The same ``gated_argmax`` that evaluation uses, not a second copy."""
+    """Eq. 7 + argmax. The same ``gated_scores`` that evaluation uses, not a second copy; the
+    gated scores are an output too, for label maps at the photo's resolution."""
 
     def __init__(self, background_index: int | None) -> None:
         super().__init__()
@@ -89,6 +91,6 @@ class Gate(nn.Module):
 
     def forward(
         self, logits: torch.Tensor, class_probs: torch.Tensor, tau: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        labels, suppressed = gated_argmax(logits, class_probs, tau, self.background_index)
-        return labels.to(torch.uint8), suppressed
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores, suppressed = gated_scores(logits, class_probs, tau, self.background_index)
+        return scores.argmax(1).to(torch.uint8), suppressed, scores

@@ -38,7 +38,7 @@ def predict(data: bytes) -> bytes:
     seg_input, cls_input = graphs["preprocess"](torch.from_numpy(canvas[None]))
     logits = graphs["segmenter"](seg_input)
     probs = graphs["classifier"](cls_input)
-    labels, _ = graphs["gate"](logits, probs, torch.full((1, 1), manifest.tau))
+    labels, _, _ = graphs["gate"](logits, probs, torch.full((1, 1), manifest.tau))
     return label_png(unletterbox(np.asarray(labels[0]), placement), manifest)
 
 

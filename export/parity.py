@@ -27,8 +27,8 @@ def torch_pipeline(
     logits = graphs["segmenter"](seg_input)
     class_probs = graphs["classifier"](cls_input)
     taus = torch.full((len(images), 1), tau)
-    labels, _ = graphs["gate"](logits, class_probs, taus)
-    ungated, _ = graphs["gate"](logits, class_probs, torch.full_like(taus, UNGATED_TAU))
+    labels, _, _ = graphs["gate"](logits, class_probs, taus)
+    ungated, _, _ = graphs["gate"](logits, class_probs, torch.full_like(taus, UNGATED_TAU))
     return {
         "probs": logits.softmax(1).numpy(),
         "class_probs": class_probs.numpy(),

@@ -1,8 +1,11 @@
-"""Fitting any image into the served input size and mapping the label map back.
+"""Fitting any image into the served input size and mapping the result back.
 
 The served graphs take a fixed ``(height, width)`` so that Triton can batch requests. An image is
 scaled (aspect ratio kept) to fit, padded with the normalisation mean (which the network sees as
-zero), and the label map is cropped to the content and resized back with nearest neighbour.
+zero). Back: the gated class scores of the content are resized bilinearly to the image's own
+size and the argmax taken there (``labels_from_scores``), so edges follow the photo's pixels and
+not the served grid; a label map alone can only be resized with nearest neighbour
+(``unletterbox``), which draws blocks as large as the scale factor.
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ class Placement:
 
 
 def letterbox(
-    image: np.ndarray, size: tuple[int, int], pad_value: tuple[int, int, int]
+    image: np.ndarray,
+    size: tuple[int, int],
+    pad_value: tuple[int, int, int],
+    original: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, Placement]:
-    """``image`` (H, W, 3) uint8 -> canvas (size[0], size[1], 3) uint8 and its placement."""
-    height, width = image.shape[:2]
+    """``image`` (H, W, 3) uint8 -> canvas (size[0], size[1], 3) uint8 and its placement.
+
+    ``original``: the (height, width) the image stands for when it is a reduced decode of a
+    larger photo (``DecodedImage.size``); results are mapped back to that size."""
+    height, width = original or image.shape[:2]
     target_h, target_w = size
     scale = min(target_h / height, target_w / width)
     content = (
         max(1, min(target_h, round(height * scale))),
         max(1, min(target_w, round(width * scale))),
     )
-    if content != (height, width):
+    if content != image.shape[:2]:
         resized = Image.fromarray(image).resize((content[1], content[0]), Image.Resampling.BILINEAR)
         image = np.asarray(resized)
     top, left = (target_h - content[0]) // 2, (target_w - content[1]) // 2
@@ -59,3 +68,50 @@ def unletterbox(labels: np.ndarray, placement: Placement) -> np.ndarray:
 def pad_colour(mean: list[float], pixel_scale: float = 1 / 255) -> tuple[int, int, int]:
     """The uint8 colour that normalises to (about) zero: the letterbox fill."""
     return tuple(round(min(255.0, max(0.0, m / pixel_scale))) for m in mean)  # type: ignore[return-value]
+
+
+def _taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps with half-pixel centres (PyTorch ``align_corners=False``, Pillow's resize):
+    for each output index, the two input indices and the weight of the second."""
+    centres = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+    centres = np.clip(centres, 0, size_in - 1)
+    first = np.floor(centres).astype(np.intp)
+    second = np.minimum(first + 1, size_in - 1)
+    return first, second, (centres - first).astype(np.float32)
+
+
+def labels_from_scores(scores: np.ndarray, placement: Placement) -> np.ndarray:
+    """Gated class scores at the served size (C, h, w) -> uint8 labels at the input's size.
+
+    The same labels as resizing the content's scores bilinearly to the input's size and taking
+    the argmax per pixel, without the (C, H, W) array: where an output pixel's four source
+    pixels share their argmax, so does any bilinear mix of them (a convex combination keeps the
+    maximum), so only pixels between source pixels of different labels are computed, one source
+    row at a time. Extra memory: the label map and C x (H / h + 1) x W floats.
+    """
+    top, left = placement.offset
+    height_c, width_c = placement.content
+    crop = scores[:, top : top + height_c, left : left + width_c]
+    low = crop.argmax(0).astype(np.uint8)
+    height, width = placement.original
+    if (height_c, width_c) == (height, width):
+        return low
+    y0, y1, wy = _taps(height_c, height)
+    x0, x1, wx = _taps(width_c, width)
+    labels = low[y0][:, x0]  # right wherever the four taps agree
+    below = np.minimum(np.arange(height_c) + 1, height_c - 1)
+    right = np.minimum(np.arange(width_c) + 1, width_c - 1)
+    mixed = (low != low[below]) | (low != low[:, right]) | (low != low[below][:, right])
+    bands = np.searchsorted(y0, np.arange(height_c + 1))  # output rows of each source row
+    for row in np.flatnonzero(mixed.any(1)):
+        rows = np.arange(bands[row], bands[row + 1])
+        cols = np.flatnonzero(mixed[row][x0])
+        if not rows.size or not cols.size:
+            continue
+        a, b, w = x0[cols], x1[cols], wx[cols]
+        upper = crop[:, row, a] * (1 - w) + crop[:, row, b] * w  # (C, n)
+        lower = crop[:, y1[rows[0]], a] * (1 - w) + crop[:, y1[rows[0]], b] * w
+        v = wy[rows][None, :, None]
+        mixed_scores = upper[:, None, :] * (1 - v) + lower[:, None, :] * v  # (C, rows, n)
+        labels[rows[:, None], cols[None, :]] = mixed_scores.argmax(0)
+    return labels

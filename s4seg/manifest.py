@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from s4seg.atomic import write_json_atomic
 from s4seg.errors import S4segError
 
-MANIFEST_FORMAT = "s4seg-manifest/1"
+# /2: the gate graph also outputs the gated scores (label maps at the photo's resolution);
+# a /1 export's gate lacks them and can not be served by the ensemble of this version.
+MANIFEST_FORMAT = "s4seg-manifest/2"
 MANIFEST_NAME = "manifest.json"
 
 # The steps of the pipeline, in order; each is one ONNX file ``<step>.onnx``.
@@ -59,7 +61,7 @@ class GraphFile(_Strict):
     sha256: str
     inputs: dict[str, list[int | str]]
     outputs: dict[str, list[int | str]]
-    precision: Literal["fp32", "fp16"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
 class Source(_Strict):
@@ -85,7 +87,7 @@ class TauChoice(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["s4seg-manifest/1"] = MANIFEST_FORMAT
+    format: Literal["s4seg-manifest/2"] = MANIFEST_FORMAT
     created: str
     s4seg_version: str
     dataset: dict[str, Any]
@@ -109,6 +111,8 @@ class Manifest(_Strict):
     config_digest: str
     parity: dict[str, Any]
     fp16_parity: dict[str, Any] | None = None
+    int8_graphs: dict[str, GraphFile] = {}
+    int8_parity: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     published: dict[str, Any] | None = Field(
         default=None, description="set by publish: version, runtime, precision, time, source"
@@ -128,6 +132,19 @@ class Manifest(_Strict):
         if missing:
             raise ValueError(f"graphs lacks {', '.join(missing)}")
         return self
+
+    def variant_graphs(self, precision: str = "fp32") -> dict[str, GraphFile]:
+        """Each step's graph in ``precision``: the variant's files replace the FP32 ones they
+        were made from (FP16 segmenter and classifier, INT8 segmenter)."""
+        variants = {"fp32": {}, "fp16": self.fp16_graphs, "int8": self.int8_graphs}
+        if precision not in variants:
+            raise ManifestError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+        if precision != "fp32" and not variants[precision]:
+            raise ManifestError(
+                f"this export has no {precision.upper()} variant (export with --{precision}, "
+                f"and see {precision}_parity in its manifest if it was refused)"
+            )
+        return {**self.graphs, **variants[precision]}
 
     @property
     def num_classes(self) -> int:
@@ -168,8 +185,14 @@ class Manifest(_Strict):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ManifestError(f"{path} is not readable JSON: {error}") from None
         if isinstance(data, dict) and data.get("format") != MANIFEST_FORMAT:
+            again = (
+                " (an export of an older s4seg: export the checkpoints again)"
+                if data.get("format") == "s4seg-manifest/1"
+                else ""
+            )
             raise ManifestError(
-                f"{path} has format {data.get('format')!r}; this s4seg reads {MANIFEST_FORMAT}"
+                f"{path} has format {data.get('format')!r}; this s4seg reads "
+                f"{MANIFEST_FORMAT}{again}"
             )
         try:
             return cls.model_validate(data)

@@ -1,5 +1,5 @@
-"""Turning a label map into what users asked for: palette PNG, overlay PNG or JSON + COCO RLE
-(shared by the gateway, `s4seg segment` and `s4seg predict`)."""
+"""Turning a label map into what users asked for: palette PNG, overlay (PNG, JPEG or WebP) or
+JSON + COCO RLE (shared by the gateway, `s4seg segment` and `s4seg predict`)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,48 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from s4seg.manifest import Manifest
-from s4seg.visualize import colorize, overlay
+from s4seg.visualize import colorize
+
+# Overlay encodings: PNG is lossless and slow on photos (a 12 MP overlay: about 1 s and 18 MiB
+# here); JPEG and WebP are for looking at (48 ms / 2.5 MiB and 0.4 s / 1.7 MiB).
+OVERLAY_ENCODINGS = {
+    "png": ("PNG", "image/png", {"optimize": False, "compress_level": 1}),
+    "jpeg": ("JPEG", "image/jpeg", {"quality": 90}),
+    "webp": ("WEBP", "image/webp", {"quality": 85, "method": 0}),
+}
+OVERLAY_ALPHA = 0.5
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def encode(image: Image.Image, encoding: str = "png") -> bytes:
+    if encoding not in OVERLAY_ENCODINGS:
+        choices = ", ".join(OVERLAY_ENCODINGS)
+        raise ValueError(f"encoding must be one of {choices}, not {encoding!r}")
+    kind, _, options = OVERLAY_ENCODINGS[encoding]
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=1)
+    image.save(buffer, format=kind, **options)
     return buffer.getvalue()
 
 
 def label_png(labels: np.ndarray, manifest: Manifest) -> bytes:
     """Palette-indexed PNG: pixel values are class indices, the palette makes it viewable."""
-    return png_bytes(colorize(labels, manifest.palette))
+    return encode(colorize(labels, manifest.palette), "png")
 
 
-def overlay_png(pixels: np.ndarray, labels: np.ndarray, manifest: Manifest) -> bytes:
-    """The image blended with the class colours; background pixels stay as they were."""
-    blended = np.asarray(overlay(Image.fromarray(pixels), labels, manifest.palette)).copy()
-    if manifest.background_index is not None:
-        keep = labels == manifest.background_index
-        blended[keep] = pixels[keep]
-    return png_bytes(Image.fromarray(blended))
+def overlay_image(pixels: np.ndarray, labels: np.ndarray, manifest: Manifest) -> Image.Image:
+    """The image blended with the class colours; background pixels stay as they were (all in
+    Pillow's C loops: 0.19 s for 12 MP here, against 0.47 s with numpy masks)."""
+    image = Image.fromarray(pixels)
+    blended = Image.blend(image, colorize(labels, manifest.palette).convert("RGB"), OVERLAY_ALPHA)
+    if manifest.background_index is None:
+        return blended
+    shown = np.not_equal(labels, manifest.background_index).view(np.uint8) * np.uint8(255)
+    return Image.composite(blended, image, Image.fromarray(shown))
+
+
+def overlay_bytes(
+    pixels: np.ndarray, labels: np.ndarray, manifest: Manifest, encoding: str = "png"
+) -> bytes:
+    return encode(overlay_image(pixels, labels, manifest), encoding)
 
 
 def rle(binary: np.ndarray) -> dict:

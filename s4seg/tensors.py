@@ -5,7 +5,8 @@ preprocess: image (N, H, W, 3) uint8 -> seg_input, cls_input (N, 3, h, w) float3
 segmenter:  seg_input -> logits (N, C, h, w) float32, at the input's resolution
 classifier: cls_input -> class_probs (N, C) float32 (sigmoid; 1.0 everywhere without MLMT)
 gate:       logits, class_probs, tau (N, 1) float32 -> labels (N, h, w) uint8,
-            suppressed (N, C) bool
+            suppressed (N, C) bool, scores (N, C, h, w) float32 (the logits with suppressed
+            classes pushed to SUPPRESSED_SCORE: labels = argmax of scores, at any resolution)
 """
 
 from __future__ import annotations
@@ -38,15 +39,24 @@ LOGITS = TensorSpec("logits", "float32", (-1, -1, -1))
 CLASS_PROBS = TensorSpec("class_probs", "float32", (-1,))
 LABELS = TensorSpec("labels", "uint8", (-1, -1))
 SUPPRESSED = TensorSpec("suppressed", "bool", (-1,))
+SCORES = TensorSpec("scores", "float32", (-1, -1, -1))
+
+# The score a suppressed class gets in ``scores``: finite (bilinear resizing of -inf gives NaN),
+# far below any logit, so it never wins an argmax, resized or not.
+SUPPRESSED_SCORE = -1e30
 
 # Each step's (inputs, outputs), in the order the graphs take and return them.
 GRAPH_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     "preprocess": ((IMAGE,), (SEG_INPUT, CLS_INPUT)),
     "segmenter": ((SEG_INPUT,), (LOGITS,)),
     "classifier": ((CLS_INPUT,), (CLASS_PROBS,)),
-    "gate": ((LOGITS, CLASS_PROBS, TAU), (LABELS, SUPPRESSED)),
+    "gate": ((LOGITS, CLASS_PROBS, TAU), (LABELS, SUPPRESSED, SCORES)),
 }
 # What the ensemble takes and answers. tau is required: Triton refuses optional inputs on
 # ensembles (server PR #3894), so the gateway always sends it (the manifest's tau by default).
 ENSEMBLE_INPUTS = (IMAGE, TAU)
-ENSEMBLE_OUTPUTS = (LABELS, CLASS_PROBS, SUPPRESSED)
+ENSEMBLE_OUTPUTS = (LABELS, CLASS_PROBS, SUPPRESSED, SCORES)
+# What a caller that maps the scores back to the photo asks for (the served-size labels stay in
+# Triton). Asking for the scores alone makes Triton 2.51's ensemble fail ("unexpected deadlock,
+# at least one output is not set"), so the small outputs come along.
+MAP_BACK_OUTPUTS = (SCORES, CLASS_PROBS, SUPPRESSED)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,12 +23,25 @@ class ServeSettings(BaseSettings):
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     triton_url: str | None = Field(None, description="use a Triton already running here instead")
+    triton_grpc_url: str | None = Field(
+        None, description="its gRPC address (with triton_url; without it requests use HTTP)"
+    )
+    triton_protocol: Literal["http", "grpc"] = Field(
+        "grpc",
+        description="inference requests from the gateway to Triton: gRPC was 1.1-1.4x HTTP "
+        "at concurrency 1-16 in `s4seg bench serve` (BENCHMARKS.md)",
+    )
     runtime: str = Field("python", description="python (pip tritonserver) or onnxruntime (NGC)")
     segmenter_instances: int = Field(
         SEGMENTER_INSTANCES, ge=1, description="segmenter executions in flight"
     )
     onnx_threads: int | None = Field(
         None, ge=1, description="ONNX Runtime threads per instance (default: cores / instances)"
+    )
+    triton_shared_memory: bool | None = Field(
+        None,
+        description="image and scores through system shared memory (default: when Triton is "
+        "started here, i.e. without triton_url)",
     )
     api_key: SecretStr | None = Field(None, description="require this key in X-API-Key")
     max_body_bytes: int = Field(20 * 2**20, description="larger uploads get 413")
@@ -45,3 +59,20 @@ class ServeSettings(BaseSettings):
     @property
     def triton_http(self) -> str:
         return self.triton_url or f"{self.triton_host}:{self.triton_http_port}"
+
+    @property
+    def inference_protocol(self) -> str:
+        """gRPC needs its address: with ``triton_url`` alone (another Triton), HTTP."""
+        if self.triton_url and not self.triton_grpc_url:
+            return "http"
+        return self.triton_protocol
+
+    @property
+    def use_shared_memory(self) -> bool:
+        if self.triton_shared_memory is None:
+            return self.triton_url is None
+        return self.triton_shared_memory
+
+    @property
+    def triton_grpc(self) -> str:
+        return self.triton_grpc_url or f"{self.triton_host}:{self.triton_grpc_port}"

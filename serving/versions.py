@@ -228,7 +228,13 @@ class VersionManager:
             {logits: seg[logits], probs: cls[probs], t.TAU.name: tau},
         )
         labels, suppressed = gate[t.LABELS.name], gate[t.SUPPRESSED.name]
-        if labels.shape != (1, height, width) or suppressed.shape != (1, classes):
+        scores = gate.get(t.SCORES.name)
+        if (
+            labels.shape != (1, height, width)
+            or suppressed.shape != (1, classes)
+            or scores is None
+            or scores.shape != (1, classes, height, width)
+        ):
             raise LoadError(f"version {version}: the gate's outputs do not fit its manifest")
 
     def _write_status(self) -> None:

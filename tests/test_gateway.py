@@ -41,6 +41,8 @@ def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     time.sleep(1)
     assert pids_matching(str(root)) == [], "processes left after SIGTERM"
     assert server.process.returncode == 0
+    # The gateway removed its shared memory regions.
+    assert not list(Path("/dev/shm").glob(f"s4seg_gateway_{server.process.pid}_*"))
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -87,6 +89,83 @@ def test_multipart_json_and_overlay(served: Served, photo: Image.Image) -> None:
     overlay = served.post(data, "image/jpeg", format="overlay")
     assert overlay.status_code == 200
     assert Image.open(io.BytesIO(overlay.content)).mode == "RGB"
+
+
+def test_photos_larger_than_the_served_size_get_edges_at_their_own_resolution(
+    served: Served, photo: Image.Image, tiny_export: Path
+) -> None:
+    """Gated scores resized to the photo, then the argmax: what the in-process pipeline with
+    the same map-back computes, and not the served-size labels blown up in blocks."""
+    from s4seg.imaging import decode_image
+    from s4seg.letterbox import labels_from_scores, letterbox, unletterbox
+    from s4seg.onnx_pipeline import OnnxPipeline
+
+    data = encode(photo.resize((1200, 900), Image.Resampling.BICUBIC), "JPEG", quality=92)
+    response = served.post(data, "image/jpeg")
+    assert response.status_code == 200, response.text
+    served_labels = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert served_labels.shape == (900, 1200)
+
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    size = tuple(pipeline.manifest.input_size)
+    decoded = decode_image(data, fit=size)
+    assert decoded.reduced  # the gateway decodes this JPEG at a reduced scale too
+    canvas, placement = letterbox(
+        decoded.pixels, size, tuple(pipeline.manifest.pad_value), decoded.size
+    )
+    out = pipeline.run(canvas[None])
+    expected = labels_from_scores(out.scores[0], placement)
+    assert (served_labels == expected).mean() > 0.999
+    blocks = unletterbox(out.labels[0], placement)
+    assert 0.9 < (served_labels == blocks).mean() < 1.0  # the same shapes, other edges
+
+    for encoding, media in (("jpeg", "image/jpeg"), ("webp", "image/webp"), ("png", "image/png")):
+        overlay = served.post(data, "image/jpeg", format="overlay", encoding=encoding)
+        assert overlay.status_code == 200, overlay.text
+        assert overlay.headers["content-type"] == media
+        assert Image.open(io.BytesIO(overlay.content)).size == (1200, 900)
+    wrong = served.post(data, "image/jpeg", format="png", encoding="jpeg")
+    assert wrong.status_code == 422 and "encoding" in wrong.json()["detail"]
+
+
+def test_gateway_over_http_answers_as_over_grpc(
+    served: Served, photo: Image.Image, tmp_path: Path
+) -> None:
+    """S4SEG_TRITON_PROTOCOL=http (gRPC is the default): the same labels, version and errors
+    through the other hop."""
+    data = encode(photo.resize((300, 200)))
+    over_grpc = served.post(data, format="json").json()
+    with serving(served.repo, tmp_path, S4SEG_TRITON_PROTOCOL="http") as http_server:
+        response = http_server.post(data, format="json")
+        assert response.status_code == 200, response.text
+        assert response.json() == over_grpc
+        assert response.headers["x-model-version"] == "1"
+        assert http_server.post(data, tau=2).status_code == 422
+
+
+def test_the_hop_alone_by_http_grpc_and_shared_memory_gives_the_same_scores(
+    served: Served, tiny_export: Path
+) -> None:
+    """The callers `bench serve` times for the hop: each gets the in-process pipeline's scores
+    (the shared-memory regions are registered, used, then unregistered and removed)."""
+    from s4seg.clients.bench import hop_callers
+
+    from s4seg.onnx_pipeline import OnnxPipeline
+
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    canvas = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    expected = pipeline.run(canvas[None], 0.2).scores
+    http = f"127.0.0.1:{served.env['S4SEG_TRITON_HTTP_PORT']}"
+    grpc = f"127.0.0.1:{served.env['S4SEG_TRITON_GRPC_PORT']}"
+    callers, cleanup = hop_callers(http, grpc, canvas, 0.2)
+    try:
+        for name, call in callers.items():
+            np.testing.assert_allclose(call(b""), expected, atol=1e-4, err_msg=name)
+    finally:
+        cleanup()
+    regions = httpx.get(f"http://{http}/v2/systemsharedmemory/status", timeout=5).json()
+    assert not [r for r in regions if r["name"].startswith("s4seg_bench_")]
+    assert not list(Path("/dev/shm").glob("s4seg_bench_*"))
 
 
 def test_tau_and_gate_change_the_answer(served: Served, photo: Image.Image) -> None:
@@ -332,8 +411,16 @@ def test_publish_during_traffic_fails_no_request(
     assert httpx.get(f"{served.url}/v1/models").json()["served_version"] == 2
 
 
+def shared_memory_regions(served: Served) -> list[str]:
+    status = httpx.get(f"http://127.0.0.1:{served.triton_port}/v2/systemsharedmemory/status")
+    return sorted(region["name"] for region in status.json())
+
+
 def test_triton_killed_gives_503_then_recovers(served: Served, photo: Image.Image) -> None:
     data = encode(photo)
+    assert served.post(data).status_code == 200
+    # The gateway's tensors go through shared memory regions registered with Triton ...
+    assert any(name.startswith("s4seg_gateway_") for name in shared_memory_regions(served))
     (pid,) = pids_matching(f"bin/tritonserver --model-repository={served.log.parent}")
     os.kill(pid, signal.SIGKILL)
     down = served.post(data)
@@ -350,3 +437,6 @@ def test_triton_killed_gives_503_then_recovers(served: Served, photo: Image.Imag
     assert status == 200, served.log.read_text()[-2000:]
     assert pids_matching(f"bin/tritonserver --model-repository={served.log.parent}") != [pid]
     assert served.process.poll() is None  # the gateway itself never restarted
+    # ... which the new Triton does not know: the gateway registers them again.
+    assert served.post(data).status_code == 200
+    assert any(name.startswith("s4seg_gateway_") for name in shared_memory_regions(served))

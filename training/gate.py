@@ -3,9 +3,13 @@
 (``s4seg.export.graphs.Gate`` wraps this function for ONNX; tests check the two agree.)
 
 Classes whose image-level probability is at most ``tau`` can not be predicted: their scores are
-set to -inf before the argmax (not to 0, as the authors' code does with raw logits, where a
-suppressed class can still win). The background class is never suppressed. A pixel whose every
-class is suppressed (possible only without a background class) keeps its ungated argmax.
+pushed below every logit before the argmax (not set to 0, as the authors' code does with raw
+logits, where a suppressed class can still win). The background class is never suppressed. A
+pixel whose every class is suppressed (possible only without a background class) keeps its
+ungated argmax.
+
+``gated_scores`` is the gate itself; the label map is its argmax. The server resizes the gated
+scores to the photo's size before that argmax (s4seg.letterbox), which is still exactly eq. 7.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from s4seg.manifest import PAPER_TAU
+from s4seg.tensors import SUPPRESSED_SCORE
 
 DEFAULT_TAU = PAPER_TAU
 
@@ -27,6 +32,20 @@ def class_keep_mask(
     return keep
 
 
+def gated_scores(
+    scores: torch.Tensor,
+    class_probs: torch.Tensor,
+    tau: torch.Tensor | float = DEFAULT_TAU,
+    background_index: int | None = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores`` (N, C, H, W) with the classes eq. 7 suppresses at ``SUPPRESSED_SCORE`` (images
+    where every class is suppressed keep their scores), and the suppressed classes (N, C)."""
+    keep = class_keep_mask(class_probs, tau, background_index)
+    masked = scores.masked_fill(~keep[:, :, None, None], SUPPRESSED_SCORE)
+    any_kept = keep.any(1)[:, None, None, None]
+    return torch.where(any_kept, masked, scores), ~keep
+
+
 def gated_argmax(
     scores: torch.Tensor,
     class_probs: torch.Tensor,
@@ -37,9 +56,5 @@ def gated_argmax(
 
     Returns the label map (N, H, W, int64) and the suppressed classes (N, C, bool).
     """
-    keep = class_keep_mask(class_probs, tau, background_index)
-    masked = scores.masked_fill(~keep[:, :, None, None], float("-inf"))
-    gated = masked.argmax(1)
-    ungated = scores.argmax(1)
-    any_kept = keep.any(1)[:, None, None]
-    return torch.where(any_kept, gated, ungated), ~keep
+    gated, suppressed = gated_scores(scores, class_probs, tau, background_index)
+    return gated.argmax(1), suppressed

@@ -36,7 +36,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.triton = TritonEnsemble(settings.triton_http, settings.request_timeout)
+        app.state.triton = TritonEnsemble(
+            settings.triton_http,
+            settings.request_timeout,
+            grpc_url=settings.triton_grpc if settings.inference_protocol == "grpc" else None,
+            shared_memory=settings.use_shared_memory,
+        )
         try:
             yield
         finally:

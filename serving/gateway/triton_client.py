@@ -1,4 +1,8 @@
-"""The gateway's one long-lived async client of the Triton ensemble."""
+"""The gateway's one long-lived async client of the Triton ensemble.
+
+Inference goes over gRPC or HTTP (``S4SEG_TRITON_PROTOCOL``; ``s4seg bench serve`` measures
+both), with the image and the gated scores in system shared memory when Triton is on this
+machine (``S4SEG_TRITON_SHARED_MEMORY``); health, readiness and the served version over HTTP."""
 
 from __future__ import annotations
 
@@ -8,14 +12,17 @@ from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_grpc_aio
+import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_aio
-from tritonclient.http import InferInput
 from tritonclient.utils import InferenceServerException
 
 from s4seg.repository import ENSEMBLE
-from s4seg.tensors import CLASS_PROBS, IMAGE, LABELS, SUPPRESSED, TAU
+from s4seg.tensors import CLASS_PROBS, IMAGE, MAP_BACK_OUTPUTS, SCORES, SUPPRESSED, TAU
 
 from .metrics import TRITON_ERRORS
+from .shared_memory import NoRoom, SharedMemoryPool
 
 
 class TritonUnavailable(Exception):
@@ -32,7 +39,7 @@ class TritonFailed(Exception):
 
 @dataclass
 class Segmentation:
-    labels: np.ndarray  # (H, W) uint8 at the canvas size
+    scores: np.ndarray  # (C, H, W) float32 gated scores at the canvas size
     class_probs: np.ndarray  # (C,)
     suppressed: np.ndarray  # (C,) bool
     version: str
@@ -40,31 +47,93 @@ class Segmentation:
 
 SERVED_VERSION_TTL = 0.5  # seconds
 
-UNAVAILABLE_HINTS = ("unknown model", "not ready", "no available versions", "unavailable")
+UNAVAILABLE_HINTS = (
+    "unknown model", "not ready", "no available versions", "unavailable",
+    "failed to connect", "connection refused",  # gRPC while Triton is down or restarting
+)  # fmt: skip
+
+
+SHARED_MEMORY_SLOTS = 32  # requests in flight with their tensors in shared memory
 
 
 class TritonEnsemble:
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        grpc_url: str | None = None,
+        shared_memory: bool = False,
+    ) -> None:
         self.url = url.removeprefix("http://")
         self.timeout = timeout
         self.client = triton_aio.InferenceServerClient(self.url, conn_timeout=timeout)
+        self.grpc = triton_grpc_aio.InferenceServerClient(grpc_url) if grpc_url else None
+        self.kind = triton_grpc if self.grpc is not None else triton_http
+        inference = self.grpc if self.grpc is not None else self.client
+        self.pool = SharedMemoryPool(inference, SHARED_MEMORY_SLOTS) if shared_memory else None
         self._served: tuple[float, int | None] = (0.0, None)
 
-    async def segment(self, canvas: np.ndarray, tau: float) -> Segmentation:
-        image = InferInput(IMAGE.name, [1, *canvas.shape], IMAGE.wire_type)
-        image.set_data_from_numpy(canvas[None].astype(IMAGE.dtype, copy=False))
-        taus = InferInput(TAU.name, [1, 1], TAU.wire_type)
+    async def _infer(self, canvas: np.ndarray, tau: float, classes: int, via_shm: bool):
+        """(scores, class_probs, suppressed, version) of one request."""
+        kind = self.kind
+        batch = canvas[None].astype(IMAGE.dtype, copy=False)
+        image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
+        taus = kind.InferInput(TAU.name, [1, 1], TAU.wire_type)
         taus.set_data_from_numpy(np.array([[tau]], dtype=TAU.dtype))
+        outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
+        client = self.grpc if self.grpc is not None else self.client
+        if not via_shm or self.pool is None:
+            image.set_data_from_numpy(batch)
+            result = await client.infer(ENSEMBLE, [image, taus], outputs=outputs)
+            return self._unpack(result, result.as_numpy(SCORES.name))
+        scores_bytes = 4 * classes * canvas.shape[0] * canvas.shape[1]
+        async with self.pool.slot(batch.nbytes, scores_bytes) as slot:
+            self.pool.write(slot.input, batch)
+            image.set_shared_memory(slot.input.name, batch.nbytes)
+            outputs[0].set_shared_memory(slot.output.name, scores_bytes)
+            result = await client.infer(ENSEMBLE, [image, taus], outputs=outputs)
+            output = result.get_output(SCORES.name)
+            shape = output.shape if self.grpc is not None else output["shape"]
+            return self._unpack(result, self.pool.read(slot.output, np.float32, shape))
+
+    def _unpack(self, result, scores: np.ndarray):
+        response = result.get_response()
+        version = response.model_version if self.grpc is not None else response["model_version"]
+        return (
+            scores[0],
+            result.as_numpy(CLASS_PROBS.name)[0],
+            result.as_numpy(SUPPRESSED.name)[0],
+            str(version),
+        )
+
+    async def _infer_any(self, canvas: np.ndarray, tau: float, classes: int):
+        """Through shared memory when there is a pool; when Triton no longer knows a region
+        (it restarted) or a region is too small (a version with more classes), registrations
+        are renewed on the next use and this request goes inline."""
+        if self.pool is None:
+            return await self._infer(canvas, tau, classes, via_shm=False)
         try:
-            result = await asyncio.wait_for(
-                self.client.infer(ENSEMBLE, [image, taus]), timeout=self.timeout
+            return await self._infer(canvas, tau, classes, via_shm=True)
+        except NoRoom:
+            return await self._infer(canvas, tau, classes, via_shm=False)
+        except InferenceServerException as error:
+            if "shared memory" not in (error.message() or str(error)).lower():
+                raise
+            self.pool.forget_registrations()
+            return await self._infer(canvas, tau, classes, via_shm=False)
+
+    async def segment(self, canvas: np.ndarray, tau: float, classes: int) -> Segmentation:
+        try:
+            scores, class_probs, suppressed, version = await asyncio.wait_for(
+                self._infer_any(canvas, tau, classes), timeout=self.timeout
             )
         except TimeoutError:
             TRITON_ERRORS.labels("timeout").inc()
             raise TritonFailed(f"Triton did not answer within {self.timeout:g} s", 504) from None
         except InferenceServerException as error:
             message = error.message() or str(error)
-            if any(hint in message.lower() for hint in UNAVAILABLE_HINTS):
+            status = str(error.status() or "")  # gRPC: StatusCode.UNAVAILABLE while it is down
+            if "UNAVAILABLE" in status or any(h in message.lower() for h in UNAVAILABLE_HINTS):
                 TRITON_ERRORS.labels("unavailable").inc()
                 raise TritonUnavailable(f"the model is not ready: {message}") from None
             TRITON_ERRORS.labels("inference").inc()
@@ -72,12 +141,7 @@ class TritonEnsemble:
         except (aiohttp.ClientError, OSError) as error:
             TRITON_ERRORS.labels("unreachable").inc()
             raise TritonUnavailable(f"Triton is unreachable at {self.url}: {error}") from None
-        return Segmentation(
-            result.as_numpy(LABELS.name)[0],
-            result.as_numpy(CLASS_PROBS.name)[0],
-            result.as_numpy(SUPPRESSED.name)[0],
-            str(result.get_response().get("model_version", "")),
-        )
+        return Segmentation(scores, class_probs, suppressed, version)
 
     async def served_version(self, max_age: float = SERVED_VERSION_TTL) -> int | None:
         """The version the ensemble's loaded config pins (None: not loaded / unreachable).
@@ -110,4 +174,8 @@ class TritonEnsemble:
         return True, "ready"
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
         await self.client.close()
+        if self.grpc is not None:
+            await self.grpc.close()

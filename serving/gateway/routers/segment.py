@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from s4seg.imaging import ImageError, decode_image
-from s4seg.letterbox import letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.onnx_pipeline import UNGATED_TAU
-from s4seg.outputs import label_png, overlay_png, segmentation_json
+from s4seg.outputs import OVERLAY_ENCODINGS, label_png, overlay_bytes, segmentation_json
 
 from ..dependencies import CatalogDep, SettingsDep, TritonDep, require_api_key
 from ..triton_client import TritonUnavailable
@@ -24,6 +24,9 @@ class Format(StrEnum):
     png = "png"
     json = "json"
     overlay = "overlay"
+
+
+Encoding = StrEnum("Encoding", {name: name for name in OVERLAY_ENCODINGS})
 
 
 BODY_DOC = {
@@ -67,9 +70,15 @@ async def read_image_bytes(request: Request) -> bytes:
     openapi_extra=BODY_DOC,
     responses={
         200: {
-            "content": {"image/png": {}, "application/json": {}},
+            "content": {
+                "image/png": {},
+                "image/jpeg": {},
+                "image/webp": {},
+                "application/json": {},
+            },
             "description": "png: palette-indexed label map; overlay: image blended with the "
-            "palette; json: classes present (pixel counts, COCO RLE masks), probabilities",
+            "palette (PNG, or JPEG/WebP with encoding=); json: classes present (pixel counts, "
+            "COCO RLE masks), probabilities. All at the image's own size.",
         },
         401: {"description": "missing or wrong X-API-Key"},
         413: {"description": "body or image too large"},
@@ -88,21 +97,35 @@ async def segment(
         float | None, Query(ge=0.0, le=1.0, description="gate threshold (default: manifest's)")
     ] = None,
     gate: Annotated[bool, Query(description="false: no classifier gating")] = True,
+    encoding: Annotated[
+        Encoding | None,
+        Query(description="overlay only: png (default), jpeg or webp (smaller, much faster)"),
+    ] = None,
 ) -> Response:
+    if encoding is not None and format is not Format.overlay:
+        raise ImageError(
+            f"encoding={encoding} applies to format=overlay only (label maps are lossless PNG, "
+            "json is JSON)",
+            422,
+            "bad_parameter",
+        )
     data = await read_image_bytes(request)
-    decoded = await run_in_threadpool(decode_image, data, settings.max_pixels)
     served = await triton.served_version()
-    if served is None:
+    manifest = catalog.manifest(served) if served is not None else None
+    # Only the overlay shows the photo's own pixels; the model needs its served size at most.
+    fit = tuple(manifest.input_size) if manifest and format is not Format.overlay else None
+    decoded = await run_in_threadpool(decode_image, data, settings.max_pixels, fit)
+    if served is None or manifest is None:
         raise TritonUnavailable("no version is being served (Triton down or nothing published)")
-    manifest = catalog.manifest(served)
     used_tau = manifest.request_tau(tau, gate)
     canvas, placement = await run_in_threadpool(
-        letterbox, decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value)
-    )
-    result = await triton.segment(canvas, used_tau)
+        letterbox, decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value),
+        decoded.size,
+    )  # fmt: skip
+    result = await triton.segment(canvas, used_tau, manifest.num_classes)
     if result.version != str(served):  # switched in between: describe what actually ran
         manifest = catalog.manifest(result.version)
-    labels = await run_in_threadpool(unletterbox, result.labels, placement)
+    labels = await run_in_threadpool(labels_from_scores, result.scores, placement)
     headers = {"X-Model-Version": result.version}
     if format is Format.json:
         body = segmentation_json(
@@ -111,7 +134,9 @@ async def segment(
         )  # fmt: skip
         return JSONResponse(body, headers=headers)
     if format is Format.overlay:
-        content = await run_in_threadpool(overlay_png, decoded.pixels, labels, manifest)
+        chosen = (encoding or Encoding.png).value
+        content = await run_in_threadpool(overlay_bytes, decoded.pixels, labels, manifest, chosen)
+        media_type = OVERLAY_ENCODINGS[chosen][1]
     else:
-        content = await run_in_threadpool(label_png, labels, manifest)
-    return Response(content=content, media_type="image/png", headers=headers)
+        content, media_type = await run_in_threadpool(label_png, labels, manifest), "image/png"
+    return Response(content=content, media_type=media_type, headers=headers)
