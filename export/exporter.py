@@ -22,7 +22,7 @@ from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from s4seg import __version__
 from s4seg.errors import CheckpointError, DatasetError
-from s4seg.letterbox import pad_colour
+from s4seg.letterbox import letterbox, pad_colour
 from s4seg.manifest import (
     GATE_OFF_TAU,
     MANIFEST_NAME,
@@ -44,6 +44,11 @@ from .onnx_export import OPSET, ExportError, export_onnx, signature
 from .parity import describe_failure, measure_parity
 
 FP16_STEPS = ("segmenter", "classifier")  # the heavy ones; pre/post-processing stays FP32
+# INT8: the segmenter only (most of the compute); refused below this agreement with PyTorch's
+# labels or when it loses more gated mIoU than this (on the parity images).
+INT8_MIN_LABEL_AGREEMENT = 0.99
+INT8_MAX_MIOU_DROP = 0.005
+INT8_CALIBRATION_IMAGES = 32
 NO_CLASSIFIER_SIZE = 32  # input of the stand-in classifier graph: small, it is never looked at
 
 Log = Callable[[str], None]
@@ -136,7 +141,7 @@ def add_fp16_variant(
     import onnx_ir as ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    files = {s: work / g.file for s, g in manifest.graphs.items()}
+    files = {s: work / graph.file for s, graph in manifest.graphs.items()}
     for step in FP16_STEPS:
         path = work / f"{step}_fp16.onnx"
         half = ir.from_proto(
@@ -157,6 +162,93 @@ def add_fp16_variant(
         for step in FP16_STEPS:
             (work / f"{step}_fp16.onnx").unlink()
         manifest.fp16_graphs = {}
+
+
+def training_canvases(payload: dict, count: int, size: tuple[int, int], pad) -> np.ndarray:
+    """Letterboxed training images (labeled split first) for INT8 calibration; synthetic
+    scenes when the training data is not on this machine."""
+    root = payload["split"]["dataset"]["root"]
+    images: list[np.ndarray] = []
+    if Path(root).is_dir():
+        layout = open_layout(root, payload["split"]["dataset"]["kind"])
+        samples = layout.samples(layout.default_train_split)[:count]
+        images = [np.asarray(layout.read_image(s)) for s in samples]
+    if not images:
+        from s4seg.training.data.synth import render_sample
+
+        rng = np.random.default_rng(0)
+        images = [render_sample(rng, max(size))[0] for _ in range(count)]
+    return np.stack([letterbox(image, size, pad)[0] for image in images])
+
+
+def add_int8_variant(
+    manifest: Manifest,
+    work: Path,
+    torch_graphs: dict[str, torch.nn.Module],
+    seg_payload: dict,
+    images: list[np.ndarray],
+    masks: list[np.ndarray] | None,
+    log: Log,
+) -> None:
+    """An INT8 segmenter: ONNX Runtime static quantization (QDQ: int8 weights per channel,
+    uint8 activations), calibrated on training images; parity figures of its own; dropped,
+    with the reason in ``int8_parity``, when it agrees with PyTorch's labels on fewer than 99%
+    of pixels or loses more than 0.5 gated mIoU."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    canvases = training_canvases(seg_payload, INT8_CALIBRATION_IMAGES, size, pad)
+    preprocess = OnnxPipeline(manifest, {"preprocess": work / manifest.graphs["preprocess"].file})
+    seg_inputs = [
+        preprocess.sessions["preprocess"].run(None, {g.IMAGE: canvases[i : i + 1]})[0]
+        for i in range(len(canvases))
+    ]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter({g.SEG_INPUT: x} for x in seg_inputs)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    fp32 = work / manifest.graphs["segmenter"].file
+    prepared, path = work / "segmenter_int8_prep.onnx", work / "segmenter_int8.onnx"
+    log(f"int8: calibrating the segmenter on {len(seg_inputs)} training images")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    prepared.unlink()
+    manifest.int8_graphs["segmenter"] = GraphFile(
+        file=path.name, sha256=sha256_file(path), precision="int8", **signature(path)
+    )
+    files = {s: work / graph.file for s, graph in manifest.variant_graphs("int8").items()}
+    figures = measure_parity(torch_graphs, OnnxPipeline(manifest, files, "cpu"), images, masks)
+    drop = figures.get("gated_miou_torch", 0.0) - figures.get("gated_miou_onnx", 0.0)
+    passed = figures["label_agreement"] >= INT8_MIN_LABEL_AGREEMENT and drop <= INT8_MAX_MIOU_DROP
+    figures.update(
+        passed=bool(passed),
+        gated_miou_drop=drop,
+        rule=f"label agreement >= {100 * INT8_MIN_LABEL_AGREEMENT:g}% and gated mIoU drop <= "
+        f"{100 * INT8_MAX_MIOU_DROP:g} points",
+        calibration_images=len(seg_inputs),
+    )
+    manifest.int8_parity = figures
+    log(
+        f"parity int8: label agreement {100 * figures['label_agreement']:.3f}%, gated mIoU "
+        f"drop {100 * drop:.2f} points"
+    )
+    if not passed:
+        log(f"int8 variant refused ({figures['rule']} needed)")
+        path.unlink()
+        manifest.int8_graphs = {}
 
 
 def choose_served_tau(
@@ -249,7 +341,7 @@ def example_inputs(num_classes: int, size: tuple[int, int], cls_size: int) -> di
                 g.CLASS_PROBS: torch.zeros(n, num_classes),
                 g.TAU: torch.zeros(n, 1),
             },
-            [g.LABELS, g.SUPPRESSED],
+            [g.LABELS, g.SUPPRESSED, g.SCORES],
             {
                 g.LOGITS: {0: "batch", 2: "height", 3: "width"},
                 g.CLASS_PROBS: {0: "batch"},
@@ -327,6 +419,7 @@ def export_models(
     parity_images: int = 8,
     overwrite: bool = False,
     fp16: bool = False,
+    int8: bool = False,
     log: Log = print,
     calibrate_on: str | None = "auto",
     calibrate_kind: str | None = None,
@@ -355,13 +448,14 @@ def export_models(
         # Parity: the ONNX pipeline against PyTorch on real images.
         images, masks, source = parity_samples(seg_payload, data, kind, parity_images, work)
         log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
-        # Parity and calibration put torch work between runs: ONNX threads sleep, not spin.
-        pipeline = OnnxPipeline.from_export(work, device="cpu", spin=False)
+        pipeline = OnnxPipeline.from_export(work, device="cpu")
         manifest.parity = measure_parity(torch_graphs, pipeline, images, masks) | {"data": source}
         if not manifest.parity["passed"]:
             raise ExportError(f"ONNX differs from PyTorch: {describe_failure(manifest.parity)}")
         if fp16:
             add_fp16_variant(manifest, work, torch_graphs, images, masks, log)
+        if int8:
+            add_int8_variant(manifest, work, torch_graphs, seg_payload, images, masks, log)
 
         # The served tau: explicit, calibrated on held-out labeled images, or the paper's.
         manifest.tau, manifest.tau_choice = choose_served_tau(

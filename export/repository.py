@@ -20,7 +20,7 @@ from pathlib import Path
 from s4seg.atomic import write_atomic
 from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
-from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, sha256_file
+from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline, graph_files, open_session
 from s4seg.repository import (
     ENSEMBLE,
@@ -80,8 +80,10 @@ def check_export(folder: Path, precision: str = "fp32") -> Manifest:
     """The export is complete and unchanged since export: every file exists, hashes match, and
     each graph loads in ONNX Runtime."""
     manifest = Manifest.load(folder)
-    graphs = {**manifest.graphs, **(manifest.fp16_graphs if precision == "fp16" else {})}
-    graph_files(manifest, folder, precision)  # refuses fp16 when the export has none
+    try:
+        graphs = manifest.variant_graphs(precision)  # refuses a variant the export lacks
+    except ManifestError as error:
+        raise PublishError(f"{folder}: {error}") from None
     for step in STEPS:
         graph = graphs[step]
         path = folder / graph.file

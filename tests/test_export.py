@@ -20,6 +20,7 @@ from s4seg.training.gate import gated_argmax
 from s4seg.errors import CheckpointError
 from s4seg.manifest import STEPS, Manifest, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.tensors import SUPPRESSED_SCORE
 
 
 def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> None:
@@ -66,7 +67,7 @@ def test_gate_graph_computes_the_training_gate(tmp_path: Path) -> None:
                 "class_probs": torch.zeros(2, 5),
                 "tau": torch.zeros(2, 1),
             },
-            ["labels", "suppressed"],
+            ["labels", "suppressed", "scores"],
             path,
             {
                 "logits": {0: "batch", 2: "height", 3: "width"},
@@ -80,11 +81,15 @@ def test_gate_graph_computes_the_training_gate(tmp_path: Path) -> None:
         probs = torch.rand(4, 5, generator=generator)
         probs[3] = 0.01  # every class below tau: without background the ungated argmax is kept
         tau = torch.tensor([[0.2], [0.5], [-1.0], [0.2]])
-        labels, suppressed = session.run(
+        labels, suppressed, scores = session.run(
             None, {"logits": logits.numpy(), "class_probs": probs.numpy(), "tau": tau.numpy()}
         )
         expected_labels, expected_suppressed = gated_argmax(logits, probs, tau, background)
         np.testing.assert_array_equal(labels, expected_labels.numpy())
+        np.testing.assert_array_equal(scores.argmax(1), expected_labels.numpy())
+        # Suppressed classes sit at the floor in the gated scores (unless every class is).
+        floor = scores[:2][suppressed[:2]]
+        assert (floor == SUPPRESSED_SCORE).all() and floor.size
         np.testing.assert_array_equal(suppressed, expected_suppressed.numpy())
         assert labels.dtype == np.uint8
         if background is not None:
@@ -213,3 +218,48 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
     assert served.manifest.published["precision"] == "fp16"
     onnx_file = repo / "s4seg_segmenter" / "1" / "model.onnx"
     assert sha256_file(onnx_file) == manifest.fp16_graphs["segmenter"].sha256
+
+
+def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
+    varied_checkpoint: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+    from s4seg.export import exporter
+    from s4seg.export.repository import PublishError, publish
+
+    from s4seg.repository import version_pipeline
+
+    manifest = exporter.export_models(
+        str(varied_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
+        data=str(synth_root), parity_images=4, int8=True, log=lambda *_: None,
+    )  # fmt: skip
+    parity = manifest.int8_parity
+    assert parity is not None and parity["calibration_images"] > 0
+    assert parity["passed"] == (
+        parity["label_agreement"] >= exporter.INT8_MIN_LABEL_AGREEMENT
+        and parity["gated_miou_drop"] <= exporter.INT8_MAX_MIOU_DROP
+    )
+    if parity["passed"]:
+        assert set(manifest.int8_graphs) == {"segmenter"}
+        graph = onnx.load(str(tmp_path / "out" / manifest.int8_graphs["segmenter"].file))
+        kinds = {node.op_type for node in graph.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= kinds  # really quantized (QDQ)
+        assert parity["max_abs_prob_diff"] > 1e-4  # and it shows in the probabilities
+        repo = tmp_path / "repo"
+        publish(tmp_path / "out", repo, precision="int8", log=lambda *_: None)
+        served = version_pipeline(repo, 1, device="cpu")
+        assert served.manifest.published["precision"] == "int8"
+        out = served.run(np.zeros((1, 64, 64, 3), np.uint8))
+        assert out.labels.shape == (1, 64, 64) and out.scores.shape == (1, 7, 64, 64)
+
+    # A rule no quantized model can meet: the variant is refused, the reason kept, no file.
+    monkeypatch.setattr(exporter, "INT8_MIN_LABEL_AGREEMENT", 1.01)
+    refused = exporter.export_models(
+        str(varied_checkpoint), None, str(tmp_path / "refused"), input_size=(64, 64),
+        data=str(synth_root), parity_images=2, int8=True, log=lambda *_: None,
+    )  # fmt: skip
+    assert refused.int8_graphs == {} and refused.int8_parity["passed"] is False
+    assert "label agreement >= 101%" in refused.int8_parity["rule"]
+    assert not (tmp_path / "refused" / "segmenter_int8.onnx").exists()
+    with pytest.raises(PublishError, match="no INT8 variant"):
+        publish(tmp_path / "refused", tmp_path / "repo2", precision="int8", log=lambda *_: None)

@@ -27,6 +27,10 @@ class TritonPythonModel:
             providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
+        # Idle threads sleep: the steps run in separate processes on the same cores, and a
+        # step's spinning threads would take them from the next step (s4seg bench serve).
+        spinning = parameters.get("allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         options.log_severity_level = 3
         # A missing or corrupt file fails here: Triton marks this version unavailable and keeps
         # serving the versions that did load.
