@@ -1,9 +1,15 @@
-"""``s4seg bench serve``: the gateway against the in-process ONNX Runtime pipeline (the ceiling
-on this machine) and a naive FastAPI + PyTorch eager endpoint, same images, same run.
+"""``s4seg bench serve``: the gateway against two limits measured in the same run, and latency
+by input size.
 
-Every target does the same work per request: decode the image, letterbox, segment (gated),
-map back, encode a palette PNG. Throughput and latency percentiles at each concurrency, and
-Triton's own per-step queue/compute times to show where the gateway's time goes.
+- model alone: the segmenter and classifier ONNX sessions and nothing else (no HTTP, decode,
+  preprocess, gate or encode), at the best instances x threads x batch found here, in images/s;
+- in-process: the whole pipeline in one process (decode, letterbox, four ONNX steps, map back,
+  palette PNG), one shared session per step;
+- the gateway in front of the Triton ensemble (inference over HTTP and over gRPC) and a naive
+  FastAPI + PyTorch eager endpoint, doing the same work per request as in-process;
+- the hop alone: the ensemble called directly with the served-size tensor over HTTP, gRPC and
+  HTTP with system shared memory for the tensors;
+- latency by input size (512 px, 2 MP, 12 MP JPEGs) for each output format.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,9 +36,21 @@ from s4seg.serving.triton import free_port
 from s4seg.benchmarks import cpu_description, provenance, update_section
 from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
-from s4seg.letterbox import letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.onnx_pipeline import OnnxPipeline, open_session
 from s4seg.outputs import label_png
-from s4seg.repository import STEP_MODELS, served_version, version_pipeline
+from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
+from s4seg.tensors import CLS_INPUT, IMAGE, MAP_BACK_OUTPUTS, SCORES, SEG_INPUT, TAU
+
+# Input sizes of the latency table: (name, height, width).
+SIZES = (("512 px", 512, 512), ("2 MP", 1224, 1632), ("12 MP", 3000, 4000))
+# Output formats of the latency table: (name, query parameters).
+FORMATS = (
+    ("png", {"format": "png"}),
+    ("json", {"format": "json"}),
+    ("overlay png", {"format": "overlay"}),
+    ("overlay jpeg", {"format": "overlay", "encoding": "jpeg"}),
+)
 
 
 def bench_images(manifest, count: int) -> list[bytes]:
@@ -65,6 +85,191 @@ def measure(call: Callable[[bytes], None], images: list[bytes], concurrency: int
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(total)))
     return total / (time.perf_counter() - start), latencies
+
+
+@dataclass
+class ModelAlone:
+    instances: int
+    threads: int
+    batch: int
+    rates: list[float]  # images/s in each timed window
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+def model_alone(
+    pipeline: OnnxPipeline, canvases: np.ndarray, window: float, windows: int
+) -> list[ModelAlone]:
+    """Images/s of the segmenter + classifier sessions alone, for each instances x batch (the
+    threads split the cores); each instance is a Python thread looping over its own sessions
+    (ONNX Runtime releases the GIL). Warm-up outside the windows; one rate per window."""
+    files = {
+        step: Path(pipeline.sessions[step]._model_path) for step in ("segmenter", "classifier")
+    }
+    cores = os.cpu_count() or 1
+    rows = []
+    for instances in (1, 2):
+        threads = max(1, cores // instances)
+        sessions = [
+            {
+                step: open_session(f, pipeline.providers, threads=threads)
+                for step, f in files.items()
+            }
+            for _ in range(instances)
+        ]
+        for batch in (1, 4, 8):
+            images = np.repeat(canvases[:1], batch, axis=0)
+            seg_input, cls_input = pipeline.sessions["preprocess"].run(None, {IMAGE.name: images})
+            done = [0] * instances
+            stop = threading.Event()
+
+            def loop(i: int, run: dict, feeds: tuple, batch: int, done: list, stop) -> None:
+                while not stop.is_set():
+                    run["segmenter"].run(None, {SEG_INPUT.name: feeds[0]})
+                    run["classifier"].run(None, {CLS_INPUT.name: feeds[1]})
+                    done[i] += batch
+
+            feeds = (seg_input, cls_input)
+            workers = [
+                threading.Thread(target=loop, args=(i, sessions[i], feeds, batch, done, stop))
+                for i in range(instances)
+            ]
+            for worker in workers:
+                worker.start()
+            time.sleep(window / 2)  # warm-up
+            rates = []
+            for _ in range(windows):
+                before, start = sum(done), time.perf_counter()
+                time.sleep(window)
+                rates.append((sum(done) - before) / (time.perf_counter() - start))
+            stop.set()
+            for worker in workers:
+                worker.join()
+            rows.append(ModelAlone(instances, threads, batch, rates))
+            print(f"bench serve: model alone {instances}x{threads} batch {batch}: "
+                  f"{rows[-1].rate:.1f} images/s", file=sys.stderr)  # fmt: skip
+    return rows
+
+
+def size_images(images: list[bytes]) -> dict[str, bytes]:
+    """JPEGs at each size of ``SIZES``, made from the first benchmark image with film grain (a
+    smooth upscale compresses, and decodes, unlike a photo)."""
+    base = Image.open(io.BytesIO(images[0])).convert("RGB")
+    rng = np.random.default_rng(1)
+    out = {}
+    for name, height, width in SIZES:
+        big = np.asarray(base.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = rng.normal(0, 6, (*big.shape[:2], 1)).astype(np.int16)
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8)).save(
+            buffer, "JPEG", quality=90
+        )
+        out[name] = buffer.getvalue()
+    return out
+
+
+def latency_by_size(gateway: str, photos: dict[str, bytes], repeats: int) -> list[tuple]:
+    """(size, format, p50 ms, p90 ms, response KiB) at concurrency 1 through the gateway."""
+    client = httpx.Client(timeout=120)
+    rows = []
+    for size, data in photos.items():
+        for fmt, params in FORMATS:
+            times, length = [], 0
+            for i in range(repeats + 1):  # the first is a warm-up
+                start = time.perf_counter()
+                response = client.post(gateway, content=data, params=params,
+                                       headers={"Content-Type": "image/jpeg"})  # fmt: skip
+                if response.status_code != 200:
+                    raise S4segError(f"{gateway} {params}: HTTP {response.status_code}")
+                if i:
+                    times.append(time.perf_counter() - start)
+                length = len(response.content)
+            times.sort()
+            p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
+            rows.append((size, fmt, statistics.median(times) * 1000, p90 * 1000, length / 1024))
+            print(f"bench serve: {size} {fmt}: {rows[-1][2]:.0f} ms", file=sys.stderr)
+    client.close()
+    return rows
+
+
+def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) -> dict:
+    """The ensemble called directly with a served-size tensor: HTTP, gRPC, HTTP + system shared
+    memory for the image and the gated scores (one client and one pair of regions per thread)."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    import tritonclient.utils.shared_memory as shm
+
+    local = threading.local()
+    regions: list[tuple] = []
+    lock = threading.Lock()
+    taus = np.array([[tau]], dtype=TAU.dtype)
+    batch = canvas[None]
+
+    def tensors(kind):
+        image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
+        tau_in = kind.InferInput(TAU.name, [1, 1], TAU.wire_type)
+        tau_in.set_data_from_numpy(taus)
+        return image, tau_in
+
+    def http_call(_: bytes) -> np.ndarray:
+        if not hasattr(local, "http"):
+            local.http = httpclient.InferenceServerClient(triton_url)
+        image, tau_in = tensors(httpclient)
+        image.set_data_from_numpy(batch)
+        return local.http.infer(
+            ENSEMBLE,
+            [image, tau_in],
+            outputs=[httpclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS],
+        ).as_numpy(SCORES.name)
+
+    def grpc_call(_: bytes) -> np.ndarray:
+        if not hasattr(local, "grpc"):
+            local.grpc = grpcclient.InferenceServerClient(grpc_url)
+        image, tau_in = tensors(grpcclient)
+        image.set_data_from_numpy(batch)
+        return local.grpc.infer(
+            ENSEMBLE,
+            [image, tau_in],
+            outputs=[grpcclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS],
+        ).as_numpy(SCORES.name)
+
+    def shm_call(_: bytes) -> np.ndarray:
+        if not hasattr(local, "shm"):
+            client = httpclient.InferenceServerClient(triton_url)
+            name = f"s4seg_bench_{os.getpid()}_{threading.get_ident()}"
+            out_bytes = 4 * 256 * canvas.shape[0] * canvas.shape[1]  # up to 256 classes
+            handles = []
+            for suffix, size in (("in", batch.nbytes), ("out", out_bytes)):
+                handle = shm.create_shared_memory_region(
+                    f"{name}_{suffix}", f"/{name}_{suffix}", size
+                )
+                client.register_system_shared_memory(f"{name}_{suffix}", f"/{name}_{suffix}", size)
+                handles.append(handle)
+            with lock:
+                regions.append((name, handles))
+            local.shm = (client, name, handles, out_bytes)
+        client, name, (handle_in, handle_out), out_bytes = local.shm
+        shm.set_shared_memory_region(handle_in, [batch])
+        image, tau_in = tensors(httpclient)
+        image.set_shared_memory(f"{name}_in", batch.nbytes)
+        outputs = [httpclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
+        outputs[0].set_shared_memory(f"{name}_out", out_bytes)  # the scores; the rest inline
+        result = client.infer(ENSEMBLE, [image, tau_in], outputs=outputs)
+        shape = result.get_output(SCORES.name)["shape"]
+        return shm.get_contents_as_numpy(handle_out, np.float32, shape).copy()
+
+    def cleanup() -> None:
+        # A client of this thread: tritonclient's HTTP clients (gevent) stay in their own.
+        client = httpclient.InferenceServerClient(triton_url)
+        for name, handles in regions:
+            for suffix, handle in zip(("in", "out"), handles, strict=True):
+                client.unregister_system_shared_memory(f"{name}_{suffix}")
+                shm.destroy_shared_memory_region(handle)
+        client.close()
+
+    return {"HTTP": http_call, "gRPC": grpc_call, "HTTP + system shared memory": shm_call}, cleanup
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -111,6 +316,63 @@ def triton_step_stats(triton_url: str) -> dict[str, tuple[float, float, int]]:
     return out
 
 
+# The gateway's hop to Triton, as the settings choose it: the first is the default.
+GATEWAY_VARIANTS = {
+    "gateway -> Triton (gRPC + shared memory, default)": {
+        "S4SEG_TRITON_PROTOCOL": "grpc", "S4SEG_TRITON_SHARED_MEMORY": "true"
+    },
+    "gateway -> Triton (gRPC)": {
+        "S4SEG_TRITON_PROTOCOL": "grpc", "S4SEG_TRITON_SHARED_MEMORY": "false"
+    },
+    "gateway -> Triton (HTTP)": {
+        "S4SEG_TRITON_PROTOCOL": "http", "S4SEG_TRITON_SHARED_MEMORY": "false"
+    },
+}  # fmt: skip
+
+
+def start_serve(
+    repository: Path, env: dict, variant: dict[str, str]
+) -> tuple[subprocess.Popen, str, str, str]:
+    """``s4seg serve`` on free ports: the process, the gateway URL, Triton's HTTP and gRPC."""
+    ports = {name: str(free_port()) for name in ("PORT", "HTTP", "GRPC", "METRICS")}
+    env = {
+        **env,
+        "S4SEG_PORT": ports["PORT"],
+        "S4SEG_TRITON_HTTP_PORT": ports["HTTP"],
+        "S4SEG_TRITON_GRPC_PORT": ports["GRPC"],
+        "S4SEG_TRITON_METRICS_PORT": ports["METRICS"],
+        **variant,
+    }
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repository),
+         "--no-quickstart"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    gateway = f"http://127.0.0.1:{ports['PORT']}"
+    wait_http(f"{gateway}/healthz", serve)
+    while httpx.get(f"{gateway}/readyz", timeout=5).status_code != 200:
+        time.sleep(0.5)
+    return serve, gateway, f"127.0.0.1:{ports['HTTP']}", f"127.0.0.1:{ports['GRPC']}"
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    return (
+        statistics.median(ordered) * 1000,
+        ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
+    )
+
+
 def bench_serve(args: argparse.Namespace) -> str:
     repository = Path(args.repository)
     version = served_version(repository)
@@ -120,36 +382,28 @@ def bench_serve(args: argparse.Namespace) -> str:
     manifest = pipeline.manifest
     images = bench_images(manifest, args.images)
     size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    canvas, _ = letterbox(decode_image(images[0]).pixels, size, pad)
 
     def in_process(data: bytes) -> None:
-        pixels = decode_image(data).pixels
-        canvas, placement = letterbox(pixels, size, pad)
-        labels = pipeline.run(canvas[None]).labels[0]
-        label_png(unletterbox(labels, placement), manifest)
+        decoded = decode_image(data, fit=size)
+        canvas, placement = letterbox(decoded.pixels, size, pad, decoded.size)
+        scores = pipeline.run(canvas[None]).scores[0]
+        label_png(labels_from_scores(scores, placement), manifest)
 
-    env = dict(os.environ)
+    # The model alone first, with nothing else running.
+    alone = model_alone(pipeline, canvas[None], args.window, args.windows)
+    best = max(alone, key=lambda row: row.rate)
+
+    env = {**os.environ, "S4SEG_LOG_DIR": str(Path(args.log_dir))}
     processes: list[subprocess.Popen] = []
     rows: list[tuple[str, int, float, list[float]]] = []
-    stats = {}
+    hops: list[tuple[str, float, list[float]]] = []
+    stats, by_size = {}, []
+    total = lambda c: max(args.requests, 4 * c)  # noqa: E731
     try:
-        gateway_port, triton_port = free_port(), free_port()
-        env.update(
-            S4SEG_PORT=str(gateway_port),
-            S4SEG_TRITON_HTTP_PORT=str(triton_port),
-            S4SEG_TRITON_GRPC_PORT=str(free_port()),
-            S4SEG_TRITON_METRICS_PORT=str(free_port()),
-            S4SEG_LOG_DIR=str(Path(args.log_dir)),
-        )
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "s4seg", "serve", "--repository", str(repository),
-             "--no-quickstart"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        (default, variant), *others = GATEWAY_VARIANTS.items()
+        serve, gateway, triton_http, triton_grpc = start_serve(repository, env, variant)
         processes.append(serve)
-        gateway = f"http://127.0.0.1:{gateway_port}"
-        wait_http(f"{gateway}/healthz", serve)
-        while httpx.get(f"{gateway}/readyz", timeout=5).status_code != 200:
-            time.sleep(0.5)
         naive_port = free_port()
         naive_export = manifest.published.get("source") if manifest.published else None
         naive = subprocess.Popen(
@@ -161,8 +415,8 @@ def bench_serve(args: argparse.Namespace) -> str:
         processes.append(naive)
         wait_http(f"http://127.0.0.1:{naive_port}/docs", naive)
         targets = {
-            "in-process ONNX Runtime (ceiling)": in_process,
-            "gateway -> Triton ensemble": http_caller(f"{gateway}/v1/segment"),
+            "in-process ONNX Runtime": in_process,
+            default: http_caller(f"{gateway}/v1/segment"),
             "naive FastAPI + PyTorch eager": http_caller(
                 f"http://127.0.0.1:{naive_port}/v1/segment"
             ),
@@ -170,40 +424,94 @@ def bench_serve(args: argparse.Namespace) -> str:
         for concurrency in args.concurrency:
             for name, call in targets.items():
                 print(f"bench serve: {name}, concurrency {concurrency}", file=sys.stderr)
-                total = max(args.requests, 4 * concurrency)
-                rate, latencies = measure(call, images, concurrency, total)
+                rate, latencies = measure(call, images, concurrency, total(concurrency))
                 rows.append((name, concurrency, rate, latencies))
-        stats = triton_step_stats(f"127.0.0.1:{triton_port}")
+        stats = triton_step_stats(triton_http)
+        callers, cleanup = hop_callers(triton_http, triton_grpc, canvas, manifest.tau)
+        try:
+            for name, call in callers.items():
+                print(f"bench serve: hop {name}", file=sys.stderr)
+                rate, latencies = measure(call, images, args.hop_concurrency, args.requests)
+                hops.append((name, rate, latencies))
+        finally:
+            cleanup()
+        by_size = latency_by_size(f"{gateway}/v1/segment", size_images(images), args.size_repeats)
+        stop(processes)
+        processes.clear()
+
+        for name, variant in others:
+            serve, gateway, _, _ = start_serve(repository, env, variant)
+            processes.append(serve)
+            call = http_caller(f"{gateway}/v1/segment")
+            for concurrency in args.concurrency:
+                print(f"bench serve: {name}, concurrency {concurrency}", file=sys.stderr)
+                rate, latencies = measure(call, images, concurrency, total(concurrency))
+                rows.append((name, concurrency, rate, latencies))
+            stop(processes)
+            processes.clear()
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    ceiling = {c: r for n, c, r, _ in rows if n.startswith("in-process")}
+        stop(processes)
+
+    in_proc = {c: r for n, c, r, _ in rows if n.startswith("in-process")}
     h, w = manifest.input_size
     lines = [
         *provenance(f"{cpu_description()} (client, gateway, Triton and models share it)"),
         f"Model: version {version} of {repository} (DeepLabv2 ResNet-"
-        f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}); "
-        f"{len(images)} images cycled; per request: decode, letterbox, segment (gated), map "
-        "back, palette PNG.",
+        f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}, "
+        f"{manifest.num_classes} classes); {len(images)} images cycled.",
         "",
-        "| target | concurrency | requests/s | p50 ms | p99 ms | vs ceiling |",
-        "|---|---|---|---|---|---|",
+        f"**Model alone** (segmenter + classifier sessions, nothing else; {args.windows} windows "
+        f"of {args.window:g} s after a warm-up; median, min-max):",
+        "",
+        "| instances x threads | batch | images/s | spread |",
+        "|---|---|---|---|",
     ]
-    for name, concurrency, rate, latencies in rows:
-        ordered = sorted(latencies)
-        p50 = statistics.median(ordered) * 1000
-        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
-        ratio = rate / ceiling[concurrency]
+    for row in alone:
+        mark = " **best**" if row is best else ""
         lines.append(
-            f"| {name} | {concurrency} | {rate:.1f} | {p50:.0f} | {p99:.0f} | {ratio:.2f}x |"
+            f"| {row.instances} x {row.threads} | {row.batch} | {row.rate:.1f}{mark} | "
+            f"{min(row.rates):.1f}-{max(row.rates):.1f} |"
         )
+    lines += [
+        "",
+        "**Requests** (per request: decode, letterbox, segment gated, map back at the image's "
+        "size, palette PNG; in-process and the gateway decode JPEGs at reduced scale alike):",
+        "",
+        "| target | concurrency | requests/s | p50 ms | p99 ms | p99/p50 | vs in-process | "
+        "vs model alone |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, concurrency, rate, latencies in sorted(rows, key=lambda r: r[1]):
+        p50, p99 = percentiles(latencies)
+        lines.append(
+            f"| {name} | {concurrency} | {rate:.1f} | {p50:.0f} | {p99:.0f} | {p99 / p50:.2f} | "
+            f"{rate / in_proc[concurrency]:.2f}x | {rate / best.rate:.2f}x |"
+        )
+    if hops:
+        lines += [
+            "",
+            f"**The hop alone**: the ensemble called directly with the served-size image tensor "
+            f"(no decode, no map back), concurrency {args.hop_concurrency}, gated scores back:",
+            "",
+            "| protocol | requests/s | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        for name, rate, latencies in hops:
+            p50, p99 = percentiles(latencies)
+            lines.append(f"| {name} | {rate:.1f} | {p50:.0f} | {p99:.0f} |")
+    if by_size:
+        lines += [
+            "",
+            f"**Latency by input size** (the default gateway, concurrency 1, JPEG in, "
+            f"{args.size_repeats} requests after one warm-up):",
+            "",
+            "| input | output | p50 ms | p90 ms | response KiB |",
+            "|---|---|---|---|---|",
+        ]
+        for name, fmt, p50, p90, kib in by_size:
+            lines.append(f"| {name} | {fmt} | {p50:.0f} | {p90:.0f} | {kib:.0f} |")
     if stats:
-        lines += ["", "Triton, per step over the whole gateway run (means per request):", "",
+        lines += ["", "Triton, per step over the default gateway's run (means per request):", "",
                   "| step | queue ms | compute ms | executions |", "|---|---|---|---|"]  # fmt: skip
         for step, (queue, compute, executions) in stats.items():
             lines.append(f"| {step} | {queue:.1f} | {compute:.1f} | {executions} |")

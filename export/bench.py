@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from PIL import Image
 from s4seg.training.checkpoint import save_checkpoint
 from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.training.models import segmenter_from_arch
@@ -171,4 +172,220 @@ def bench_export(args: argparse.Namespace) -> str:
     print(table)
     if args.write:
         update_section(Path(args.write), "export-cpu", table)
+    return table
+
+
+def boundary(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another label."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge
+
+
+def near(edge: np.ndarray, tolerance: int) -> np.ndarray:
+    """Pixels within ``tolerance`` (chessboard distance) of an edge pixel: a square dilation,
+    done as a row pass and a column pass of shifted ORs."""
+    out = edge.copy()
+    for shift in range(1, tolerance + 1):
+        out[:, shift:] |= edge[:, :-shift]
+        out[:, :-shift] |= edge[:, shift:]
+    rows = out.copy()
+    for shift in range(1, tolerance + 1):
+        out[shift:] |= rows[:-shift]
+        out[:-shift] |= rows[shift:]
+    return out
+
+
+def served_size_truth(truth: np.ndarray, placement, size: tuple[int, int], n: int) -> np.ndarray:
+    """Scores of a perfect model at the served size: each class's share of every served pixel
+    (the full-resolution mask averaged down, in the letterbox's place). Mapping these back
+    measures what each way of mapping back loses by itself."""
+    scores = np.zeros((n, *size), dtype=np.float32)
+    top, left = placement.offset
+    height, width = placement.content
+    for c in range(n):
+        share = Image.fromarray((truth == c).astype(np.float32)).resize(
+            (width, height), Image.Resampling.BOX
+        )
+        scores[c, top : top + height, left : left + width] = np.asarray(share)
+    return scores
+
+
+def boundary_counts(truth: np.ndarray, labels: np.ndarray, tolerance: int) -> np.ndarray:
+    """[predicted edge pixels near a true edge, predicted edge pixels, true edge pixels near a
+    predicted edge, true edge pixels]: sums of these give the boundary F-score of a data set."""
+    pred, true = boundary(labels), boundary(truth)
+    return np.array(
+        [(pred & near(true, tolerance)).sum(), pred.sum(), (true & near(pred, tolerance)).sum(),
+         true.sum()], dtype=np.int64,
+    )  # fmt: skip
+
+
+def f_score(counts: np.ndarray) -> float:
+    precision, recall = counts[0] / max(counts[1], 1), counts[2] / max(counts[3], 1)
+    return 2 * precision * recall / max(precision + recall, 1e-12)
+
+
+def bench_mapback(args: argparse.Namespace) -> str:
+    """Label maps at the photo's resolution against the served-size labels blown up with
+    nearest neighbour: mIoU against masks drawn at full resolution, and the cost of each.
+
+    The synthetic scenes of the training data, rendered at ``--size`` (the same scene at any
+    size): the model sees them at its served size either way; only the map back differs."""
+    from s4seg.training.data.synth import render_sample
+
+    from s4seg.letterbox import labels_from_scores, unletterbox
+    from s4seg.metrics import confusion_matrix, scores
+
+    pipeline = OnnxPipeline.from_export(args.model, device="cpu")
+    manifest = pipeline.manifest
+    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    n = manifest.num_classes
+    names = ("nearest", "bilinear", "truth nearest", "truth bilinear")
+    confusion = {name: np.zeros((n, n), np.int64) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    tolerances = (2, round(0.0075 * args.size * 2**0.5))  # 2 px; 0.75% of the diagonal
+    edges = {name: {tol: np.zeros(4, np.int64) for tol in tolerances} for name in confusion}
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.images):
+        image, truth = render_sample(rng, args.size)
+        canvas, placement = letterbox(image, size, pad)
+        out = pipeline.run(canvas[None])
+        perfect = served_size_truth(truth, placement, size, n)
+        for name, back, result in (
+            ("nearest", unletterbox, out.labels[0]),
+            ("bilinear", labels_from_scores, out.scores[0]),
+            ("truth nearest", unletterbox, perfect.argmax(0).astype(np.uint8)),
+            ("truth bilinear", labels_from_scores, perfect),
+        ):
+            start = time.perf_counter()
+            labels = back(result, placement)
+            times[name].append(time.perf_counter() - start)
+            confusion[name] += confusion_matrix(truth, labels, n)
+            for tol in tolerances:
+                edges[name][tol] += boundary_counts(truth, labels, tol)
+        print(f"bench mapback: {i + 1}/{args.images}", file=sys.stderr, end="\r")
+    h, w = size
+    lines = [
+        *provenance(cpu_description()),
+        f"Model: {args.model} (served {h}x{w}); {args.images} synthetic scenes rendered at "
+        f"{args.size}x{args.size} with their masks (seed {args.seed}); gated at the served tau. "
+        "Boundary F: label edges of prediction and truth matched within a tolerance (any class "
+        "change; precision and recall summed over the images).",
+        "",
+        "| map back to the image's size | mIoU | pixel accuracy | "
+        + " | ".join(f"boundary F ({tol} px)" for tol in tolerances)
+        + " | median ms per image |",
+        "|---|---|---|" + "---|" * len(tolerances) + "---|",
+    ]
+    for name, label in (
+        ("nearest", "the model: served-size labels, nearest neighbour (before)"),
+        ("bilinear", "the model: gated scores bilinear, then argmax (now)"),
+        ("truth nearest", "a perfect served-size model: nearest neighbour"),
+        ("truth bilinear", "a perfect served-size model: scores bilinear, then argmax"),
+    ):
+        result = scores(confusion[name])
+        boundaries = " | ".join(f"{100 * f_score(edges[name][tol]):.2f}" for tol in tolerances)
+        lines.append(
+            f"| {label} | {100 * result.miou:.2f} | {100 * result.pixel_accuracy:.2f} | "
+            f"{boundaries} | {1000 * statistics.median(times[name]):.1f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        update_section(Path(args.write), "mapback-cpu", table)
+    return table
+
+
+def cpu_int8_support() -> str:
+    """What the CPU offers for int8 dot products (ONNX Runtime picks its kernels by these)."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return "CPU flags unknown"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
+
+
+def bench_precision(args: argparse.Namespace) -> str:
+    """The segmenter of an export in each precision it has (FP32, INT8, FP16), alone and in the
+    whole pipeline, on the same letterboxed images: median ms per image over timed calls after
+    a warm-up, with the p10-p90 spread, and the ratio to FP32 measured in the same run."""
+    from s4seg.manifest import Manifest
+
+    folder = Path(args.model)
+    manifest = Manifest.load(folder)
+    precisions = ["fp32"] + [
+        name for name, graphs in (("int8", manifest.int8_graphs), ("fp16", manifest.fp16_graphs))
+        if graphs
+    ]  # fmt: skip
+    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    canvas, _ = letterbox(photo, size, pad)
+    rows = []
+    for batch in args.batch_sizes:
+        images = np.repeat(canvas[None], batch, axis=0)
+        for precision in precisions:
+            pipeline = OnnxPipeline.from_export(folder, device="cpu", precision=precision)
+            (seg_input, _) = pipeline.sessions["preprocess"].run(None, {t.IMAGE.name: images})
+            session = pipeline.sessions["segmenter"]
+            calls = {
+                "segmenter": lambda s=session, x=seg_input: s.run(None, {t.SEG_INPUT.name: x}),
+                "pipeline": lambda p=pipeline, x=images: p.run(x),
+            }
+            for what, call in calls.items():
+                for _ in range(args.warmup):
+                    call()
+                times = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    call()
+                    times.append((time.perf_counter() - start) / batch)
+                rows.append((batch, what, precision, times))
+                median = 1000 * statistics.median(times)
+                print(f"bench precision: batch {batch} {what} {precision}: {median:.1f} ms/image",
+                      file=sys.stderr)  # fmt: skip
+    reference = {(b, w): statistics.median(ts) for b, w, p, ts in rows if p == "fp32"}
+    parity = manifest.int8_parity or {}
+    h, w = size
+    lines = [
+        *provenance(f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}"),
+        f"Model: {folder} (DeepLabv2 ResNet-"
+        f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}); "
+        f"{args.warmup} warm-up + {args.repeats} timed calls per row, one ONNX Runtime session "
+        "with its default threads.",
+    ]
+    if parity:
+        lines.append(
+            f"INT8 parity (from the manifest): label agreement "
+            f"{100 * parity['label_agreement']:.2f}% with PyTorch, gated mIoU drop "
+            f"{100 * parity.get('gated_miou_drop', 0):.2f} points on {parity['images']} images; "
+            f"{'accepted' if parity['passed'] else 'refused'} ({parity['rule']})."
+        )
+    lines += [
+        "",
+        "| batch | what | precision | median ms/image | p10-p90 | vs FP32 (speed-up) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for batch, what, precision, times in rows:
+        ordered = sorted(times)
+        p10, p90 = (
+            ordered[len(ordered) // 10],
+            ordered[min(len(ordered) - 1, 9 * len(ordered) // 10)],
+        )
+        median = statistics.median(times)
+        lines.append(
+            f"| {batch} | {what} | {precision} | {1000 * median:.1f} | "
+            f"{1000 * p10:.1f}-{1000 * p90:.1f} | {reference[(batch, what)] / median:.2f}x |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        update_section(Path(args.write), "precision-cpu", table)
     return table

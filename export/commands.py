@@ -24,6 +24,7 @@ def run_export(args: argparse.Namespace) -> int:
         parity_images=args.parity_images,
         overwrite=args.overwrite,
         fp16=args.fp16,
+        int8=args.int8,
         log=lambda message: print(message, file=sys.stderr),
         calibrate_on=args.calibrate,
         calibrate_kind=args.calibrate_kind,
@@ -31,7 +32,8 @@ def run_export(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     p = manifest.parity
-    for graph in [*manifest.graphs.values(), *manifest.fp16_graphs.values()]:
+    graphs = [*manifest.graphs.values(), *manifest.fp16_graphs.values()]
+    for graph in [*graphs, *manifest.int8_graphs.values()]:
         size = (out / graph.file).stat().st_size / 2**20
         print(f"{out / graph.file}  {size:.1f} MiB")
     line = (
@@ -99,6 +101,20 @@ def run_bench_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench_precision(args: argparse.Namespace) -> int:
+    from .bench import bench_precision
+
+    bench_precision(args)
+    return 0
+
+
+def run_bench_mapback(args: argparse.Namespace) -> int:
+    from .bench import bench_mapback
+
+    bench_mapback(args)
+    return 0
+
+
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 
@@ -139,6 +155,11 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
     export.add_argument(
         "--fp16", action="store_true", help="also write FP16 segmenter/classifier (GPU serving)"
     )
+    export.add_argument(
+        "--int8", action="store_true",
+        help="also write an INT8 segmenter (static QDQ, calibrated on training images; refused "
+        "below 99%% label agreement or above 0.5 mIoU lost)",
+    )  # fmt: skip
 
     publish = commands.add_parser(
         "publish", help="publish an export as the next version of a Triton model repository"
@@ -153,7 +174,10 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
         "onnxruntime: Triton's native backend (NGC image)",
     )
     publish.add_argument(
-        "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16 needs export --fp16"
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="fp16/int8 need export --fp16/--int8",
     )
     publish.add_argument("--keep", type=int, default=None, metavar="N", help="keep N versions")
     publish.add_argument("--force", action="store_true", help="publish even if classes differ")
@@ -210,3 +234,23 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
     export.add_argument("--device", default="auto", help="auto|cpu|cuda")
     export.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
     export.set_defaults(handler=run_bench_export)
+
+    mapback = bench.add_parser(
+        "mapback", help="full-resolution mIoU: scores resized then argmax vs nearest labels"
+    )
+    mapback.add_argument("--model", required=True, help="an export folder")
+    mapback.add_argument("--size", type=int, default=1024, help="side of the rendered scenes")
+    mapback.add_argument("--images", type=int, default=50)
+    mapback.add_argument("--seed", type=int, default=7)
+    mapback.add_argument("--write", metavar="MD", help="update this markdown file")
+    mapback.set_defaults(handler=run_bench_mapback)
+
+    precision = bench.add_parser(
+        "precision", help="an export's segmenter in FP32 against its INT8 / FP16 variants"
+    )
+    precision.add_argument("--model", required=True, help="an export folder (export --int8)")
+    precision.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    precision.add_argument("--repeats", type=int, default=30)
+    precision.add_argument("--warmup", type=int, default=5)
+    precision.add_argument("--write", metavar="MD", help="update this markdown file")
+    precision.set_defaults(handler=run_bench_precision)

@@ -1,0 +1,37 @@
+"""The parts of `s4seg bench serve` that are not the servers: the model-alone limit and the
+photos of the latency-by-size table."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from s4seg.clients.bench import SIZES, model_alone, size_images
+
+from s4seg.onnx_pipeline import OnnxPipeline
+
+
+def test_model_alone_tries_every_layout_and_counts_images(tiny_export: Path) -> None:
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    canvas = np.zeros((1, 64, 64, 3), np.uint8)
+    rows = model_alone(pipeline, canvas, window=0.3, windows=2)
+    assert [(r.instances, r.batch) for r in rows] == [(i, b) for i in (1, 2) for b in (1, 4, 8)]
+    cores = os.cpu_count() or 1
+    for row in rows:
+        assert row.threads == max(1, cores // row.instances)
+        assert len(row.rates) == 2 and all(rate > 0 for rate in row.rates)
+        # Images, not calls: a batch of 8 counts 8 (a rate below one call per window is 0).
+        assert all(rate * 0.3 >= row.batch * 0.9 for rate in row.rates)
+
+
+def test_size_images_are_jpegs_of_each_size() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(buffer, "PNG")
+    photos = size_images([buffer.getvalue()])
+    assert list(photos) == [name for name, _, _ in SIZES]
+    for (_, height, width), data in zip(SIZES, photos.values(), strict=True):
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "JPEG" and image.size == (width, height)
