@@ -401,7 +401,7 @@ def bench_serve(args: argparse.Namespace) -> str:
     stats, by_size = {}, []
     total = lambda c: max(args.requests, 4 * c)  # noqa: E731
     try:
-        (default, variant), *others = GATEWAY_VARIANTS.items()
+        (default, variant), *others = list(GATEWAY_VARIANTS.items())[: args.variants]
         serve, gateway, triton_http, triton_grpc = start_serve(repository, env, variant)
         processes.append(serve)
         naive_port = free_port()

@@ -182,6 +182,9 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
     serve.add_argument("--window", type=float, default=4.0, help="model alone: seconds/window")
     serve.add_argument("--windows", type=int, default=3, help="model alone: timed windows")
     serve.add_argument("--hop-concurrency", type=int, default=8)
+    serve.add_argument(
+        "--variants", type=int, default=3, help="gateway variants to run (the default first)"
+    )
     serve.add_argument("--size-repeats", type=int, default=8, help="requests per size/format")
     serve.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
     serve.set_defaults(handler=run_bench_serve)

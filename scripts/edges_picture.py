@@ -2,7 +2,7 @@
 nearest neighbour (before) and from the gated scores resized bilinearly (now), a crop of each at
 full resolution beside the whole picture.
 
-    .venv/bin/python scripts/edges_picture.py PHOTO EXPORT_DIR OUT.png
+    .venv/bin/python scripts/edges_picture.py PHOTO EXPORT_DIR OUT.jpg
 
 PHOTO is scaled (aspect kept) and centre-cropped to 4000x3000 first, as a phone photo would be.
 """
@@ -10,7 +10,6 @@ PHOTO is scaled (aspect kept) and centre-cropped to 4000x3000 first, as a phone 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -70,7 +69,7 @@ def main(photo: str, export: str, out: str) -> None:
     picture = Image.new("RGB", (panels[0].width, sum(p.height for p in panels)), (255, 255, 255))
     for i, panel in enumerate(panels):
         picture.paste(panel, (0, i * panels[0].height))
-    picture.save(out)
+    picture.save(out, quality=88) if out.lower().endswith((".jpg", ".jpeg")) else picture.save(out)
     changed = (before != after).mean()
     print(f"{out}: {100 * changed:.2f}% of the pixels change label; crop at x={x}, y={y}")
 
@@ -79,4 +78,3 @@ if __name__ == "__main__":
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     main(*sys.argv[1:])
-    Path(sys.argv[3])
