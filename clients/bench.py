@@ -213,27 +213,20 @@ def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) 
         tau_in.set_data_from_numpy(taus)
         return image, tau_in
 
-    def http_call(_: bytes) -> np.ndarray:
-        if not hasattr(local, "http"):
-            local.http = httpclient.InferenceServerClient(triton_url)
-        image, tau_in = tensors(httpclient)
-        image.set_data_from_numpy(batch)
-        return local.http.infer(
-            ENSEMBLE,
-            [image, tau_in],
-            outputs=[httpclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS],
-        ).as_numpy(SCORES.name)
+    def inline(kind, url: str) -> Callable[[bytes], np.ndarray]:
+        """Tensors in the request and response bodies, one client per thread."""
 
-    def grpc_call(_: bytes) -> np.ndarray:
-        if not hasattr(local, "grpc"):
-            local.grpc = grpcclient.InferenceServerClient(grpc_url)
-        image, tau_in = tensors(grpcclient)
-        image.set_data_from_numpy(batch)
-        return local.grpc.infer(
-            ENSEMBLE,
-            [image, tau_in],
-            outputs=[grpcclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS],
-        ).as_numpy(SCORES.name)
+        def call(_: bytes) -> np.ndarray:
+            clients = local.__dict__.setdefault("inline", {})
+            if kind not in clients:
+                clients[kind] = kind.InferenceServerClient(url)
+            image, tau_in = tensors(kind)
+            image.set_data_from_numpy(batch)
+            outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
+            result = clients[kind].infer(ENSEMBLE, [image, tau_in], outputs=outputs)
+            return result.as_numpy(SCORES.name)
+
+        return call
 
     def shm_call(_: bytes) -> np.ndarray:
         if not hasattr(local, "shm"):
@@ -269,7 +262,12 @@ def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) 
                 shm.destroy_shared_memory_region(handle)
         client.close()
 
-    return {"HTTP": http_call, "gRPC": grpc_call, "HTTP + system shared memory": shm_call}, cleanup
+    callers = {
+        "HTTP": inline(httpclient, triton_url),
+        "gRPC": inline(grpcclient, grpc_url),
+        "HTTP + system shared memory": shm_call,
+    }
+    return callers, cleanup
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
