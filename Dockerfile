@@ -3,7 +3,7 @@
 # machines (no Docker engine there); build and check it where Docker and a GPU are:
 #
 #   docker build -t s4seg .
-#   docker run --gpus all --rm -p 8080:8080 -v $PWD/model_repository:/models s4seg
+#   docker run --gpus all --rm --shm-size=1g -p 8080:8080 -v $PWD/model_repository:/models s4seg
 #   curl -F file=@photo.jpg 'http://127.0.0.1:8080/v1/segment?format=json'
 #
 # With an empty /models the first start trains and publishes the demo model (s4seg quickstart).
