@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from s4seg.training.data.layouts import open_layout
-from s4seg.training.gate import class_keep_mask, gated_argmax
+from s4seg.training.gate import class_keep_mask, gated_scores
 
 from s4seg.errors import DatasetError
-from s4seg.letterbox import letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.manifest import GATE_OFF_TAU, TauChoice
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import OnnxPipeline
@@ -41,8 +41,9 @@ def sweep_tau(
     batch: int = 8,
 ) -> tuple[float, list[dict[str, float]]]:
     """Ungated mIoU and ``[{tau, miou}]``: the images run through the pipeline once (letterboxed,
-    ``batch`` at a time), the gate (``training.gate.gated_argmax``, what the ONNX gate is exported
-    from) once per distinct set of kept classes: taus that keep the same classes share a map."""
+    ``batch`` at a time), the gate (``training.gate.gated_scores``, what the ONNX gate is exported
+    from) once per distinct set of kept classes: taus that keep the same classes share a map.
+    Maps go back to each image's size as the server maps them (``labels_from_scores``)."""
     manifest = pipeline.manifest
     n, background = manifest.num_classes, manifest.background_index
     size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
@@ -55,12 +56,14 @@ def sweep_tau(
         for i, (_, placement) in enumerate(placed):
             truth = masks[start + i]
             by_kept: dict[tuple[bool, ...], np.ndarray] = {}
-            ungated += confusion_matrix(truth, unletterbox(out.labels[i], placement), n)
+            ungated += confusion_matrix(truth, labels_from_scores(out.logits[i], placement), n)
             for tau in taus:
                 kept = tuple(class_keep_mask(probs[i : i + 1], tau, background)[0].tolist())
                 if kept not in by_kept:
-                    labels, _ = gated_argmax(logits[i : i + 1], probs[i : i + 1], tau, background)
-                    map_ = unletterbox(labels[0].numpy(), placement)
+                    gated_map, _ = gated_scores(
+                        logits[i : i + 1], probs[i : i + 1], tau, background
+                    )
+                    map_ = labels_from_scores(gated_map[0].numpy(), placement)
                     by_kept[kept] = confusion_matrix(truth, map_, n)
                 gated[tau] += by_kept[kept]
     return scores(ungated).miou, [{"tau": t, "miou": scores(gated[t]).miou} for t in taus]
