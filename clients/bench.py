@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from s4seg.serving.triton import free_port
 
-from s4seg.benchmarks import cpu_description, provenance, update_section
+from s4seg.benchmarks import cpu_description, percentile, provenance, report
 from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
 from s4seg.letterbox import labels_from_scores, letterbox
@@ -186,8 +186,7 @@ def latency_by_size(gateway: str, photos: dict[str, bytes], repeats: int) -> lis
                 if i:
                     times.append(time.perf_counter() - start)
                 length = len(response.content)
-            times.sort()
-            p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
+            p90 = percentile(times, 0.9)
             rows.append((size, fmt, statistics.median(times) * 1000, p90 * 1000, length / 1024))
             print(f"bench serve: {size} {fmt}: {rows[-1][2]:.0f} ms", file=sys.stderr)
     client.close()
@@ -364,11 +363,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
-    ordered = sorted(latencies)
-    return (
-        statistics.median(ordered) * 1000,
-        ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
-    )
+    """p50 and p99 in ms."""
+    return statistics.median(latencies) * 1000, percentile(latencies, 0.99) * 1000
 
 
 def bench_serve(args: argparse.Namespace) -> str:
@@ -513,8 +509,4 @@ def bench_serve(args: argparse.Namespace) -> str:
                   "| step | queue ms | compute ms | executions |", "|---|---|---|---|"]  # fmt: skip
         for step, (queue, compute, executions) in stats.items():
             lines.append(f"| {step} | {queue:.1f} | {compute:.1f} | {executions} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        update_section(Path(args.write), "serve-cpu", table)
-    return table
+    return report("\n".join(lines), args.write, "serve-cpu")

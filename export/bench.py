@@ -24,7 +24,7 @@ from s4seg.training.models import segmenter_from_arch
 from s4seg.training.models.classifier import multilabel_resnet
 
 from s4seg import tensors as t
-from s4seg.benchmarks import cpu_description, provenance, update_section
+from s4seg.benchmarks import cpu_description, percentile, provenance, report, update_section
 from s4seg.classes import VOC_CLASSES, voc_palette
 from s4seg.letterbox import letterbox
 from s4seg.onnx_pipeline import OnnxPipeline
@@ -291,11 +291,7 @@ def bench_mapback(args: argparse.Namespace) -> str:
             f"| {label} | {100 * result.miou:.2f} | {100 * result.pixel_accuracy:.2f} | "
             f"{boundaries} | {1000 * statistics.median(times[name]):.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        update_section(Path(args.write), "mapback-cpu", table)
-    return table
+    return report("\n".join(lines), args.write, "mapback-cpu")
 
 
 def cpu_int8_support() -> str:
@@ -374,18 +370,10 @@ def bench_precision(args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|",
     ]
     for batch, what, precision, times in rows:
-        ordered = sorted(times)
-        p10, p90 = (
-            ordered[len(ordered) // 10],
-            ordered[min(len(ordered) - 1, 9 * len(ordered) // 10)],
-        )
+        p10, p90 = percentile(times, 0.1), percentile(times, 0.9)
         median = statistics.median(times)
         lines.append(
             f"| {batch} | {what} | {precision} | {1000 * median:.1f} | "
             f"{1000 * p10:.1f}-{1000 * p90:.1f} | {reference[(batch, what)] / median:.2f}x |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        update_section(Path(args.write), "precision-cpu", table)
-    return table
+    return report("\n".join(lines), args.write, "precision-cpu")

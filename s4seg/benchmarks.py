@@ -44,3 +44,17 @@ def update_section(path: Path, name: str, body: str) -> None:
         else text.rstrip() + f"\n\n{block}\n"
     )
     path.write_text(text)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The value at rank ``int(q * n)`` of the sorted values (q=0.99: p99; no interpolation)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(table: str, write: str | None, section: str) -> str:
+    """Print a benchmark's table and, with ``--write FILE``, replace its section there."""
+    print(table)
+    if write:
+        update_section(Path(write), section, table)
+    return table
