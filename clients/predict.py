@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from s4seg.atomic import write_atomic
 from s4seg.errors import S4segError
+from s4seg.imaging import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
 SUFFIX = {"png": ".png", "overlay": "_overlay.png", "json": ".json"}
 
 

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from s4seg.repository import (
     STEP_MODELS,
     model_versions,
     read_manifest,
+    served_by_a_server,
     served_version,
     version_pipeline,
 )
@@ -134,6 +136,7 @@ def publish(
     manifest = check_export(folder, precision)
     files = graph_files(manifest, folder, precision)
     with locked(repo):
+        remove_withdrawn(repo, log)
         served = served_version(repo)
         if served is not None:
             old = read_manifest(repo, served)
@@ -203,22 +206,35 @@ def promotion_gate(
 
 
 def prune(repo: Path, keep: int, log=print) -> list[int]:
-    """Remove all but the ``keep`` newest versions of every model."""
+    """Remove all but the ``keep`` newest versions of every model, never the served one (it
+    can be older than those when newer versions failed to load)."""
+    served = served_version(repo)
     removed: set[int] = set()
     for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
         found = model_versions(repo / model)
         for version in found[: max(0, len(found) - keep)]:
+            if version == served:
+                continue
             shutil.rmtree(repo / model / str(version))
             removed.add(version)
     if removed:
-        log(f"pruned versions {sorted(removed)}")
+        log(f"pruned versions {sorted(removed)}" + (f" (kept served {served})" if served else ""))
     return sorted(removed)
 
 
-def rollback(repository: str | Path = REPOSITORY, log=print) -> int:
-    """Serve the previous version again and remove the newest; returns the version now served."""
+WITHDRAWN = ".{version}.withdrawn"  # an ensemble version folder out of service (Triton ignores it)
+
+
+def rollback(repository: str | Path = REPOSITORY, log=print, wait: float = 60.0) -> int:
+    """Serve the previous version again and remove the newest; returns the version now served.
+
+    Switch first, delete after: the newest version is withdrawn (its ensemble folder renamed,
+    so it is no longer complete and a running server moves to the previous one), and its files
+    are removed once no running server serves it (at most ``wait`` seconds; after that they
+    stay, withdrawn, and the next rollback or publish removes them)."""
     repo = Path(repository)
     with locked(repo):
+        remove_withdrawn(repo, log)
         found = model_versions(repo / ENSEMBLE)
         if len(found) < 2:
             raise PublishError(
@@ -229,7 +245,40 @@ def rollback(repository: str | Path = REPOSITORY, log=print) -> int:
             if not (repo / model / str(previous)).is_dir():
                 raise PublishError(f"{repo / model} lacks version {previous}; can not roll back")
         write_atomic(repo / ENSEMBLE / "config.pbtxt", ensemble_pbtxt(previous))
-        for model in [ENSEMBLE, *STEP_MODELS.values()]:
-            shutil.rmtree(repo / model / str(newest), ignore_errors=True)
-    log(f"rolled back {repo}: version {newest} removed, version {previous} served")
+        (repo / ENSEMBLE / str(newest)).rename(repo / ENSEMBLE / WITHDRAWN.format(version=newest))
+    if _wait_until_not_served(repo, newest, wait):
+        with locked(repo):
+            remove_withdrawn(repo, log)
+        log(f"rolled back {repo}: version {newest} removed, version {previous} served")
+    else:
+        log(f"rolled back {repo}: version {previous} is the newest; a running server still "
+            f"serves {newest} after {wait:g} s, so its files stay until the next rollback or "
+            "publish")  # fmt: skip
     return previous
+
+
+def _wait_until_not_served(repo: Path, version: int, wait: float) -> bool:
+    """True once no running server reports ``version`` (at once when no server runs)."""
+    deadline = time.monotonic() + wait
+    while served_by_a_server(repo) == version:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def remove_withdrawn(repo: Path, log=print) -> list[int]:
+    """Delete the files of withdrawn versions that no running server serves any more."""
+    removed = []
+    served = served_by_a_server(repo)
+    for folder in sorted((repo / ENSEMBLE).glob(WITHDRAWN.format(version="*"))):
+        version = int(folder.name.split(".")[1])
+        if version == served:
+            continue
+        for model in STEP_MODELS.values():
+            shutil.rmtree(repo / model / str(version), ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(version)
+    if removed:
+        log(f"removed withdrawn versions {removed}")
+    return removed

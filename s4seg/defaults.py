@@ -7,3 +7,8 @@ from pathlib import Path
 
 REPOSITORY = Path("model_repository")  # the published Triton model repository
 SEGMENTER_INSTANCES = 2  # Triton instances of the segmenter: two executions in flight (BENCHMARKS)
+# Each step's Triton queue: bounded, and a request waiting longer than the gateway's deadline
+# is rejected rather than run for a client that already got its answer (requests carry their
+# own, shorter, timeout: the rest of their deadline).
+STEP_QUEUE_SIZE = 64
+STEP_QUEUE_TIMEOUT_SECONDS = 30.0

@@ -1,10 +1,12 @@
 """Decoding images that users send: safely, with errors that name the problem.
 
 Used by the gateway, the CLI clients and batch inference (no torch, no FastAPI). The pixel cap
-is checked from the header, before any pixel is decoded (decompression bombs); EXIF orientation
-is applied; grayscale, palette, RGBA/LA, CMYK and 16-bit inputs become 8-bit RGB. When only a
-small view is needed (``fit``), JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-scaling, Pillow's draft mode): a 12 MP photo served at 321 px costs a fraction of a full decode.
+is checked from the header, before any pixel is decoded (decompression bombs); only the formats
+in ``FORMATS`` are opened (no other Pillow plugin ever sees the bytes); EXIF orientation is
+applied, and a photo whose EXIF is damaged is served as it is stored; grayscale, palette,
+RGBA/LA, CMYK and 16-bit inputs become 8-bit RGB. When only a small view is needed (``fit``),
+JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft mode): a
+12 MP photo served at 321 px costs a fraction of a full decode.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from s4seg.errors import S4segError
 
@@ -42,8 +44,36 @@ class DecodedImage:
         return self.pixels.shape[:2] != self.size
 
 
+# The formats users send and we test; anything else (EPS, PSD, ICNS, ...) is 415 unread.
+# (Phones' MPO files, a JPEG with extra pictures, open through the JPEG plugin.)
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+SUPPORTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+Image.init()  # registers the plugins, so that ``formats=FORMATS`` finds WebP and TIFF
+
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # EXIF orientations that turn the picture a quarter (width and height swap).
 QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 when absent or unreadable). Read only, never re-serialised:
+    ``ImageOps.exif_transpose`` writes the EXIF back and raises ``struct.error`` on a tag whose
+    value does not fit its type, which cameras and editors do write."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # any damage in the EXIF block: the picture itself is still good
+        return 1
+    return value if isinstance(value, int) and value in UPRIGHT else 1
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -75,14 +105,39 @@ def decode_image(
 
     ``fit`` (height, width): the pixels will only be scaled down into this box, so a JPEG may be
     decoded at a reduced scale, never smaller than the box; ``size`` keeps the full size."""
+    image = open_image(data, max_pixels)
+    width, height = image.size
+    kind, mode = image.format, image.mode
+    try:
+        orientation = exif_orientation(image)
+        full = (width, height) if orientation in QUARTER_TURNS else (height, width)
+        if fit is not None and kind in ("JPEG", "MPO"):
+            side = max(fit)  # both sides: the orientation may still swap them
+            image.draft(None, (side, side))
+        image.load()
+        if orientation in UPRIGHT:
+            image = image.transpose(UPRIGHT[orientation])
+        rgb = _to_rgb(image)
+        pixels = np.asarray(rgb, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:
+        # PIL reports truncated and corrupt data as OSError ("image file is truncated").
+        what = kind or "image"
+        raise ImageError(f"corrupt or truncated {what}: {error}", 422, "corrupt") from None
+    return DecodedImage(np.ascontiguousarray(pixels), kind, mode, full)
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The header only: format allowed, size within ``max_pixels``; no pixel decoded yet."""
     if not data:
         raise ImageError("empty body: no image was sent", 422, "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError("not an image (unknown or unsupported file format)", 415,
+        raise ImageError(f"not an image in a supported format (send {SUPPORTED})", 415,
                          "not_an_image") from None  # fmt: skip
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image too large: {error}", 413, "too_many_pixels") from None
@@ -99,24 +154,13 @@ def decode_image(
         )
     if width == 0 or height == 0:
         raise ImageError("image has no pixels", 422, "empty")
-    kind, mode = image.format, image.mode
-    try:
-        turned = image.getexif().get(0x0112) in QUARTER_TURNS
-        full = (width, height) if turned else (height, width)
-        if fit is not None and kind == "JPEG":
-            side = max(fit)  # both sides: the orientation may still swap them
-            image.draft(None, (side, side))
-        image.load()
-        image = ImageOps.exif_transpose(image) or image
-        rgb = _to_rgb(image)
-        pixels = np.asarray(rgb, dtype=np.uint8)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError) as error:
-        # PIL reports truncated and corrupt data as OSError ("image file is truncated").
-        what = kind or "image"
-        raise ImageError(f"corrupt or truncated {what}: {error}", 422, "corrupt") from None
-    return DecodedImage(np.ascontiguousarray(pixels), kind, mode, full)
+    return image
+
+
+def image_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Pixels the image declares in its header (what decoding it will cost), checked."""
+    width, height = open_image(data, max_pixels).size
+    return width * height
 
 
 def read_image_file(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -172,6 +173,11 @@ class Manifest(_Strict):
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(path, self.model_dump(mode="json"))
 
+    def public_dump(self) -> dict[str, Any]:
+        """What may be shown to clients (``GET /v1/models``): every host path (data roots,
+        checkpoints, the export folder) reduced to its last name."""
+        return without_host_paths(self.model_dump(mode="json"))
+
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
         """Read ``path`` (a manifest file, or a folder holding one); errors name the file."""
@@ -200,6 +206,21 @@ class Manifest(_Strict):
             first = error.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "manifest"
             raise ManifestError(f"{path}: {where}: {first['msg']}") from None
+
+
+# An absolute POSIX path inside any string: "/a/b/c" (two parts or more) -> "c".
+_HOST_PATH = re.compile(r"(?<![\w.~])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'\"]+){2,}[/\\]?")
+
+
+def without_host_paths(value: Any) -> Any:
+    """``/home/u/data/voc`` -> ``voc``, anywhere in a JSON value, sentences included."""
+    if isinstance(value, dict):
+        return {k: without_host_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_host_paths(v) for v in value]
+    if isinstance(value, str):
+        return _HOST_PATH.sub(lambda m: PurePath(m.group(0).replace("\\", "/")).name, value)
+    return value
 
 
 def digest_json(value: Any) -> str:

@@ -107,6 +107,13 @@ def _alive(pid: Any) -> bool:
     return True
 
 
+def served_by_a_server(repository: Path) -> int | None:
+    """The version a running ``s4seg serve`` reports serving (None: no server runs)."""
+    status = read_status(repository)
+    reported = status.get("served_version")
+    return reported if _alive(status.get("pid")) and isinstance(reported, int) else None
+
+
 def served_version(repository: Path) -> int | None:
     """The version answering requests: what the running server reports (its status, while its
     process lives); with no server, the newest complete version that has not failed to load."""

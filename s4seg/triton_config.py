@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from s4seg.defaults import SEGMENTER_INSTANCES
+from s4seg.defaults import SEGMENTER_INSTANCES, STEP_QUEUE_SIZE, STEP_QUEUE_TIMEOUT_SECONDS
 from s4seg.repository import ENSEMBLE, STEP_MODELS
 from s4seg.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, GRAPH_IO, TensorSpec
 
@@ -59,7 +59,15 @@ def step_config(
         "name": STEP_MODELS[step],
         **backend,
         "max_batch_size": MAX_BATCH_SIZE,
-        "dynamic_batching": {"max_queue_delay_microseconds": 2000},
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 2000,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": int(STEP_QUEUE_TIMEOUT_SECONDS * 1e6),
+                "allow_timeout_override": True,
+                "max_queue_size": STEP_QUEUE_SIZE,
+            },
+        },
         "version_policy": policy,
         "instance_group": [{"kind": "KIND_AUTO", "count": instances}],
         **parameters,
@@ -97,7 +105,7 @@ def to_pbtxt(config: dict[str, Any], header: str = "") -> str:
     def scalar(value: Any) -> str:
         if isinstance(value, bool):
             return "true" if value else "false"
-        if isinstance(value, str) and not (value.isupper() and "_" in value):
+        if isinstance(value, str) and not (value.isupper() and value.replace("_", "").isalnum()):
             return json.dumps(value)
         return str(value)
 

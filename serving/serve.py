@@ -81,6 +81,7 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
     import uvicorn
 
     from .gateway.app import create_app
+    from .gateway.protocol import with_header_timeout
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _raise_on_sigterm()
@@ -127,7 +128,11 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
             supervisor.start()
         log.info("gateway on http://%s:%d (docs at /docs)", settings.host, settings.port)
         config = uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port, log_level="info"
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            http=with_header_timeout(settings.header_timeout),
         )
         uvicorn.Server(config).run()
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from s4seg.defaults import REPOSITORY, SEGMENTER_INSTANCES
@@ -46,9 +46,46 @@ class ServeSettings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="require this key in X-API-Key")
     max_body_bytes: int = Field(20 * 2**20, description="larger uploads get 413")
     max_pixels: int = Field(40_000_000, description="larger images get 413 (checked pre-decode)")
-    request_timeout: float = Field(30.0, description="seconds per request to Triton")
+    request_timeout: float = Field(
+        30.0, gt=0, description="one deadline per request, from its arrival to its answer"
+    )
+    max_in_flight: int = Field(
+        32, ge=1, description="segment requests handled at once; more get 503 at once"
+    )
+    max_pixels_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="decoded pixels of the requests in flight (memory: up to about 20 bytes "
+        "each, README); beyond it requests wait, then 503 (default: max_pixels)",
+    )
+    header_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers")
+    body_timeout: float = Field(
+        10.0, gt=0, description="a request body that sends nothing for this long gets 408"
+    )
+    docs: Literal["public", "private", "off"] | None = Field(
+        None,
+        description="/docs and /openapi.json: public, private (X-API-Key needed) or off "
+        "(default: public without api_key, private with it)",
+    )
     version_poll_seconds: float = Field(1.0, description="how often new versions are looked for")
     log_dir: Path = Field(Path("runs/serve"), description="tritonserver.log goes here")
+
+    @model_validator(mode="after")
+    def _budget_fits_one_image(self) -> ServeSettings:
+        if self.max_pixels_in_flight is not None and self.max_pixels_in_flight < self.max_pixels:
+            raise ValueError(
+                f"max_pixels_in_flight ({self.max_pixels_in_flight}) is below max_pixels "
+                f"({self.max_pixels}): the largest allowed image could never be served"
+            )
+        return self
+
+    @property
+    def pixel_budget(self) -> int:
+        return self.max_pixels_in_flight or self.max_pixels
+
+    @property
+    def docs_mode(self) -> str:
+        return self.docs or ("private" if self.api_key is not None else "public")
 
     @property
     def threads_per_instance(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,6 +101,31 @@ class TritonSettings:
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
+    @property
+    def shm_prefix(self) -> str:
+        """The python backend's shared-memory regions of this server: the supervising process
+        and the port name them, so that leftovers of a killed Triton can be found and removed."""
+        return f"{SHM_PREFIX}{os.getpid()}_{self.http_port}_"
+
+
+SHM_PREFIX = "s4seg_triton_"
+DEV_SHM = Path("/dev/shm")
+
+
+def remove_shm_leftovers(own_prefix: str) -> list[str]:
+    """Remove this server's python-backend regions (call while no Triton of it runs) and those
+    of s4seg processes that are gone. Triton frees them on a clean exit; a killed one cannot."""
+    removed = []
+    pattern = re.compile(rf"{SHM_PREFIX}(\d+)_")
+    for path in DEV_SHM.glob(f"{SHM_PREFIX}*"):
+        match = pattern.match(path.name)
+        if path.name.startswith(own_prefix) or (
+            match and not Path(f"/proc/{match.group(1)}").exists()
+        ):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
 
 def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str]:
     return [
@@ -123,6 +149,7 @@ def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str
         "--allow-gpu-metrics=false",
         "--exit-timeout-secs=10",
         *([] if os.path.exists("/dev/nvidiactl") else ["--pinned-memory-pool-byte-size=0"]),
+        f"--backend-config=python,shm-region-prefix-name={settings.shm_prefix}",
         *settings.extra_args,
     ]
 
@@ -145,6 +172,7 @@ class TritonProcess:
     def start(self) -> TritonProcess:
         if not Path(self.settings.repository).is_dir():
             raise TritonError(f"model repository not found: {self.settings.repository}")
+        remove_shm_leftovers(self.settings.shm_prefix)  # of a Triton of ours that was killed
         out = subprocess.DEVNULL
         if self.settings.log_file is not None:
             self.settings.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +223,8 @@ class TritonProcess:
                 self.process.wait()
         else:  # it died on its own; its stubs may still be around
             with_group(self.process.pid, signal.SIGKILL)
+        _wait_group_gone(self.process.pid)
+        remove_shm_leftovers(self.settings.shm_prefix)
         if self._log is not None:
             self._log.close()
 
@@ -203,6 +233,25 @@ class TritonProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of the group still runs (zombies, which nobody may reap in a container, not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Until no process of the group is left (the stubs hold the regions until they exit)."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def with_group(pid: int, sig: int) -> None:

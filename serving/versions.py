@@ -141,9 +141,16 @@ class VersionManager:
         with self._lock:
             on_disk = complete_versions(self.repository)[::-1]  # newest first
             served = self.state.served
+            # Rolled back (withdrawn) or removed: switch to the newest left, keeping the old one
+            # loaded until the ensemble has switched when its steps' files are still there.
+            keep = withdrawn = None
             if served is not None and served not in on_disk:
-                self.log(f"version {served} is gone from {self.repository}")
-                served = None  # rolled back or removed: pick the newest left
+                self.log(f"version {served} is withdrawn from {self.repository}")
+                steps = [self.repository / m / str(served) for m in STEP_MODELS.values()]
+                keep = withdrawn = served if all(step.is_dir() for step in steps) else None
+                served = None
+            else:
+                keep = served
             for version in on_disk:
                 if served is not None and version <= served:
                     break
@@ -152,25 +159,36 @@ class VersionManager:
                 if failure is not None and failure.fingerprint == stamp:
                     continue
                 try:
-                    self._switch(version, keep=served)
+                    self._switch(version, keep=keep)
                 except LoadError as error:
                     self.state.failed[version] = Failure(str(error), stamp)
                     self.log(f"version {version} does not load, still serving {served}: {error}")
                     continue
                 self.state.failed.pop(version, None)
-                self.log(f"serving version {version}" + (f" (was {served})" if served else ""))
+                was = served or withdrawn
+                self.log(f"serving version {version}" + (f" (was {was})" if was else ""))
+                if withdrawn is not None:  # the ensemble has moved: unload the withdrawn steps
+                    try:
+                        self._load_steps([version])
+                    except LoadError as error:  # still serving; the next switch unloads it
+                        self.log(f"version {withdrawn} stays loaded: {error}")
                 served = version
                 self.state.switched_at = time.time()
                 break
+            if served is None and withdrawn is not None:
+                served = withdrawn  # nothing else loads: keep serving it while its files last
             self.state.served = served
             self._write_status()
             return served
 
-    def _switch(self, version: int, keep: int | None) -> None:
-        loaded = [version] if keep is None else [keep, version]
+    def _load_steps(self, loaded: list[int]) -> None:
         for step, model in STEP_MODELS.items():
             config = step_config(step, self.runtime, loaded, self.segmenter_instances, self.threads)
             self._load(model, config, loaded)
+
+    def _switch(self, version: int, keep: int | None) -> None:
+        self._load_steps([version] if keep is None else [keep, version])
+        for model in STEP_MODELS.values():
             if not self._ready(model, version):
                 raise LoadError(f"{model} version {version} is not ready after loading")
         self._smoke_test(version)

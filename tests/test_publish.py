@@ -111,3 +111,58 @@ def test_promotion_gate_prints_both_figures_and_refuses(
     assert refused.returncode == 2
     assert "refused: gated mIoU" in refused.stderr and "served version 2" in refused.stderr
     assert served_version(repo) == 2
+
+
+def folders_only_repository(root: Path, count: int) -> Path:
+    """Versions 1..count: a manifest and a folder per step (what prune and rollback look at)."""
+    from gateway_fakes import write_repository
+
+    for version in range(1, count + 1):
+        write_repository(root, version)
+        for model in STEP_MODELS.values():
+            (root / model / str(version)).mkdir(parents=True)
+    return root
+
+
+def pretend_serving(repo: Path, version: int, failed: tuple[int, ...] = ()) -> None:
+    """The status a running ``s4seg serve`` (this live process) writes beside the repository."""
+    from s4seg.repository import write_status
+
+    write_status(repo, {"served_version": version, "failed": {str(v): "x" for v in failed}})
+
+
+def test_keep_never_prunes_the_served_version(tmp_path: Path) -> None:
+    """Issue 19, item 3: newer versions failed to load, so the served one is the oldest."""
+    from s4seg.export.repository import prune
+
+    repo = folders_only_repository(tmp_path / "repo", 3)
+    pretend_serving(repo, 1, failed=(2, 3))
+    prune(repo, keep=2, **QUIET)
+    assert all(versions(repo / m) == [1, 2, 3] for m in [ENSEMBLE, *STEP_MODELS.values()])
+    pretend_serving(repo, 3)
+    prune(repo, keep=2, **QUIET)
+    assert all(versions(repo / m) == [2, 3] for m in [ENSEMBLE, *STEP_MODELS.values()])
+
+
+def test_rollback_switches_first_and_deletes_after(tmp_path: Path) -> None:
+    """Issue 19, item 3: the newest version is withdrawn at once (no longer complete, so the
+    server moves), and its files go only once the server no longer serves it."""
+    import threading
+    import time
+
+    from s4seg.repository import complete_versions
+
+    repo = folders_only_repository(tmp_path / "repo", 2)
+    pretend_serving(repo, 2)
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(rollback(repo, wait=20, **QUIET)))
+    worker.start()
+    time.sleep(0.5)
+    assert complete_versions(repo) == [1]  # withdrawn: the version manager switches away
+    assert all((repo / m / "2").is_dir() for m in STEP_MODELS.values())  # still loadable
+    assert worker.is_alive()
+    pretend_serving(repo, 1)  # the server has switched
+    worker.join(10)
+    assert result == [1]
+    assert all(versions(repo / m) == [1] for m in STEP_MODELS.values())
+    assert not list((repo / ENSEMBLE).glob(".*withdrawn"))

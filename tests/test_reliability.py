@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -377,3 +378,176 @@ def test_gateway_fuzzed_from_its_openapi_schema(stack: Served) -> None:
 
         fuzz()
     record("fuzz_api", {"cases": dict(cases)})
+
+
+SLOW_RUNNER = '''"""Test only: the real runner, slow on purpose for uniform red images."""
+import importlib.util
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+_spec = importlib.util.spec_from_file_location(
+    "real_runner", os.path.join(os.path.dirname(os.path.abspath(__file__)), "real_runner.py")
+)
+_real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_real)
+
+
+class TritonPythonModel(_real.TritonPythonModel):
+    def execute(self, requests):
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "seg_input").as_numpy()
+            if float(x.std(axis=(2, 3)).max()) < 1e-6 and float(x[0, 0, 0, 0] - x[0, 1, 0, 0]) > 2:
+                time.sleep(SECONDS)
+        return super().execute(requests)
+'''
+
+
+def gateway_regions(server: Served) -> set[str]:
+    url = f"http://127.0.0.1:{server.triton_port}/v2/systemsharedmemory/status"
+    return {r["name"] for r in httpx.get(url, timeout=5).json() if r["name"].startswith("s4seg_")}
+
+
+def test_a_timed_out_request_never_hands_its_scores_to_the_next(
+    tiny_export: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """Issue 19, item 2: one shared-memory slot (max_in_flight 1), a request whose segmenter
+    step is made slow on purpose so that it times out while Triton still works on it: the
+    requests after it answer with their own scores, and never in its regions."""
+    repo = tmp_path / "repo"
+    publish(tiny_export, repo, **QUIET)
+    step = repo / "s4seg_segmenter" / "1"
+    (step / "model.py").rename(step / "real_runner.py")
+    (step / "model.py").write_text(SLOW_RUNNER.replace("SECONDS", "3.0"))
+    images = sorted((synth_root / "images" / "val").iterdir())[:3]
+    bodies = [p.read_bytes() for p in images]
+    slow = png(Image.new("RGB", (64, 64), (250, 5, 5)))
+    settings = {"S4SEG_MAX_IN_FLIGHT": "1", "S4SEG_REQUEST_TIMEOUT": "1.5"}
+    with serving(repo, tmp_path, **settings) as server:
+        own = [server.post(body).content for body in bodies]  # each image's own label map
+        regions_before = gateway_regions(server)
+        assert len(regions_before) == 2  # the one slot: its input and output region
+        timed_out: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: timed_out.append(server.post(slow)))
+        thread.start()
+        time.sleep(0.3)  # it is in flight (and holds the one slot)
+        answers: list[tuple[int, int, bytes]] = []
+        until = time.monotonic() + 5.0  # past the slow request's deadline and its late write
+        while time.monotonic() < until:
+            i = len(answers) % len(bodies)
+            r = server.post(bodies[i])
+            answers.append((i, r.status_code, r.content))
+        thread.join()
+        regions_after = gateway_regions(server)
+    assert timed_out[0].status_code == 504, timed_out[0].text
+    served = [(i, content) for i, status, content in answers if status == 200]
+    assert {status for _, status, _ in answers} <= {200, 503}  # 503: the one slot was taken
+    assert len(served) > 10
+    wrong = [i for i, content in served if content != own[i]]
+    record("timed_out_slot", {"answers_after_timeout": len(served), "wrong_scores": len(wrong)})
+    assert wrong == [], f"{len(wrong)} answers carried scores that were not their own"
+    # The timed-out request's regions were given up (unregistered), never handed out again.
+    assert regions_after.isdisjoint(regions_before), (regions_before, regions_after)
+    assert len(regions_after) == 2
+
+
+def declared_jpeg(width: int, height: int) -> bytes:
+    """A few hundred bytes whose header declares width x height (the data is cut short)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(buffer, "JPEG", quality=50)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def flood(url: str, body: bytes, count: int, params: dict | None = None) -> list[tuple[int, float]]:
+    """``count`` requests released at once; (status, seconds) of each."""
+    results: list[tuple[int, float]] = []
+    gate = threading.Barrier(count)
+
+    def one() -> None:
+        with httpx.Client(timeout=120) as client:
+            gate.wait()
+            start = time.monotonic()
+            r = client.post(f"{url}/v1/segment", content=body, params=params or {},
+                            headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            results.append((r.status_code, time.monotonic() - start))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+@pytest.mark.slow
+def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
+    stack: Served, synth_root: Path
+) -> None:
+    """Issue 19, item 4 (and 10): 200 requests at once against max_in_flight 32; then 40 tiny
+    JPEGs that each declare 39 MP, as overlays (decoded at full size)."""
+    body = sorted((synth_root / "images" / "val").iterdir())[0].read_bytes()
+    health: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200
+            health.append(time.monotonic() - start)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        results = flood(stack.url, body, 200)
+    finally:
+        stop.set()
+        prober.join()
+    counts = Counter(status for status, _ in results)
+    accepted = [seconds for status, seconds in results if status == 200]
+    refused = [seconds for status, seconds in results if status == 503]
+
+    rss_before, peak = rss_mib(stack.process.pid), [0.0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak[0] = max(peak[0], rss_mib(stack.process.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        bombs = flood(stack.url, declared_jpeg(65500, 598), 40, {"format": "overlay"})
+    finally:
+        sampling.set()
+        sampler.join()
+    bomb_counts = Counter(status for status, _ in bombs)
+    figures = {
+        "flood_requests": len(results),
+        "by_status": {str(k): v for k, v in sorted(counts.items())},
+        "accepted_p50_s": round(percentile(accepted, 50), 2),
+        "accepted_p99_s": round(percentile(accepted, 99), 2),
+        "refused_p99_s": round(percentile(refused, 99), 3),
+        "healthz_p50_s": round(percentile(health, 50), 3),
+        "healthz_max_s": round(max(health), 3),
+        "declared_39mp_jpegs": len(bombs),
+        "declared_39mp_by_status": {str(k): v for k, v in sorted(bomb_counts.items())},
+        "gateway_rss_mib_before": round(rss_before, 1),
+        "gateway_rss_mib_peak": round(peak[0], 1),
+    }
+    record("flood", figures)
+    assert set(counts) <= {200, 503} and counts[200] >= 32, counts
+    assert percentile(refused, 99) < 1.0  # refused at once, not after a queue
+    assert max(health) < 1.0
+    assert set(bomb_counts) <= {200, 503}, bomb_counts  # served (grey where the data ends)
+    # One 39 MP overlay costs about 0.7 GiB; the budget (max_pixels) lets one run at a time.
+    assert peak[0] - rss_before < 1100, "40 declared-39-MP images raised the gateway's memory"

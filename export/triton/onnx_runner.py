@@ -41,15 +41,20 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{self.name}: {path} on {self.session.get_providers()[0]}")
 
     def execute(self, requests):
-        feeds = []
-        for request in requests:
+        responses = [None] * len(requests)
+        feeds, live = [], []
+        for i, request in enumerate(requests):
+            if request.is_cancelled():  # its client is gone (deadline passed): do no work
+                error = pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)
+                responses[i] = pb_utils.InferenceResponse(error=error)
+                continue
+            live.append(i)
             feed = {}
             for name in self.inputs:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
                     feed[name] = tensor.as_numpy()
             feeds.append(feed)
-        responses = [None] * len(requests)
         for group in self._groups(feeds):
             try:
                 batch = {n: np.concatenate([feeds[i][n] for i in group]) for n in feeds[group[0]]}
@@ -57,7 +62,9 @@ class TritonPythonModel:
             except Exception as error:  # one bad request must not fail the others
                 message = f"{self.name}: {str(error).strip().splitlines()[0]}"
                 for i in group:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                    responses[live[i]] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(message)
+                    )
                 continue
             start = 0
             for i in group:
@@ -66,7 +73,7 @@ class TritonPythonModel:
                     pb_utils.Tensor(name, np.ascontiguousarray(value[start : start + count]))
                     for name, value in zip(self.outputs, results, strict=False)
                 ]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                responses[live[i]] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += count
         return responses
 

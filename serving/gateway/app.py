@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,11 +16,13 @@ from s4seg import __version__
 from s4seg.imaging import ImageError
 
 from ..settings import ServeSettings
-from .catalog import Catalog
+from .budget import Busy, PixelBudget
+from .catalog import Catalog, VersionGone
 from .dependencies import Unauthorized
-from .limits import BodySizeLimit
-from .metrics import IN_FLIGHT, LATENCY, REQUESTS
+from .limits import Admission, BodyLimits
+from .metrics import RequestMetrics
 from .routers import health, models, page, segment
+from .security import Hardening
 from .triton_client import TritonEnsemble, TritonFailed, TritonUnavailable
 
 log = logging.getLogger("s4seg.gateway")
@@ -41,20 +42,26 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             settings.request_timeout,
             grpc_url=settings.triton_grpc if settings.inference_protocol == "grpc" else None,
             shared_memory=settings.use_shared_memory,
+            slots=settings.max_in_flight,
         )
         try:
             yield
         finally:
             await app.state.triton.close()
 
+    docs = settings.docs_mode != "off"
     app = FastAPI(
         title="s4seg gateway",
         version=__version__,
         description="Semantic segmentation (s4GAN + MLMT) served by a Triton ensemble.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.catalog = Catalog(settings.repository)
+    app.state.budget = PixelBudget(settings.pixel_budget)
     app.include_router(segment.router)
     app.include_router(models.router)
     app.include_router(health.router)
@@ -67,7 +74,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ClientDisconnect)
     async def disconnected(_: Request, exc: ClientDisconnect) -> JSONResponse:
-        # The client went away, or BodySizeLimit already answered 413: nothing to say.
+        # The client went away, or BodyLimits already answered 413/408: nothing to say.
         return error(499, "client_disconnected", "the client closed the request")
 
     @app.exception_handler(Unauthorized)
@@ -79,6 +86,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.exception_handler(TritonUnavailable)
     async def unavailable(_: Request, exc: TritonUnavailable) -> JSONResponse:
         return error(503, "unavailable", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, exc: Busy) -> JSONResponse:
+        return error(503, "overloaded", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(VersionGone)
+    async def switching(_: Request, exc: VersionGone) -> JSONResponse:
+        detail = f"{exc}; the server is switching versions"
+        return error(503, "unavailable", detail, {"Retry-After": "1"})
 
     @app.exception_handler(TritonFailed)
     async def failed(_: Request, exc: TritonFailed) -> JSONResponse:
@@ -100,21 +116,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error(500, "internal", f"unexpected {type(exc).__name__}")
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        route = request.url.path if request.url.path.startswith("/v1/") else "other"
-        IN_FLIGHT.inc()
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            IN_FLIGHT.dec()
-            LATENCY.labels(route).observe(time.perf_counter() - start)
-            REQUESTS.labels(route, str(status)).inc()
-
-    # Outermost: refuse oversize bodies before any route reads them.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Pure ASGI, outermost first: metrics see every answer, the security headers go on every
+    # answer, admission and its deadline come before the body is read, the body's limits last.
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes,
+                       idle_seconds=settings.body_timeout)  # fmt: skip
+    app.add_middleware(Admission, max_in_flight=settings.max_in_flight,
+                       timeout=settings.request_timeout)  # fmt: skip
+    app.add_middleware(Hardening, api_key=api_key, private_docs=settings.docs_mode == "private")
+    app.add_middleware(RequestMetrics, routes=app.routes)
     return app

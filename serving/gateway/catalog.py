@@ -1,27 +1,46 @@
-"""Manifests of the published versions, read from the repository (the gateway's only state)."""
+"""Manifests of the published versions, read from the repository (the gateway's only state).
+
+A manifest once read stays readable: ``s4seg rollback`` and ``publish --keep`` remove version
+folders, and until the version manager has switched away, the gateway still answers with the
+removed version (Triton holds it in memory), so it must still describe it.
+"""
 
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from pathlib import Path
 
-from s4seg.manifest import MANIFEST_NAME, Manifest
+from s4seg.manifest import MANIFEST_NAME, Manifest, ManifestError
 from s4seg.repository import ENSEMBLE, model_versions, read_status, version_folder
 
 
-@lru_cache(maxsize=16)
-def _manifest(path: str, mtime: float) -> Manifest:
-    return Manifest.load(path)
+class VersionGone(ManifestError):
+    """A version was never read here and its manifest is no longer on disk (HTTP 503)."""
 
 
 class Catalog:
     def __init__(self, repository: Path) -> None:
         self.repository = Path(repository)
+        self._read: dict[str, tuple[float, Manifest]] = {}  # version -> (mtime, manifest)
 
     def manifest(self, version: int | str) -> Manifest:
-        path = version_folder(self.repository, version) / MANIFEST_NAME
-        return _manifest(str(path), path.stat().st_mtime if path.exists() else 0.0)
+        key = str(version)
+        path = version_folder(self.repository, key) / MANIFEST_NAME
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            if key in self._read:
+                return self._read[key][1]
+            raise VersionGone(f"version {key} is no longer in the repository") from None
+        cached = self._read.get(key)
+        if cached is None or cached[0] != mtime:
+            try:
+                self._read[key] = (mtime, Manifest.load(path))
+            except ManifestError:
+                if cached is None or path.exists():
+                    raise
+                return cached[1]  # removed while being read
+        return self._read[key][1]
 
     def versions(self) -> list[int]:
         return model_versions(self.repository / ENSEMBLE)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
 from ..settings import ServeSettings
+from .budget import PixelBudget
 from .catalog import Catalog
+from .limits import Deadline
+from .security import key_matches
 from .triton_client import TritonEnsemble
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -19,16 +21,28 @@ class Unauthorized(Exception):
     pass
 
 
-def get_settings(request: Request) -> ServeSettings:
+# ``async def`` throughout: FastAPI runs plain ``def`` dependencies in the thread pool, where
+# /healthz and /readyz would queue behind busy decodes.
+async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.settings
 
 
-def get_triton(request: Request) -> TritonEnsemble:
+async def get_triton(request: Request) -> TritonEnsemble:
     return request.app.state.triton
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
+
+
+async def get_budget(request: Request) -> PixelBudget:
+    return request.app.state.budget
+
+
+async def get_deadline(request: Request) -> Deadline:
+    """Set by ``Admission`` for segment requests; a fresh one elsewhere (tests, other routes)."""
+    deadline = getattr(request.state, "deadline", None)
+    return deadline or Deadline(request.app.state.settings.request_timeout)
 
 
 async def require_api_key(request: Request) -> None:
@@ -36,13 +50,12 @@ async def require_api_key(request: Request) -> None:
     expected = request.app.state.settings.api_key
     if expected is None:
         return
-    given = await api_key_header(request)
-    if not given or not hmac.compare_digest(
-        given.encode("utf-8"), expected.get_secret_value().encode("utf-8")
-    ):
+    if not key_matches(await api_key_header(request), expected.get_secret_value()):
         raise Unauthorized
 
 
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 TritonDep = Annotated[TritonEnsemble, Depends(get_triton)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+BudgetDep = Annotated[PixelBudget, Depends(get_budget)]
+DeadlineDep = Annotated[Deadline, Depends(get_deadline)]

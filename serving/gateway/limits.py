@@ -1,30 +1,65 @@
-"""Upload size enforced while the body is read: a pure ASGI middleware, so no route ever holds
-more than ``max_bytes`` of a request in memory."""
+"""What one request may take, enforced as pure ASGI middleware (no route ever sees more):
+
+- ``BodyLimits``: the body's size, counted while it is read (413), and its pace: a body that
+  sends nothing for ``body_timeout`` seconds gets 408 and its connection is closed.
+- ``Admission``: at most ``max_in_flight`` segment requests at once; one more gets 503 with
+  ``Retry-After`` at once, never a queue. Each admitted request gets one ``Deadline`` from its
+  arrival to its answer (``request.state.deadline``); every wait inside it (the body, the pixel
+  budget, a shared-memory slot, Triton) uses what is left of it.
+
+Headers are bounded before any of this runs: ``serving.gateway.protocol``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .metrics import ROUTE_KEY
 
-class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+SEGMENT_PATH = "/v1/segment"
+
+
+class Deadline:
+    """One time limit for everything a request waits on."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+
+async def answer(send: Send, status: int, code: str, detail: str, headers=()) -> None:
+    """A JSON error sent straight from middleware (the app never saw the request)."""
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+CLOSE = ((b"connection", b"close"),)
+
+
+class BodyLimits:
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
-
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": "too_large", "detail": f"request body is larger than {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        self.idle_seconds = idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,31 +68,95 @@ class BodySizeLimit:
         headers = dict(scope.get("headers", []))
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)  # refused before a byte of the body is read
+            # Refused before a byte of the body is read.
+            await answer(send, 413, "too_large", self._too_large(), CLOSE)
             return
         received = 0
-        started = rejected = False
+        started = rejected = complete = False
 
-        async def counting_receive() -> Message:
-            nonlocal received, rejected
+        async def reject(status: int, code: str, detail: str) -> Message:
+            nonlocal rejected
+            rejected = True  # the app is told the client is gone: it stops reading
+            if not started:
+                await answer(send, status, code, detail, CLOSE)
+            return {"type": "http.disconnect"}
+
+        async def limited_receive() -> Message:
+            nonlocal received, complete
             if rejected:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if complete:  # after the body: waiting for a disconnect has no time limit
+                return await receive()
+            deadline: Deadline | None = scope.get("state", {}).get("deadline")
+            wait = self.idle_seconds
+            if deadline is not None:
+                wait = min(wait, deadline.remaining())
+            try:
+                message = await asyncio.wait_for(receive(), wait)
+            except TimeoutError:
+                why = (
+                    f"the request body sent nothing for {self.idle_seconds:g} s"
+                    if deadline is None or wait == self.idle_seconds
+                    else f"the request body was not received within {deadline.seconds:g} s"
+                )
+                return await reject(408, "body_timeout", why)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    # Answer 413 now and tell the app the client is gone: it stops reading.
-                    rejected = True
-                    if not started:
-                        await self._reject(send)
-                    return {"type": "http.disconnect"}
+                    return await reject(413, "too_large", self._too_large())
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
             if rejected:
-                return  # the 413 is out; whatever the app says after it is dropped
+                return  # the 4xx is out; whatever the app says after it is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        await self.app(scope, counting_receive, guarded_send)
+        await self.app(scope, limited_receive, guarded_send)
+
+    def _too_large(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes"
+
+
+class Admission:
+    def __init__(self, app: ASGIApp, max_in_flight: int, timeout: float) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != SEGMENT_PATH:
+            await self.app(scope, receive, send)  # health, models, the page: never queued
+            return
+        scope[ROUTE_KEY] = SEGMENT_PATH  # for the metrics, also when refused here
+        if self.in_flight >= self.max_in_flight:
+            detail = f"the server is busy ({self.max_in_flight} requests in flight); retry"
+            await answer(send, 503, "overloaded", detail, ((b"retry-after", b"1"),))
+            return
+        deadline = Deadline(self.timeout)
+        scope.setdefault("state", {})["deadline"] = deadline
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            # A last fence: the waits inside answer before it (408, 503, 504 with a reason).
+            await _within(self.app(scope, receive, tracking_send), deadline.seconds + 1.0)
+        except TimeoutError:
+            if not started:
+                detail = f"no answer within the request deadline of {deadline.seconds:g} s"
+                await answer(send, 504, "timeout", detail)
+        finally:
+            self.in_flight -= 1
+
+
+async def _within(work: Awaitable[None], seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        await work

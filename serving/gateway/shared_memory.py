@@ -3,10 +3,14 @@ shared-memory extension): the image tensor and the gated scores stay out of the 
 response bodies.
 
 A pool of slots, one per request in flight; each slot is an input and an output region,
-registered with Triton when made and made again when too small. Triton forgets registrations
-when it restarts (``s4seg serve`` restarts it after a crash): the client then calls
-``forget_registrations`` and every slot registers again on its next use. Region names carry the
-gateway's pid, and regions of gateways that are gone are removed at start.
+registered with Triton when made and made again when too small. A slot whose request did not
+finish (timed out, cancelled, failed) is never used again: Triton may still read its input or
+write its output, which would hand one user's scores to the next. Its regions are unlinked at
+once and unregistered from Triton in the background, and the slot gets new ones. Region names
+carry the gateway's pid and a random token and are created exclusively (never an existing
+region). Triton forgets registrations when it restarts (``s4seg serve`` restarts it after a
+crash): the client then calls ``forget_registrations`` and every slot registers again on its
+next use. Regions of gateways that are gone are removed at start.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,12 +36,17 @@ class NoRoom(Exception):
     """/dev/shm has too little space for a region (Docker's default is 64 MiB): send inline."""
 
 
+class NoSlot(Exception):
+    """Every slot is in use for longer than the request may wait (HTTP 503)."""
+
+
 @dataclass
 class Region:
     name: str
     size: int
     handle: object
     registered: bool = False
+    closed: bool = False
 
 
 @dataclass
@@ -59,59 +69,84 @@ class SharedMemoryPool:
         self.client = client  # tritonclient.grpc.aio or tritonclient.http.aio
         self.free: asyncio.Queue[int] = asyncio.Queue()
         self.slots: dict[int, Slot | None] = {}
+        self.retired = 0  # slots given up because their request did not finish
+        self._unregistering: set[asyncio.Task] = set()
         for i in range(slots):
             self.slots[i] = None
             self.free.put_nowait(i)
         remove_stale_regions()
 
-    def _name(self, index: int, kind: str) -> str:
-        return f"{PREFIX}_{os.getpid()}_{index}_{kind}"
+    @staticmethod
+    def _name(kind: str) -> str:
+        return f"{PREFIX}_{os.getpid()}_{secrets.token_hex(8)}_{kind}"
 
-    async def _region(self, region: Region | None, name: str, size: int) -> Region:
+    async def _region(self, region: Region | None, kind: str, size: int) -> Region:
         if region is not None and region.size >= size:
             if not region.registered:
-                await self.client.register_system_shared_memory(name, f"/{name}", region.size)
+                await self.client.register_system_shared_memory(
+                    region.name, f"/{region.name}", region.size
+                )
                 region.registered = True
             return region
         if region is not None:
-            await self._drop(region)
+            self._retire(region)
         space = os.statvfs(DEV_SHM)
         if space.f_bavail * space.f_frsize < 2 * size:  # writing past it would be SIGBUS
             raise NoRoom(f"{DEV_SHM} has too little space for {size} bytes")
-        handle = shm.create_shared_memory_region(name, f"/{name}", size)
+        name = self._name(kind)
+        handle = shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)
         region = Region(name, size, handle)
-        await self.client.register_system_shared_memory(name, f"/{name}", size)
+        try:
+            await self.client.register_system_shared_memory(name, f"/{name}", size)
+        except BaseException:
+            shm.destroy_shared_memory_region(handle)
+            raise
         region.registered = True
         return region
 
-    async def _drop(self, region: Region) -> None:
-        if region.registered:
-            with contextlib.suppress(Exception):  # Triton gone: nothing to unregister
-                await self.client.unregister_system_shared_memory(region.name)
+    def _retire(self, region: Region) -> None:
+        """Unlink now (nothing of ours maps it again); unregister when Triton lets go of it."""
+        if region.closed:
+            return
+        region.closed = True
         shm.destroy_shared_memory_region(region.handle)
+        if region.registered:
+            task = asyncio.get_running_loop().create_task(self._unregister(region.name))
+            self._unregistering.add(task)
+            task.add_done_callback(self._unregistering.discard)
+
+    async def _unregister(self, name: str, tries: int = 30) -> None:
+        for _ in range(tries):  # Triton refuses while a request still uses the region
+            with contextlib.suppress(Exception):
+                await self.client.unregister_system_shared_memory(name)
+                return
+            await asyncio.sleep(1.0)
 
     @asynccontextmanager
-    async def slot(self, input_bytes: int, output_bytes: int) -> AsyncIterator[Slot]:
-        """A slot whose regions hold at least these sizes, for the length of one request."""
-        index = await self.free.get()
-        current = self.slots[index]
+    async def slot(self, input_bytes: int, output_bytes: int, wait: float) -> AsyncIterator[Slot]:
+        """A slot whose regions hold at least these sizes, for the length of one request;
+        ``NoSlot`` when none is free within ``wait`` seconds."""
         try:
-            slot = Slot(
-                await self._region(
-                    current.input if current else None, self._name(index, "in"), input_bytes
-                ),
-                await self._region(
-                    current.output if current else None, self._name(index, "out"), output_bytes
-                ),
-            )
-        except BaseException:
-            self.slots[index] = None if current is None else current
-            self.free.put_nowait(index)
-            raise
-        self.slots[index] = slot
+            index = await asyncio.wait_for(self.free.get(), wait)
+        except TimeoutError:
+            raise NoSlot(f"all {len(self.slots)} shared-memory slots are busy; retry") from None
+        current, self.slots[index] = self.slots[index], None
+        held: list[Region] = [] if current is None else [current.input, current.output]
+        finished = False
         try:
-            yield slot
+            source = current.input if current else None
+            held.append(region_in := await self._region(source, "in", input_bytes))
+            source = current.output if current else None
+            held.append(region_out := await self._region(source, "out", output_bytes))
+            self.slots[index] = Slot(region_in, region_out)
+            yield self.slots[index]
+            finished = True
         finally:
+            if not finished:  # Triton may still use these regions: never hand them out again
+                for region in held:
+                    self._retire(region)
+                self.retired += 1
+                self.slots[index] = None
             self.free.put_nowait(index)
 
     def forget_registrations(self) -> None:
@@ -129,8 +164,15 @@ class SharedMemoryPool:
         return shm.get_contents_as_numpy(region.handle, dtype, shape).copy()
 
     async def close(self) -> None:
+        for task in list(self._unregistering):
+            task.cancel()
         for slot in self.slots.values():
             if slot is not None:
-                await self._drop(slot.input)
-                await self._drop(slot.output)
+                for region in (slot.input, slot.output):
+                    if region.closed:
+                        continue
+                    if region.registered:
+                        with contextlib.suppress(Exception):  # Triton gone
+                            await self.client.unregister_system_shared_memory(region.name)
+                    shm.destroy_shared_memory_region(region.handle)
         self.slots = {}

@@ -22,11 +22,12 @@ from s4seg.repository import ENSEMBLE
 from s4seg.tensors import CLASS_PROBS, IMAGE, MAP_BACK_OUTPUTS, SCORES, SUPPRESSED, TAU
 
 from .metrics import TRITON_ERRORS
-from .shared_memory import NoRoom, SharedMemoryPool
+from .shared_memory import NoRoom, NoSlot, SharedMemoryPool
 
 
 class TritonUnavailable(Exception):
-    """Triton is down, not ready, or has no ready ensemble (HTTP 503)."""
+    """Triton is down, not ready, or has no ready ensemble, or the gateway is at its limit
+    (HTTP 503)."""
 
 
 class TritonFailed(Exception):
@@ -50,10 +51,9 @@ SERVED_VERSION_TTL = 0.5  # seconds
 UNAVAILABLE_HINTS = (
     "unknown model", "not ready", "no available versions", "unavailable",
     "failed to connect", "connection refused",  # gRPC while Triton is down or restarting
+    "exceeds maximum queue size",  # a step's queue policy: overloaded
 )  # fmt: skip
-
-
-SHARED_MEMORY_SLOTS = 32  # requests in flight with their tensors in shared memory
+TIMEOUT_HINTS = ("timeout expired", "deadline exceeded", "deadline_exceeded")
 
 
 class TritonEnsemble:
@@ -63,18 +63,25 @@ class TritonEnsemble:
         timeout: float,
         grpc_url: str | None = None,
         shared_memory: bool = False,
+        slots: int = 32,
     ) -> None:
+        """``slots``: requests in flight with their tensors in shared memory (the gateway's
+        ``max_in_flight``, so that an admitted request finds one)."""
         self.url = url.removeprefix("http://")
         self.timeout = timeout
         self.client = triton_aio.InferenceServerClient(self.url, conn_timeout=timeout)
         self.grpc = triton_grpc_aio.InferenceServerClient(grpc_url) if grpc_url else None
         self.kind = triton_grpc if self.grpc is not None else triton_http
         inference = self.grpc if self.grpc is not None else self.client
-        self.pool = SharedMemoryPool(inference, SHARED_MEMORY_SLOTS) if shared_memory else None
+        self.pool = SharedMemoryPool(inference, slots) if shared_memory else None
         self._served: tuple[float, int | None] = (0.0, None)
 
-    async def _infer(self, canvas: np.ndarray, tau: float, classes: int, via_shm: bool):
-        """(scores, class_probs, suppressed, version) of one request."""
+    async def _infer(
+        self, canvas: np.ndarray, tau: float, classes: int, via_shm: bool, wait: float
+    ):
+        """(scores, class_probs, suppressed, version) of one request. Triton gets what is left
+        of the deadline as the request's timeout, so its queues drop the request when nobody
+        waits for it any more (the steps' queue policy allows the override)."""
         kind = self.kind
         batch = canvas[None].astype(IMAGE.dtype, copy=False)
         image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
@@ -82,16 +89,26 @@ class TritonEnsemble:
         taus.set_data_from_numpy(np.array([[tau]], dtype=TAU.dtype))
         outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
         client = self.grpc if self.grpc is not None else self.client
+        until = time.monotonic() + wait
+
+        def infer():
+            left = max(until - time.monotonic(), 0.001)
+            # gRPC: also the call's deadline, so that Triton sees the request cancelled.
+            extra = {"client_timeout": left} if self.grpc is not None else {}
+            return client.infer(
+                ENSEMBLE, [image, taus], outputs=outputs, timeout=int(left * 1e6), **extra
+            )
+
         if not via_shm or self.pool is None:
             image.set_data_from_numpy(batch)
-            result = await client.infer(ENSEMBLE, [image, taus], outputs=outputs)
+            result = await infer()
             return self._unpack(result, result.as_numpy(SCORES.name))
         scores_bytes = 4 * classes * canvas.shape[0] * canvas.shape[1]
-        async with self.pool.slot(batch.nbytes, scores_bytes) as slot:
+        async with self.pool.slot(batch.nbytes, scores_bytes, wait) as slot:
             self.pool.write(slot.input, batch)
             image.set_shared_memory(slot.input.name, batch.nbytes)
             outputs[0].set_shared_memory(slot.output.name, scores_bytes)
-            result = await client.infer(ENSEMBLE, [image, taus], outputs=outputs)
+            result = await infer()
             output = result.get_output(SCORES.name)
             shape = output.shape if self.grpc is not None else output["shape"]
             return self._unpack(result, self.pool.read(slot.output, np.float32, shape))
@@ -106,33 +123,44 @@ class TritonEnsemble:
             str(version),
         )
 
-    async def _infer_any(self, canvas: np.ndarray, tau: float, classes: int):
+    async def _infer_any(self, canvas: np.ndarray, tau: float, classes: int, wait: float):
         """Through shared memory when there is a pool; when Triton no longer knows a region
         (it restarted) or a region is too small (a version with more classes), registrations
         are renewed on the next use and this request goes inline."""
         if self.pool is None:
-            return await self._infer(canvas, tau, classes, via_shm=False)
+            return await self._infer(canvas, tau, classes, False, wait)
         try:
-            return await self._infer(canvas, tau, classes, via_shm=True)
+            return await self._infer(canvas, tau, classes, True, wait)
         except NoRoom:
-            return await self._infer(canvas, tau, classes, via_shm=False)
+            return await self._infer(canvas, tau, classes, False, wait)
         except InferenceServerException as error:
             if "shared memory" not in (error.message() or str(error)).lower():
                 raise
             self.pool.forget_registrations()
-            return await self._infer(canvas, tau, classes, via_shm=False)
+            return await self._infer(canvas, tau, classes, False, wait)
 
-    async def segment(self, canvas: np.ndarray, tau: float, classes: int) -> Segmentation:
+    async def segment(
+        self, canvas: np.ndarray, tau: float, classes: int, wait: float | None = None
+    ) -> Segmentation:
+        """``wait``: what is left of the request's deadline (default: the whole timeout)."""
+        wait = self.timeout if wait is None else wait
         try:
             scores, class_probs, suppressed, version = await asyncio.wait_for(
-                self._infer_any(canvas, tau, classes), timeout=self.timeout
+                self._infer_any(canvas, tau, classes, wait), timeout=wait
             )
         except TimeoutError:
             TRITON_ERRORS.labels("timeout").inc()
-            raise TritonFailed(f"Triton did not answer within {self.timeout:g} s", 504) from None
+            raise TritonFailed(f"Triton did not answer within {wait:.3g} s", 504) from None
+        except NoSlot as error:
+            TRITON_ERRORS.labels("busy").inc()
+            raise TritonUnavailable(str(error)) from None
         except InferenceServerException as error:
             message = error.message() or str(error)
             status = str(error.status() or "")  # gRPC: StatusCode.UNAVAILABLE while it is down
+            if "DEADLINE_EXCEEDED" in status or any(h in message.lower() for h in TIMEOUT_HINTS):
+                TRITON_ERRORS.labels("timeout").inc()
+                detail = f"no answer within the request deadline: {message}"
+                raise TritonFailed(detail, 504) from None
             if "UNAVAILABLE" in status or any(h in message.lower() for h in UNAVAILABLE_HINTS):
                 TRITON_ERRORS.labels("unavailable").inc()
                 raise TritonUnavailable(f"the model is not ready: {message}") from None

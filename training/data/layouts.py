@@ -26,8 +26,7 @@ from s4seg.classes import (
     voc_palette,
 )
 from s4seg.errors import DatasetError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from s4seg.imaging import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

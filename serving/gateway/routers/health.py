@@ -6,6 +6,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from s4seg.manifest import without_host_paths
+
 from ..dependencies import CatalogDep, TritonDep
 
 router = APIRouter(tags=["health"])
@@ -24,7 +26,7 @@ async def readyz(triton: TritonDep, catalog: CatalogDep) -> JSONResponse:
         "ready": ready,
         "reason": reason,
         "served_version": await triton.served_version(max_age=0) if ready else None,
-        "failed_versions": status.get("failed", {}),
+        "failed_versions": without_host_paths(status.get("failed", {})),
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -1,8 +1,11 @@
-"""What is served: the manifest of the served version and the versions on disk."""
+"""What is served: the manifest of the served version and the versions on disk (host paths
+reduced to names: clients learn nothing of the server's folders)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
+
+from s4seg.manifest import without_host_paths
 
 from ..dependencies import CatalogDep, TritonDep, require_api_key
 
@@ -14,12 +17,16 @@ async def models(triton: TritonDep, catalog: CatalogDep) -> dict:
     served = await triton.served_version(max_age=0)
     if served is None:
         raise HTTPException(503, "no version is being served (Triton down or nothing published)")
-    manifest = catalog.manifest(served)
+    manifest = catalog.manifest(served)  # VersionGone: 503 (app.py)
     return {
         "served_version": served,
         "published_versions": catalog.versions(),
-        "failed_versions": catalog.status().get("failed", {}),
+        "failed_versions": without_host_paths(catalog.status().get("failed", {})),
         # The default gate of every request, and why (the sweep is in manifest.tau_choice).
-        "gate": {"on": manifest.gate_on, "tau": manifest.tau, "why": manifest.describe_tau()},
-        "manifest": manifest.model_dump(mode="json"),
+        "gate": {
+            "on": manifest.gate_on,
+            "tau": manifest.tau,
+            "why": without_host_paths(manifest.describe_tau()),
+        },
+        "manifest": manifest.public_dump(),
     }

@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from s4seg.imaging import ImageError, decode_image
+from s4seg.imaging import ImageError, decode_image, image_pixels
 from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.onnx_pipeline import UNGATED_TAU
 from s4seg.outputs import OVERLAY_ENCODINGS, label_png, overlay_bytes, segmentation_json
 
-from ..dependencies import CatalogDep, SettingsDep, TritonDep, require_api_key
+from ..dependencies import (
+    BudgetDep,
+    CatalogDep,
+    DeadlineDep,
+    SettingsDep,
+    TritonDep,
+    require_api_key,
+)
 from ..triton_client import TritonUnavailable
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
+
+# Decoding, mapping back and encoding run in threads of their own, as many as there are cores:
+# the default pool (40 threads) would run 40 decodes at once, and everything else that uses it
+# would queue behind them.
+WORKERS = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
+T = TypeVar("T")
+
+
+async def in_worker(function: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=WORKERS)
 
 
 class Format(StrEnum):
@@ -83,8 +103,10 @@ async def read_image_bytes(request: Request) -> bytes:
         401: {"description": "missing or wrong X-API-Key"},
         413: {"description": "body or image too large"},
         415: {"description": "not an image / unsupported mode"},
+        408: {"description": "the body stalled or did not arrive within the deadline"},
         422: {"description": "corrupt or truncated image, bad parameter"},
-        503: {"description": "Triton or the model not ready"},
+        503: {"description": "Triton or the model not ready, or the server is busy (Retry-After)"},
+        504: {"description": "no answer within the request deadline"},
     },
 )
 async def segment(
@@ -92,6 +114,8 @@ async def segment(
     settings: SettingsDep,
     triton: TritonDep,
     catalog: CatalogDep,
+    budget: BudgetDep,
+    deadline: DeadlineDep,
     format: Annotated[Format, Query(description="png, overlay or json")] = Format.png,
     tau: Annotated[
         float | None, Query(ge=0.0, le=1.0, description="gate threshold (default: manifest's)")
@@ -112,31 +136,33 @@ async def segment(
     data = await read_image_bytes(request)
     served = await triton.served_version()
     manifest = catalog.manifest(served) if served is not None else None
-    # Only the overlay shows the photo's own pixels; the model needs its served size at most.
-    fit = tuple(manifest.input_size) if manifest and format is not Format.overlay else None
-    decoded = await run_in_threadpool(decode_image, data, settings.max_pixels, fit)
-    if served is None or manifest is None:
-        raise TritonUnavailable("no version is being served (Triton down or nothing published)")
-    used_tau = manifest.request_tau(tau, gate)
-    canvas, placement = await run_in_threadpool(
-        letterbox, decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value),
-        decoded.size,
-    )  # fmt: skip
-    result = await triton.segment(canvas, used_tau, manifest.num_classes)
-    if result.version != str(served):  # switched in between: describe what actually ran
-        manifest = catalog.manifest(result.version)
-    labels = await run_in_threadpool(labels_from_scores, result.scores, placement)
-    headers = {"X-Model-Version": result.version}
-    if format is Format.json:
-        body = segmentation_json(
-            labels, result.class_probs, result.suppressed, manifest, result.version,
-            None if used_tau == UNGATED_TAU else used_tau,  # gate=false, or served "gate off"
+    pixels = image_pixels(data, settings.max_pixels)  # the header only: 413/415/422 before work
+    async with budget.hold(pixels, deadline.remaining()):  # the decoded pixels in flight
+        # Only the overlay shows the photo's own pixels; the model needs its served size at most.
+        fit = tuple(manifest.input_size) if manifest and format is not Format.overlay else None
+        decoded = await in_worker(decode_image, data, settings.max_pixels, fit)
+        if served is None or manifest is None:
+            raise TritonUnavailable("no version is being served (Triton down or nothing published)")
+        used_tau = manifest.request_tau(tau, gate)
+        canvas, placement = await in_worker(
+            letterbox, decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value),
+            decoded.size,
         )  # fmt: skip
-        return JSONResponse(body, headers=headers)
-    if format is Format.overlay:
-        chosen = (encoding or Encoding.png).value
-        content = await run_in_threadpool(overlay_bytes, decoded.pixels, labels, manifest, chosen)
-        media_type = OVERLAY_ENCODINGS[chosen][1]
-    else:
-        content, media_type = await run_in_threadpool(label_png, labels, manifest), "image/png"
-    return Response(content=content, media_type=media_type, headers=headers)
+        result = await triton.segment(canvas, used_tau, manifest.num_classes, deadline.remaining())
+        if result.version != str(served):  # switched in between: describe what actually ran
+            manifest = catalog.manifest(result.version)
+        labels = await in_worker(labels_from_scores, result.scores, placement)
+        headers = {"X-Model-Version": result.version}
+        if format is Format.json:
+            body = segmentation_json(
+                labels, result.class_probs, result.suppressed, manifest, result.version,
+                None if used_tau == UNGATED_TAU else used_tau,  # gate=false, or served "gate off"
+            )  # fmt: skip
+            return JSONResponse(body, headers=headers)
+        if format is Format.overlay:
+            chosen = (encoding or Encoding.png).value
+            content = await in_worker(overlay_bytes, decoded.pixels, labels, manifest, chosen)
+            media_type = OVERLAY_ENCODINGS[chosen][1]
+        else:
+            content, media_type = await in_worker(label_png, labels, manifest), "image/png"
+        return Response(content=content, media_type=media_type, headers=headers)

@@ -1,0 +1,58 @@
+"""Headers every response carries, and the API documentation behind the key when asked.
+
+- ``X-Content-Type-Options: nosniff``: browsers never run an answer as another type.
+- ``X-Frame-Options: DENY`` and ``frame-ancestors 'none'``: the page cannot be framed
+  (clickjacking).
+- ``docs=private`` (the default with ``S4SEG_API_KEY``): /docs, /redoc and /openapi.json need
+  the key like every other route; ``docs=off`` removes them (``ServeSettings.docs``).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .limits import answer
+
+DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def key_matches(given: str | None, expected: str) -> bool:
+    """Compared in constant time."""
+    return bool(given) and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+class Hardening:
+    def __init__(self, app: ASGIApp, api_key: str | None, private_docs: bool) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.private_docs = private_docs and api_key is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in HEADERS if n not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if self.private_docs and scope["path"] in DOC_PATHS:
+            given = dict(scope.get("headers", [])).get(b"x-api-key", b"").decode("latin-1")
+            if not key_matches(given, self.api_key or ""):
+                await answer(
+                    with_headers, 401, "unauthorized", "missing or wrong X-API-Key",
+                    ((b"www-authenticate", b"ApiKey"),),
+                )  # fmt: skip
+                return
+        await self.app(scope, receive, with_headers)

@@ -1,0 +1,243 @@
+"""The gateway's contracts under hostile clients and overload, in-process (the real app and a
+real uvicorn with our protocol; Triton replaced at its dependency, tests/gateway_fakes.py).
+Each test names the item of issue 19 it holds."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gateway_fakes import FakeEnsemble, fake_app, running, write_repository
+from PIL import Image
+
+from s4seg.imaging import decode_image
+
+
+def damaged_exif_jpeg(size: tuple[int, int] = (40, 20)) -> bytes:
+    """A JPEG, red in its top half as stored, with EXIF orientation 6 (turn a quarter
+    clockwise) and ResolutionUnit (a SHORT) stored as a LONG of 70000: re-serialising that EXIF
+    (what ``ImageOps.exif_transpose`` does) raises ``struct.error``."""
+    width, height = size
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[: height // 2, :, 0] = 255
+    entries = [
+        (0x0112, 3, 1, struct.pack("<HH", 6, 0)),  # Orientation, SHORT
+        (0x0128, 4, 1, struct.pack("<I", 70000)),  # ResolutionUnit as LONG: does not fit
+    ]
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHI", tag, kind, n) + value for tag, kind, n, value in entries)
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return write_repository(tmp_path / "repo")
+
+
+def post(url: str, data: bytes, **params) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/segment", content=data, headers={"Content-Type": "image/jpeg"},
+        params=params, timeout=30,
+    )  # fmt: skip
+
+
+def test_photo_with_a_damaged_exif_tag_is_served_upright(repo: Path) -> None:
+    """Item 1: 500 before; now 200, turned as its (readable) orientation says."""
+    data = damaged_exif_jpeg()
+    decoded = decode_image(data)
+    assert decoded.size == (40, 20) and decoded.pixels.shape == (40, 20, 3)
+    assert decoded.pixels[:, -5:, 0].mean() > 200 and decoded.pixels[:, :5, 0].mean() < 50
+    app, _ = fake_app(repo)
+    with running(app) as url:
+        response = post(url, data)
+        assert response.status_code == 200, response.text
+        labels = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert labels.shape == (40, 20)  # turned: 20 wide, 40 high
+    assert (labels[:, -5:] == 1).mean() > 0.9 and (labels[:, :5] == 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "TGA", "ICNS"])
+def test_formats_outside_the_allow_list_are_415_unread(repo: Path, fmt: str) -> None:
+    """Item 7: an EPS reached Pillow's Ghostscript plugin; now no other plugin sees the bytes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(buffer, fmt)
+    app, ensemble = fake_app(repo)
+    with running(app) as url:
+        response = post(url, buffer.getvalue())
+    assert response.status_code == 415, response.text
+    assert response.json()["error"] == "not_an_image" and "JPEG, PNG" in response.json()["detail"]
+    assert ensemble.calls == 0
+
+
+def jpeg(size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 0, 0)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_beyond_max_in_flight_requests_get_503_at_once_and_health_stays_fast(repo: Path) -> None:
+    """Item 4: a bound on requests in flight; 503 with Retry-After at once beyond it."""
+    app, ensemble = fake_app(repo, FakeEnsemble(delay=1.5), max_in_flight=3)
+    results: list[tuple[int, float, str | None]] = []
+    with running(app) as url:
+
+        def one() -> None:
+            start = time.monotonic()
+            r = post(url, jpeg())
+            results.append((r.status_code, time.monotonic() - start, r.headers.get("retry-after")))
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the three admitted ones are in the model now
+        start = time.monotonic()
+        health = httpx.get(f"{url}/healthz", timeout=5)
+        health_seconds = time.monotonic() - start
+        for thread in threads:
+            thread.join()
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200] * 3 + [503] * 9, statuses
+    refused = [(seconds, retry) for status, seconds, retry in results if status == 503]
+    assert all(seconds < 1.0 and retry == "1" for seconds, retry in refused), refused
+    assert ensemble.most_in_flight == 3
+    assert health.status_code == 200 and health_seconds < 0.5, health_seconds
+
+
+def test_one_deadline_over_the_whole_request(repo: Path) -> None:
+    """Item 4: the request's deadline bounds the wait for the model (504 with the reason)."""
+    app, _ = fake_app(repo, FakeEnsemble(delay=5.0), request_timeout=0.8)
+    with running(app) as url:
+        start = time.monotonic()
+        response = post(url, jpeg())
+        seconds = time.monotonic() - start
+    assert response.status_code == 504, response.text
+    assert 0.7 < seconds < 1.4, seconds  # the waits use the deadline, not a fence after it
+
+
+def test_decoded_pixels_in_flight_are_bounded(repo: Path) -> None:
+    """Item 10: 6 concurrent 100x100 images with room for 2 of them: never more than 2 decoded
+    at once; the others wait their turn within the deadline and are served."""
+    app, ensemble = fake_app(
+        repo, FakeEnsemble(delay=0.4), max_pixels=10_000, max_pixels_in_flight=20_000
+    )
+    statuses: list[int] = []
+    with running(app) as url:
+        image = jpeg((100, 100))
+        threads = [
+            threading.Thread(target=lambda: statuses.append(post(url, image).status_code))
+            for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert statuses == [200] * 6
+    assert ensemble.most_in_flight == 2
+
+
+def raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def closed_after(sock: socket.socket, limit: float) -> tuple[float, bytes]:
+    """Seconds until the server closes the connection, and what it sent before."""
+    start, received = time.monotonic(), b""
+    sock.settimeout(limit)
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return float("inf"), received
+    return time.monotonic() - start, received
+
+
+def test_slow_headers_and_stalled_bodies_are_cut(repo: Path) -> None:
+    """Item 5: headers one byte a second, a silent connection, and a body that stalls after 8
+    of 100,000 declared bytes: each closed within its limit."""
+    app, _ = fake_app(repo, body_timeout=1.0)
+    with running(app, header_timeout=1.0) as url:
+        silent = raw(url)
+        seconds, _ = closed_after(silent, 5)
+        assert seconds < 2.0, "a connection that sends nothing stays open"
+
+        dripping = raw(url)
+        start = time.monotonic()
+        closed = False
+        for byte in b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n":
+            try:
+                dripping.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            dripping.settimeout(0.3)
+            try:
+                if dripping.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed and time.monotonic() - start < 3.0, "headers one byte at a time stay open"
+
+        stalled = raw(url)
+        stalled.sendall(
+            b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n12345678"
+        )
+        seconds, answer = closed_after(stalled, 5)
+    assert seconds < 2.5, "a stalled body keeps its connection"
+    assert answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer, answer[:200]
+
+
+def test_metrics_label_route_templates_not_client_paths(repo: Path) -> None:
+    """Item 6: 20 random unknown paths add no series."""
+    app, _ = fake_app(repo)
+    with running(app) as url:
+        for i in range(20):
+            assert httpx.get(f"{url}/v1/nope-{i}-{time.time_ns()}").status_code == 404
+        assert post(url, jpeg()).status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+    routes = set(re.findall(r's4seg_gateway_requests_total\{route="([^"]*)"', text))
+    assert not [r for r in routes if "nope" in r], routes
+    assert {"unmatched", "/v1/segment"} <= routes
+
+
+def test_models_shows_names_not_host_paths(repo: Path) -> None:
+    """Item 8: /v1/models keeps names, drops the server's folders."""
+    app, _ = fake_app(repo)
+    with running(app) as url:
+        body = httpx.get(f"{url}/v1/models").text
+    assert "/home/someone" not in body
+    assert '"shapes"' in body and '"checkpoint.pt"' in body
+
+
+def test_docs_need_the_key_when_one_is_set_and_pages_carry_security_headers(repo: Path) -> None:
+    """Item 8: with S4SEG_API_KEY, /docs and /openapi.json are private by default (a setting);
+    every answer says nosniff and refuses framing."""
+    key = {"X-API-Key": "s3cret"}
+    app, _ = fake_app(repo, api_key="s3cret")
+    with running(app) as url:
+        for path in ("/openapi.json", "/docs"):
+            assert httpx.get(f"{url}{path}").status_code == 401
+            assert httpx.get(f"{url}{path}", headers=key).status_code == 200
+        page = httpx.get(f"{url}/")
+    assert page.status_code == 200
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY"
+    app, _ = fake_app(repo, api_key="s3cret", docs="public")
+    with running(app) as url:
+        assert httpx.get(f"{url}/openapi.json").status_code == 200
+    app, _ = fake_app(repo, docs="off")
+    with running(app) as url:
+        assert httpx.get(f"{url}/docs").status_code == 404
