@@ -1,5 +1,7 @@
 """The naive baseline of ``s4seg bench serve``: one FastAPI process running the PyTorch models
-eagerly (no Triton, no ONNX, no batching). Started by the benchmark with uvicorn:
+eagerly (no Triton, no ONNX, no batching), doing the gateway's work per request: the JPEG
+decoded at the reduced scale the served size allows, the gated scores mapped back to the
+photo's size before the argmax, a palette PNG. Started by the benchmark with uvicorn:
 
     S4SEG_NAIVE_EXPORT=exports/v1 uvicorn s4seg.export.naive_endpoint:app --port 9000
 """
@@ -15,7 +17,7 @@ from s4seg.training.checkpoint import load_checkpoint
 from starlette.concurrency import run_in_threadpool
 
 from s4seg.imaging import decode_image
-from s4seg.letterbox import letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.manifest import Manifest
 from s4seg.outputs import label_png
 
@@ -33,13 +35,14 @@ app = FastAPI(title="naive PyTorch endpoint (benchmark baseline)")
 
 @torch.no_grad()
 def predict(data: bytes) -> bytes:
-    pixels = decode_image(data).pixels
-    canvas, placement = letterbox(pixels, tuple(manifest.input_size), tuple(manifest.pad_value))
+    size = tuple(manifest.input_size)
+    decoded = decode_image(data, fit=size)
+    canvas, placement = letterbox(decoded.pixels, size, tuple(manifest.pad_value), decoded.size)
     seg_input, cls_input = graphs["preprocess"](torch.from_numpy(canvas[None]))
     logits = graphs["segmenter"](seg_input)
     probs = graphs["classifier"](cls_input)
-    labels, _, _ = graphs["gate"](logits, probs, torch.full((1, 1), manifest.tau))
-    return label_png(unletterbox(np.asarray(labels[0]), placement), manifest)
+    _, _, scores = graphs["gate"](logits, probs, torch.full((1, 1), manifest.tau))
+    return label_png(labels_from_scores(np.asarray(scores[0]), placement), manifest)
 
 
 @app.post("/v1/segment")

@@ -44,13 +44,19 @@ def striped_mask(size: tuple[int, int], values: list[int]) -> np.ndarray:
     return np.tile(columns, (height, 1))
 
 
-def segment_like_the_server(pipeline, image: np.ndarray, tau: float | None = None):
+def segment_like_the_server(
+    pipeline, image: np.ndarray, tau: float | None = None, size: tuple[int, int] | None = None
+):
     """One (H, W, 3) image through an OnnxPipeline as the gateway runs it: letterboxed into the
-    served size; the output's label map (1, H, W) cropped and resized back to the image's size."""
-    from s4seg.letterbox import letterbox, unletterbox
+    served size; the label map (1, H, W) at the image's size from the gated scores, mapped back
+    by the server's own function (bilinear, then the argmax). ``size``: the photo's full
+    (height, width) when ``image`` was decoded at a reduced scale."""
+    from s4seg.letterbox import labels_from_scores, letterbox
 
     manifest = pipeline.manifest
-    canvas, placement = letterbox(image, tuple(manifest.input_size), tuple(manifest.pad_value))
+    canvas, placement = letterbox(
+        image, tuple(manifest.input_size), tuple(manifest.pad_value), size
+    )
     out = pipeline.run(canvas[None], tau)
-    out.labels = unletterbox(out.labels[0], placement)[None]
+    out.labels = labels_from_scores(out.scores[0], placement)[None]
     return out

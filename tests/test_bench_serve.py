@@ -35,3 +35,31 @@ def test_size_images_are_jpegs_of_each_size() -> None:
     for (_, height, width), data in zip(SIZES, photos.values(), strict=True):
         image = Image.open(io.BytesIO(data))
         assert image.format == "JPEG" and image.size == (width, height)
+
+
+def test_the_naive_endpoint_does_the_gateways_work(
+    tiny_export: Path, synth_root: Path, monkeypatch
+) -> None:
+    """Issue 20, item 14: reduced JPEG decode and scores mapped back at the photo's size, the
+    label map the in-process pipeline gives (PyTorch against ONNX Runtime: float noise only)."""
+    import importlib
+    import sys
+
+    from helpers import segment_like_the_server
+
+    from s4seg.imaging import decode_image
+
+    monkeypatch.setenv("S4SEG_NAIVE_EXPORT", str(tiny_export))
+    sys.modules.pop("s4seg.export.naive_endpoint", None)
+    naive = importlib.import_module("s4seg.export.naive_endpoint")
+    photo = Image.open(sorted((synth_root / "images" / "val").iterdir())[0]).convert("RGB")
+    buffer = io.BytesIO()
+    photo.resize((300, 130)).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    labels = np.asarray(Image.open(io.BytesIO(naive.predict(data))))
+    decoded = decode_image(data, fit=(64, 64))
+    assert decoded.reduced  # decoded at a reduced scale, as the gateway does
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    expected = segment_like_the_server(pipeline, decoded.pixels, size=decoded.size).labels[0]
+    assert labels.shape == expected.shape == (130, 300)
+    assert (labels == expected).mean() > 0.99

@@ -10,6 +10,23 @@ from helpers import TINY_TRAINING
 from s4seg.training.checkpoint import load_checkpoint
 
 
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "--no-python",
+        str(Path(sys.executable).parent / "s4seg"),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     settings = [
@@ -19,25 +36,30 @@ def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
         "train.val_every=100",
         f"train.out_dir={out}",
     ]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "--no-python",
-        str(Path(sys.executable).parent / "s4seg"),
-        "train",
-        "baseline",
-        "--config",
-        "synthetic-quick",
-        *[f"--set={s}" for s in settings],
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun("train", "baseline", "--config", "synthetic-quick",
+                    *[f"--set={s}" for s in settings])  # fmt: skip
     assert "world size 2" in done.stderr
     assert done.stderr.count("training supervised baseline") == 1  # only rank 0 logs
     payload = load_checkpoint(out / "last.pt")
     assert payload["iteration"] == 3
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
+
+
+def test_ddp_resume_restores_each_ranks_own_rng(synth_root: Path, tmp_path: Path) -> None:
+    """Issue 20, item 10: each rank draws its own random numbers (s4GAN's discriminator
+    dropout); a resumed world-size-2 run ends with the weights of the uninterrupted one only if
+    every rank gets its own RNG back."""
+    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=4",
+                "train.val_every=100", "train.snapshot_every=2"]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun("train", "s4gan", "--config", "synthetic-quick",
+             *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]])  # fmt: skip
+    snapshot = load_checkpoint(straight / "snapshots" / "iter_000002.pt")
+    per_rank = snapshot["rng_per_rank"]
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
+    torchrun("train", "s4gan", "--resume", str(straight / "snapshots" / "iter_000002.pt"),
+             f"--set=train.out_dir={resumed}")  # fmt: skip
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert a["iteration"] == b["iteration"] == 4
+    for key in ("model", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), f"{key} differs"

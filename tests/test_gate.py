@@ -38,9 +38,12 @@ def test_gate_with_negative_logits_does_not_let_suppressed_win() -> None:
 def test_all_suppressed_without_background_keeps_ungated_argmax() -> None:
     scores = torch.randn(2, 5, 4, 4)
     class_probs = torch.tensor([[0.1] * 5, [0.1, 0.1, 0.9, 0.1, 0.1]])
-    labels, _ = gated_argmax(scores, class_probs, tau=0.2, background_index=None)
+    labels, suppressed = gated_argmax(scores, class_probs, tau=0.2, background_index=None)
     assert torch.equal(labels[0], scores[0].argmax(0))
     assert (labels[1] == 2).all()
+    # What was applied: nothing in the first image (issue 20, item 9), four classes in the second.
+    assert not suppressed[0].any()
+    assert suppressed[1].tolist() == [True, True, False, True, True]
 
 
 def test_tau_per_call_changes_the_result() -> None:

@@ -163,7 +163,7 @@ def test_load_with_bad_input_mixed_in(stack: Served, synth_root: Path) -> None:
     assert rss_after - rss_before < 200, "gateway memory grew by more than 200 MiB"
     # Nothing accumulates: no new stub processes, no new shared-memory regions.
     assert stubs_after <= stubs_before
-    assert shm_regions() <= shm_before
+    assert len(shm_regions()) <= len(shm_before)  # (the python backend's names are uuids)
 
 
 @pytest.mark.slow

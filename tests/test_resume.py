@@ -79,3 +79,43 @@ def test_resume_auto_continues_the_run_in_out_dir(synth_root: Path, tmp_path: Pa
     assert at_three["iteration"] == 3
     head = "classifier.branches.0.weight"  # a weight, not a BN statistic (those move at lr 0)
     assert not torch.equal(at_two["model"][head], at_three["model"][head])
+
+
+# Where a Ctrl-C lands in the middle of a step: between s4GAN's S and D updates, and inside
+# MLMT's teacher update (issue 20, item 7).
+MID_STEP = {"s4gan": "discriminator_loss", "mlmt": "update_teacher"}
+
+
+@pytest.mark.parametrize("trainer", ["s4gan", "mlmt"])
+def test_ctrl_c_in_the_middle_of_a_step_saves_a_whole_iteration(
+    trainer: str, synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import importlib
+    import os
+    import signal
+
+    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=5",
+                "train.val_every=100"]  # fmt: skip
+    straight = tmp_path / "straight"
+    _train(trainer, [f"--set={s}" for s in settings] + [f"--set=train.out_dir={straight}"])
+
+    module = importlib.import_module(f"s4seg.training.{trainer}")
+    real = getattr(module, MID_STEP[trainer])
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # in iteration 3, with part of the step done
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, MID_STEP[trainer], interrupted)
+    stopped = tmp_path / "stopped"
+    args = [f"--set={s}" for s in settings] + [f"--set=train.out_dir={stopped}"]
+    assert main(["train", trainer, "--config", "synthetic-quick", *args]) == 130
+    assert load_checkpoint(stopped / "last.pt")["iteration"] == 3  # the step was finished
+    monkeypatch.setattr(module, MID_STEP[trainer], real)
+    _train(trainer, ["--resume", str(stopped / "last.pt"), f"--set=train.out_dir={stopped}"])
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
+    for key in STATE[trainer]:
+        assert _equal(a[key], b[key]), f"{trainer}: {key} differs after an interrupted step"

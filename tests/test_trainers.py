@@ -29,6 +29,22 @@ def test_s4gan_logs_losses_d_scores_and_writes_the_plot(synth_root: Path, tmp_pa
     assert Image.open(tmp_path / "gan" / "d_scores.png").format == "PNG"
 
 
+def test_s4gan_with_every_image_labeled_uses_them_all_as_unlabeled(
+    voc_root: Path, tmp_path: Path
+) -> None:
+    """Issue 20, item 6: ``labeled_ratio=full`` on a layout without extra unlabeled images
+    (the paper's Full rows) died with a bare ValueError: the unlabeled stream was empty."""
+    from s4seg.training.config import load_config
+    from s4seg.training.data.setup import build_training_data
+
+    full = ["data.kind=voc", "data.labeled_ratio=full"]
+    cfg = load_config("synthetic-quick", [f"data.root={voc_root}", *full])
+    data = build_training_data(cfg.data)
+    assert len(data.unlabeled) == len(data.labeled) == 8
+    payload = _run("s4gan", voc_root, tmp_path / "full", *full)
+    assert payload["trainer"] == "s4gan"
+
+
 def test_s4gan_ablation_ce_only_leaves_d_untrained(synth_root: Path, tmp_path: Path) -> None:
     import torch
     from s4seg.training.models.discriminator import Discriminator

@@ -6,7 +6,7 @@ Classes whose image-level probability is at most ``tau`` can not be predicted: t
 pushed below every logit before the argmax (not set to 0, as the authors' code does with raw
 logits, where a suppressed class can still win). The background class is never suppressed. A
 pixel whose every class is suppressed (possible only without a background class) keeps its
-ungated argmax.
+ungated argmax, and then nothing counts as suppressed (``suppressed`` says what was applied).
 
 ``gated_scores`` is the gate itself; the label map is its argmax. The server resizes the gated
 scores to the photo's size before that argmax (s4seg.letterbox), which is still exactly eq. 7.
@@ -39,11 +39,12 @@ def gated_scores(
     background_index: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``scores`` (N, C, H, W) with the classes eq. 7 suppresses at ``SUPPRESSED_SCORE`` (images
-    where every class is suppressed keep their scores), and the suppressed classes (N, C)."""
+    where every class is suppressed keep their scores), and the classes suppressed (N, C):
+    none in an image whose every class fell below tau, since there the gate was not applied."""
     keep = class_keep_mask(class_probs, tau, background_index)
     masked = scores.masked_fill(~keep[:, :, None, None], SUPPRESSED_SCORE)
-    any_kept = keep.any(1)[:, None, None, None]
-    return torch.where(any_kept, masked, scores), ~keep
+    any_kept = keep.any(1, keepdim=True)
+    return torch.where(any_kept[:, :, None, None], masked, scores), ~keep & any_kept
 
 
 def gated_argmax(

@@ -10,11 +10,14 @@ attributes declared below, implements ``validate`` and ``summary``, and hands it
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -35,6 +38,34 @@ from .schedules import resync
 
 # What a step returns: tensors stay on the device until a log line needs them (no per-step sync).
 Scalars = dict[str, torch.Tensor | float]
+
+
+class InterruptAtBoundary:
+    """Ctrl-C during a step is held until the step ends, so that what is saved is one whole
+    iteration (weights, optimisers, schedules and RNG of the same step). A second Ctrl-C
+    interrupts at once, and nothing is saved mid-step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> InterruptAtBoundary:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class StopAtBoundary(KeyboardInterrupt):
+    """Ctrl-C that was held until an iteration ended: the state is whole and is saved."""
 
 
 def normalization(mean: Sequence[float], std: Sequence[float]) -> dict:
@@ -144,7 +175,7 @@ class TrainingRun:
         """Hook for trainers that keep their own history (s4GAN's D-score curves)."""
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def payload(self, iteration: int) -> dict:
+    def payload(self, iteration: int, rng_per_rank: list[dict] | None = None) -> dict:
         layout = self.layout
         return {
             "kind": self.kind,
@@ -155,6 +186,9 @@ class TrainingRun:
             "scheduler": self.scheduler.state_dict(),
             "iteration": iteration,
             "rng": rng_state(),
+            # Under torchrun each rank draws its own numbers (seeded seed + rank): every rank's
+            # state, so that each resumes its own (world size checked on resume).
+            **({"rng_per_rank": rng_per_rank} if rng_per_rank else {}),
             "config": self.cfg.to_dict(),
             "split": self.split.as_dict(),
             "classes": list(layout.classes),
@@ -165,8 +199,24 @@ class TrainingRun:
             **self.extra_state(),
         }
 
-    def save(self, name: str, iteration: int) -> Path:
-        return save_checkpoint(self.payload(iteration), self.out_dir / name)
+    def save(self, name: str, iteration: int, rng_per_rank: list[dict] | None = None) -> Path:
+        return save_checkpoint(self.payload(iteration, rng_per_rank), self.out_dir / name)
+
+    def gather_rng(self) -> list[dict] | None:
+        """Every rank's RNG state on every rank (a collective: all ranks call it together)."""
+        if not self.runtime.distributed:
+            return None
+        states: list[Any] = [None] * self.runtime.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def _stop_requested(self, requested: bool) -> bool:
+        """Whether any rank was asked to stop (all ranks stop after the same iteration)."""
+        if not self.runtime.distributed:
+            return requested
+        flag = torch.tensor([float(requested)], device=self.runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     # -- the loop -------------------------------------------------------------------------------
     def loop(self, step: Callable[[int], Scalars], description: str) -> Path:
@@ -180,15 +230,26 @@ class TrainingRun:
         )
         completed = self.start
         try:
-            for iteration in range(self.start, self.cfg.train.iterations):
-                scalars = step(iteration)
-                completed = iteration + 1
-                self._after_step(completed, scalars)
-        except (S4segError, KeyboardInterrupt):
-            # Lose nothing: keep the progress made so far, then report the problem.
+            with InterruptAtBoundary() as interrupt:
+                for iteration in range(self.start, self.cfg.train.iterations):
+                    scalars = step(iteration)
+                    completed = iteration + 1
+                    self._after_step(completed, scalars)
+                    if self._stop_requested(interrupt.requested):
+                        raise StopAtBoundary
+        except (S4segError, StopAtBoundary) as stop:
+            # Lose nothing: keep the progress made so far (a data error is raised while a step
+            # fetches its batches, before it changes anything), then report the problem.
+            rng = self.gather_rng() if isinstance(stop, StopAtBoundary) else None
             if self.runtime.is_main and completed > self.start:
-                path = self.save("last.pt", completed)
+                path = self.save("last.pt", completed, rng)
                 self.log(f"stopped at iteration {completed}; state saved to {path} (--resume it)")
+            raise
+        except KeyboardInterrupt:
+            self.log_main(
+                f"interrupted twice, in the middle of iteration {completed + 1}: nothing saved "
+                "mid-step (resume from the last checkpoint)"
+            )
             raise
         finally:
             if self.writer is not None:
@@ -200,8 +261,18 @@ class TrainingRun:
     def _resume_rng(self) -> None:
         if self.resumed:
             # Last, after every module and stream is built: the RNG continues exactly where it
-            # was saved.
-            restore_rng_state(self.resumed["rng"])
+            # was saved, each rank's its own.
+            per_rank = self.resumed.get("rng_per_rank")
+            rank, world = self.runtime.rank, self.runtime.world_size
+            if per_rank and len(per_rank) == world:
+                restore_rng_state(per_rank[rank])
+            else:
+                if world > 1:
+                    self.log_main(
+                        f"the checkpoint holds the RNG of {len(per_rank or [1])} rank(s), this "
+                        f"run has {world}: ranks continue from rank 0's state (not exact)"
+                    )
+                restore_rng_state(self.resumed["rng"])
             self.log_main(f"resumed from iteration {self.start}")
 
     def _open_outputs(self) -> None:
@@ -217,16 +288,19 @@ class TrainingRun:
 
     def _after_step(self, done: int, step_scalars: Scalars) -> None:
         cfg = self.cfg.train
+        checkpoint = done % cfg.checkpoint_every == 0 or done == cfg.iterations
+        snapshot = bool(cfg.snapshot_every) and done % cfg.snapshot_every == 0
+        rng = self.gather_rng() if checkpoint or snapshot else None  # every rank takes part
         if not self.runtime.is_main:
             return
         if done % cfg.log_every == 0 or done == self.start + 1:
             self._log_step(done, step_scalars)
         if done % cfg.val_every == 0 or done == cfg.iterations:
             self.validate(done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            self.save("last.pt", done)
-        if cfg.snapshot_every and done % cfg.snapshot_every == 0:
-            self.save(f"snapshots/iter_{done:06d}.pt", done)
+        if checkpoint:
+            self.save("last.pt", done, rng)
+        if snapshot:
+            self.save(f"snapshots/iter_{done:06d}.pt", done, rng)
 
     def _log_step(self, done: int, step_scalars: Scalars) -> None:
         assert self.writer is not None

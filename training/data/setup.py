@@ -53,6 +53,10 @@ def build_training_data(data_cfg, recorded_split: dict | None = None) -> Trainin
     unlabeled = select(train_samples, split.unlabeled, "unlabeled") + select(
         extra, split.extra_unlabeled, "extra unlabeled"
     )
+    if not unlabeled:
+        # Every image is labeled (the paper's "Full" rows): the semi-supervised terms see the
+        # whole training set, without its masks, as their unlabeled stream.
+        unlabeled = list(labeled)
     augment = train_transform(
         data_cfg.crop_size, data_cfg.scale_range, data_cfg.hflip, data_cfg.mean, data_cfg.std
     )
