@@ -8,6 +8,7 @@ from pathlib import Path
 
 from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
+from s4seg.holdout import PARTS
 from s4seg.manifest import PAPER_TAU
 from s4seg.outputs import OVERLAY_ENCODINGS
 
@@ -161,6 +162,13 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
     )
     ev.add_argument("--kind", default=None, help="layout of --data (default: auto)")
     ev.add_argument("--split", default=None, help="split to evaluate (default: val)")
+    ev.add_argument(
+        "--part",
+        choices=PARTS,
+        default="report",
+        help="of the validation split: report (default: the images outside the seeded "
+        "calibration part export chooses tau on), calibration, or all",
+    )
     ev.add_argument("--out", help="folder for report.json, confusion.csv and predictions")
     ev.add_argument(
         "--save-predictions",

@@ -41,6 +41,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         tau=args.tau,
         max_images=args.max_images,
+        part=args.part,
         out_dir=args.out,
         save_predictions=args.save_predictions,
     )

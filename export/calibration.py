@@ -19,6 +19,7 @@ from s4seg.training.data.layouts import open_layout
 from s4seg.training.gate import class_keep_mask, gated_scores
 
 from s4seg.errors import DatasetError
+from s4seg.holdout import CALIBRATION_SEED, CALIBRATION_SHARE, select_part
 from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.manifest import GATE_OFF_TAU, TauChoice
 from s4seg.metrics import confusion_matrix, scores
@@ -87,8 +88,9 @@ def choose_tau(ungated_miou: float, sweep: list[dict[str, float]]) -> tuple[floa
 def calibration_data(
     payload: dict, data: str, kind: str | None, max_images: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """Labeled held-out images: ``data`` (a data set folder), or ``auto``: the validation split
-    of the data set the segmenter was trained on."""
+    """Labeled held-out images: the calibration part (``s4seg.holdout``) of the validation
+    split of ``data`` (a data set folder), or with ``auto`` of the data set the segmenter was
+    trained on. The reported figures use the rest."""
     trained_on = payload["split"]["dataset"]
     root = trained_on["root"] if data == "auto" else data
     layout_kind = trained_on["kind"] if data == "auto" else (kind or "auto")
@@ -98,12 +100,14 @@ def calibration_data(
     if list(layout.classes) != payload["classes"]:
         raise DatasetError(f"{layout.root} has other classes than the model; cannot calibrate")
     split = layout.default_val_split
-    samples = layout.samples(split)[:max_images]
+    samples = select_part(layout.samples(split), "calibration")[:max_images]
     if not samples:
         raise DatasetError(f"{layout.root} has no {split} images to calibrate tau on")
     images = [np.asarray(layout.read_image(s)) for s in samples]
     masks = [layout.read_mask(s) for s in samples]
-    return images, masks, {**layout.describe(), "split": split}
+    part = {"part": "calibration", "share": CALIBRATION_SHARE, "seed": CALIBRATION_SEED}
+    return images, masks, {**layout.describe(), "split": split, **part,
+                           "ids": [s.id for s in samples]}  # fmt: skip
 
 
 def calibrate(
@@ -115,7 +119,10 @@ def calibrate(
     log: Callable[[str], None] = print,
 ) -> tuple[float, TauChoice]:
     images, masks, source = calibration_data(payload, data, kind, max_images)
-    log(f"calibrating tau on {len(images)} {source['split']} images of {source['root']}")
+    log(
+        f"calibrating tau on {len(images)} {source['split']} images of {source['root']} (its "
+        f"calibration part: {100 * CALIBRATION_SHARE:.0f}%, seeded; figures use the rest)"
+    )
     ungated, sweep = sweep_tau(pipeline, images, masks)
     tau, reason = choose_tau(ungated, sweep)
     log(f"tau: {reason}")

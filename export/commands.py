@@ -139,8 +139,9 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
         "--calibrate",
         default="auto",
         metavar="DATA|auto|off",
-        help="choose the served tau on these labeled held-out images (auto: the validation split "
-        "of the training data); the gate is served off when no tau beats ungated",
+        help="choose the served tau on the calibration part (seeded 30%%) of this data set's "
+        "validation split (auto: the training data's); the gate is served off when no tau "
+        "beats ungated, and when there is nothing to calibrate on (off)",
     )
     export.add_argument("--calibrate-kind", default=None, help="layout of --calibrate (auto)")
     export.add_argument(

@@ -261,24 +261,27 @@ def choose_served_tau(
     calibrate_images: int,
     log: Log,
 ) -> tuple[float, TauChoice]:
-    """An explicit tau wins; otherwise calibrate, falling back to the paper's tau (said so in the
-    manifest) only when ``auto`` finds no labeled validation data."""
+    """An explicit tau wins; otherwise calibrate. Without calibration (``--calibrate off``, or
+    ``auto`` finding no labeled validation data) the gate is served off, said so in the
+    manifest: a classifier nobody measured on this model can cost more than it saves
+    (RESULTS.md: the paper's 0.2 lowered mIoU on the synthetic set); ``--tau`` serves one."""
     if not has_classifier:
         reason = "exported without a classifier: the gate keeps every class"
         return PAPER_TAU, TauChoice(method="no classifier", reason=reason)
     if tau is not None:
         return tau, TauChoice(method="explicit", reason=f"--tau {tau:g} given at export")
+    unmeasured = f"the gate is served off (--tau {PAPER_TAU:g} serves the paper's threshold)"
     if not calibrate_on or calibrate_on == "off":
-        reason = "not calibrated (--calibrate off): the paper's tau"
-        return PAPER_TAU, TauChoice(method="paper default", reason=reason)
+        reason = f"not calibrated (--calibrate off): {unmeasured}"
+        return GATE_OFF_TAU, TauChoice(method="not calibrated", reason=reason)
     try:
         return calibrate(pipeline, seg_payload, calibrate_on, calibrate_kind, calibrate_images, log)
     except DatasetError as error:
         if calibrate_on != "auto":
             raise
-        reason = f"not calibrated: {error} (pass --calibrate DATA); the paper's tau"
+        reason = f"not calibrated: {error} (pass --calibrate DATA); {unmeasured}"
         log(f"warning: {reason}")
-        return PAPER_TAU, TauChoice(method="paper default", reason=reason)
+        return GATE_OFF_TAU, TauChoice(method="not calibrated", reason=reason)
 
 
 def check_request(out_dir: Path, tau: float | None, overwrite: bool) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from s4seg.errors import DatasetError
+from s4seg.holdout import evaluation_samples
 from s4seg.manifest import Manifest
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.onnx_pipeline import UNGATED_TAU, PipelineOutput
@@ -36,6 +37,7 @@ def evaluate_pipeline(
     max_images: int | None = None,
     out_dir: str | None = None,
     save_predictions: int = 0,
+    part: str = "report",
 ) -> tuple[dict, str]:
     """Gated (and, with a classifier, ungated) mIoU of a pipeline on a data set split."""
     from s4seg.training.data.layouts import open_layout  # numpy/PIL only, no torch
@@ -49,8 +51,7 @@ def evaluate_pipeline(
             f"but the model serves {manifest.classes[:6]}..."
         )
     tau = manifest.request_tau(tau)
-    split = split or layout.default_val_split
-    samples = layout.samples(split)[:max_images]
+    split, part, samples = evaluation_samples(layout, split, part, max_images)
     gated = manifest.classifier is not None
     n = len(classes)
     confusion = np.zeros((n, n), dtype=np.int64)
@@ -73,6 +74,7 @@ def evaluate_pipeline(
         "pipeline": type(pipeline).__name__,
         "data": layout.describe(),
         "split": split,
+        "part": part,
         "images": len(samples),
         "protocol": "single scale, no flip",
         **({"tau": tau} if gated else {}),

@@ -79,7 +79,7 @@ class Source(_Strict):
 class TauChoice(_Strict):
     """How the served tau was chosen: what publish prints and ``/v1/models`` shows."""
 
-    method: Literal["calibrated", "explicit", "paper default", "no classifier"]
+    method: Literal["calibrated", "explicit", "paper default", "not calibrated", "no classifier"]
     reason: str
     data: dict[str, Any] | None = None  # the held-out images of a calibration
     images: int | None = None

@@ -37,10 +37,18 @@ def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: f
     return out
 
 
+def calibration_part(root: Path) -> list:
+    from s4seg.training.data.layouts import open_layout
+
+    from s4seg.holdout import select_part
+
+    return select_part(open_layout(root).samples("val"), "calibration")
+
+
 def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Path, tmp_path):
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
-    images = [np.asarray(Image.open(p).convert("RGB"))
-              for p in sorted((synth_root / "images" / "val").glob("*.png"))]  # fmt: skip
+    held = calibration_part(synth_root)
+    images = [np.asarray(Image.open(s.image).convert("RGB")) for s in held]
     # The smallest tau of the sweep at which the gate changes some map: the truth to find.
     target = next(
         t for t in CALIBRATION_TAUS
@@ -55,6 +63,27 @@ def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Pat
     assert tau != GATE_OFF_TAU and best == pytest.approx(1.0) and best > choice.ungated_miou
     assert next(r["miou"] for r in choice.sweep if r["tau"] == tau) == best
     assert choice.method == "calibrated" and choice.images == len(images)
+    assert choice.data is not None and choice.data["ids"] == [s.id for s in held]
+
+
+def test_tau_is_chosen_on_images_no_reported_figure_uses(tiny_export: Path, synth_root: Path):
+    """Issue 20, item 3: the seeded calibration part and the reported part split the
+    validation images; evaluation reports on the rest by default."""
+    from s4seg.export.pipeline_evaluation import evaluate_pipeline
+    from s4seg.training.data.layouts import open_layout
+
+    from s4seg.holdout import select_part
+
+    val = open_layout(synth_root).samples("val")
+    held, reported = select_part(val, "calibration"), select_part(val, "report")
+    assert held and reported and {s.id for s in held}.isdisjoint(s.id for s in reported)
+    assert len(held) + len(reported) == len(val)
+    assert select_part(list(reversed(val)), "calibration")[::-1] == held  # not order-bound
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    report, _ = evaluate_pipeline(pipeline, str(synth_root))
+    assert report["part"] == "report" and report["images"] == len(reported)
+    report, _ = evaluate_pipeline(pipeline, str(synth_root), part="all")
+    assert report["images"] == len(val)
 
 
 def test_export_serves_the_gate_off_for_a_useless_classifier(
@@ -96,7 +125,9 @@ def test_an_explicit_tau_wins_and_auto_falls_back_by_name(
     assert tau == 0.3 and choice.method == "explicit"
     payload["split"]["dataset"]["root"] = str(tmp_path / "gone")  # training data not here
     tau, choice = choose_served_tau(pipeline, payload, True, None, "auto", None, 10, print)
-    assert tau == 0.2 and choice.method == "paper default" and "gone" in choice.reason
+    # Issue 20, item 3: no unmeasured 0.2; the gate is served off and the reason says so.
+    assert tau == GATE_OFF_TAU and choice.method == "not calibrated" and "gone" in choice.reason
+    assert "--tau 0.2" in choice.reason
 
 
 def test_a_tau_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys) -> None:

@@ -24,6 +24,8 @@ def test_evaluate_writes_report_and_pictures(
             str(out),
             "--save-predictions",
             "2",
+            "--part",
+            "all",  # the report part alone is tested in tests/test_calibration.py
         ]
     )
     assert code == 0
@@ -33,7 +35,7 @@ def test_evaluate_writes_report_and_pictures(
     confusion = np.array(report["confusion_matrix"])
     assert confusion.shape == (7, 7)
     assert confusion.sum() == 4 * 64 * 64  # every val pixel is labeled in the synthetic set
-    assert 0.0 <= report["miou"] <= 1.0 and report["images"] == 4
+    assert 0.0 <= report["miou"] <= 1.0 and report["images"] == 4 and report["part"] == "all"
     assert report["pixel_accuracy"] == np.trace(confusion) / confusion.sum()
     predictions = sorted((out / "predictions").glob("*.png"))
     assert len(predictions) == 4  # two label maps + two panels

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -201,8 +202,13 @@ def test_triton_sigkill_mid_load(stack: Served, synth_root: Path) -> None:
     bodies = [b for b in mixed_inputs(synth_root) if b[0] == "valid"]
     killed: dict[str, float] = {}
 
+    prefix = f"s4seg_triton_{stack.process.pid}_{stack.triton_port}_"
+    shm: dict[str, object] = {}
+
     def kill(results: list) -> None:
         time.sleep(2)
+        shm["before"] = {n for n in shm_regions() if n.startswith(prefix)}
+        shm["bytes"] = shutil.disk_usage("/dev/shm").used
         (pid,) = pids(f"bin/tritonserver --model-repository={stack.repo.parent}")
         killed["at"] = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -214,14 +220,21 @@ def test_triton_sigkill_mid_load(stack: Served, synth_root: Path) -> None:
 
     results = run_load(stack, bodies, recovered, during=kill)
     failed = [r for r in results if r[2] != 200]
+    after = {n for n in shm_regions() if n.startswith(prefix)}
+    grown = shutil.disk_usage("/dev/shm").used - shm["bytes"]
     figures = {
         "requests": len(results),
         "non_200": len(failed),
         "non_200_statuses": dict(Counter(f"{r[2]} {r[4]}" for r in failed)),
         "outage_seconds": round(failed[-1][0] - killed["at"], 1),
         "gateway_restarted": stack.process.poll() is not None,
+        "python_backend_regions_before_after": [len(shm["before"]), len(after)],
+        "dev_shm_mib_grown": round(grown / 2**20, 1),
     }
     record("triton_sigkill", figures)
+    # /dev/shm is back to what it was: none of the killed Triton's regions is left.
+    assert shm["before"] and after and not shm["before"] & after
+    assert grown < 2 * 2**20
     assert {r[2] for r in failed} == {503}
     assert {r[4] for r in failed} == {"unavailable"}
     assert stack.process.poll() is None
@@ -551,3 +564,49 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
     assert set(bomb_counts) <= {200, 503}, bomb_counts  # served (grey where the data ends)
     # One 39 MP overlay costs about 0.7 GiB; the budget (max_pixels) lets one run at a time.
     assert peak[0] - rss_before < 1100, "40 declared-39-MP images raised the gateway's memory"
+
+
+@pytest.mark.slow
+def test_slow_clients_are_dropped(stack: Served) -> None:
+    """Issue 19, item 5, with the default limits on the real server: headers sent one byte a
+    second, and a body that stalls after 8 of 100,000 declared bytes."""
+    import socket
+
+    port = int(stack.url.rsplit(":", 1)[1])
+    seconds: dict[str, float] = {}
+
+    def drip() -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        start = time.monotonic()
+        try:
+            for byte in b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n" * 4:
+                sock.sendall(bytes([byte]))
+                sock.settimeout(1.0)
+                try:
+                    if sock.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    pass
+        except OSError:
+            pass
+        seconds["headers_one_byte_a_second"] = time.monotonic() - start
+
+    def stall() -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        start = time.monotonic()
+        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n12345678")  # fmt: skip
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        seconds["body_stalled_after_8_bytes"] = time.monotonic() - start
+        seconds["body_answer_408"] = float(answer.startswith(b"HTTP/1.1 408"))
+
+    threads = [threading.Thread(target=drip), threading.Thread(target=stall)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record("slow_clients", {k: round(v, 1) for k, v in seconds.items()})
+    assert seconds["headers_one_byte_a_second"] < 8  # S4SEG_HEADER_TIMEOUT 5 s
+    assert seconds["body_stalled_after_8_bytes"] < 13 and seconds["body_answer_408"] == 1.0

@@ -96,6 +96,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.classifier,
         PAPER_TAU if args.tau is None else args.tau,
         args.tau_sweep,
+        args.part,
     )
     print(table)
     if args.out:

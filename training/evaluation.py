@@ -12,6 +12,7 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from s4seg.errors import CheckpointError, DatasetError
+from s4seg.holdout import evaluation_samples
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.visualize import colorize, panel
 
@@ -99,8 +100,10 @@ def evaluate_checkpoint(
     classifier: str | None = None,
     tau: float = DEFAULT_TAU,
     tau_sweep: bool = False,
+    part: str = "report",
 ) -> tuple[dict, str]:
-    """Evaluate a segmenter checkpoint, gated by a classifier checkpoint if given.
+    """Evaluate a segmenter checkpoint, gated by a classifier checkpoint if given, on ``part``
+    of the validation split (``s4seg.holdout``: by default not the images tau is chosen on).
 
     Returns the report (figures, confusion matrix) and a readable table.
     """
@@ -127,8 +130,7 @@ def evaluate_checkpoint(
             raise CheckpointError(f"{classifier} was trained on other classes than {checkpoint}")
         gate_model = classifier_from_checkpoint(cls_payload, classifier).to(runtime.device).eval()
         cls_view = eval_view(cls_payload["arch"]["input_size"])
-    split = split or layout.default_val_split
-    samples = layout.samples(split)[:max_images]
+    split, part, samples = evaluation_samples(layout, split, part, max_images)
     norm = payload["normalization"]
     seg_view = eval_transform(norm["mean"], norm["std"])
     taus = sorted({tau, *TAU_SWEEP}) if (tau_sweep and gate_model is not None) else [tau]
@@ -169,6 +171,7 @@ def evaluate_checkpoint(
         "classifier": classifier,
         "data": layout.describe(),
         "split": split,
+        "part": part,
         "images": len(samples),
         "iteration": payload.get("iteration"),
         "protocol": "single scale, no flip",
