@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from s4seg.manifest import (
 from s4seg.onnx_pipeline import OnnxPipeline
 
 from . import graphs as g
-from .calibration import DEFAULT_CALIBRATION_IMAGES, calibrate
+from .calibration import DEFAULT_CALIBRATION_IMAGES, calibrate, calibration_data
 from .onnx_export import OPSET, ExportError, export_onnx, signature
 from .parity import describe_failure, measure_parity
 
@@ -131,12 +132,12 @@ def add_fp16_variant(
     manifest: Manifest,
     work: Path,
     torch_graphs: dict[str, torch.nn.Module],
-    images: list[np.ndarray],
-    masks: list[np.ndarray] | None,
+    judged: Judged,
     log: Log,
 ) -> None:
     """FP16 segmenter and classifier (FP32 inputs/outputs, so the other steps stay as they are),
-    with parity figures of their own. Dropped, with a warning, when they do not pass."""
+    with parity figures of their own (on ``judged``: the calibration images at the served tau).
+    Dropped, with a warning, when they do not pass."""
     import onnx
     import onnx_ir as ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -154,7 +155,7 @@ def add_fp16_variant(
             file=path.name, sha256=sha256_file(path), precision="fp16", **signature(path)
         )
         files[step] = path
-    figures = measure_parity(torch_graphs, OnnxPipeline(manifest, files, "auto"), images, masks)
+    figures = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "auto"))
     manifest.fp16_parity = figures
     log(f"parity fp16: label agreement {100 * figures['label_agreement']:.3f}%")
     if not figures["passed"]:
@@ -186,14 +187,14 @@ def add_int8_variant(
     work: Path,
     torch_graphs: dict[str, torch.nn.Module],
     seg_payload: dict,
-    images: list[np.ndarray],
-    masks: list[np.ndarray] | None,
+    judged: Judged,
     log: Log,
 ) -> None:
     """An INT8 segmenter: ONNX Runtime static quantization (QDQ: int8 weights per channel,
-    uint8 activations), calibrated on training images; parity figures of its own; dropped,
-    with the reason in ``int8_parity``, when it agrees with PyTorch's labels on fewer than 99%
-    of pixels or loses more than 0.5 gated mIoU."""
+    uint8 activations), calibrated on training images; parity figures of its own, on
+    ``judged`` (the calibration images at the served tau); dropped, with the reason in
+    ``int8_parity``, when it agrees with PyTorch's labels on fewer than 99% of pixels or loses
+    more than 0.5 gated mIoU."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -230,7 +231,7 @@ def add_int8_variant(
         file=path.name, sha256=sha256_file(path), precision="int8", **signature(path)
     )
     files = {s: work / graph.file for s, graph in manifest.variant_graphs("int8").items()}
-    figures = measure_parity(torch_graphs, OnnxPipeline(manifest, files, "cpu"), images, masks)
+    figures = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "cpu"))
     drop = figures.get("gated_miou_torch", 0.0) - figures.get("gated_miou_onnx", 0.0)
     passed = figures["label_agreement"] >= INT8_MIN_LABEL_AGREEMENT and drop <= INT8_MAX_MIOU_DROP
     figures.update(
@@ -411,6 +412,42 @@ def build_manifest(
     )
 
 
+@dataclass
+class Judged:
+    """The images lower-precision variants are judged on, and the tau they are gated at."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray] | None
+    tau: float
+    source: dict
+
+    def measure(self, torch_graphs: dict, pipeline: OnnxPipeline) -> dict:
+        figures = measure_parity(torch_graphs, pipeline, self.images, self.masks, tau=self.tau)
+        return figures | {"judged_on": self.source}
+
+
+def variant_judging(
+    manifest: Manifest,
+    seg_payload: dict,
+    parity_images: list[np.ndarray],
+    parity_masks: list[np.ndarray] | None,
+    parity_source: dict,
+    calibrate_kind: str | None,
+    calibrate_images: int,
+    log: Log,
+) -> Judged:
+    choice = manifest.tau_choice
+    if choice is not None and choice.method == "calibrated" and choice.data:
+        data = choice.data
+        images, masks, source = calibration_data(
+            seg_payload, data["root"], data.get("kind") or calibrate_kind, calibrate_images
+        )
+        log(f"variants: judged on the {len(images)} calibration images at the served tau")
+        return Judged(images, masks, manifest.tau, source)
+    log("variants: judged on the parity images at the served tau (no calibration images)")
+    return Judged(parity_images, parity_masks, manifest.tau, {**parity_source, "part": "parity"})
+
+
 def export_models(
     segmenter: str,
     classifier: str | None,
@@ -455,16 +492,21 @@ def export_models(
         manifest.parity = measure_parity(torch_graphs, pipeline, images, masks) | {"data": source}
         if not manifest.parity["passed"]:
             raise ExportError(f"ONNX differs from PyTorch: {describe_failure(manifest.parity)}")
-        if fp16:
-            add_fp16_variant(manifest, work, torch_graphs, images, masks, log)
-        if int8:
-            add_int8_variant(manifest, work, torch_graphs, seg_payload, images, masks, log)
 
-        # The served tau: explicit, calibrated on held-out labeled images, or the paper's.
+        # The served tau: explicit, calibrated on held-out labeled images, or the gate off.
         manifest.tau, manifest.tau_choice = choose_served_tau(
             pipeline, seg_payload, cls_payload is not None, tau, calibrate_on, calibrate_kind,
             calibrate_images, log,
         )  # fmt: skip
+        # Lower-precision variants are judged as they will be served: at the served tau, on the
+        # calibration images (the parity images when there are none).
+        if fp16 or int8:
+            judged = variant_judging(manifest, seg_payload, images, masks, source, calibrate_kind,
+                                     calibrate_images, log)  # fmt: skip
+            if fp16:
+                add_fp16_variant(manifest, work, torch_graphs, judged, log)
+            if int8:
+                add_int8_variant(manifest, work, torch_graphs, seg_payload, judged, log)
         shutil.rmtree(work / "synth", ignore_errors=True)
         manifest.save(work / MANIFEST_NAME)
         if out_dir.exists():

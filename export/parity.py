@@ -2,7 +2,8 @@
 
 Both sides get the same letterboxed uint8 batch (what the server sees). Compared: pixel class
 probabilities, classifier probabilities, gated and ungated label maps, and the gated mIoU
-against the ground truth at each image's own size.
+against the ground truth at each image's own size, the gated scores mapped back as the server
+maps them (``labels_from_scores``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from s4seg.letterbox import letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
 
@@ -27,13 +28,14 @@ def torch_pipeline(
     logits = graphs["segmenter"](seg_input)
     class_probs = graphs["classifier"](cls_input)
     taus = torch.full((len(images), 1), tau)
-    labels, _, _ = graphs["gate"](logits, class_probs, taus)
+    labels, _, gated = graphs["gate"](logits, class_probs, taus)
     ungated, _, _ = graphs["gate"](logits, class_probs, torch.full_like(taus, UNGATED_TAU))
     return {
         "probs": logits.softmax(1).numpy(),
         "class_probs": class_probs.numpy(),
         "labels": labels.numpy(),
         "ungated": ungated.numpy(),
+        "scores": gated.numpy(),
     }
 
 
@@ -45,6 +47,7 @@ def onnx_pipeline(pipeline: OnnxPipeline, images: np.ndarray, tau: float) -> dic
         "class_probs": out.class_probs,
         "labels": out.labels,
         "ungated": pipeline.run(images, UNGATED_TAU).labels,
+        "scores": out.scores,
     }
 
 
@@ -54,17 +57,20 @@ def measure_parity(
     images: list[np.ndarray],
     masks: list[np.ndarray] | None,
     batch_size: int = 4,
+    tau: float | None = None,
 ) -> dict:
-    """Figures for the manifest; ``masks`` None (classes unknown to the images): no mIoU."""
+    """Figures for the manifest, gated at ``tau`` (default: the manifest's); ``masks`` None
+    (classes unknown to the images): no mIoU."""
     manifest = pipeline.manifest
+    tau = manifest.tau if tau is None else tau
     size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
     placed = [letterbox(image, size, pad) for image in images]
     sides: dict[str, dict[str, list]] = {"torch": {}, "onnx": {}}
     for start in range(0, len(placed), batch_size):
         batch = np.stack([canvas for canvas, _ in placed[start : start + batch_size]])
         for side, result in (
-            ("torch", torch_pipeline(graphs, batch, manifest.tau)),
-            ("onnx", onnx_pipeline(pipeline, batch, manifest.tau)),
+            ("torch", torch_pipeline(graphs, batch, tau)),
+            ("onnx", onnx_pipeline(pipeline, batch, tau)),
         ):
             for key, value in result.items():
                 sides[side].setdefault(key, []).append(value)
@@ -72,6 +78,7 @@ def measure_parity(
     b = {k: np.concatenate(v) for k, v in sides["onnx"].items()}
     figures = {
         "images": len(images),
+        "tau": tau,
         "input_size": list(size),
         "providers": pipeline.providers,
         "max_abs_prob_diff": float(np.abs(a["probs"] - b["probs"]).max()),
@@ -83,8 +90,8 @@ def measure_parity(
         n = manifest.num_classes
         for side, result in (("torch", a), ("onnx", b)):
             confusion = np.zeros((n, n), dtype=np.int64)
-            for labels, (_, placement), truth in zip(result["labels"], placed, masks, strict=True):
-                confusion += confusion_matrix(truth, unletterbox(labels, placement), n)
+            for gated, (_, placement), truth in zip(result["scores"], placed, masks, strict=True):
+                confusion += confusion_matrix(truth, labels_from_scores(gated, placement), n)
             figures[f"gated_miou_{side}"] = scores(confusion).miou
         figures["gated_miou_diff"] = abs(figures["gated_miou_torch"] - figures["gated_miou_onnx"])
     figures["passed"] = bool(

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from s4seg.errors import DatasetError
 from s4seg.holdout import evaluation_samples
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.manifest import Manifest
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.onnx_pipeline import UNGATED_TAU, PipelineOutput
@@ -38,8 +39,11 @@ def evaluate_pipeline(
     out_dir: str | None = None,
     save_predictions: int = 0,
     part: str = "report",
+    served_path: bool = False,
 ) -> tuple[dict, str]:
-    """Gated (and, with a classifier, ungated) mIoU of a pipeline on a data set split."""
+    """Gated (and, with a classifier, ungated) mIoU of a pipeline on a data set split: each
+    image at its own size, or with ``served_path`` as the gateway runs it (letterboxed into
+    the served size, the gated scores mapped back to the image's size)."""
     from s4seg.training.data.layouts import open_layout  # numpy/PIL only, no torch
 
     manifest = pipeline.manifest
@@ -60,10 +64,10 @@ def evaluate_pipeline(
     for index, sample in enumerate(tqdm(samples, desc="evaluate", leave=False, disable=None)):
         image = np.asarray(layout.read_image(sample))
         truth = layout.read_mask(sample)
-        labels = pipeline.run(image[None], tau).labels[0]
+        labels = _labels(pipeline, image, tau, served_path)
         confusion += confusion_matrix(truth, labels, n)
         if gated:
-            plain = pipeline.run(image[None], UNGATED_TAU).labels[0]
+            plain = _labels(pipeline, image, UNGATED_TAU, served_path)
             ungated_confusion += confusion_matrix(truth, plain, n)
         if out is not None and index < save_predictions:
             (out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,8 @@ def evaluate_pipeline(
         "split": split,
         "part": part,
         "images": len(samples),
-        "protocol": "single scale, no flip",
+        "protocol": "single scale, no flip"
+        + (", letterboxed to the served size and mapped back" if served_path else ""),
         **({"tau": tau} if gated else {}),
         **result.as_dict(classes),
         "confusion_matrix": confusion.tolist(),
@@ -92,3 +97,11 @@ def evaluate_pipeline(
     if out is not None:
         write_report(out, classes, report)
     return report, table
+
+
+def _labels(pipeline: Pipeline, image: np.ndarray, tau: float, served_path: bool) -> np.ndarray:
+    if not served_path:
+        return pipeline.run(image[None], tau).labels[0]
+    manifest = pipeline.manifest
+    canvas, placement = letterbox(image, tuple(manifest.input_size), tuple(manifest.pad_value))
+    return labels_from_scores(pipeline.run(canvas[None], tau).scores[0], placement)

@@ -147,8 +147,9 @@ def publish(
                 )
             if eval_data:
                 promotion_gate(
-                    folder, repo, served, eval_data, eval_kind, eval_images, max_drop, log
-                )
+                    OnnxPipeline(manifest, files), repo, served, eval_data, eval_kind,
+                    eval_images, max_drop, log,
+                )  # fmt: skip
         everything = [model_versions(repo / m) for m in [*STEP_MODELS.values(), ENSEMBLE]]
         version = max((v for found in everything for v in found), default=0) + 1
         for step, model in STEP_MODELS.items():
@@ -182,7 +183,7 @@ def publish(
 
 
 def promotion_gate(
-    folder: Path,
+    new_pipeline: OnnxPipeline,
     repo: Path,
     served: int,
     data: str,
@@ -191,13 +192,17 @@ def promotion_gate(
     max_drop: float,
     log,
 ) -> None:
-    """Refuse a version whose gated mIoU is more than ``max_drop`` points below the served one."""
+    """Refuse a version whose gated mIoU is more than ``max_drop`` points below the served one.
+    Both are measured as they are (to be) served: the very files published (the precision
+    chosen), each image letterboxed into the served size and mapped back as the gateway does,
+    on the reported part of the validation split."""
     log(f"promotion gate: gated mIoU of the new export and of served version {served} on {data}")
-    new, _ = evaluate_pipeline(OnnxPipeline.from_export(folder), data, kind, max_images=max_images)
-    old, _ = evaluate_pipeline(version_pipeline(repo, served), data, kind, max_images=max_images)
+    run = {"max_images": max_images, "served_path": True}
+    new, _ = evaluate_pipeline(new_pipeline, data, kind, **run)
+    old, _ = evaluate_pipeline(version_pipeline(repo, served), data, kind, **run)
     new_miou, old_miou = 100 * new["miou"], 100 * old["miou"]
     log(f"promotion gate: new {new_miou:.2f} mIoU, served (v{served}) {old_miou:.2f} mIoU")
-    log(f"promotion gate: new version serves {Manifest.load(folder).describe_tau()}")
+    log(f"promotion gate: new version serves {new_pipeline.manifest.describe_tau()}")
     if new_miou < old_miou - max_drop:
         raise PublishError(
             f"refused: gated mIoU {new_miou:.2f} is {old_miou - new_miou:.2f} points below the "

@@ -221,8 +221,9 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
 
 
 def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
-    varied_checkpoint: Path, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     import onnx
     from s4seg.export import exporter
     from s4seg.export.repository import PublishError, publish
@@ -230,11 +231,15 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     from s4seg.repository import version_pipeline
 
     manifest = exporter.export_models(
-        str(varied_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
+        str(varied_checkpoint), str(tiny_classifier), str(tmp_path / "out"), input_size=(64, 64),
         data=str(synth_root), parity_images=4, int8=True, log=lambda *_: None,
     )  # fmt: skip
     parity = manifest.int8_parity
     assert parity is not None and parity["calibration_images"] > 0
+    # Issue 20, item 5: judged as it will be served, at the served tau on the calibration part.
+    assert manifest.tau_choice is not None and manifest.tau_choice.method == "calibrated"
+    assert parity["tau"] == manifest.tau and parity["judged_on"]["part"] == "calibration"
+    assert parity["judged_on"]["ids"] == manifest.tau_choice.data["ids"]
     assert parity["passed"] == (
         parity["label_agreement"] >= exporter.INT8_MIN_LABEL_AGREEMENT
         and parity["gated_miou_drop"] <= exporter.INT8_MAX_MIOU_DROP

@@ -166,3 +166,47 @@ def test_rollback_switches_first_and_deletes_after(tmp_path: Path) -> None:
     assert result == [1]
     assert all(versions(repo / m) == [1] for m in STEP_MODELS.values())
     assert not list((repo / ENSEMBLE).glob(".*withdrawn"))
+
+
+def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
+    varied_checkpoint: Path, tiny_checkpoint: Path, tiny_classifier: Path, synth_root: Path,
+    tiny_export: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Issue 20, item 4: ``publish --precision fp16`` is gated on the FP16 files, letterboxed
+    and mapped back as served. Here the FP16 segmenter is another model's (hashes updated), so
+    only a gate that measures it sees the difference."""
+    import re
+
+    from s4seg.export.exporter import export_models
+    from s4seg.export.pipeline_evaluation import evaluate_pipeline
+
+    from s4seg.manifest import Manifest, sha256_file
+    from s4seg.onnx_pipeline import OnnxPipeline
+
+    # Served at 96x72, not the 64x64 of the images: the served path differs from native.
+    quiet = {"input_size": (96, 72), "data": str(synth_root), "parity_images": 2, "tau": -1.0,
+             "log": lambda *_: None}  # fmt: skip
+    new = tmp_path / "new"
+    export_models(str(tiny_checkpoint), str(tiny_classifier), str(new), fp16=True, **quiet)
+    other = tmp_path / "other"  # (tiny_checkpoint answers background everywhere, varied not)
+    export_models(str(varied_checkpoint), str(tiny_classifier), str(other), **quiet)
+    manifest = Manifest.load(new)
+    swapped = new / manifest.fp16_graphs["segmenter"].file
+    shutil.copyfile(other / "segmenter.onnx", swapped)
+    manifest.fp16_graphs["segmenter"].sha256 = sha256_file(swapped)
+    manifest.save(new / "manifest.json")
+
+    repo = tmp_path / "repo"
+    publish(tiny_export, repo, **QUIET)
+    lines: list[str] = []
+    publish(new, repo, precision="fp16", eval_data=str(synth_root), max_drop=100, log=lines.append)
+    logged = next(line for line in lines if line.startswith("promotion gate: new "))
+    measured = float(re.search(r"new ([\d.]+) mIoU", logged).group(1))
+
+    def miou(precision: str, served_path: bool = True) -> float:
+        pipeline = OnnxPipeline.from_export(new, device="cpu", precision=precision)
+        report, _ = evaluate_pipeline(pipeline, str(synth_root), served_path=served_path)
+        return round(100 * report["miou"], 2)
+
+    assert measured == miou("fp16") != miou("fp32")
+    assert measured != miou("fp16", served_path=False)
