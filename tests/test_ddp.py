@@ -11,14 +11,14 @@ from s4seg.training.checkpoint import load_checkpoint
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``s4seg ARGS`` on two CPU ranks; each rank also saves its final weights (rank<N>.pt)."""
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--standalone",
-        "--no-python",
-        str(Path(sys.executable).parent / "s4seg"),
+        str(Path(__file__).with_name("ddp_rank_weights.py")),
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -43,6 +43,13 @@ def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
     payload = load_checkpoint(out / "last.pt")
     assert payload["iteration"] == 3
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
+    # DDP really ran: the ranks trained on different shards, yet hold the same weights
+    # (gradients averaged); two independent processes would have drifted apart. (Batch-norm
+    # running statistics are each rank's own after its last forward, as DDP leaves them.)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    weights = [k for k in ranks[0] if not k.endswith(("running_mean", "running_var", "tracked"))]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in weights)
+    assert all(torch.equal(ranks[0][k], payload["model"][k]) for k in ranks[0])
 
 
 def test_ddp_resume_restores_each_ranks_own_rng(synth_root: Path, tmp_path: Path) -> None:

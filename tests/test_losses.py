@@ -108,3 +108,34 @@ def test_discriminator_architecture() -> None:
                 if isinstance(m, torch.nn.Dropout2d)]) == 3  # fmt: skip
     logit, features = discriminator(torch.zeros(2, 21, 64, 64), torch.zeros(2, 3, 64, 64))
     assert logit.shape == (2,) and features.shape == (2, 512)
+
+
+@pytest.mark.parametrize("losses", ["ce+fm", "ce+fm+st", "ce+sgan"])
+def test_each_gan_term_reaches_s_with_its_own_weight(losses: str) -> None:
+    """Issue 20, item 13: the gradient the GAN terms send to S's prediction is exactly the
+    weighted sum of each term's own gradient (computed here from the loss functions), and each
+    term's part is non-zero: a dropped or mis-weighted term changes it."""
+    torch.manual_seed(2)
+    discriminator = Discriminator(3).eval()  # no dropout: the same D output in both passes
+    images_u, images_r = torch.rand(2, 3, 17, 17), torch.rand(2, 3, 17, 17)
+    real_maps = one_hot_with_ignore(torch.randint(0, 3, (2, 17, 17)), 3)
+    logits_u = torch.randn(2, 3, 17, 17, requires_grad=True)
+    gan = GanConfig(losses=losses, gamma=0.0, lambda_fm=0.3, lambda_st=0.7, lambda_adv=0.05)
+    terms = segmenter_gan_terms(discriminator, logits_u, images_u, real_maps, images_r, gan)
+    (total,) = torch.autograd.grad(terms.loss, logits_u)
+
+    with torch.no_grad():
+        _, real_features = discriminator(real_maps, images_r)
+    fake_logit, fake_features = discriminator(logits_u.softmax(1), images_u)
+    parts = {
+        "fm": (gan.lambda_fm, feature_matching_loss(real_features, fake_features)),
+        "st": (gan.lambda_st, self_training_loss(logits_u, torch.sigmoid(fake_logit), 0.0)[0]),
+        "sgan": (gan.lambda_adv, generator_adversarial_loss(fake_logit)),
+    }
+    expected = torch.zeros_like(logits_u)
+    for name, (weight, loss) in parts.items():
+        if name in losses.split("+"):
+            (grad,) = torch.autograd.grad(loss, logits_u, retain_graph=True)
+            assert grad.abs().sum() > 0, f"{name} sends no gradient to S"
+            expected += weight * grad
+    torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-7)
