@@ -27,11 +27,15 @@ def test_choose_tau_serves_only_a_tau_that_beats_ungated() -> None:
 
 
 def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: float) -> Path:
-    """The synthetic val images with masks set to the pipeline's own answer at ``tau``: on this
-    "ground truth" the segmenter is perfect, so only gating at ``tau`` can keep it perfect."""
+    """The synthetic val images, made larger than the served size and not square, with masks
+    set to the pipeline's own answer at ``tau`` as the server maps it back: on this "ground
+    truth" the segmenter is perfect, so only gating at ``tau`` (and a map-back like the
+    server's) can keep it perfect."""
     shutil.copytree(synth_root, out)
-    for mask_path in sorted((out / "masks" / "val").glob("*.png")):
-        image = np.asarray(Image.open(out / "images" / "val" / mask_path.name).convert("RGB"))
+    for i, mask_path in enumerate(sorted((out / "masks" / "val").glob("*.png"))):
+        path = out / "images" / "val" / mask_path.name
+        Image.open(path).convert("RGB").resize([(150, 90), (70, 130)][i % 2]).save(path)
+        image = np.asarray(Image.open(path).convert("RGB"))
         labels = segment_like_the_server(pipeline, image, tau).labels[0]
         Image.fromarray(labels.astype(np.uint8), mode="L").save(mask_path)
     return out
@@ -47,7 +51,8 @@ def calibration_part(root: Path) -> list:
 
 def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Path, tmp_path):
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
-    held = calibration_part(synth_root)
+    unlabeled = _data_labeled_by(pipeline, synth_root, tmp_path / "sized", GATE_OFF_TAU)
+    held = calibration_part(unlabeled)
     images = [np.asarray(Image.open(s.image).convert("RGB")) for s in held]
     # The smallest tau of the sweep at which the gate changes some map: the truth to find.
     target = next(

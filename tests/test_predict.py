@@ -99,8 +99,13 @@ def test_outputs_never_leave_the_output_folder(inputs: Path, tmp_path: Path) -> 
 
 
 def test_predict_local_equals_the_pipeline(tiny_export: Path, inputs: Path, tmp_path: Path) -> None:
+    """Images larger than the served 64x64 and not square (issue 20, item 12), so that the
+    map-back to each image's size is what is compared, against the server's own."""
     from s4seg.onnx_pipeline import OnnxPipeline
 
+    for path, size in zip(sorted((inputs / "a").iterdir()), [(150, 90), (70, 130)] * 2,
+                          strict=True):  # fmt: skip
+        Image.open(path).convert("RGB").resize(size).save(path)
     out = tmp_path / "out"
     assert predict("--input", str(inputs / "a"), "--output", str(out), "--model",
                    str(tiny_export), "--concurrency", "2").returncode == 0  # fmt: skip
@@ -108,4 +113,5 @@ def test_predict_local_equals_the_pipeline(tiny_export: Path, inputs: Path, tmp_
     for path in sorted((inputs / "a").iterdir()):
         image = np.asarray(Image.open(path).convert("RGB"))
         expected = segment_like_the_server(pipeline, image).labels[0]
+        assert expected.shape != (64, 64)
         np.testing.assert_array_equal(np.asarray(Image.open(out / path.name)), expected)
