@@ -55,15 +55,50 @@ NO_CLASSIFIER_SIZE = 32  # input of the stand-in classifier graph: small, it is 
 Log = Callable[[str], None]
 
 
-def served_size(payload: dict, input_size: tuple[int, int] | None) -> tuple[int, int]:
+MAX_SERVED_SIDE = 1024  # the default served size is bounded (Cityscapes halved fits)
+SIZE_SAMPLES = 50  # validation images looked at for the default served size
+
+
+def served_size(
+    payload: dict, input_size: tuple[int, int] | None, log: Log = print
+) -> tuple[int, int]:
+    """``input_size`` if given; else the resolution the model is evaluated at (what ``s4seg
+    evaluate`` and the paper measure): the largest height and width among the training data's
+    validation images, at most ``MAX_SERVED_SIDE``; the training crop only when that data is
+    not here. Larger photos are scaled down into it, as before."""
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
     else:
-        crop = payload.get("config", {}).get("data", {}).get("crop_size", (321, 321))
-        size = (crop, crop) if isinstance(crop, int) else tuple(crop)
+        size = evaluation_size(payload)
+        if size is not None:
+            log(f"served size {size[0]}x{size[1]}: the validation images' resolution (what "
+                "evaluate measures; --input-size H W to choose another)")  # fmt: skip
+        else:
+            crop = payload.get("config", {}).get("data", {}).get("crop_size", (321, 321))
+            size = (crop, crop) if isinstance(crop, int) else tuple(crop)
+            log(f"warning: served size {size[0]}x{size[1]}, the training crop: the training data "
+                "is not here to measure the evaluation resolution (--input-size H W)")  # fmt: skip
     if len(size) != 2 or min(size) < 16:
         raise ExportError(f"input size must be two sides of at least 16 pixels, not {size}")
     return size  # type: ignore[return-value]
+
+
+def evaluation_size(payload: dict) -> tuple[int, int] | None:
+    trained_on = payload.get("split", {}).get("dataset", {})
+    root = trained_on.get("root")
+    if not root or not Path(root).is_dir():
+        return None
+    try:
+        layout = open_layout(root, trained_on.get("kind") or "auto")
+        samples = layout.samples(layout.default_val_split)[:SIZE_SAMPLES]
+    except DatasetError:
+        return None
+    if not samples:
+        return None
+    sizes = [layout.read_image(s).size for s in samples]  # (width, height), as evaluated
+    height, width = max(h for _, h in sizes), max(w for w, _ in sizes)
+    scale = min(1.0, MAX_SERVED_SIDE / max(height, width))
+    return max(16, round(height * scale)), max(16, round(width * scale))
 
 
 def parity_samples(
@@ -471,7 +506,7 @@ def export_models(
     out_dir = Path(out)
     check_request(out_dir, tau, overwrite)
     seg_payload, cls_payload = load_payloads(segmenter, classifier)
-    size = served_size(seg_payload, input_size)
+    size = served_size(seg_payload, input_size, log)
     torch_graphs, cls_size, cls_norm = build_graphs(seg_payload, cls_payload, segmenter, classifier)
     examples = example_inputs(len(seg_payload["classes"]), size, cls_size)
 

@@ -27,10 +27,11 @@ def _rank(sample_id: str, seed: int) -> bytes:
 def calibration_ids(
     ids: Sequence[str], seed: int = CALIBRATION_SEED, share: float = CALIBRATION_SHARE
 ) -> set[str]:
-    """The seeded ``share`` of ``ids`` (at least one, and never all when there are two)."""
-    if not ids:
+    """The seeded ``share`` of ``ids``: at least one, never all (a single image is reported,
+    not calibrated on)."""
+    if len(ids) < 2:
         return set()
-    count = min(max(1, math.ceil(share * len(ids))), max(1, len(ids) - 1))
+    count = min(max(1, math.ceil(share * len(ids))), len(ids) - 1)
     return set(sorted(ids, key=lambda i: _rank(i, seed))[:count])
 
 

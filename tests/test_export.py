@@ -268,3 +268,53 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     assert not (tmp_path / "refused" / "segmenter_int8.onnx").exists()
     with pytest.raises(PublishError, match="no INT8 variant"):
         publish(tmp_path / "refused", tmp_path / "repo2", precision="int8", log=lambda *_: None)
+
+
+def non_square_copy(root: Path, out: Path, size: tuple[int, int]) -> Path:
+    """The synthetic set at ``size`` (width, height): images bilinear, masks nearest."""
+    from PIL import Image
+
+    shutil.copytree(root, out)
+    for path in out.rglob("*.png"):
+        mask = "masks" in path.parts
+        resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
+        Image.open(path).resize(size, resample).save(path)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["folder", "cityscapes"])
+def test_served_at_the_evaluation_resolution_and_equal_to_evaluate(
+    layout: str, synth_root: Path, cityscapes_root: Path, tmp_path: Path
+) -> None:
+    """Issue 20, item 1: without --input-size the export serves at the validation images'
+    resolution (not the training crop), and the served path (letterbox, ONNX, map back) gives
+    the mIoU of ``s4seg evaluate`` within the parity tolerance, on a non-square folder set and
+    on a Cityscapes-layout tree (images halved)."""
+    from helpers import TINY_TRAINING
+    from s4seg.export.exporter import export_models
+    from s4seg.export.parity import MAX_MIOU_DIFF
+    from s4seg.export.pipeline_evaluation import evaluate_pipeline
+    from s4seg.training.baseline import train_baseline
+    from s4seg.training.config import load_config
+    from s4seg.training.evaluation import evaluate_checkpoint
+
+    from s4seg.onnx_pipeline import OnnxPipeline
+
+    if layout == "folder":
+        root, expected = non_square_copy(synth_root, tmp_path / "wide", (80, 48)), [48, 80]
+    else:
+        root, expected = cityscapes_root, [16, 32]  # 64x32 halved
+    cfg = load_config("synthetic-quick", [
+        *TINY_TRAINING, f"data.root={root}", f"data.kind={layout}", "train.iterations=3",
+        "train.val_every=100", f"train.out_dir={tmp_path / 'run'}", "data.labeled_ratio=full",
+    ])  # fmt: skip
+    checkpoint = train_baseline(cfg, log=lambda *_: None)
+    export = tmp_path / "export"
+    manifest = export_models(str(checkpoint), None, str(export), parity_images=2,
+                             log=lambda *_: None)  # fmt: skip
+    assert manifest.input_size == expected  # not the 48x48 training crop
+    evaluated, _ = evaluate_checkpoint(str(checkpoint), part="all", device="cpu")
+    served, _ = evaluate_pipeline(OnnxPipeline.from_export(export, device="cpu"), str(root),
+                                  layout, part="all", served_path=True)  # fmt: skip
+    assert served["images"] == evaluated["images"] > 0
+    assert abs(served["miou"] - evaluated["miou"]) <= MAX_MIOU_DIFF
