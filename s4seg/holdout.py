@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 CALIBRATION_SHARE = 0.3  # of the validation images; the other 70% are the reported ones
 CALIBRATION_SEED = 0
-Part = Literal["report", "calibration", "all"]
-PARTS: tuple[str, ...] = ("report", "calibration", "all")
+PARTS = ("report", "calibration", "all")
 
 
 def _rank(sample_id: str, seed: int) -> bytes:

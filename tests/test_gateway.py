@@ -378,6 +378,14 @@ def test_segment_cli_and_predict_through_every_path(
             np.testing.assert_array_equal(a, b)
 
 
+def keep_segmenting(served: Served, data: bytes, stop: threading.Event, record) -> None:
+    """POST ``data`` until ``stop``; ``record(response)`` for each answer."""
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            record(client.post(f"{served.url}/v1/segment", content=data,
+                               headers={"Content-Type": "image/png"}))  # fmt: skip
+
+
 def test_publish_during_traffic_fails_no_request(
     served: Served, photo: Image.Image, tiny_export: Path
 ) -> None:
@@ -386,12 +394,10 @@ def test_publish_during_traffic_fails_no_request(
     stop = threading.Event()
 
     def traffic() -> None:
-        with httpx.Client(timeout=60) as client:
-            while not stop.is_set():
-                r = client.post(
-                    f"{served.url}/v1/segment", content=data, headers={"Content-Type": "image/png"}
-                )
-                results.append((r.status_code, r.headers.get("x-model-version", "")))
+        keep_segmenting(
+            served, data, stop,
+            lambda r: results.append((r.status_code, r.headers.get("x-model-version", ""))),
+        )  # fmt: skip
 
     workers = [threading.Thread(target=traffic) for _ in range(3)]
     for worker in workers:
@@ -431,12 +437,10 @@ def test_rollback_during_traffic_fails_no_request(
     stop = threading.Event()
 
     def traffic() -> None:
-        with httpx.Client(timeout=60) as client:
-            while not stop.is_set():
-                r = client.post(
-                    f"{served.url}/v1/segment", content=data, headers={"Content-Type": "image/png"}
-                )
-                results.append(("segment", r.status_code, r.headers.get("x-model-version", "")))
+        def record(r: httpx.Response) -> None:
+            results.append(("segment", r.status_code, r.headers.get("x-model-version", "")))
+
+        keep_segmenting(served, data, stop, record)
 
     def models() -> None:
         with httpx.Client(timeout=60) as client:

@@ -34,10 +34,6 @@ class Deadline:
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())
 
-    @property
-    def expired(self) -> bool:
-        return self.remaining() <= 0.0
-
 
 async def answer(send: Send, status: int, code: str, detail: str, headers=()) -> None:
     """A JSON error sent straight from middleware (the app never saw the request)."""
