@@ -560,7 +560,7 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
     record("flood", figures)
     assert set(counts) <= {200, 503} and counts[200] >= 32, counts
     assert percentile(refused, 99) < 1.0  # refused at once, not after a queue
-    assert max(health) < 1.0
+    assert max(health) < 1.5  # measured 0.5 s here
     assert set(bomb_counts) <= {200, 503}, bomb_counts  # served (grey where the data ends)
     # One 39 MP overlay costs about 0.7 GiB; the budget (max_pixels) lets one run at a time.
     assert peak[0] - rss_before < 1100, "40 declared-39-MP images raised the gateway's memory"
