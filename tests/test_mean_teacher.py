@@ -34,6 +34,38 @@ def test_teacher_batch_norm_statistics_are_averaged_not_copied() -> None:
     assert teacher.num_batches_tracked == student.num_batches_tracked  # counters are copied
     update_teacher(teacher, student, decay=0.75, buffers="copy")
     assert torch.equal(teacher.running_var, student.running_var)
+    own = teacher.running_mean.clone()
+    student.train()(torch.randn(4, 3, 5, 5) - 5)
+    update_teacher(teacher, student, decay=0.75, buffers="own")  # statistics left as they are
+    assert torch.equal(teacher.running_mean, own)
+
+
+def test_teacher_bn_modes_in_the_trainer(tmp_path) -> None:
+    """Issue 20, item 8: "ema" runs the teacher in eval mode, so its statistics are exactly the
+    EMA of the student's (after two steps, decays 0 then 0.5: half the student's after each);
+    "own" runs it in train mode, so its statistics come from its own passes over the weak
+    views."""
+    from helpers import TINY_TRAINING
+    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.data.synth import write_synthetic
+
+    from s4seg.cli import main
+
+    root = write_synthetic(tmp_path / "synth", seed=1, num_train=16, num_val=2, num_unlabeled=2,
+                           size=48)  # fmt: skip
+    stats = {}
+    for mode in ("ema", "own"):
+        settings = [*TINY_TRAINING, f"data.root={root}", "train.iterations=2",
+                    "train.snapshot_every=1", "train.val_every=100",
+                    f"train.out_dir={tmp_path / mode}", f"mlmt.teacher_bn={mode}"]  # fmt: skip
+        assert main(["train", "mlmt", "--config", "synthetic-quick",
+                     *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+        first = load_checkpoint(tmp_path / mode / "snapshots" / "iter_000001.pt")
+        last = load_checkpoint(tmp_path / mode / "last.pt")
+        key = next(k for k in last["model"] if k.endswith("running_mean"))
+        ema = 0.5 * first["student"][key] + 0.5 * last["student"][key]
+        stats[mode] = torch.allclose(last["model"][key], ema, atol=1e-6)
+    assert stats == {"ema": True, "own": False}
 
 
 def test_consistency_is_eq6_squared_distance_summed_over_classes() -> None:

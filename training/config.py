@@ -99,7 +99,11 @@ class MlmtConfig(Section):
     burn_in_epochs: float = 10.0  # consistency weight 0, epochs of the labeled set
     rampup_epochs: float = 5.0
     ema_max_decay: float = 0.999
-    teacher_bn: Literal["ema", "copy"] = "ema"  # teacher's BN statistics: averaged, or copied
+    # The teacher's batch norm: "own" (train mode: its targets use batch statistics; its running
+    # statistics are its own, gathered on the weak views; the Mean Teacher reference), "ema"
+    # (eval mode: targets use running statistics averaged from the student's, like its weights),
+    # "copy" (this project's first version: train mode, the student's statistics copied).
+    teacher_bn: Literal["own", "ema", "copy"] = "ema"
     # Vertical flips and quarter turns on top of the paper's horizontal flip: only for data whose
     # classes do not depend on orientation (the synthetic shapes; not people or cars).
     geometric_augmentation: bool = False

@@ -18,7 +18,8 @@ def update_teacher(
     teacher: nn.Module, student: nn.Module, decay: float, buffers: str = "ema"
 ) -> None:
     """teacher <- decay * teacher + (1 - decay) * student for the parameters and, with
-    ``buffers="ema"``, for the batch-norm statistics too.
+    ``buffers="ema"``, for the batch-norm statistics too; ``buffers="own"`` leaves the teacher's
+    statistics as its own forward passes made them.
 
     ``buffers="copy"`` takes the student's statistics as they are (this project's first
     version): they were gathered on the student's strong views (colour jitter, blur), so the
@@ -28,6 +29,8 @@ def update_teacher(
     """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+    if buffers == "own":
+        return
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
         if buffers == "ema" and t.is_floating_point():
             t.mul_(decay).add_(s, alpha=1.0 - decay)

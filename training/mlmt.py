@@ -122,6 +122,9 @@ class MlmtRun(TrainingRun):
             )
         self.student.to(runtime.device)
         self.model = copy.deepcopy(self.student).requires_grad_(False)
+        # "ema": the teacher's targets use its running statistics (averaged with its weights);
+        # otherwise batch statistics of the weak views (validation switches modes and back).
+        self.model.train(m.teacher_bn != "ema")
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=m.lr, momentum=m.momentum, nesterov=True,
             weight_decay=m.weight_decay,
