@@ -241,3 +241,23 @@ def test_docs_need_the_key_when_one_is_set_and_pages_carry_security_headers(repo
     app, _ = fake_app(repo, docs="off")
     with running(app) as url:
         assert httpx.get(f"{url}/docs").status_code == 404
+
+
+def test_a_request_let_in_too_late_to_finish_is_refused_not_timed_out(repo: Path) -> None:
+    """Waiting for room ends with a quarter of the deadline left for the work: 503 at once,
+    not admitted only to be cut off in the model (504). Room for one image; the first holds it
+    3.5 s of a 4 s deadline."""
+    app, _ = fake_app(repo, FakeEnsemble(delay=3.5), request_timeout=4.0, max_pixels=10_000,
+                      max_pixels_in_flight=10_000)  # fmt: skip
+    statuses: dict[str, int] = {}
+    with running(app) as url:
+        image = jpeg((100, 100))
+        first = threading.Thread(target=lambda: statuses.update(first=post(url, image).status_code))
+        first.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        statuses["second"] = post(url, image).status_code
+        waited = time.monotonic() - start
+        first.join()
+    assert statuses == {"first": 200, "second": 503}, statuses
+    assert waited < 3.4, waited  # refused when its waiting time was up, before the room freed

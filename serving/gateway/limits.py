@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .metrics import ROUTE_KEY
 
 SEGMENT_PATH = "/v1/segment"
+WORK_SHARE = 0.25  # of a request's deadline, kept for its work after waiting for room
 
 
 class Deadline:
@@ -33,6 +34,12 @@ class Deadline:
 
     def remaining(self) -> float:
         return max(0.0, self.at - time.monotonic())
+
+    def to_wait(self) -> float:
+        """How long a request may queue for room (the pixel budget): a quarter of the deadline
+        stays for the work itself, so that a request let in late is refused (503) rather than
+        admitted only to time out in the model (504)."""
+        return max(0.0, self.remaining() - WORK_SHARE * self.seconds)
 
 
 async def answer(send: Send, status: int, code: str, detail: str, headers=()) -> None:

@@ -137,7 +137,7 @@ async def segment(
     served = await triton.served_version()
     manifest = catalog.manifest(served) if served is not None else None
     pixels = image_pixels(data, settings.max_pixels)  # the header only: 413/415/422 before work
-    async with budget.hold(pixels, deadline.remaining()):  # the decoded pixels in flight
+    async with budget.hold(pixels, deadline.to_wait()):  # the decoded pixels in flight
         # Only the overlay shows the photo's own pixels; the model needs its served size at most.
         fit = tuple(manifest.input_size) if manifest and format is not Format.overlay else None
         decoded = await in_worker(decode_image, data, settings.max_pixels, fit)
