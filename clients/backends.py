@@ -11,7 +11,7 @@ from pathlib import Path
 
 from s4seg.errors import S4segError
 from s4seg.imaging import DEFAULT_MAX_PIXELS, read_image_file
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
 from s4seg.outputs import label_png, overlay_bytes, segmentation_json
@@ -41,16 +41,17 @@ def pipeline_segmenter(
     run: Callable, manifest: Manifest, version: Callable[[], str], fmt: OutputFormat, tau,
     gate: bool,
 ) -> Segment:  # fmt: skip
-    """Decode, letterbox, run (a pipeline's ``run``), map back, encode: as the gateway does."""
+    """Decode, frame (canvas and classifier view), run (a pipeline's ``run``), map back,
+    encode: as the gateway does."""
     used = manifest.request_tau(tau, gate)
-    size = tuple(manifest.input_size)
-    fit = None if fmt.format == "overlay" else size  # only the overlay shows the photo
+    framing = Framing.of(manifest)
+    fit = None if fmt.format == "overlay" else framing.fit  # only the overlay shows the photo
 
     def segment(path: Path) -> bytes:
         decoded = read_image_file(path, DEFAULT_MAX_PIXELS, fit)
-        canvas, placement = letterbox(decoded.pixels, size, tuple(manifest.pad_value), decoded.size)
-        out = run(canvas[None], used)
-        labels = labels_from_scores(out.scores[0], placement)
+        framed = framing.frame(decoded.pixels, decoded.size)
+        out = run(framed.canvas[None], framed.view[None], used)
+        labels = labels_from_scores(out.scores[0], framed.placement)
         return encode_output(
             decoded.pixels, labels, out.class_probs[0], out.suppressed[0], manifest, version(),
             fmt, None if used == UNGATED_TAU else used,  # gate=false, or served "gate off"
@@ -85,7 +86,7 @@ def triton_segmenter(url: str, repository: Path, fmt: OutputFormat, tau, gate: b
 
     TritonPipeline(url, manifest).close()  # fail early when Triton is not there
     return pipeline_segmenter(
-        lambda images, t: client().run(images, t), manifest,
+        lambda images, views, t: client().run(images, views, t), manifest,
         lambda: client().last_version or "", fmt, tau, gate,
     )  # fmt: skip
 

@@ -36,11 +36,11 @@ from s4seg.serving.triton import free_port
 from s4seg.benchmarks import cpu_description, percentile, provenance, report
 from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framed, Framing, labels_from_scores
 from s4seg.onnx_pipeline import OnnxPipeline, open_session
 from s4seg.outputs import label_png
 from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
-from s4seg.tensors import CLS_INPUT, IMAGE, MAP_BACK_OUTPUTS, SCORES, SEG_INPUT, TAU
+from s4seg.tensors import CLS_IMAGE, CLS_INPUT, IMAGE, MAP_BACK_OUTPUTS, SCORES, SEG_INPUT, TAU
 
 # Input sizes of the latency table: (name, height, width).
 SIZES = (("512 px", 512, 512), ("2 MP", 1224, 1632), ("12 MP", 3000, 4000))
@@ -100,7 +100,7 @@ class ModelAlone:
 
 
 def model_alone(
-    pipeline: OnnxPipeline, canvases: np.ndarray, window: float, windows: int
+    pipeline: OnnxPipeline, framed: Framed, window: float, windows: int
 ) -> list[ModelAlone]:
     """Images/s of the segmenter + classifier sessions alone, for each instances x batch (the
     threads split the cores); each instance is a Python thread looping over its own sessions
@@ -120,8 +120,11 @@ def model_alone(
             for _ in range(instances)
         ]
         for batch in (1, 4, 8):
-            images = np.repeat(canvases[:1], batch, axis=0)
-            seg_input, cls_input = pipeline.sessions["preprocess"].run(None, {IMAGE.name: images})
+            images = np.repeat(framed.canvas[None], batch, axis=0)
+            views = np.repeat(framed.view[None], batch, axis=0)
+            seg_input, cls_input = pipeline.sessions["preprocess"].run(
+                None, {IMAGE.name: images, CLS_IMAGE.name: views}
+            )
             done = [0] * instances
             stop = threading.Event()
 
@@ -193,9 +196,10 @@ def latency_by_size(gateway: str, photos: dict[str, bytes], repeats: int) -> lis
     return rows
 
 
-def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) -> dict:
+def hop_callers(triton_url: str, grpc_url: str, framed: Framed, tau: float) -> dict:
     """The ensemble called directly with a served-size tensor: HTTP, gRPC, HTTP + system shared
-    memory for the image and the gated scores (one client and one pair of regions per thread)."""
+    memory for the image and the gated scores (one client and one pair of regions per thread;
+    the classifier's small view inline, as the gateway sends it)."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     import tritonclient.utils.shared_memory as shm
@@ -204,13 +208,15 @@ def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) 
     regions: list[tuple] = []
     lock = threading.Lock()
     taus = np.array([[tau]], dtype=TAU.dtype)
-    batch = canvas[None]
+    canvas, batch, views = framed.canvas, framed.canvas[None], framed.view[None]
 
     def tensors(kind):
         image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
+        view = kind.InferInput(CLS_IMAGE.name, list(views.shape), CLS_IMAGE.wire_type)
+        view.set_data_from_numpy(views)
         tau_in = kind.InferInput(TAU.name, [1, 1], TAU.wire_type)
         tau_in.set_data_from_numpy(taus)
-        return image, tau_in
+        return image, view, tau_in
 
     def inline(kind, url: str) -> Callable[[bytes], np.ndarray]:
         """Tensors in the request and response bodies, one client per thread."""
@@ -219,10 +225,10 @@ def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) 
             clients = local.__dict__.setdefault("inline", {})
             if kind not in clients:
                 clients[kind] = kind.InferenceServerClient(url)
-            image, tau_in = tensors(kind)
+            image, view, tau_in = tensors(kind)
             image.set_data_from_numpy(batch)
             outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
-            result = clients[kind].infer(ENSEMBLE, [image, tau_in], outputs=outputs)
+            result = clients[kind].infer(ENSEMBLE, [image, view, tau_in], outputs=outputs)
             return result.as_numpy(SCORES.name)
 
         return call
@@ -244,11 +250,11 @@ def hop_callers(triton_url: str, grpc_url: str, canvas: np.ndarray, tau: float) 
             local.shm = (client, name, handles, out_bytes)
         client, name, (handle_in, handle_out), out_bytes = local.shm
         shm.set_shared_memory_region(handle_in, [batch])
-        image, tau_in = tensors(httpclient)
+        image, view, tau_in = tensors(httpclient)
         image.set_shared_memory(f"{name}_in", batch.nbytes)
         outputs = [httpclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
         outputs[0].set_shared_memory(f"{name}_out", out_bytes)  # the scores; the rest inline
-        result = client.infer(ENSEMBLE, [image, tau_in], outputs=outputs)
+        result = client.infer(ENSEMBLE, [image, view, tau_in], outputs=outputs)
         shape = result.get_output(SCORES.name)["shape"]
         return shm.get_contents_as_numpy(handle_out, np.float32, shape).copy()
 
@@ -375,17 +381,17 @@ def bench_serve(args: argparse.Namespace) -> str:
     pipeline = version_pipeline(repository, version, device="cpu")
     manifest = pipeline.manifest
     images = bench_images(manifest, args.images)
-    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
-    canvas, _ = letterbox(decode_image(images[0]).pixels, size, pad)
+    framing = Framing.of(manifest)
+    first = framing.frame(decode_image(images[0]).pixels)
 
     def in_process(data: bytes) -> None:
-        decoded = decode_image(data, fit=size)
-        canvas, placement = letterbox(decoded.pixels, size, pad, decoded.size)
-        scores = pipeline.run(canvas[None]).scores[0]
-        label_png(labels_from_scores(scores, placement), manifest)
+        decoded = decode_image(data, fit=framing.fit)
+        framed = framing.frame(decoded.pixels, decoded.size)
+        scores = pipeline.run(framed.canvas[None], framed.view[None]).scores[0]
+        label_png(labels_from_scores(scores, framed.placement), manifest)
 
     # The model alone first, with nothing else running.
-    alone = model_alone(pipeline, canvas[None], args.window, args.windows)
+    alone = model_alone(pipeline, first, args.window, args.windows)
     best = max(alone, key=lambda row: row.rate)
 
     env = {**os.environ, "S4SEG_LOG_DIR": str(Path(args.log_dir))}
@@ -421,7 +427,7 @@ def bench_serve(args: argparse.Namespace) -> str:
                 rate, latencies = measure(call, images, concurrency, total(concurrency))
                 rows.append((name, concurrency, rate, latencies))
         stats = triton_step_stats(triton_http)
-        callers, cleanup = hop_callers(triton_http, triton_grpc, canvas, manifest.tau)
+        callers, cleanup = hop_callers(triton_http, triton_grpc, first, manifest.tau)
         try:
             for name, call in callers.items():
                 print(f"bench serve: hop {name}", file=sys.stderr)

@@ -6,8 +6,8 @@ import numpy as np
 
 from s4seg.errors import S4segError
 from s4seg.manifest import Manifest
-from s4seg.onnx_pipeline import PipelineOutput
-from s4seg.tensors import CLASS_PROBS, IMAGE, LABELS, SCORES, SUPPRESSED, TAU
+from s4seg.onnx_pipeline import PipelineOutput, check_batch
+from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, LABELS, SCORES, SUPPRESSED, TAU
 
 ENSEMBLE = "s4seg"
 
@@ -32,13 +32,19 @@ class TritonPipeline:
         if not ready:
             raise S4segError(f"Triton at {url} has no ready '{ENSEMBLE}' ensemble")
 
-    def run(self, images: np.ndarray, tau: float | None = None) -> PipelineOutput:
+    def run(
+        self, images: np.ndarray, views: np.ndarray, tau: float | None = None
+    ) -> PipelineOutput:
+        """As ``OnnxPipeline.run``: canvases and the classifier's views."""
+        check_batch(images, views, self.manifest.classifier_view_size)
         tau = self.manifest.request_tau(tau)
         image = self._http.InferInput(IMAGE.name, list(images.shape), IMAGE.wire_type)
-        image.set_data_from_numpy(np.ascontiguousarray(images, dtype=IMAGE.dtype))
+        image.set_data_from_numpy(np.ascontiguousarray(images))
+        view = self._http.InferInput(CLS_IMAGE.name, list(views.shape), CLS_IMAGE.wire_type)
+        view.set_data_from_numpy(np.ascontiguousarray(views))
         taus = self._http.InferInput(TAU.name, [len(images), 1], TAU.wire_type)
         taus.set_data_from_numpy(np.full((len(images), 1), tau, dtype=TAU.dtype))
-        result = self.client.infer(ENSEMBLE, [image, taus])
+        result = self.client.infer(ENSEMBLE, [image, view, taus])
         self.last_version = result.get_response().get("model_version")
         return PipelineOutput(
             result.as_numpy(LABELS.name),

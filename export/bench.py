@@ -26,7 +26,7 @@ from s4seg.training.models.classifier import multilabel_resnet
 from s4seg import tensors as t
 from s4seg.benchmarks import cpu_description, percentile, provenance, report, update_section
 from s4seg.classes import VOC_CLASSES, voc_palette
-from s4seg.letterbox import letterbox
+from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
 
 from .exporter import export_models
@@ -90,20 +90,22 @@ def step_latencies(
     manifest = pipeline.manifest
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)  # a VOC-sized picture
-    canvas, _ = letterbox(photo, tuple(manifest.input_size), tuple(manifest.pad_value))
-    images = np.repeat(canvas[None], batch, axis=0)
+    framed = Framing.of(manifest).frame(photo)
+    images = np.repeat(framed.canvas[None], batch, axis=0)
+    views = np.repeat(framed.view[None], batch, axis=0)
+    pre_inputs = {t.IMAGE.name: images, t.CLS_IMAGE.name: views}
     s = pipeline.sessions
-    seg_input, cls_input = s["preprocess"].run(None, {t.IMAGE.name: images})
+    seg_input, cls_input = s["preprocess"].run(None, pre_inputs)
     (logits,) = s["segmenter"].run(None, {t.SEG_INPUT.name: seg_input})
     (probs,) = s["classifier"].run(None, {t.CLS_INPUT.name: cls_input})
     tau = np.full((batch, 1), manifest.tau, dtype=t.TAU.dtype)
     gate_inputs = {t.LOGITS.name: logits, t.CLASS_PROBS.name: probs, t.TAU.name: tau}
     calls = {
-        "preprocess": lambda: s["preprocess"].run(None, {t.IMAGE.name: images}),
+        "preprocess": lambda: s["preprocess"].run(None, pre_inputs),
         "segmenter": lambda: s["segmenter"].run(None, {t.SEG_INPUT.name: seg_input}),
         "classifier": lambda: s["classifier"].run(None, {t.CLS_INPUT.name: cls_input}),
         "gate": lambda: s["gate"].run(None, gate_inputs),
-        "pipeline": lambda: pipeline.run(images),
+        "pipeline": lambda: pipeline.run(images, views),
     }
     times: dict[str, list[float]] = {}
     for name, call in calls.items():
@@ -240,7 +242,8 @@ def bench_mapback(args: argparse.Namespace) -> str:
 
     pipeline = OnnxPipeline.from_export(args.model, device="cpu")
     manifest = pipeline.manifest
-    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    framing = Framing.of(manifest)
+    size = framing.size
     n = manifest.num_classes
     names = ("nearest", "bilinear", "truth nearest", "truth bilinear")
     confusion = {name: np.zeros((n, n), np.int64) for name in names}
@@ -250,8 +253,9 @@ def bench_mapback(args: argparse.Namespace) -> str:
     rng = np.random.default_rng(args.seed)
     for i in range(args.images):
         image, truth = render_sample(rng, args.size)
-        canvas, placement = letterbox(image, size, pad)
-        out = pipeline.run(canvas[None])
+        framed = framing.frame(image)
+        placement = framed.placement
+        out = pipeline.run(framed.canvas[None], framed.view[None])
         perfect = served_size_truth(truth, placement, size, n)
         for name, back, result in (
             ("nearest", unletterbox, out.labels[0]),
@@ -320,20 +324,22 @@ def bench_precision(args: argparse.Namespace) -> str:
         name for name, graphs in (("int8", manifest.int8_graphs), ("fp16", manifest.fp16_graphs))
         if graphs
     ]  # fmt: skip
-    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
-    canvas, _ = letterbox(photo, size, pad)
+    framed = Framing.of(manifest).frame(photo)
     rows = []
     for batch in args.batch_sizes:
-        images = np.repeat(canvas[None], batch, axis=0)
+        images = np.repeat(framed.canvas[None], batch, axis=0)
+        views = np.repeat(framed.view[None], batch, axis=0)
         for precision in precisions:
             pipeline = OnnxPipeline.from_export(folder, device="cpu", precision=precision)
-            (seg_input, _) = pipeline.sessions["preprocess"].run(None, {t.IMAGE.name: images})
+            (seg_input, _) = pipeline.sessions["preprocess"].run(
+                None, {t.IMAGE.name: images, t.CLS_IMAGE.name: views}
+            )
             session = pipeline.sessions["segmenter"]
             calls = {
                 "segmenter": lambda s=session, x=seg_input: s.run(None, {t.SEG_INPUT.name: x}),
-                "pipeline": lambda p=pipeline, x=images: p.run(x),
+                "pipeline": lambda p=pipeline, x=images, v=views: p.run(x, v),
             }
             for what, call in calls.items():
                 for _ in range(args.warmup):
@@ -349,7 +355,7 @@ def bench_precision(args: argparse.Namespace) -> str:
                       file=sys.stderr)  # fmt: skip
     reference = {(b, w): statistics.median(ts) for b, w, p, ts in rows if p == "fp32"}
     parity = manifest.int8_parity or {}
-    h, w = size
+    h, w = manifest.input_size
     lines = [
         *provenance(f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}"),
         f"Model: {folder} (DeepLabv2 ResNet-"

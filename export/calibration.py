@@ -20,7 +20,7 @@ from s4seg.training.gate import class_keep_mask, gated_scores
 
 from s4seg.errors import DatasetError
 from s4seg.holdout import CALIBRATION_SEED, CALIBRATION_SHARE, select_part
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.manifest import GATE_OFF_TAU, TauChoice
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import OnnxPipeline
@@ -47,14 +47,14 @@ def sweep_tau(
     Maps go back to each image's size as the server maps them (``labels_from_scores``)."""
     manifest = pipeline.manifest
     n, background = manifest.num_classes, manifest.background_index
-    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
+    framing = Framing.of(manifest)
     ungated = np.zeros((n, n), dtype=np.int64)
     gated = {tau: np.zeros_like(ungated) for tau in taus}
     for start in range(0, len(images), batch):
-        placed = [letterbox(image, size, pad) for image in images[start : start + batch]]
-        out = pipeline.run(np.stack([canvas for canvas, _ in placed]), GATE_OFF_TAU, True)
+        canvases, views, placed = framing.batch(images[start : start + batch])
+        out = pipeline.run(canvases, views, GATE_OFF_TAU, True)
         logits, probs = torch.from_numpy(out.logits), torch.from_numpy(out.class_probs)
-        for i, (_, placement) in enumerate(placed):
+        for i, placement in enumerate(placed):
             truth = masks[start + i]
             by_kept: dict[tuple[bool, ...], np.ndarray] = {}
             ungated += confusion_matrix(truth, labels_from_scores(out.logits[i], placement), n)

@@ -227,12 +227,17 @@ class Smoke:
 
         best = OnnxPipeline.from_export(self.outputs["export"], device="auto")
         cpu = OnnxPipeline.from_export(self.outputs["export"], device="cpu")
-        images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-        best.run(images)  # warm-up (CUDA provider start-up)
+        from s4seg.letterbox import Framing
+
+        rng = np.random.default_rng(0)
+        images, views, _ = Framing.of(best.manifest).batch(
+            [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+        )
+        best.run(images, views)  # warm-up (CUDA provider start-up)
         start = time.perf_counter()
-        labels = best.run(images).labels
+        labels = best.run(images, views).labels
         seconds = time.perf_counter() - start
-        agreement = float((labels == cpu.run(images).labels).mean())
+        agreement = float((labels == cpu.run(images, views).labels).mean())
         if agreement < 0.999:
             raise RuntimeError(f"{best.providers[0]} and CPU labels agree on {agreement:.4f}")
         return (

@@ -23,10 +23,11 @@ from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from s4seg import __version__
 from s4seg.errors import CheckpointError, DatasetError
-from s4seg.letterbox import letterbox, pad_colour
+from s4seg.letterbox import Framing, pad_colour
 from s4seg.manifest import (
     GATE_OFF_TAU,
     MANIFEST_NAME,
+    NO_CLASSIFIER_VIEW_SIZE,
     PAPER_TAU,
     ClassifierInput,
     GraphFile,
@@ -50,7 +51,6 @@ FP16_STEPS = ("segmenter", "classifier")  # the heavy ones; pre/post-processing 
 INT8_MIN_LABEL_AGREEMENT = 0.99
 INT8_MAX_MIOU_DROP = 0.005
 INT8_CALIBRATION_IMAGES = 32
-NO_CLASSIFIER_SIZE = 32  # input of the stand-in classifier graph: small, it is never looked at
 
 Log = Callable[[str], None]
 
@@ -150,12 +150,11 @@ def build_graphs(
         model = classifier_from_checkpoint(cls_payload, classifier or "classifier")
         cls_graph: torch.nn.Module = g.Classifier(model)
     else:
-        cls_size, cls_norm = NO_CLASSIFIER_SIZE, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        cls_size = NO_CLASSIFIER_VIEW_SIZE
+        cls_norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         cls_graph = g.NoClassifier(len(seg_payload["classes"]))
     graphs: dict[str, torch.nn.Module] = {
-        "preprocess": g.Preprocess(
-            norm["mean"], norm["std"], cls_size, cls_norm["mean"], cls_norm["std"]
-        ),
+        "preprocess": g.Preprocess(norm["mean"], norm["std"], cls_norm["mean"], cls_norm["std"]),
         "segmenter": g.Segmenter(segmenter_from_checkpoint(seg_payload, segmenter)),
         "classifier": cls_graph,
         "gate": g.Gate(seg_payload["background_index"]),
@@ -200,9 +199,9 @@ def add_fp16_variant(
         manifest.fp16_graphs = {}
 
 
-def training_canvases(payload: dict, count: int, size: tuple[int, int], pad) -> np.ndarray:
-    """Letterboxed training images (labeled split first) for INT8 calibration; synthetic
-    scenes when the training data is not on this machine."""
+def training_images(payload: dict, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Training images (labeled split first) for INT8 calibration; synthetic scenes when the
+    training data is not on this machine."""
     root = payload["split"]["dataset"]["root"]
     images: list[np.ndarray] = []
     if Path(root).is_dir():
@@ -214,7 +213,7 @@ def training_canvases(payload: dict, count: int, size: tuple[int, int], pad) -> 
 
         rng = np.random.default_rng(0)
         images = [render_sample(rng, max(size))[0] for _ in range(count)]
-    return np.stack([letterbox(image, size, pad)[0] for image in images])
+    return images
 
 
 def add_int8_variant(
@@ -238,13 +237,14 @@ def add_int8_variant(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
-    canvases = training_canvases(seg_payload, INT8_CALIBRATION_IMAGES, size, pad)
+    framing = Framing.of(manifest)
+    images = training_images(seg_payload, INT8_CALIBRATION_IMAGES, framing.size)
     preprocess = OnnxPipeline(manifest, {"preprocess": work / manifest.graphs["preprocess"].file})
-    seg_inputs = [
-        preprocess.sessions["preprocess"].run(None, {g.IMAGE: canvases[i : i + 1]})[0]
-        for i in range(len(canvases))
-    ]
+    seg_inputs = []
+    for image in images:
+        framed = framing.frame(image)
+        feeds = {g.IMAGE: framed.canvas[None], g.CLS_IMAGE: framed.view[None]}
+        seg_inputs.append(preprocess.sessions["preprocess"].run(None, feeds)[0])
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -360,9 +360,15 @@ def example_inputs(num_classes: int, size: tuple[int, int], cls_size: int) -> di
     n, h, w = 2, *size
     return {
         "preprocess": (
-            {g.IMAGE: torch.zeros(n, h, w, 3, dtype=torch.uint8)},
+            {
+                g.IMAGE: torch.zeros(n, h, w, 3, dtype=torch.uint8),
+                g.CLS_IMAGE: torch.zeros(n, cls_size, cls_size, 3, dtype=torch.uint8),
+            },
             [g.SEG_INPUT, g.CLS_INPUT],
-            {g.IMAGE: {0: "batch", 1: "height", 2: "width"}},
+            {
+                g.IMAGE: {0: "batch", 1: "height", 2: "width"},
+                g.CLS_IMAGE: {0: "batch", 1: "cls_height", 2: "cls_width"},
+            },
         ),
         "segmenter": (
             {g.SEG_INPUT: torch.zeros(n, 3, h, w)},

@@ -1,6 +1,7 @@
 """The four graphs of the served pipeline as torch modules, exactly as they are exported.
 
-preprocess: UINT8 NHWC image -> normalised FP32 NCHW (segmenter) + resized FP32 NCHW (classifier)
+preprocess: UINT8 NHWC image + classifier view -> normalised FP32 NCHW of each (segmenter,
+            classifier); the view is made by the caller (s4seg.letterbox.classifier_view)
 segmenter:  seg_input -> logits at the input's resolution (bilinear, align_corners as in training)
 classifier: cls_input -> per-class probabilities (sigmoid); without MLMT every class gets 1.0
 gate:       logits, class_probs, tau -> labels (UINT8), suppressed (BOOL), gated scores (FP32):
@@ -10,7 +11,6 @@ gate:       logits, class_probs, tau -> labels (UINT8), suppressed (BOOL), gated
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from s4seg.training.gate import gated_scores
 from s4seg.training.models import upsample_logits
 from torch import nn
@@ -18,38 +18,38 @@ from torch import nn
 from s4seg import tensors
 
 # The graphs' input and output names (their dtypes and shapes: s4seg.tensors).
-IMAGE, TAU = tensors.IMAGE.name, tensors.TAU.name
+IMAGE, CLS_IMAGE, TAU = tensors.IMAGE.name, tensors.CLS_IMAGE.name, tensors.TAU.name
 SEG_INPUT, CLS_INPUT = tensors.SEG_INPUT.name, tensors.CLS_INPUT.name
 LOGITS, CLASS_PROBS = tensors.LOGITS.name, tensors.CLASS_PROBS.name
 LABELS, SUPPRESSED, SCORES = tensors.LABELS.name, tensors.SUPPRESSED.name, tensors.SCORES.name
 
 
 class Preprocess(nn.Module):
+    """Normalisation only. The classifier's view comes in already resized: made from the whole
+    image, as training's ``Resize((size, size))`` makes it, and not from the letterboxed canvas,
+    whose pad bars the classifier never saw in training."""
+
     def __init__(
         self,
         mean: list[float],
         std: list[float],
-        classifier_size: int,
         classifier_mean: list[float],
         classifier_std: list[float],
         pixel_scale: float = 1 / 255,
     ) -> None:
         super().__init__()
-        self.classifier_size = classifier_size
         self.pixel_scale = pixel_scale
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.register_buffer("cls_mean", torch.tensor(classifier_mean).view(1, 3, 1, 1))
         self.register_buffer("cls_std", torch.tensor(classifier_std).view(1, 3, 1, 1))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, classifier_image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = image.permute(0, 3, 1, 2).float() * self.pixel_scale
-        size = (self.classifier_size, self.classifier_size)
-        # Antialiased, like the classifier's training-side resize (torchvision Resize).
-        small = F.interpolate(
-            pixels, size=size, mode="bilinear", align_corners=False, antialias=True
-        )
-        return (pixels - self.mean) / self.std, (small - self.cls_mean) / self.cls_std
+        view = classifier_image.permute(0, 3, 1, 2).float() * self.pixel_scale
+        return (pixels - self.mean) / self.std, (view - self.cls_mean) / self.cls_std
 
 
 class Segmenter(nn.Module):

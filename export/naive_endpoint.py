@@ -17,7 +17,7 @@ from s4seg.training.checkpoint import load_checkpoint
 from starlette.concurrency import run_in_threadpool
 
 from s4seg.imaging import decode_image
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.manifest import Manifest
 from s4seg.outputs import label_png
 
@@ -35,14 +35,16 @@ app = FastAPI(title="naive PyTorch endpoint (benchmark baseline)")
 
 @torch.no_grad()
 def predict(data: bytes) -> bytes:
-    size = tuple(manifest.input_size)
-    decoded = decode_image(data, fit=size)
-    canvas, placement = letterbox(decoded.pixels, size, tuple(manifest.pad_value), decoded.size)
-    seg_input, cls_input = graphs["preprocess"](torch.from_numpy(canvas[None]))
+    framing = Framing.of(manifest)
+    decoded = decode_image(data, fit=framing.fit)
+    framed = framing.frame(decoded.pixels, decoded.size)
+    seg_input, cls_input = graphs["preprocess"](
+        torch.from_numpy(framed.canvas[None]), torch.from_numpy(framed.view[None])
+    )
     logits = graphs["segmenter"](seg_input)
     probs = graphs["classifier"](cls_input)
     _, _, scores = graphs["gate"](logits, probs, torch.full((1, 1), manifest.tau))
-    return label_png(labels_from_scores(np.asarray(scores[0]), placement), manifest)
+    return label_png(labels_from_scores(np.asarray(scores[0]), framed.placement), manifest)
 
 
 @app.post("/v1/segment")

@@ -1,6 +1,7 @@
 """Proof that the ONNX pipeline computes what the PyTorch modules compute, on real images.
 
-Both sides get the same letterboxed uint8 batch (what the server sees). Compared: pixel class
+Both sides get the same uint8 batch the server sends (letterboxed canvases, the classifier's
+views). Compared: pixel class
 probabilities, classifier probabilities, gated and ungated label maps, and the gated mIoU
 against the ground truth at each image's own size, the gated scores mapped back as the server
 maps them (``labels_from_scores``).
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
 
@@ -22,9 +23,9 @@ MAX_MIOU_DIFF = 0.001  # 0.1 mIoU points
 
 @torch.no_grad()
 def torch_pipeline(
-    graphs: dict[str, nn.Module], images: np.ndarray, tau: float
+    graphs: dict[str, nn.Module], images: np.ndarray, views: np.ndarray, tau: float
 ) -> dict[str, np.ndarray]:
-    seg_input, cls_input = graphs["preprocess"](torch.from_numpy(images))
+    seg_input, cls_input = graphs["preprocess"](torch.from_numpy(images), torch.from_numpy(views))
     logits = graphs["segmenter"](seg_input)
     class_probs = graphs["classifier"](cls_input)
     taus = torch.full((len(images), 1), tau)
@@ -39,14 +40,16 @@ def torch_pipeline(
     }
 
 
-def onnx_pipeline(pipeline: OnnxPipeline, images: np.ndarray, tau: float) -> dict[str, np.ndarray]:
-    out = pipeline.run(images, tau, keep_logits=True)
+def onnx_pipeline(
+    pipeline: OnnxPipeline, images: np.ndarray, views: np.ndarray, tau: float
+) -> dict[str, np.ndarray]:
+    out = pipeline.run(images, views, tau, keep_logits=True)
     logits = torch.from_numpy(out.logits)
     return {
         "probs": logits.softmax(1).numpy(),
         "class_probs": out.class_probs,
         "labels": out.labels,
-        "ungated": pipeline.run(images, UNGATED_TAU).labels,
+        "ungated": pipeline.run(images, views, UNGATED_TAU).labels,
         "scores": out.scores,
     }
 
@@ -63,14 +66,15 @@ def measure_parity(
     (classes unknown to the images): no mIoU."""
     manifest = pipeline.manifest
     tau = manifest.tau if tau is None else tau
-    size, pad = tuple(manifest.input_size), tuple(manifest.pad_value)
-    placed = [letterbox(image, size, pad) for image in images]
+    framing = Framing.of(manifest)
+    placements = []
     sides: dict[str, dict[str, list]] = {"torch": {}, "onnx": {}}
-    for start in range(0, len(placed), batch_size):
-        batch = np.stack([canvas for canvas, _ in placed[start : start + batch_size]])
+    for start in range(0, len(images), batch_size):
+        canvases, views, placed = framing.batch(images[start : start + batch_size])
+        placements += placed
         for side, result in (
-            ("torch", torch_pipeline(graphs, batch, tau)),
-            ("onnx", onnx_pipeline(pipeline, batch, tau)),
+            ("torch", torch_pipeline(graphs, canvases, views, tau)),
+            ("onnx", onnx_pipeline(pipeline, canvases, views, tau)),
         ):
             for key, value in result.items():
                 sides[side].setdefault(key, []).append(value)
@@ -79,7 +83,7 @@ def measure_parity(
     figures = {
         "images": len(images),
         "tau": tau,
-        "input_size": list(size),
+        "input_size": list(framing.size),
         "providers": pipeline.providers,
         "max_abs_prob_diff": float(np.abs(a["probs"] - b["probs"]).max()),
         "max_abs_class_prob_diff": float(np.abs(a["class_probs"] - b["class_probs"]).max()),
@@ -90,7 +94,7 @@ def measure_parity(
         n = manifest.num_classes
         for side, result in (("torch", a), ("onnx", b)):
             confusion = np.zeros((n, n), dtype=np.int64)
-            for gated, (_, placement), truth in zip(result["scores"], placed, masks, strict=True):
+            for gated, placement, truth in zip(result["scores"], placements, masks, strict=True):
                 confusion += confusion_matrix(truth, labels_from_scores(gated, placement), n)
             figures[f"gated_miou_{side}"] = scores(confusion).miou
         figures["gated_miou_diff"] = abs(figures["gated_miou_torch"] - figures["gated_miou_onnx"])

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from s4seg.errors import DatasetError
 from s4seg.holdout import evaluation_samples
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framing, classifier_view, labels_from_scores
 from s4seg.manifest import Manifest
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.onnx_pipeline import UNGATED_TAU, PipelineOutput
@@ -26,7 +26,9 @@ from s4seg.visualize import colorize
 class Pipeline(Protocol):
     manifest: Manifest
 
-    def run(self, images: np.ndarray, tau: float | None = None) -> PipelineOutput: ...
+    def run(
+        self, images: np.ndarray, views: np.ndarray, tau: float | None = None
+    ) -> PipelineOutput: ...
 
 
 def evaluate_pipeline(
@@ -100,8 +102,10 @@ def evaluate_pipeline(
 
 
 def _labels(pipeline: Pipeline, image: np.ndarray, tau: float, served_path: bool) -> np.ndarray:
+    framing = Framing.of(pipeline.manifest)
     if not served_path:
-        return pipeline.run(image[None], tau).labels[0]
-    manifest = pipeline.manifest
-    canvas, placement = letterbox(image, tuple(manifest.input_size), tuple(manifest.pad_value))
-    return labels_from_scores(pipeline.run(canvas[None], tau).scores[0], placement)
+        view = classifier_view(image, framing.classifier_size)
+        return pipeline.run(image[None], view[None], tau).labels[0]
+    framed = framing.frame(image)
+    out = pipeline.run(framed.canvas[None], framed.view[None], tau)
+    return labels_from_scores(out.scores[0], framed.placement)

@@ -6,14 +6,22 @@ zero). Back: the gated class scores of the content are resized bilinearly to the
 size and the argmax taken there (``labels_from_scores``), so edges follow the photo's pixels and
 not the served grid; a label map alone can only be resized with nearest neighbour
 (``unletterbox``), which draws blocks as large as the scale factor.
+
+The classifier is sent a view of its own (``classifier_view``): the whole image, never the pad
+bars, resized to its square input as in training. ``Framing`` makes both from a manifest: the
+one place that says what the pipeline is sent for an image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from s4seg.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,63 @@ def letterbox(
     canvas[...] = np.asarray(pad_value, dtype=np.uint8)
     canvas[top : top + content[0], left : left + content[1]] = image
     return canvas, Placement((height, width), content, (top, left))
+
+
+def classifier_view(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 -> (size, size, 3) uint8: the whole image squeezed into the
+    classifier's square input, aspect ratio not kept, as training and ``s4seg evaluate`` show it
+    (torchvision ``Resize((size, size), antialias=True)``; Pillow's bilinear resize is the same
+    antialiased filter, within 1 of 255 per channel)."""
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(resized)  # writable: torch.from_numpy takes it without a warning
+
+
+@dataclass(frozen=True)
+class Framed:
+    """One image as the pipeline takes it."""
+
+    canvas: np.ndarray  # (h, w, 3) uint8: the letterboxed image (segmenter)
+    view: np.ndarray  # (s, s, 3) uint8: the whole image resized (classifier)
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class Framing:
+    """What the served pipeline is sent for an image: the segmenter's letterboxed canvas and
+    the classifier's view, at the sizes a manifest names."""
+
+    size: tuple[int, int]  # served (height, width)
+    pad: tuple[int, int, int]
+    classifier_size: int
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Framing:
+        return cls(
+            tuple(manifest.input_size),  # type: ignore[arg-type]
+            tuple(manifest.pad_value),  # type: ignore[arg-type]
+            manifest.classifier_view_size,
+        )
+
+    @property
+    def fit(self) -> tuple[int, int]:
+        """The smallest decode that serves both inputs (``decode_image``'s ``fit``)."""
+        return max(self.size[0], self.classifier_size), max(self.size[1], self.classifier_size)
+
+    def frame(self, image: np.ndarray, original: tuple[int, int] | None = None) -> Framed:
+        """``original``: as for ``letterbox`` (the size a reduced decode stands for)."""
+        canvas, placement = letterbox(image, self.size, self.pad, original)
+        return Framed(canvas, classifier_view(image, self.classifier_size), placement)
+
+    def batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[Placement]]:
+        """Canvases (N, h, w, 3), views (N, s, s, 3) and the placements of ``images``."""
+        framed = [self.frame(image) for image in images]
+        return (
+            np.stack([f.canvas for f in framed]),
+            np.stack([f.view for f in framed]),
+            [f.placement for f in framed],
+        )
 
 
 def unletterbox(labels: np.ndarray, placement: Placement) -> np.ndarray:

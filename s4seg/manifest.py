@@ -18,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from s4seg.atomic import write_json_atomic
 from s4seg.errors import S4segError
 
-# /2: the gate graph also outputs the gated scores (label maps at the photo's resolution);
-# a /1 export's gate lacks them and can not be served by the ensemble of this version.
-MANIFEST_FORMAT = "s4seg-manifest/2"
+# /2: the gate graph also outputs the gated scores (label maps at the photo's resolution).
+# /3: the preprocess graph takes the classifier's view as an input of its own (the whole image,
+# not the letterboxed canvas). Older exports can not be served by the ensemble of this version.
+MANIFEST_FORMAT = "s4seg-manifest/3"
+OLDER_FORMATS = ("s4seg-manifest/1", "s4seg-manifest/2")
 MANIFEST_NAME = "manifest.json"
 
 # The steps of the pipeline, in order; each is one ONNX file ``<step>.onnx``.
@@ -31,6 +33,9 @@ STEPS = ("preprocess", "segmenter", "classifier", "gate")
 # the gate keeps every class ("gate off").
 PAPER_TAU = 0.2
 GATE_OFF_TAU = -1.0
+
+# The view the stand-in classifier (no MLMT trained) is sent: small, it is never looked at.
+NO_CLASSIFIER_VIEW_SIZE = 32
 
 
 class ManifestError(S4segError):
@@ -88,7 +93,7 @@ class TauChoice(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["s4seg-manifest/2"] = MANIFEST_FORMAT
+    format: Literal["s4seg-manifest/3"] = MANIFEST_FORMAT
     created: str
     s4seg_version: str
     dataset: dict[str, Any]
@@ -148,6 +153,11 @@ class Manifest(_Strict):
         return {**self.graphs, **variants[precision]}
 
     @property
+    def classifier_view_size(self) -> int:
+        """The side of the classifier's square input (``letterbox.classifier_view``)."""
+        return self.classifier.size if self.classifier is not None else NO_CLASSIFIER_VIEW_SIZE
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -193,7 +203,7 @@ class Manifest(_Strict):
         if isinstance(data, dict) and data.get("format") != MANIFEST_FORMAT:
             again = (
                 " (an export of an older s4seg: export the checkpoints again)"
-                if data.get("format") == "s4seg-manifest/1"
+                if data.get("format") in OLDER_FORMATS
                 else ""
             )
             raise ManifestError(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
-from s4seg.tensors import CLASS_PROBS, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
+from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
 
 UNGATED_TAU = GATE_OFF_TAU
 """A tau below every probability: the gate keeps all classes (``gate=false``)."""
@@ -74,6 +74,27 @@ def graph_files(manifest: Manifest, folder: Path, precision: str = "fp32") -> di
     return {step: folder / graph.file for step, graph in graphs.items()}
 
 
+def check_batch(images: np.ndarray, views: np.ndarray, view_size: int) -> None:
+    """What every pipeline (in-process or Triton) is given: a bad batch is named here, not
+    deep inside a graph."""
+    for name, batch in (("images", images), ("views", views)):
+        if (
+            not isinstance(batch, np.ndarray)
+            or batch.dtype != np.uint8
+            or batch.ndim != 4
+            or (batch.shape[-1] != 3)
+        ):
+            shape = getattr(batch, "shape", type(batch).__name__)
+            raise ValueError(
+                f"{name} must be (N, H, W, 3) uint8, not {shape} {getattr(batch, 'dtype', '')}"
+            )
+    if views.shape[1:3] != (view_size, view_size) or len(views) != len(images):
+        raise ValueError(
+            f"views must be {len(images)} x {view_size} x {view_size} x 3 (the classifier's "
+            f"input), not {views.shape}"
+        )
+
+
 class OnnxPipeline:
     """preprocess -> segmenter + classifier -> gate, as four ONNX Runtime sessions."""
 
@@ -98,15 +119,20 @@ class OnnxPipeline:
         return cls(manifest, graph_files(manifest, folder, precision), device, spin)
 
     def run(
-        self, images: np.ndarray, tau: float | None = None, keep_logits: bool = False
+        self,
+        images: np.ndarray,
+        views: np.ndarray,
+        tau: float | None = None,
+        keep_logits: bool = False,
     ) -> PipelineOutput:
-        """``images`` (N, H, W, 3) uint8, all the same size. ``tau`` None: the manifest's."""
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"images must be (N, H, W, 3) uint8, not {images.shape} {images.dtype}"
-            )
+        """``images`` (N, H, W, 3) uint8, all the same size (letterboxed canvases, or images at
+        their own size); ``views`` (N, s, s, 3) uint8, the classifier's views of the same images
+        (``s4seg.letterbox.Framing``). ``tau`` None: the manifest's."""
+        check_batch(images, views, self.manifest.classifier_view_size)
         tau = self.manifest.request_tau(tau)
-        seg_input, cls_input = self.sessions["preprocess"].run(None, {IMAGE.name: images})
+        seg_input, cls_input = self.sessions["preprocess"].run(
+            None, {IMAGE.name: images, CLS_IMAGE.name: views}
+        )
         (logits,) = self.sessions["segmenter"].run(None, {SEG_INPUT.name: seg_input})
         (class_probs,) = self.sessions["classifier"].run(None, {CLS_INPUT.name: cls_input})
         taus = np.full((len(images), 1), tau, dtype=TAU.dtype)

@@ -1,7 +1,8 @@
 """The pipeline's tensors: one definition of names, dtypes and shapes, used by the exporter (graph
 inputs and outputs), the Triton configs, the in-process ONNX pipeline and the Triton client.
 
-preprocess: image (N, H, W, 3) uint8 -> seg_input, cls_input (N, 3, h, w) float32 (normalised)
+preprocess: image (N, h, w, 3) uint8 (letterboxed), classifier_image (N, s, s, 3) uint8 (the whole
+            image resized) -> seg_input, cls_input (N, 3, ., .) float32 (normalised)
 segmenter:  seg_input -> logits (N, C, h, w) float32, at the input's resolution
 classifier: cls_input -> class_probs (N, C) float32 (sigmoid; 1.0 everywhere without MLMT)
 gate:       logits, class_probs, tau (N, 1) float32 -> labels (N, h, w) uint8,
@@ -32,6 +33,7 @@ class TensorSpec:
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
 
 IMAGE = TensorSpec("image", "uint8", (-1, -1, 3))
+CLS_IMAGE = TensorSpec("classifier_image", "uint8", (-1, -1, 3))
 TAU = TensorSpec("tau", "float32", (1,))
 SEG_INPUT = TensorSpec("seg_input", "float32", (3, -1, -1))
 CLS_INPUT = TensorSpec("cls_input", "float32", (3, -1, -1))
@@ -47,14 +49,14 @@ SUPPRESSED_SCORE = -1e30
 
 # Each step's (inputs, outputs), in the order the graphs take and return them.
 GRAPH_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    "preprocess": ((IMAGE,), (SEG_INPUT, CLS_INPUT)),
+    "preprocess": ((IMAGE, CLS_IMAGE), (SEG_INPUT, CLS_INPUT)),
     "segmenter": ((SEG_INPUT,), (LOGITS,)),
     "classifier": ((CLS_INPUT,), (CLASS_PROBS,)),
     "gate": ((LOGITS, CLASS_PROBS, TAU), (LABELS, SUPPRESSED, SCORES)),
 }
 # What the ensemble takes and answers. tau is required: Triton refuses optional inputs on
 # ensembles (server PR #3894), so the gateway always sends it (the manifest's tau by default).
-ENSEMBLE_INPUTS = (IMAGE, TAU)
+ENSEMBLE_INPUTS = (IMAGE, CLS_IMAGE, TAU)
 ENSEMBLE_OUTPUTS = (LABELS, CLASS_PROBS, SUPPRESSED, SCORES)
 # What a caller that maps the scores back to the photo asks for (the served-size labels stay in
 # Triton). Asking for the scores alone makes Triton 2.51's ensemble fail ("unexpected deadlock,

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from s4seg.imaging import read_image_file
-from s4seg.letterbox import labels_from_scores, letterbox, unletterbox
+from s4seg.letterbox import Framing, labels_from_scores, unletterbox
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.outputs import overlay_image
 
@@ -32,8 +32,9 @@ def main(photo: str, export: str, out: str) -> None:
 
     pipeline = OnnxPipeline.from_export(export, device="cpu")
     manifest = pipeline.manifest
-    canvas, placement = letterbox(pixels, tuple(manifest.input_size), tuple(manifest.pad_value))
-    out_ = pipeline.run(canvas[None], None)
+    framed = Framing.of(manifest).frame(pixels)
+    placement = framed.placement
+    out_ = pipeline.run(framed.canvas[None], framed.view[None])
     before = unletterbox(out_.labels[0], placement)
     after = labels_from_scores(out_.scores[0], placement)
 

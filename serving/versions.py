@@ -227,7 +227,11 @@ class VersionManager:
         classes = manifest.num_classes
         image = np.empty((1, height, width, 3), dtype=np.uint8)
         image[...] = np.asarray(manifest.pad_value, dtype=np.uint8)
-        pre = self._infer(STEP_MODELS["preprocess"], version, {t.IMAGE.name: image})
+        side = manifest.classifier_view_size
+        view = np.full((1, side, side, 3), 128, dtype=np.uint8)
+        pre = self._infer(
+            STEP_MODELS["preprocess"], version, {t.IMAGE.name: image, t.CLS_IMAGE.name: view}
+        )
         seg_in, cls_in = t.SEG_INPUT.name, t.CLS_INPUT.name
         seg = self._infer(STEP_MODELS["segmenter"], version, {seg_in: pre[seg_in]})
         cls = self._infer(STEP_MODELS["classifier"], version, {cls_in: pre[cls_in]})

@@ -65,6 +65,7 @@ class FakeEnsemble:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls = 0
+        self.last_inputs: tuple[np.ndarray, np.ndarray] | None = None  # (canvas, view)
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -74,8 +75,9 @@ class FakeEnsemble:
     async def readiness(self) -> tuple[bool, str]:
         return True, "ready"
 
-    async def segment(self, canvas, tau, classes, wait=None) -> Segmentation:
+    async def segment(self, canvas, view, tau, classes, wait=None) -> Segmentation:
         self.calls += 1
+        self.last_inputs = (canvas, view)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:

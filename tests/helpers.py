@@ -51,12 +51,18 @@ def segment_like_the_server(
     served size; the label map (1, H, W) at the image's size from the gated scores, mapped back
     by the server's own function (bilinear, then the argmax). ``size``: the photo's full
     (height, width) when ``image`` was decoded at a reduced scale."""
-    from s4seg.letterbox import labels_from_scores, letterbox
+    from s4seg.letterbox import Framing, labels_from_scores
 
-    manifest = pipeline.manifest
-    canvas, placement = letterbox(
-        image, tuple(manifest.input_size), tuple(manifest.pad_value), size
-    )
-    out = pipeline.run(canvas[None], tau)
-    out.labels = labels_from_scores(out.scores[0], placement)[None]
+    framed = Framing.of(pipeline.manifest).frame(image, size)
+    out = pipeline.run(framed.canvas[None], framed.view[None], tau)
+    out.labels = labels_from_scores(out.scores[0], framed.placement)[None]
     return out
+
+
+def framed_batch(pipeline, images):
+    """Canvases and classifier views of ``images`` (a list, or an (N, H, W, 3) array), as the
+    server frames them for ``pipeline``'s manifest."""
+    from s4seg.letterbox import Framing
+
+    canvases, views, _ = Framing.of(pipeline.manifest).batch(list(images))
+    return canvases, views

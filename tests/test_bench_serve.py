@@ -11,13 +11,14 @@ import numpy as np
 from PIL import Image
 from s4seg.clients.bench import SIZES, model_alone, size_images
 
+from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
 
 
 def test_model_alone_tries_every_layout_and_counts_images(tiny_export: Path) -> None:
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
-    canvas = np.zeros((1, 64, 64, 3), np.uint8)
-    rows = model_alone(pipeline, canvas, window=0.3, windows=2)
+    framed = Framing.of(pipeline.manifest).frame(np.zeros((64, 64, 3), np.uint8))
+    rows = model_alone(pipeline, framed, window=0.3, windows=2)
     assert [(r.instances, r.batch) for r in rows] == [(i, b) for i in (1, 2) for b in (1, 4, 8)]
     cores = os.cpu_count() or 1
     for row in rows:

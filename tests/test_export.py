@@ -12,13 +12,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import segment_like_the_server
+from helpers import framed_batch, segment_like_the_server
+from PIL import Image
 from s4seg.export.graphs import Gate, Preprocess
 from s4seg.export.onnx_export import ExportError, export_onnx
 from s4seg.training.gate import gated_argmax
 
 from s4seg.errors import CheckpointError
-from s4seg.manifest import STEPS, Manifest, sha256_file
+from s4seg.letterbox import classifier_view
+from s4seg.manifest import STEPS, Manifest, ManifestError, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.tensors import SUPPRESSED_SCORE
 
@@ -45,13 +47,25 @@ def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> 
     assert manifest.graphs["segmenter"].inputs["seg_input"] == ["batch", 3, "height", "width"]
 
 
+def test_exports_of_an_older_format_are_refused_by_name(tiny_export: Path, tmp_path: Path) -> None:
+    """/2 graphs take the letterboxed canvas for the classifier; this ensemble sends a view of
+    its own: such an export can not be served and says so."""
+    data = json.loads((tiny_export / "manifest.json").read_text())
+    for older in ("s4seg-manifest/1", "s4seg-manifest/2"):
+        (tmp_path / "manifest.json").write_text(json.dumps({**data, "format": older}))
+        with pytest.raises(ManifestError, match="older s4seg: export the checkpoints again"):
+            Manifest.load(tmp_path)
+
+
 def test_pipeline_runs_any_batch_and_size(tiny_export: Path) -> None:
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     images = np.random.default_rng(0).integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
-    out = pipeline.run(images)
+    side = pipeline.manifest.classifier_view_size
+    views = np.stack([classifier_view(image, side) for image in images])
+    out = pipeline.run(images, views)
     assert out.labels.shape == (3, 40, 56) and out.labels.dtype == np.uint8
     assert out.class_probs.shape == (3, 7) and out.suppressed.shape == (3, 7)
-    single = pipeline.run(images[1:2])
+    single = pipeline.run(images[1:2], views[1:2])
     np.testing.assert_array_equal(single.labels[0], out.labels[1])
     # Letterboxed to the served size as the server does, mapped back to the image's own size.
     assert segment_like_the_server(pipeline, images[0]).labels.shape == (1, 40, 56)
@@ -98,18 +112,34 @@ def test_gate_graph_computes_the_training_gate(tmp_path: Path) -> None:
 
 
 def test_preprocess_matches_the_training_transforms() -> None:
+    """The segmenter's input as training normalises it; the classifier's as training shows it:
+    the whole image squeezed to its square (here 70 x 50 -> 32 x 32), not the letterboxed
+    canvas with its pad bars."""
     from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD, eval_view
     from s4seg.training.data.transforms import eval_transform
     from torchvision import tv_tensors
 
+    from s4seg.letterbox import Framing
+
     mean, std = [0.45, 0.44, 0.4], [0.22, 0.23, 0.24]
-    module = Preprocess(mean, std, 32, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    module = Preprocess(mean, std, list(IMAGENET_MEAN), list(IMAGENET_STD))
     image = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    seg, cls = module(torch.from_numpy(image)[None])
+    view = classifier_view(image, 32)
+    seg, cls = module(torch.from_numpy(image)[None], torch.from_numpy(view)[None])
     pixels = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
     torch.testing.assert_close(seg[0], eval_transform(mean, std)(pixels), atol=1e-5, rtol=0)
-    # The training view resizes uint8 pixels (rounded), the graph floats: < 1 grey level apart.
-    assert (cls[0] - eval_view(32)(pixels)).abs().max() < 1 / 255 / min(IMAGENET_STD) + 1e-4
+    # Pillow's antialiased bilinear and torchvision's differ by rounding: < 1 grey level.
+    one_level = 1 / 255 / min(IMAGENET_STD) + 1e-4
+    assert (cls[0] - eval_view(32)(pixels)).abs().max() < one_level
+    # What the server frames: the same view, whatever the letterbox does to the canvas.
+    framed = Framing((64, 64), (0, 0, 0), 32).frame(image)
+    np.testing.assert_array_equal(framed.view, view)
+    assert framed.canvas.shape == (64, 64, 3) and (framed.canvas[:8] == 0).all()  # pad bars
+    _, canvas_view = module(
+        torch.from_numpy(framed.canvas)[None],
+        torch.from_numpy(classifier_view(framed.canvas, 32))[None],
+    )
+    assert (canvas_view[0] - eval_view(32)(pixels)).abs().max() > 10 * one_level
 
 
 def test_wrong_checkpoint_kind_is_refused_by_name(
@@ -153,9 +183,8 @@ def test_export_without_classifier_keeps_every_class(
         data=str(synth_root), parity_images=2, log=lambda *_: None,
     )  # fmt: skip
     assert manifest.classifier is None and "classifier" not in manifest.sources
-    out = OnnxPipeline.from_export(tmp_path / "out", device="cpu").run(
-        np.zeros((2, 64, 64, 3), dtype=np.uint8), tau=0.99
-    )
+    pipeline = OnnxPipeline.from_export(tmp_path / "out", device="cpu")
+    out = pipeline.run(*framed_batch(pipeline, np.zeros((2, 64, 64, 3), np.uint8)), tau=0.99)
     assert (out.class_probs == 1).all() and not out.suppressed.any()
     # An existing, non-empty folder is not overwritten by accident.
     with pytest.raises(ExportError, match="exists and is not empty"):
@@ -254,7 +283,7 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
         publish(tmp_path / "out", repo, precision="int8", log=lambda *_: None)
         served = version_pipeline(repo, 1, device="cpu")
         assert served.manifest.published["precision"] == "int8"
-        out = served.run(np.zeros((1, 64, 64, 3), np.uint8))
+        out = served.run(*framed_batch(served, np.zeros((1, 64, 64, 3), np.uint8)))
         assert out.labels.shape == (1, 64, 64) and out.scores.shape == (1, 7, 64, 64)
 
     # A rule no quantized model can meet: the variant is refused, the reason kept, no file.
@@ -318,3 +347,39 @@ def test_served_at_the_evaluation_resolution_and_equal_to_evaluate(
                                   layout, part="all", served_path=True)  # fmt: skip
     assert served["images"] == evaluated["images"] > 0
     assert abs(served["miou"] - evaluated["miou"]) <= MAX_MIOU_DIFF
+
+
+def test_served_classifier_sees_what_training_and_evaluate_see(
+    tiny_export: Path, tiny_classifier: Path
+) -> None:
+    """Issue 20, item 2: on photos whose aspect differs from the served canvas (portrait and
+    landscape), the served class probabilities are those of ``s4seg evaluate``'s classifier
+    (the whole image resized, training's view), not of the letterboxed canvas."""
+    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.data.classification import eval_view
+    from s4seg.training.models.classifier import classifier_from_checkpoint
+    from torchvision import tv_tensors
+
+    from s4seg.letterbox import Framing
+
+    payload = load_checkpoint(str(tiny_classifier), kind="classifier")
+    model = classifier_from_checkpoint(payload, str(tiny_classifier)).eval()
+    view = eval_view(payload["arch"]["input_size"])
+    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    framing = Framing.of(pipeline.manifest)
+    rng = np.random.default_rng(3)
+    served_gap, canvas_gap = [], []
+    for height, width in ((30, 90), (96, 40), (64, 64), (20, 200)):
+        image = rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+        image = np.array(Image.fromarray(image).resize((width, height)))  # smooth, like photos
+        pixels = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        with torch.no_grad():
+            expected = torch.sigmoid(model(view(pixels)[None]))[0].numpy()
+        framed = framing.frame(image)
+        served = pipeline.run(framed.canvas[None], framed.view[None]).class_probs[0]
+        boxed = classifier_view(framed.canvas, framing.classifier_size)[None]
+        on_canvas = pipeline.run(framed.canvas[None], boxed).class_probs[0]
+        served_gap.append(np.abs(served - expected).max())
+        canvas_gap.append(np.abs(on_canvas - expected).max())
+    assert max(served_gap) < 2e-3, served_gap  # rounding of the resize, nothing else
+    assert max(canvas_gap[:2] + canvas_gap[3:]) > 5 * max(served_gap)  # pad bars do matter

@@ -99,7 +99,7 @@ def test_photos_larger_than_the_served_size_get_edges_at_their_own_resolution(
     """Gated scores resized to the photo, then the argmax: what the in-process pipeline with
     the same map-back computes, and not the served-size labels blown up in blocks."""
     from s4seg.imaging import decode_image
-    from s4seg.letterbox import labels_from_scores, letterbox, unletterbox
+    from s4seg.letterbox import Framing, classifier_view, labels_from_scores, unletterbox
     from s4seg.onnx_pipeline import OnnxPipeline
 
     data = encode(photo.resize((1200, 900), Image.Resampling.BICUBIC), "JPEG", quality=92)
@@ -109,17 +109,22 @@ def test_photos_larger_than_the_served_size_get_edges_at_their_own_resolution(
     assert served_labels.shape == (900, 1200)
 
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
-    size = tuple(pipeline.manifest.input_size)
-    decoded = decode_image(data, fit=size)
+    framing = Framing.of(pipeline.manifest)
+    decoded = decode_image(data, fit=framing.fit)
     assert decoded.reduced  # the gateway decodes this JPEG at a reduced scale too
-    canvas, placement = letterbox(
-        decoded.pixels, size, tuple(pipeline.manifest.pad_value), decoded.size
-    )
-    out = pipeline.run(canvas[None])
-    expected = labels_from_scores(out.scores[0], placement)
+    framed = framing.frame(decoded.pixels, decoded.size)
+    out = pipeline.run(framed.canvas[None], framed.view[None])
+    expected = labels_from_scores(out.scores[0], framed.placement)
     assert (served_labels == expected).mean() > 0.999
-    blocks = unletterbox(out.labels[0], placement)
+    blocks = unletterbox(out.labels[0], framed.placement)
     assert 0.9 < (served_labels == blocks).mean() < 1.0  # the same shapes, other edges
+    # The classifier saw the whole 4:3 photo (its own view), not the square letterbox.
+    body = served.post(data, "image/jpeg", format="json").json()
+    probs = np.array([body["class_probabilities"][n] for n in pipeline.manifest.classes])
+    np.testing.assert_allclose(probs, out.class_probs[0], atol=1e-5)
+    boxed = classifier_view(framed.canvas, framing.classifier_size)
+    on_canvas = pipeline.run(framed.canvas[None], boxed[None]).class_probs[0]
+    assert np.abs(on_canvas - out.class_probs[0]).max() > 1e-3  # the view matters here
 
     for encoding, media in (("jpeg", "image/jpeg"), ("webp", "image/webp"), ("png", "image/png")):
         overlay = served.post(data, "image/jpeg", format="overlay", encoding=encoding)
@@ -152,14 +157,16 @@ def test_the_hop_alone_by_http_grpc_and_shared_memory_gives_the_same_scores(
     (the shared-memory regions are registered, used, then unregistered and removed)."""
     from s4seg.clients.bench import hop_callers
 
+    from s4seg.letterbox import Framing
     from s4seg.onnx_pipeline import OnnxPipeline
 
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
-    canvas = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    expected = pipeline.run(canvas[None], 0.2).scores
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    framed = Framing.of(pipeline.manifest).frame(image)
+    expected = pipeline.run(framed.canvas[None], framed.view[None], 0.2).scores
     http = f"127.0.0.1:{served.env['S4SEG_TRITON_HTTP_PORT']}"
     grpc = f"127.0.0.1:{served.env['S4SEG_TRITON_GRPC_PORT']}"
-    callers, cleanup = hop_callers(http, grpc, canvas, 0.2)
+    callers, cleanup = hop_callers(http, grpc, framed, 0.2)
     try:
         for name, call in callers.items():
             np.testing.assert_allclose(call(b""), expected, atol=1e-4, err_msg=name)

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import framed_batch
 from s4seg.clients.triton_pipeline import TritonPipeline
 from s4seg.export.repository import publish
 from s4seg.serving.triton import TritonProcess, TritonSettings, free_port
@@ -105,23 +106,25 @@ def test_ensemble_equals_onnx_runtime_and_pytorch(
     from s4seg.training.checkpoint import load_checkpoint
 
     images = np.stack(synth_images(synth_root))
-    remote = server.pipeline().run(images)
-    local = OnnxPipeline.from_export(tiny_export, device="cpu").run(images)
+    local_pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+    views = framed_batch(local_pipeline, images)[1]
+    remote = server.pipeline().run(images, views)
+    local = local_pipeline.run(images, views)
     np.testing.assert_array_equal(remote.labels, local.labels)
     np.testing.assert_allclose(remote.class_probs, local.class_probs, atol=1e-6)
     graphs, _, _ = build_graphs(
         load_checkpoint(varied_checkpoint), load_checkpoint(tiny_classifier)
     )
-    reference = torch_pipeline(graphs, images, 0.2)
+    reference = torch_pipeline(graphs, images, views, 0.2)
     assert (remote.labels == reference["labels"]).mean() >= 0.999
     assert len(np.unique(remote.labels)) > 2  # a real map, not one class everywhere
 
 
 def test_tau_per_request_changes_the_result_as_the_gate_says(server: Server, synth_root) -> None:
-    images = np.stack(synth_images(synth_root))
     pipeline = server.pipeline()
-    ungated = pipeline.run(images, UNGATED_TAU)
-    strict = pipeline.run(images, 0.99)
+    images, views = framed_batch(pipeline, synth_images(synth_root))
+    ungated = pipeline.run(images, views, UNGATED_TAU)
+    strict = pipeline.run(images, views, 0.99)
     probs = strict.class_probs
     expected = probs <= 0.99
     expected[:, 0] = False  # background is never suppressed
@@ -155,7 +158,7 @@ def test_evaluate_through_triton_matches_onnx(
 def test_second_publish_is_served_without_restart_or_failed_requests(
     server: Server, tiny_export: Path, synth_root: Path
 ) -> None:
-    image = np.stack(synth_images(synth_root, 1))
+    batch = framed_batch(server.pipeline(), synth_images(synth_root, 1))
     pid = server.process.process.pid
     seen: list[str] = []
     failures: list[str] = []
@@ -165,7 +168,7 @@ def test_second_publish_is_served_without_restart_or_failed_requests(
         pipeline = server.pipeline()
         while not stop.is_set():
             try:
-                pipeline.run(image)
+                pipeline.run(*batch)
                 seen.append(pipeline.last_version or "?")
             except Exception as error:
                 failures.append(str(error))
@@ -214,9 +217,9 @@ def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_
     assert served_version(repo) == 2 and max(complete_versions(repo)) == 3
     time.sleep(2)  # more syncs: the failed version is not retried until its files change
     pipeline = server.pipeline()
-    image = np.stack(synth_images(synth_root, 1))
+    batch = framed_batch(pipeline, synth_images(synth_root, 1))
     for _ in range(5):
-        pipeline.run(image)
+        pipeline.run(*batch)
         assert pipeline.last_version == "2"
     log = server.process.settings.log_file.read_text()
     assert log.count("failed to load 's4seg_segmenter' version 3") == 1
@@ -252,7 +255,7 @@ def test_version_with_wrong_shapes_is_refused_before_the_switch(
     reason = server.versions.problems().get(4, "")
     assert "logits has shape (1, 5, 64, 64)" in reason and "7 classes" in reason, reason
     pipeline = server.pipeline()
-    pipeline.run(np.stack(synth_images(synth_root, 1)))
+    pipeline.run(*framed_batch(pipeline, synth_images(synth_root, 1)))
     assert pipeline.last_version == "2"
 
 
@@ -265,5 +268,5 @@ def test_rollback_serves_the_previous_version_again(server: Server, synth_root) 
     while server.versions.state.served != 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     pipeline = server.pipeline()
-    pipeline.run(np.stack(synth_images(synth_root, 1)))
+    pipeline.run(*framed_batch(pipeline, synth_images(synth_root, 1)))
     assert pipeline.last_version == "1"

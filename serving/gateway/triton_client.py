@@ -19,7 +19,7 @@ import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from s4seg.repository import ENSEMBLE
-from s4seg.tensors import CLASS_PROBS, IMAGE, MAP_BACK_OUTPUTS, SCORES, SUPPRESSED, TAU
+from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, MAP_BACK_OUTPUTS, SCORES, SUPPRESSED, TAU
 
 from .metrics import TRITON_ERRORS
 from .shared_memory import NoRoom, NoSlot, SharedMemoryPool
@@ -77,14 +77,24 @@ class TritonEnsemble:
         self._served: tuple[float, int | None] = (0.0, None)
 
     async def _infer(
-        self, canvas: np.ndarray, tau: float, classes: int, via_shm: bool, wait: float
+        self,
+        canvas: np.ndarray,
+        view: np.ndarray,
+        tau: float,
+        classes: int,
+        via_shm: bool,
+        wait: float,
     ):
         """(scores, class_probs, suppressed, version) of one request. Triton gets what is left
         of the deadline as the request's timeout, so its queues drop the request when nobody
-        waits for it any more (the steps' queue policy allows the override)."""
+        waits for it any more (the steps' queue policy allows the override). The classifier's
+        view is small (s x s x 3 bytes) and always goes inline."""
         kind = self.kind
         batch = canvas[None].astype(IMAGE.dtype, copy=False)
         image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
+        views = view[None].astype(CLS_IMAGE.dtype, copy=False)
+        view_in = kind.InferInput(CLS_IMAGE.name, list(views.shape), CLS_IMAGE.wire_type)
+        view_in.set_data_from_numpy(views)
         taus = kind.InferInput(TAU.name, [1, 1], TAU.wire_type)
         taus.set_data_from_numpy(np.array([[tau]], dtype=TAU.dtype))
         outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
@@ -96,7 +106,11 @@ class TritonEnsemble:
             # gRPC: also the call's deadline, so that Triton sees the request cancelled.
             extra = {"client_timeout": left} if self.grpc is not None else {}
             return client.infer(
-                ENSEMBLE, [image, taus], outputs=outputs, timeout=int(left * 1e6), **extra
+                ENSEMBLE,
+                [image, view_in, taus],
+                outputs=outputs,
+                timeout=int(left * 1e6),
+                **extra,
             )
 
         if not via_shm or self.pool is None:
@@ -123,30 +137,39 @@ class TritonEnsemble:
             str(version),
         )
 
-    async def _infer_any(self, canvas: np.ndarray, tau: float, classes: int, wait: float):
+    async def _infer_any(
+        self, canvas: np.ndarray, view: np.ndarray, tau: float, classes: int, wait: float
+    ):
         """Through shared memory when there is a pool; when Triton no longer knows a region
         (it restarted) or a region is too small (a version with more classes), registrations
         are renewed on the next use and this request goes inline."""
         if self.pool is None:
-            return await self._infer(canvas, tau, classes, False, wait)
+            return await self._infer(canvas, view, tau, classes, False, wait)
         try:
-            return await self._infer(canvas, tau, classes, True, wait)
+            return await self._infer(canvas, view, tau, classes, True, wait)
         except NoRoom:
-            return await self._infer(canvas, tau, classes, False, wait)
+            return await self._infer(canvas, view, tau, classes, False, wait)
         except InferenceServerException as error:
             if "shared memory" not in (error.message() or str(error)).lower():
                 raise
             self.pool.forget_registrations()
-            return await self._infer(canvas, tau, classes, False, wait)
+            return await self._infer(canvas, view, tau, classes, False, wait)
 
     async def segment(
-        self, canvas: np.ndarray, tau: float, classes: int, wait: float | None = None
+        self,
+        canvas: np.ndarray,
+        view: np.ndarray,
+        tau: float,
+        classes: int,
+        wait: float | None = None,
     ) -> Segmentation:
-        """``wait``: what is left of the request's deadline (default: the whole timeout)."""
+        """``canvas``/``view``: the letterboxed image and the classifier's view
+        (``s4seg.letterbox.Framing``). ``wait``: what is left of the request's deadline
+        (default: the whole timeout)."""
         wait = self.timeout if wait is None else wait
         try:
             scores, class_probs, suppressed, version = await asyncio.wait_for(
-                self._infer_any(canvas, tau, classes, wait), timeout=wait
+                self._infer_any(canvas, view, tau, classes, wait), timeout=wait
             )
         except TimeoutError:
             TRITON_ERRORS.labels("timeout").inc()

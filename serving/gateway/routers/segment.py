@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from s4seg.imaging import ImageError, decode_image, image_pixels
-from s4seg.letterbox import labels_from_scores, letterbox
+from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.onnx_pipeline import UNGATED_TAU
 from s4seg.outputs import OVERLAY_ENCODINGS, label_png, overlay_bytes, segmentation_json
 
@@ -138,20 +138,20 @@ async def segment(
     manifest = catalog.manifest(served) if served is not None else None
     pixels = image_pixels(data, settings.max_pixels)  # the header only: 413/415/422 before work
     async with budget.hold(pixels, deadline.to_wait()):  # the decoded pixels in flight
+        framing = Framing.of(manifest) if manifest else None
         # Only the overlay shows the photo's own pixels; the model needs its served size at most.
-        fit = tuple(manifest.input_size) if manifest and format is not Format.overlay else None
+        fit = framing.fit if framing and format is not Format.overlay else None
         decoded = await in_worker(decode_image, data, settings.max_pixels, fit)
-        if served is None or manifest is None:
+        if served is None or manifest is None or framing is None:
             raise TritonUnavailable("no version is being served (Triton down or nothing published)")
         used_tau = manifest.request_tau(tau, gate)
-        canvas, placement = await in_worker(
-            letterbox, decoded.pixels, tuple(manifest.input_size), tuple(manifest.pad_value),
-            decoded.size,
-        )  # fmt: skip
-        result = await triton.segment(canvas, used_tau, manifest.num_classes, deadline.remaining())
+        framed = await in_worker(framing.frame, decoded.pixels, decoded.size)
+        result = await triton.segment(
+            framed.canvas, framed.view, used_tau, manifest.num_classes, deadline.remaining()
+        )
         if result.version != str(served):  # switched in between: describe what actually ran
             manifest = catalog.manifest(result.version)
-        labels = await in_worker(labels_from_scores, result.scores, placement)
+        labels = await in_worker(labels_from_scores, result.scores, framed.placement)
         headers = {"X-Model-Version": result.version}
         if format is Format.json:
             body = segmentation_json(
