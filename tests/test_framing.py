@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from gateway_fakes import FakeEnsemble, fake_app, running, write_repository
+from gateway_fakes import fake_app, running, write_repository
 from PIL import Image
 
 from s4seg.letterbox import Framing, classifier_view
