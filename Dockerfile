@@ -18,6 +18,7 @@ COPY training ./training
 COPY export ./export
 COPY serving ./serving
 COPY clients ./clients
+COPY workflows ./workflows
 RUN python3 -m pip install --no-cache-dir --break-system-packages . && s4seg --version
 
 # The image's own tritonserver (with the onnxruntime backend), the native runtime, Triton on

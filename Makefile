@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean
+.PHONY: setup test test-fast lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -15,11 +15,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/numpy2 'numpy>=2,<3'
 	touch $(STAMP)
 
+# Lint: ruff's rules, its formatter (check only) and mypy on the core, serving and clients.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/typecheck.py s4seg s4seg.serving s4seg.clients
 
 test: setup lint
 	$(BIN)/pytest
+
+# Before a commit: the contracts and units that need no tritonserver, no browser and no training
+# (tests/conftest.py marks the others), in under 2 minutes. CI runs everything (make test).
+test-fast: setup
+	$(BIN)/pytest -q -m "not stack and not trains and not slow"
 
 # The main job: serve segmentation on http://127.0.0.1:8080. On the first run, when nothing is
 # published yet, `s4seg serve` runs `s4seg quickstart` (synthetic data, s4GAN + MLMT, export,

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
-from s4seg.holdout import PARTS
-from s4seg.manifest import PAPER_TAU
 from s4seg.outputs import OVERLAY_ENCODINGS
 
 from .predict import list_jobs, output_suffix, parse_shard, run_jobs, summary, write_failures
@@ -78,28 +76,10 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``--segmenter``: PyTorch (the training stage's); ``--onnx``/``--triton``: the export."""
-    if args.segmenter:
-        from s4seg.training.commands import run_evaluate as evaluate_checkpoint
-
-        return evaluate_checkpoint(args)
-    from .evaluate import run_evaluate as evaluate_export
-
-    return evaluate_export(args)
-
-
-def run_bench_serve(args: argparse.Namespace) -> int:
-    from .bench import bench_serve
-
-    bench_serve(args)
-    return 0
-
-
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 
-def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+def add_parsers(commands: argparse._SubParsersAction) -> None:
     segment = commands.add_parser("segment", help="segment images through the gateway")
     segment.add_argument("images", nargs="+", metavar="IMG")
     segment.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
@@ -136,63 +116,3 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
     predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
     segment.set_defaults(handler=run_segment)
     predict.set_defaults(handler=run_predict)
-
-    ev = commands.add_parser("evaluate", help="mIoU, per-class IoU, pixel accuracy, confusion")
-    what = ev.add_mutually_exclusive_group(required=True)
-    what.add_argument("--segmenter", help="segmenter checkpoint (.pt): PyTorch evaluation")
-    what.add_argument("--onnx", metavar="DIR", help="an export folder: ONNX Runtime in-process")
-    what.add_argument(
-        "--triton", metavar="URL", help="a running Triton (host:port of its HTTP API)"
-    )
-    ev.add_argument(
-        "--repository",
-        default=str(REPOSITORY),
-        help="with --triton: the repository it serves (for the manifest)",
-    )
-    ev.add_argument("--classifier", help="MLMT checkpoint: report gated and ungated mIoU")
-    ev.add_argument(
-        "--tau",
-        type=float,
-        default=None,
-        help=f"gate threshold (default: the manifest's; with --segmenter, {PAPER_TAU})",
-    )
-    ev.add_argument("--tau-sweep", action="store_true", help="also report several tau values")
-    ev.add_argument(
-        "--data", help="data set folder (default: the one the checkpoint was trained on)"
-    )
-    ev.add_argument("--kind", default=None, help="layout of --data (default: auto)")
-    ev.add_argument("--split", default=None, help="split to evaluate (default: val)")
-    ev.add_argument(
-        "--part",
-        choices=PARTS,
-        default="report",
-        help="of the validation split: report (default: the images outside the seeded "
-        "calibration part export chooses tau on), calibration, or all",
-    )
-    ev.add_argument("--out", help="folder for report.json, confusion.csv and predictions")
-    ev.add_argument(
-        "--save-predictions",
-        type=int,
-        default=0,
-        metavar="N",
-        help="write colourised predictions of the first N images (PNG)",
-    )
-    ev.add_argument("--max-images", type=int, default=None)
-    ev.add_argument("--device", default="auto")
-    ev.set_defaults(handler=run_evaluate)
-
-    serve = bench.add_parser("serve", help="gateway vs in-process ONNX Runtime vs naive PyTorch")
-    serve.add_argument("--repository", default=str(REPOSITORY))
-    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    serve.add_argument("--requests", type=int, default=100, help="per target and concurrency")
-    serve.add_argument("--images", type=int, default=16, help="distinct images, cycled")
-    serve.add_argument("--log-dir", default="runs/bench-serve")
-    serve.add_argument("--window", type=float, default=4.0, help="model alone: seconds/window")
-    serve.add_argument("--windows", type=int, default=3, help="model alone: timed windows")
-    serve.add_argument("--hop-concurrency", type=int, default=8)
-    serve.add_argument(
-        "--variants", type=int, default=3, help="gateway variants to run (the default first)"
-    )
-    serve.add_argument("--size-repeats", type=int, default=8, help="requests per size/format")
-    serve.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
-    serve.set_defaults(handler=run_bench_serve)

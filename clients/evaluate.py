@@ -1,6 +1,6 @@
 """``s4seg evaluate --onnx DIR`` / ``--triton URL``: the PyTorch evaluation's report, computed
 through the exported pipeline (in-process ONNX Runtime, or the Triton ensemble). No torch; the
-evaluation itself is ``s4seg.export.pipeline_evaluation``."""
+evaluation itself is ``s4seg.pipeline_evaluation``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from s4seg.export.pipeline_evaluation import Pipeline, evaluate_pipeline
-
 from s4seg.errors import DatasetError
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.pipeline_evaluation import Pipeline, evaluate_pipeline
 from s4seg.repository import served_manifest
 
 

@@ -95,11 +95,11 @@ def list_jobs(source: str, shard: tuple[int, int]) -> tuple[list[Job], list[tupl
         entries = []
         for path in listed:
             full = path if path.is_absolute() else root.parent / path
-            relative = safe_relative(path if not path.is_absolute() else Path(*path.parts[1:]))
-            if relative is None:
+            inside = safe_relative(path if not path.is_absolute() else Path(*path.parts[1:]))
+            if inside is None:
                 rejected.append((str(path), "path escapes the output folder ('..')"))
                 continue
-            entries.append((full, relative))
+            entries.append((full, inside))
     else:
         raise S4segError(f"--input {source} is neither a folder nor a list file")
     index, count = shard
@@ -161,13 +161,13 @@ def run_jobs(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = pending.pop(future)
-                error = future.exception()
+                failure = future.exception()
                 with lock:
-                    if error is None:
+                    if failure is None:
                         report.done += 1
                     else:
                         report.failures.append(
-                            (str(job.source), str(error) or type(error).__name__)
+                            (str(job.source), str(failure) or type(failure).__name__)
                         )
                 bar.update(1)
     bar.close()

@@ -7,9 +7,8 @@ import numpy as np
 from s4seg.errors import S4segError
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import PipelineOutput, check_batch
+from s4seg.repository import ENSEMBLE
 from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, LABELS, SCORES, SUPPRESSED, TAU
-
-ENSEMBLE = "s4seg"
 
 
 class TritonPipeline:

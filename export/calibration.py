@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from s4seg.training.data.layouts import open_layout
-from s4seg.training.gate import class_keep_mask, gated_scores
 
 from s4seg.errors import DatasetError
 from s4seg.holdout import CALIBRATION_SEED, CALIBRATION_SHARE, select_part
+from s4seg.layouts import data_layout, trained_on
 from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.manifest import GATE_OFF_TAU, TauChoice
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.training.gate import class_keep_mask, gated_scores
 
 from .parity import MAX_MIOU_DIFF
 
@@ -91,12 +91,10 @@ def calibration_data(
     """Labeled held-out images: the calibration part (``s4seg.holdout``) of the validation
     split of ``data`` (a data set folder), or with ``auto`` of the data set the segmenter was
     trained on. The reported figures use the rest."""
-    trained_on = payload["split"]["dataset"]
-    root = trained_on["root"] if data == "auto" else data
-    layout_kind = trained_on["kind"] if data == "auto" else (kind or "auto")
-    if not Path(root).is_dir():
+    root = trained_on(payload).get("root") if data == "auto" else data
+    if not root or not Path(root).is_dir():
         raise DatasetError(f"no labeled data to calibrate tau on at {root}")
-    layout = open_layout(root, layout_kind)
+    layout = data_layout(payload, None if data == "auto" else data, kind)
     if list(layout.classes) != payload["classes"]:
         raise DatasetError(f"{layout.root} has other classes than the model; cannot calibrate")
     split = layout.default_val_split

@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from s4seg.training.checkpoint import load_checkpoint
-from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
-from s4seg.training.data.layouts import open_layout
-from s4seg.training.models import segmenter_from_checkpoint
-from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from s4seg import __version__
+from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.errors import CheckpointError, DatasetError
+from s4seg.layouts import data_layout, trained_on, training_data_here
 from s4seg.letterbox import Framing, pad_colour
 from s4seg.manifest import (
     GATE_OFF_TAU,
@@ -33,12 +30,17 @@ from s4seg.manifest import (
     GraphFile,
     Manifest,
     Normalization,
+    Parity,
     Source,
     TauChoice,
+    Variant,
     digest_json,
     sha256_file,
 )
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.models import segmenter_from_checkpoint
+from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from . import graphs as g
 from .calibration import DEFAULT_CALIBRATION_IMAGES, calibrate, calibration_data
@@ -84,12 +86,10 @@ def served_size(
 
 
 def evaluation_size(payload: dict) -> tuple[int, int] | None:
-    trained_on = payload.get("split", {}).get("dataset", {})
-    root = trained_on.get("root")
-    if not root or not Path(root).is_dir():
+    if not training_data_here(payload):
         return None
     try:
-        layout = open_layout(root, trained_on.get("kind") or "auto")
+        layout = data_layout(payload)
         samples = layout.samples(layout.default_val_split)[:SIZE_SAMPLES]
     except DatasetError:
         return None
@@ -105,15 +105,12 @@ def parity_samples(
     payload: dict, data: str | None, kind: str | None, count: int, workdir: Path
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict]:
     """K validation images (+ masks) from ``data``, else the training data, else synthetic."""
-    root = data or payload["split"]["dataset"]["root"]
-    if data is None and not Path(root).is_dir():
-        root = None
-    if root is None:
+    if data is None and not training_data_here(payload):
         from s4seg.training.data.synth import write_synthetic
 
-        root = write_synthetic(workdir / "synth", num_train=0, num_val=count, num_unlabeled=0)
+        data = write_synthetic(workdir / "synth", num_train=0, num_val=count, num_unlabeled=0)
         kind = "folder"
-    layout = open_layout(root, kind or ("auto" if data else payload["split"]["dataset"]["kind"]))
+    layout = data_layout(payload, data, kind)
     samples = layout.samples(layout.default_val_split)[:count]
     if not samples:
         raise DatasetError(f"{layout.root} has no {layout.default_val_split} images for parity")
@@ -177,6 +174,7 @@ def add_fp16_variant(
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     files = {s: work / graph.file for s, graph in manifest.graphs.items()}
+    graphs: dict[str, GraphFile] = {}
     for step in FP16_STEPS:
         path = work / f"{step}_fp16.onnx"
         half = ir.from_proto(
@@ -185,27 +183,26 @@ def add_fp16_variant(
         half.graph.sort()  # the converter appends its input casts out of topological order
         onnx.save(ir.to_proto(half), path)
         onnx.checker.check_model(str(path), full_check=True)
-        manifest.fp16_graphs[step] = GraphFile(
+        graphs[step] = GraphFile(
             file=path.name, sha256=sha256_file(path), precision="fp16", **signature(path)
         )
         files[step] = path
     figures = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "auto"))
-    manifest.fp16_parity = figures
-    log(f"parity fp16: label agreement {100 * figures['label_agreement']:.3f}%")
-    if not figures["passed"]:
+    log(f"parity fp16: label agreement {100 * figures.label_agreement:.3f}%")
+    if not figures.passed:
         log(f"fp16 variant dropped: {describe_failure(figures)}")
         for step in FP16_STEPS:
             (work / f"{step}_fp16.onnx").unlink()
-        manifest.fp16_graphs = {}
+        graphs = {}
+    manifest.variants["fp16"] = Variant(graphs=graphs, parity=figures)
 
 
 def training_images(payload: dict, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Training images (labeled split first) for INT8 calibration; synthetic scenes when the
     training data is not on this machine."""
-    root = payload["split"]["dataset"]["root"]
     images: list[np.ndarray] = []
-    if Path(root).is_dir():
-        layout = open_layout(root, payload["split"]["dataset"]["kind"])
+    if training_data_here(payload):
+        layout = data_layout(payload)
         samples = layout.samples(layout.default_train_split)[:count]
         images = [np.asarray(layout.read_image(s)) for s in samples]
     if not images:
@@ -262,29 +259,33 @@ def add_int8_variant(
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
     prepared.unlink()
-    manifest.int8_graphs["segmenter"] = GraphFile(
-        file=path.name, sha256=sha256_file(path), precision="int8", **signature(path)
+    graphs = {
+        "segmenter": GraphFile(
+            file=path.name, sha256=sha256_file(path), precision="int8", **signature(path)
+        )
+    }
+    files = {s: work / graph.file for s, graph in {**manifest.graphs, **graphs}.items()}
+    measured = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "cpu"))
+    drop = (measured.gated_miou_torch or 0.0) - (measured.gated_miou_onnx or 0.0)
+    passed = measured.label_agreement >= INT8_MIN_LABEL_AGREEMENT and drop <= INT8_MAX_MIOU_DROP
+    figures = measured.model_copy(
+        update={
+            "passed": bool(passed),
+            "gated_miou_drop": drop,
+            "rule": f"label agreement >= {100 * INT8_MIN_LABEL_AGREEMENT:g}% and gated mIoU "
+            f"drop <= {100 * INT8_MAX_MIOU_DROP:g} points",
+            "calibration_images": len(seg_inputs),
+        }
     )
-    files = {s: work / graph.file for s, graph in manifest.variant_graphs("int8").items()}
-    figures = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "cpu"))
-    drop = figures.get("gated_miou_torch", 0.0) - figures.get("gated_miou_onnx", 0.0)
-    passed = figures["label_agreement"] >= INT8_MIN_LABEL_AGREEMENT and drop <= INT8_MAX_MIOU_DROP
-    figures.update(
-        passed=bool(passed),
-        gated_miou_drop=drop,
-        rule=f"label agreement >= {100 * INT8_MIN_LABEL_AGREEMENT:g}% and gated mIoU drop <= "
-        f"{100 * INT8_MAX_MIOU_DROP:g} points",
-        calibration_images=len(seg_inputs),
-    )
-    manifest.int8_parity = figures
     log(
-        f"parity int8: label agreement {100 * figures['label_agreement']:.3f}%, gated mIoU "
+        f"parity int8: label agreement {100 * figures.label_agreement:.3f}%, gated mIoU "
         f"drop {100 * drop:.2f} points"
     )
     if not passed:
-        log(f"int8 variant refused ({figures['rule']} needed)")
+        log(f"int8 variant refused ({figures.rule} needed)")
         path.unlink()
-        manifest.int8_graphs = {}
+        graphs = {}
+    manifest.variants["int8"] = Variant(graphs=graphs, parity=figures)
 
 
 def choose_served_tau(
@@ -425,7 +426,7 @@ def build_manifest(
     return Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         s4seg_version=__version__,
-        dataset=dict(seg_payload["split"]["dataset"]),
+        dataset=trained_on(seg_payload),
         classes=list(seg_payload["classes"]),
         palette=[list(c) for c in seg_payload["palette"]],
         background_index=seg_payload["background_index"],
@@ -445,7 +446,6 @@ def build_manifest(
         graphs=graph_files,
         sources=sources,
         config_digest=digest_json(configs),
-        parity={},
         metrics={
             "segmenter": seg_payload.get("metrics", {}),
             **({"classifier": cls_payload.get("metrics", {})} if cls_payload else {}),
@@ -462,9 +462,9 @@ class Judged:
     tau: float
     source: dict
 
-    def measure(self, torch_graphs: dict, pipeline: OnnxPipeline) -> dict:
+    def measure(self, torch_graphs: dict, pipeline: OnnxPipeline) -> Parity:
         figures = measure_parity(torch_graphs, pipeline, self.images, self.masks, tau=self.tau)
-        return figures | {"judged_on": self.source}
+        return figures.model_copy(update={"judged_on": self.source})
 
 
 def variant_judging(
@@ -530,9 +530,10 @@ def export_models(
         images, masks, source = parity_samples(seg_payload, data, kind, parity_images, work)
         log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
         pipeline = OnnxPipeline.from_export(work, device="cpu")
-        manifest.parity = measure_parity(torch_graphs, pipeline, images, masks) | {"data": source}
-        if not manifest.parity["passed"]:
-            raise ExportError(f"ONNX differs from PyTorch: {describe_failure(manifest.parity)}")
+        parity = measure_parity(torch_graphs, pipeline, images, masks)
+        manifest.parity = parity.model_copy(update={"data": source})
+        if not parity.passed:
+            raise ExportError(f"ONNX differs from PyTorch: {describe_failure(parity)}")
 
         # The served tau: explicit, calibrated on held-out labeled images, or the gate off.
         manifest.tau, manifest.tau_choice = choose_served_tau(

@@ -11,11 +11,11 @@ gate:       logits, class_probs, tau -> labels (UINT8), suppressed (BOOL), gated
 from __future__ import annotations
 
 import torch
-from s4seg.training.gate import gated_scores
-from s4seg.training.models import upsample_logits
 from torch import nn
 
 from s4seg import tensors
+from s4seg.training.gate import gated_scores
+from s4seg.training.models import upsample_logits
 
 # The graphs' input and output names (their dtypes and shapes: s4seg.tensors).
 IMAGE, CLS_IMAGE, TAU = tensors.IMAGE.name, tensors.CLS_IMAGE.name, tensors.TAU.name

@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from s4seg.errors import S4segError
+from s4seg.errors import S4segError, first_line
 
 OPSET = 18  # Resize with antialias (the classifier's input) needs 18; NGC Triton 24.12 runs it.
 
@@ -60,12 +60,12 @@ def export_onnx(
             )
             program.save(str(path))
     except Exception as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = first_line(error)
         raise ExportError(f"ONNX export of {path.stem} failed: {detail}") from error
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as error:
-        raise ExportError(f"{path.name} fails onnx.checker: {str(error).splitlines()[0]}") from None
+        raise ExportError(f"{path.name} fails onnx.checker: {first_line(error)}") from None
     return signature(path)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from s4seg.letterbox import Framing, labels_from_scores
+from s4seg.manifest import Parity
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
 
@@ -61,7 +62,7 @@ def measure_parity(
     masks: list[np.ndarray] | None,
     batch_size: int = 4,
     tau: float | None = None,
-) -> dict:
+) -> Parity:
     """Figures for the manifest, gated at ``tau`` (default: the manifest's); ``masks`` None
     (classes unknown to the images): no mIoU."""
     manifest = pipeline.manifest
@@ -80,7 +81,7 @@ def measure_parity(
                 sides[side].setdefault(key, []).append(value)
     a = {k: np.concatenate(v) for k, v in sides["torch"].items()}
     b = {k: np.concatenate(v) for k, v in sides["onnx"].items()}
-    figures = {
+    figures: dict = {
         "images": len(images),
         "tau": tau,
         "input_size": list(framing.size),
@@ -102,12 +103,12 @@ def measure_parity(
         figures["label_agreement"] >= MIN_LABEL_AGREEMENT
         and figures.get("gated_miou_diff", 0.0) <= MAX_MIOU_DIFF
     )
-    return figures
+    return Parity(**figures)
 
 
-def describe_failure(figures: dict) -> str:
-    parts = [f"label agreement {100 * figures['label_agreement']:.3f}% (need >= 99.9%)"]
-    if "gated_miou_diff" in figures:
-        parts.append(f"gated mIoU difference {100 * figures['gated_miou_diff']:.3f} (need <= 0.1)")
-    parts.append(f"max prob difference {figures['max_abs_prob_diff']:.2e}")
+def describe_failure(parity: Parity) -> str:
+    parts = [f"label agreement {100 * parity.label_agreement:.3f}% (need >= 99.9%)"]
+    if parity.gated_miou_diff is not None:
+        parts.append(f"gated mIoU difference {100 * parity.gated_miou_diff:.3f} (need <= 0.1)")
+    parts.append(f"max prob difference {parity.max_abs_prob_diff:.2e}")
     return ", ".join(parts)

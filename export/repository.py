@@ -23,6 +23,7 @@ from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
 from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline, graph_files, open_session
+from s4seg.pipeline_evaluation import evaluate_pipeline
 from s4seg.repository import (
     ENSEMBLE,
     STEP_MODELS,
@@ -33,8 +34,6 @@ from s4seg.repository import (
     version_pipeline,
 )
 from s4seg.triton_config import RUNTIMES, ensemble_pbtxt, step_pbtxt
-
-from .pipeline_evaluation import evaluate_pipeline
 
 RUNNER = Path(__file__).with_name("triton") / "onnx_runner.py"
 MIN_KEEP = 2  # the served version and the one before: what Triton keeps loaded
@@ -96,7 +95,7 @@ def check_export(folder: Path, precision: str = "fp32") -> Manifest:
                 f"{path} does not match the sha256 in its manifest (changed or corrupt)"
             )
         open_session(path, ["CPUExecutionProvider"])
-    if not manifest.parity.get("passed"):
+    if manifest.parity is None or not manifest.parity.passed:
         raise PublishError(f"{folder}: the export's parity check did not pass")
     return manifest
 

@@ -1,5 +1,6 @@
 import sys
 
-from s4seg.cli import main
+from s4seg.workflows.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child process imports it
+    sys.exit(main())

@@ -12,3 +12,8 @@ SEGMENTER_INSTANCES = 2  # Triton instances of the segmenter: two executions in 
 # own, shorter, timeout: the rest of their deadline).
 STEP_QUEUE_SIZE = 64
 STEP_QUEUE_TIMEOUT_SECONDS = 30.0
+
+# ImageNet's per-channel statistics: the normalisation of the ResNet backbones (segmenter and
+# classifier) and of the stand-in classifier's view.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

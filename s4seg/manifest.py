@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,7 +21,7 @@ from s4seg.errors import S4segError
 # /2: the gate graph also outputs the gated scores (label maps at the photo's resolution).
 # /3: the preprocess graph takes the classifier's view as an input of its own (the whole image,
 # not the letterboxed canvas). Older exports can not be served by the ensemble of this version.
-MANIFEST_FORMAT = "s4seg-manifest/3"
+MANIFEST_FORMAT: Final = "s4seg-manifest/3"
 OLDER_FORMATS = ("s4seg-manifest/1", "s4seg-manifest/2")
 MANIFEST_NAME = "manifest.json"
 
@@ -92,6 +92,42 @@ class TauChoice(_Strict):
     sweep: list[dict[str, float]] = []  # [{"tau": t, "miou": gated mIoU at t}]
 
 
+class Parity(_Strict):
+    """The ONNX graphs against the PyTorch modules on the same framed images
+    (``export/parity.py``): what export and publish require, and what each variant was judged
+    by."""
+
+    images: int
+    tau: float  # the gate's threshold for the gated figures
+    input_size: list[int]
+    providers: list[str]
+    max_abs_prob_diff: float
+    max_abs_class_prob_diff: float
+    label_agreement: float  # share of pixels with the same gated label
+    ungated_label_agreement: float
+    gated_miou_torch: float | None = None  # None: the images had no masks of these classes
+    gated_miou_onnx: float | None = None
+    gated_miou_diff: float | None = None
+    passed: bool
+    data: dict[str, Any] | None = None  # where the images came from (export's own check)
+    judged_on: dict[str, Any] | None = None  # variants: the calibration images, at the served tau
+    # A variant's own rule (INT8): what it had to meet, and what it lost.
+    rule: str | None = None
+    gated_miou_drop: float | None = None
+    calibration_images: int | None = None
+
+
+class Variant(_Strict):
+    """A lower-precision variant: its graphs (replacing the FP32 ones of the same steps; none
+    when it was refused) and the parity figures it was accepted or refused by."""
+
+    graphs: dict[str, GraphFile] = {}
+    parity: Parity
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 class Manifest(_Strict):
     format: Literal["s4seg-manifest/3"] = MANIFEST_FORMAT
     created: str
@@ -112,13 +148,10 @@ class Manifest(_Strict):
     tau_choice: TauChoice | None = None
     opset: int
     graphs: dict[str, GraphFile]
-    fp16_graphs: dict[str, GraphFile] = {}
     sources: dict[str, Source]
     config_digest: str
-    parity: dict[str, Any]
-    fp16_parity: dict[str, Any] | None = None
-    int8_graphs: dict[str, GraphFile] = {}
-    int8_parity: dict[str, Any] | None = None
+    parity: Parity | None = Field(default=None, description="set by export once measured")
+    variants: dict[Literal["fp16", "int8"], Variant] = {}
     metrics: dict[str, Any] = {}
     published: dict[str, Any] | None = Field(
         default=None, description="set by publish: version, runtime, precision, time, source"
@@ -142,15 +175,17 @@ class Manifest(_Strict):
     def variant_graphs(self, precision: str = "fp32") -> dict[str, GraphFile]:
         """Each step's graph in ``precision``: the variant's files replace the FP32 ones they
         were made from (FP16 segmenter and classifier, INT8 segmenter)."""
-        variants = {"fp32": {}, "fp16": self.fp16_graphs, "int8": self.int8_graphs}
-        if precision not in variants:
+        if precision not in PRECISIONS:
             raise ManifestError(f"precision must be fp32, fp16 or int8, not {precision!r}")
-        if precision != "fp32" and not variants[precision]:
+        if precision == "fp32":
+            return dict(self.graphs)
+        variant = self.variants.get(precision)  # type: ignore[call-overload]
+        if variant is None or not variant.graphs:
             raise ManifestError(
                 f"this export has no {precision.upper()} variant (export with --{precision}, "
-                f"and see {precision}_parity in its manifest if it was refused)"
+                f"and see variants.{precision}.parity in its manifest if it was refused)"
             )
-        return {**self.graphs, **variants[precision]}
+        return {**self.graphs, **variant.graphs}
 
     @property
     def classifier_view_size(self) -> int:

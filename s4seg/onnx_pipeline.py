@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s4seg.errors import first_line
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
 from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
 
@@ -64,7 +65,7 @@ def open_session(
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ManifestError(f"{path} does not load in ONNX Runtime: {first}") from None
 
 

@@ -14,13 +14,13 @@ import sys
 
 import numpy as np
 import torch
+
+from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
+from s4seg.layouts import open_layout
+from s4seg.letterbox import Framing, classifier_view, pad_colour
 from s4seg.training.checkpoint import load_checkpoint
-from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
-from s4seg.training.data.layouts import open_layout
 from s4seg.training.models.classifier import classifier_from_checkpoint
 from s4seg.training.multilabel_metrics import multilabel_report
-
-from s4seg.letterbox import Framing, classifier_view, pad_colour
 
 
 def main(checkpoint: str, data: str) -> None:
@@ -63,9 +63,11 @@ def main(checkpoint: str, data: str) -> None:
         aps = [report[c]["ap"] for c in objects if report[c]["ap"] is not None]
         figures.append(100 * float(np.mean(aps)))
     gap = np.abs(np.stack(whole) - np.stack(boxed)).max()
-    print(f"{checkpoint}: {len(crops)} crops (4:3, 3:4), canvas {size[0]}x{size[1]}: object-class "
-          f"AP whole image (now) {figures[0]:.2f}, letterboxed canvas (before) {figures[1]:.2f}, "
-          f"largest probability change {gap:.3f}")
+    print(
+        f"{checkpoint}: {len(crops)} crops (4:3, 3:4), canvas {size[0]}x{size[1]}: object-class "
+        f"AP whole image (now) {figures[0]:.2f}, letterboxed canvas (before) {figures[1]:.2f}, "
+        f"largest probability change {gap:.3f}"
+    )
     return figures
 
 
@@ -73,6 +75,8 @@ if __name__ == "__main__":
     data, *checkpoints = sys.argv[1:]
     rows = np.array([main(c, data) for c in checkpoints])
     diff = rows[:, 0] - rows[:, 1]
-    print(f"mean over {len(rows)}: now {rows[:, 0].mean():.2f} +- {rows[:, 0].std(ddof=1):.2f}, "
-          f"before {rows[:, 1].mean():.2f} +- {rows[:, 1].std(ddof=1):.2f}, paired "
-          f"{diff.mean():+.2f} +- {diff.std(ddof=1):.2f}")
+    print(
+        f"mean over {len(rows)}: now {rows[:, 0].mean():.2f} +- {rows[:, 0].std(ddof=1):.2f}, "
+        f"before {rows[:, 1].mean():.2f} +- {rows[:, 1].std(ddof=1):.2f}, paired "
+        f"{diff.mean():+.2f} +- {diff.std(ddof=1):.2f}"
+    )

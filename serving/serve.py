@@ -1,7 +1,7 @@
 """``s4seg serve``: tritonserver + the version manager + the gateway, as one command.
 
-1. No version published yet: run ``s4seg quickstart`` (a separate process: serving never imports
-   torch) to train, export and publish the demo model.
+1. No version published yet: ``first_run`` builds and publishes one (``s4seg serve`` passes the
+   demo model's quickstart, run in a child process: serving never imports torch), else it fails.
 2. Start ``tritonserver`` (explicit model control, ports on 127.0.0.1) and wait until it is live.
 3. A supervisor thread syncs the served version every ``version_poll_seconds`` (new publishes,
    rollbacks) and restarts Triton if it dies.
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from s4seg.errors import S4segError
@@ -58,16 +57,6 @@ class Supervisor(threading.Thread):
             self.join(timeout=30)
 
 
-def run_quickstart(repository: Path, runtime: str) -> None:
-    """Build and publish the demo model in a child process (it needs torch; we do not)."""
-    log.warning("no version in %s: running `s4seg quickstart` (a few minutes on a CPU)", repository)
-    command = [sys.executable, "-m", "s4seg", "quickstart", "--repository", str(repository),
-               "--runtime", runtime]  # fmt: skip
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        raise S4segError(f"`{' '.join(command[2:])}` failed (exit code {result.returncode})")
-
-
 def _raise_on_sigterm() -> None:
     """Until uvicorn installs its own handlers, SIGTERM unwinds like Ctrl-C (cleanup runs)."""
 
@@ -77,7 +66,10 @@ def _raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def serve(settings: ServeSettings, quickstart: bool = True) -> int:
+FirstRun = Callable[[Path, str], None]  # (repository, runtime): publish a first version
+
+
+def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
     import uvicorn
 
     from .gateway.app import create_app
@@ -87,9 +79,9 @@ def serve(settings: ServeSettings, quickstart: bool = True) -> int:
     _raise_on_sigterm()
     repository = settings.repository
     if not complete_versions(repository) and settings.triton_url is None:
-        if not quickstart:
+        if first_run is None:
             raise S4segError(f"{repository} has no published version (run `s4seg quickstart`)")
-        run_quickstart(repository, settings.runtime)
+        first_run(repository, settings.runtime)
     triton = None
     view = settings.log_dir / "triton-repository"
     if settings.triton_url is None:

@@ -56,7 +56,7 @@ class ServeSettings(BaseSettings):
         None,
         ge=1,
         description="decoded pixels of the requests in flight (memory: up to about 20 bytes "
-        "each, README); beyond it requests wait, then 503 (default: max_pixels)",
+        "each, docs/serving.md); beyond it requests wait, then 503 (default: max_pixels)",
     )
     header_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers")
     body_timeout: float = Field(

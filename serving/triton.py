@@ -1,6 +1,6 @@
 """Starting and stopping the ``tritonserver`` that ships inside the ``nvidia-pytriton`` wheel.
 
-What it takes on our machines (found by running it; README, Serving): the python-backend stub
+What it takes on our machines (found by running it; docs/serving.md): the python-backend stub
 copied next to the backend, the venv's ``bin`` first on PATH (the stub finds site-packages
 through ``python3``), ``--backend-directory`` pointing into the wheel, and every port on
 127.0.0.1 so that Triton's model-control API is not reachable from outside. No torch here.
@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -167,13 +168,13 @@ class TritonProcess:
         self.settings = settings
         self.install = TritonInstall.find()
         self.process: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     def start(self) -> TritonProcess:
         if not Path(self.settings.repository).is_dir():
             raise TritonError(f"model repository not found: {self.settings.repository}")
         remove_shm_leftovers(self.settings.shm_prefix)  # of a Triton of ours that was killed
-        out = subprocess.DEVNULL
+        out: int | BinaryIO = subprocess.DEVNULL
         if self.settings.log_file is not None:
             self.settings.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.settings.log_file, "ab")  # noqa: SIM115 - lives with the process

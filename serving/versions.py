@@ -29,6 +29,7 @@ import numpy as np
 from s4seg import tensors as t
 from s4seg.atomic import write_atomic
 from s4seg.defaults import SEGMENTER_INSTANCES
+from s4seg.errors import first_line
 from s4seg.manifest import ManifestError
 from s4seg.repository import (
     ENSEMBLE,
@@ -121,7 +122,7 @@ class VersionManager:
                 reason = response.json().get("error", response.text)
             except ValueError:
                 reason = response.text
-            raise LoadError(f"{model}: {reason.strip().splitlines()[0]}")
+            raise LoadError(f"{model}: {first_line(reason)}")
 
     def _ready(self, model: str, version: int) -> bool:
         try:

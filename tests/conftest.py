@@ -1,4 +1,8 @@
-"""Small data trees in the real on-disk layouts, and a tiny trained checkpoint."""
+"""Small data trees in the real on-disk layouts, a tiny trained checkpoint, and the test tiers.
+
+Tiers: a test that uses a real ``tritonserver`` or a browser is marked ``stack``, one that
+trains a model (itself, or through a fixture that does) ``trains``. ``make test-fast`` runs the
+rest (contracts in-process, units: under 2 minutes); ``make test`` and CI run everything."""
 
 from __future__ import annotations
 
@@ -6,7 +10,22 @@ from pathlib import Path
 
 import pytest
 from helpers import striped_mask, write_mask, write_rgb
+
 from s4seg.training.data.synth import write_synthetic
+
+# Fixtures that start a real tritonserver (with the gateway) or a browser, and fixtures that
+# train (the others build on them).
+STACK_FIXTURES = {"served", "server", "stack", "browser", "page"}
+TRAINED_FIXTURES = {"tiny_checkpoint", "tiny_classifier", "varied_checkpoint", "tiny_export"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & STACK_FIXTURES:
+            item.add_marker(pytest.mark.stack)
+        if used & TRAINED_FIXTURES:
+            item.add_marker(pytest.mark.trains)
 
 
 @pytest.fixture
@@ -72,6 +91,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (if barely trained) segmenter checkpoint from the real trainer."""
     from helpers import TINY_TRAINING
+
     from s4seg.training.baseline import train_baseline
     from s4seg.training.config import load_config
 
@@ -87,6 +107,7 @@ def tiny_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 def tiny_classifier(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (barely trained) MLMT checkpoint from the real trainer."""
     from helpers import TINY_TRAINING
+
     from s4seg.training.config import load_config
     from s4seg.training.mlmt import train_mlmt
 
@@ -103,6 +124,7 @@ def varied_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     """The tiny checkpoint with freshly initialised weights: it predicts every class somewhere
     (three training steps teach it "background everywhere"), so gating visibly changes maps."""
     import torch
+
     from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
     from s4seg.training.models import segmenter_from_arch
 

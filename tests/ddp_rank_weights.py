@@ -4,9 +4,9 @@ checkpoint): DistributedDataParallel keeps the replicas equal, separate processe
 import sys
 
 import torch
-from s4seg.training import training_run
 
-from s4seg.cli import main
+from s4seg.training import training_run
+from s4seg.workflows.cli import main
 
 _loop = training_run.TrainingRun.loop
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import uvicorn
+
+from s4seg.manifest import GraphFile, Manifest, Normalization
+from s4seg.repository import ENSEMBLE
 from s4seg.serving.gateway.app import create_app
 from s4seg.serving.gateway.dependencies import get_triton
 from s4seg.serving.gateway.protocol import with_header_timeout
 from s4seg.serving.gateway.triton_client import Segmentation
 from s4seg.serving.settings import ServeSettings
 from s4seg.serving.triton import free_port
-
-from s4seg.manifest import GraphFile, Manifest, Normalization
-from s4seg.repository import ENSEMBLE
 
 CLASSES = ["background", "red"]
 
@@ -53,27 +53,28 @@ def write_repository(root: Path, version: int = 1, size: int = 32) -> Path:
             }
         },
         config_digest="sha256:0",
-        parity={"passed": True},
     )
     manifest.save(root / ENSEMBLE / str(version) / "manifest.json")
     return root
 
 
 class FakeEnsemble:
-    """Answers like the ensemble: class 1 where the red channel is above 128, after ``delay``."""
+    """Answers like the ensemble: class 1 where the red channel is above 128, after ``delay``.
+    ``down``: like a Triton that is not there (not ready, no served version)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, down: bool = False) -> None:
         self.delay = delay
+        self.down = down
         self.calls = 0
         self.last_inputs: tuple[np.ndarray, np.ndarray] | None = None  # (canvas, view)
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def served_version(self, max_age: float = 0.5) -> int:
-        return 1
+    async def served_version(self, max_age: float = 0.5) -> int | None:
+        return None if self.down else 1
 
     async def readiness(self) -> tuple[bool, str]:
-        return True, "ready"
+        return (False, "Triton is not live") if self.down else (True, "ready")
 
     async def segment(self, canvas, view, tau, classes, wait=None) -> Segmentation:
         self.calls += 1

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
 from s4seg.serving.triton import free_port
 
 READY_SECONDS = 180

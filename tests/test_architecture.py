@@ -1,10 +1,14 @@
 """Import directions, read from the source: the core depends on no stage; a stage uses the core
-and the stages before it (training -> export -> serving -> clients), never one after it; no
-module imports itself through a circle. Function-level (lazy) imports count too."""
+and the stages before it (training -> export -> serving -> clients), never one after it; the
+layer that drives several stages (workflows: the command line, quickstart, doctor, the
+benchmarks) sits on top and nothing imports it; no module imports itself through a circle.
+Function-level (lazy) imports count too. And no hidden edges: outside the top layer no module
+loads an s4seg module by name (``importlib``, a module path in a string, ``python -m s4seg``)."""
 
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,10 @@ PACKAGES = {
     "s4seg.export": ("export", 2),
     "s4seg.serving": ("serving", 3),
     "s4seg.clients": ("clients", 4),
+    "s4seg.workflows": ("workflows", 5),
 }
+# ``python -m s4seg`` runs the command line: the one module below the top layer that imports it.
+COMPOSITION_ROOT_ENTRY = "s4seg.__main__"
 # Not imported as s4seg modules: a file Triton's python backend loads by path.
 STANDALONE = {"s4seg.export.triton.onnx_runner"}
 
@@ -68,16 +75,72 @@ def test_the_module_list_covers_every_stage(graph: dict[str, set[str]]) -> None:
     assert "s4seg.repository" in graph and "s4seg.training.segmenter_run" in graph
 
 
-def test_imports_point_down_into_the_core_or_back_along_the_pipeline(
-    graph: dict[str, set[str]],
-) -> None:
-    wrong = sorted(
+def backward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
         f"{source} imports {target}"
         for source, targets in graph.items()
         for target in targets
         if PACKAGES[stage(target)][1] > PACKAGES[stage(source)][1]
+        and not (source == COMPOSITION_ROOT_ENTRY and target == "s4seg.workflows.cli")
     )
-    assert wrong == []
+
+
+def test_imports_point_down_into_the_core_or_back_along_the_pipeline(
+    graph: dict[str, set[str]],
+) -> None:
+    assert backward_imports(graph) == []
+
+
+def hidden_edges(source: str, path: Path, known: set[str]) -> list[str]:
+    """Ways ``source`` reaches an s4seg module without an import statement."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("import_module", "__import__", "find_spec"):
+                found.append(f"{source}:{node.lineno} calls {name}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value.split(":", 1)[0]
+            if text in known and text != "s4seg":
+                found.append(f"{source}:{node.lineno} names {node.value!r} in a string")
+        elif isinstance(node, ast.List | ast.Tuple):
+            values = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            for a, b in itertools.pairwise(values):
+                if a == "-m" and isinstance(b, str) and (b == "s4seg" or b in known):
+                    found.append(f"{source}:{node.lineno} runs `-m {b}`")
+    return found
+
+
+def test_only_the_top_layer_loads_modules_by_name() -> None:
+    """The command line's composition root (and the rest of the layer on top) may start the
+    stages by name; a stage that did would be an edge the import rules cannot see."""
+    found = modules()
+    known = set(found)
+    edges = [
+        edge
+        for name, path in found.items()
+        if stage(name) != "s4seg.workflows" and name != COMPOSITION_ROOT_ENTRY
+        for edge in hidden_edges(name, path, known)
+    ]
+    assert edges == []
+
+
+def test_the_hidden_edge_checker_can_fail(tmp_path: Path) -> None:
+    known = set(modules())
+    for code in (
+        "import importlib\nimportlib.import_module('s4seg.training.s4gan')\n",
+        "APP = 's4seg.workflows.bench.naive_endpoint:create_app'\n",
+        "import sys\nCOMMAND = [sys.executable, '-m', 's4seg', 'quickstart']\n",
+    ):
+        path = tmp_path / "bad.py"
+        path.write_text(code)
+        assert hidden_edges("s4seg.serving.bad", path, known), code
+
+
+def test_nothing_imports_the_top_layer(graph: dict[str, set[str]]) -> None:
+    graph = {**graph, "s4seg.serving.bad": {"s4seg.workflows.quickstart"}}
+    assert backward_imports(graph) == ["s4seg.serving.bad imports s4seg.workflows.quickstart"]
 
 
 def test_no_module_imports_itself_through_a_circle(graph: dict[str, set[str]]) -> None:

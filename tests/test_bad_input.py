@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 from helpers import striped_mask, write_mask
-from s4seg.training.data.layouts import open_layout
-from s4seg.training.data.split import make_split
 
-from s4seg.cli import main
 from s4seg.errors import ConfigError, DatasetError
+from s4seg.layouts import open_layout
+from s4seg.training.data.split import make_split
+from s4seg.workflows.cli import main
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:
@@ -106,6 +106,7 @@ def test_wrong_config_type_and_unknown_preset(tmp_path: Path) -> None:
         load_config(str(bad))
 
 
+@pytest.mark.trains
 def test_corrupt_image_mid_training_names_the_file_and_keeps_progress(
     synth_root: Path, tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_corrupt_image_mid_training_names_the_file_and_keeps_progress(
     import shutil
 
     from helpers import TINY_TRAINING
+
     from s4seg.training.baseline import train_baseline
     from s4seg.training.checkpoint import load_checkpoint
     from s4seg.training.config import load_config

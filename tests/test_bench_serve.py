@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from s4seg.clients.bench import SIZES, model_alone, size_images
 
 from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.workflows.bench.serve import SIZES, model_alone, size_images
 
 
 def test_model_alone_tries_every_layout_and_counts_images(tiny_export: Path) -> None:
@@ -38,26 +38,23 @@ def test_size_images_are_jpegs_of_each_size() -> None:
         assert image.format == "JPEG" and image.size == (width, height)
 
 
-def test_the_naive_endpoint_does_the_gateways_work(
-    tiny_export: Path, synth_root: Path, monkeypatch
-) -> None:
+def test_the_naive_endpoint_does_the_gateways_work(tiny_export: Path, synth_root: Path) -> None:
     """Issue 20, item 14: reduced JPEG decode and scores mapped back at the photo's size, the
     label map the in-process pipeline gives (PyTorch against ONNX Runtime: float noise only)."""
-    import importlib
-    import sys
-
+    from fastapi.testclient import TestClient
     from helpers import segment_like_the_server
 
     from s4seg.imaging import decode_image
+    from s4seg.workflows.bench.naive_endpoint import create_app
 
-    monkeypatch.setenv("S4SEG_NAIVE_EXPORT", str(tiny_export))
-    sys.modules.pop("s4seg.export.naive_endpoint", None)
-    naive = importlib.import_module("s4seg.export.naive_endpoint")
     photo = Image.open(sorted((synth_root / "images" / "val").iterdir())[0]).convert("RGB")
     buffer = io.BytesIO()
     photo.resize((300, 130)).save(buffer, "JPEG", quality=95)
     data = buffer.getvalue()
-    labels = np.asarray(Image.open(io.BytesIO(naive.predict(data))))
+    with TestClient(create_app(str(tiny_export))) as client:
+        response = client.post("/v1/segment", content=data)
+    assert response.status_code == 200, response.text
+    labels = np.asarray(Image.open(io.BytesIO(response.content)))
     decoded = decode_image(data, fit=(64, 64))
     assert decoded.reduced  # decoded at a reduced scale, as the gateway does
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")

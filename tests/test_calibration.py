@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from helpers import segment_like_the_server
 from PIL import Image
-from s4seg.export.calibration import CALIBRATION_TAUS, calibrate, choose_tau
-from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
 
-from s4seg.cli import main
+from s4seg.export.calibration import CALIBRATION_TAUS, calibrate, choose_tau
 from s4seg.manifest import GATE_OFF_TAU, Manifest
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
+from s4seg.workflows.cli import main
 
 
 def test_choose_tau_serves_only_a_tau_that_beats_ungated() -> None:
@@ -42,9 +42,8 @@ def _data_labeled_by(pipeline: OnnxPipeline, synth_root: Path, out: Path, tau: f
 
 
 def calibration_part(root: Path) -> list:
-    from s4seg.training.data.layouts import open_layout
-
     from s4seg.holdout import select_part
+    from s4seg.layouts import open_layout
 
     return select_part(open_layout(root).samples("val"), "calibration")
 
@@ -74,10 +73,9 @@ def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Pat
 def test_tau_is_chosen_on_images_no_reported_figure_uses(tiny_export: Path, synth_root: Path):
     """Issue 20, item 3: the seeded calibration part and the reported part split the
     validation images; evaluation reports on the rest by default."""
-    from s4seg.export.pipeline_evaluation import evaluate_pipeline
-    from s4seg.training.data.layouts import open_layout
-
     from s4seg.holdout import select_part
+    from s4seg.layouts import open_layout
+    from s4seg.pipeline_evaluation import evaluate_pipeline
 
     val = open_layout(synth_root).samples("val")
     held, reported = select_part(val, "calibration"), select_part(val, "report")

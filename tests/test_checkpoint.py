@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from s4seg.errors import CheckpointError
 from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
 from s4seg.training.models import segmenter_from_checkpoint
-
-from s4seg.cli import main
-from s4seg.errors import CheckpointError
+from s4seg.workflows.cli import main
 
 
 def test_checkpoint_holds_what_resume_and_export_need(tiny_checkpoint: Path) -> None:

@@ -13,11 +13,11 @@ import pytest
 import torch
 from fake_cuda import install
 from helpers import TINY_TRAINING
+
+from s4seg.errors import ConfigError
 from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.runtime import resolve_device, setup_runtime
-
-from s4seg.cli import main
-from s4seg.errors import ConfigError
+from s4seg.workflows.cli import main
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import TINY_TRAINING
+
 from s4seg.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.trains  # every test here trains a model
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s4seg.cli import main
+import pytest
+
+from s4seg.workflows.cli import main
+
+pytestmark = pytest.mark.trains  # every test here trains a model
 
 STAGES = ["data", "train baseline", "train s4gan", "train mlmt", "resume", "evaluate", "export",
           "onnx pipeline"]  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from s4seg.cli import main
+from s4seg.workflows.cli import main
 
 
 def test_evaluate_writes_report_and_pictures(

@@ -14,15 +14,15 @@ import pytest
 import torch
 from helpers import framed_batch, segment_like_the_server
 from PIL import Image
-from s4seg.export.graphs import Gate, Preprocess
-from s4seg.export.onnx_export import ExportError, export_onnx
-from s4seg.training.gate import gated_argmax
 
 from s4seg.errors import CheckpointError
+from s4seg.export.graphs import Gate, Preprocess
+from s4seg.export.onnx_export import ExportError, export_onnx
 from s4seg.letterbox import classifier_view
 from s4seg.manifest import STEPS, Manifest, ManifestError, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.tensors import SUPPRESSED_SCORE
+from s4seg.training.gate import gated_argmax
 
 
 def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> None:
@@ -39,10 +39,10 @@ def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> 
     assert all(len(s.sha256) == 64 for s in manifest.sources.values())
     assert manifest.config_digest.startswith("sha256:")
     parity = manifest.parity
-    assert parity["passed"] and parity["images"] == 4
-    assert parity["label_agreement"] >= 0.999
-    assert parity["max_abs_prob_diff"] < 1e-3
-    assert parity["gated_miou_diff"] <= 0.001
+    assert parity is not None and parity.passed and parity.images == 4
+    assert parity.label_agreement >= 0.999
+    assert parity.max_abs_prob_diff < 1e-3
+    assert parity.gated_miou_diff is not None and parity.gated_miou_diff <= 0.001
     # Batch, height and width stay dynamic in the files.
     assert manifest.graphs["segmenter"].inputs["seg_input"] == ["batch", 3, "height", "width"]
 
@@ -115,11 +115,12 @@ def test_preprocess_matches_the_training_transforms() -> None:
     """The segmenter's input as training normalises it; the classifier's as training shows it:
     the whole image squeezed to its square (here 70 x 50 -> 32 x 32), not the letterboxed
     canvas with its pad bars."""
-    from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD, eval_view
-    from s4seg.training.data.transforms import eval_transform
     from torchvision import tv_tensors
 
+    from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
     from s4seg.letterbox import Framing
+    from s4seg.training.data.classification import eval_view
+    from s4seg.training.data.transforms import eval_transform
 
     mean, std = [0.45, 0.44, 0.4], [0.22, 0.23, 0.24]
     module = Preprocess(mean, std, list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -231,22 +232,22 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
 ) -> None:
     from s4seg.export.exporter import export_models
     from s4seg.export.repository import publish
-
     from s4seg.repository import version_pipeline
 
     manifest = export_models(
         str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
         data=str(synth_root), parity_images=2, fp16=True, log=lambda *_: None,
     )  # fmt: skip
-    assert set(manifest.fp16_graphs) == {"segmenter", "classifier"}
-    assert manifest.fp16_parity is not None and manifest.fp16_parity["passed"]
-    assert manifest.fp16_parity["max_abs_prob_diff"] > 0  # really computed in half precision
+    fp16 = manifest.variants["fp16"]
+    assert set(fp16.graphs) == {"segmenter", "classifier"}
+    assert fp16.parity.passed
+    assert fp16.parity.max_abs_prob_diff > 0  # really computed in half precision
     repo = tmp_path / "repo"
     publish(tmp_path / "out", repo, precision="fp16", log=lambda *_: None)
     served = version_pipeline(repo, 1, device="cpu")
     assert served.manifest.published["precision"] == "fp16"
     onnx_file = repo / "s4seg_segmenter" / "1" / "model.onnx"
-    assert sha256_file(onnx_file) == manifest.fp16_graphs["segmenter"].sha256
+    assert sha256_file(onnx_file) == fp16.graphs["segmenter"].sha256
 
 
 def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
@@ -254,31 +255,34 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     import onnx
+
     from s4seg.export import exporter
     from s4seg.export.repository import PublishError, publish
-
     from s4seg.repository import version_pipeline
 
     manifest = exporter.export_models(
         str(varied_checkpoint), str(tiny_classifier), str(tmp_path / "out"), input_size=(64, 64),
         data=str(synth_root), parity_images=4, int8=True, log=lambda *_: None,
     )  # fmt: skip
-    parity = manifest.int8_parity
-    assert parity is not None and parity["calibration_images"] > 0
+    int8 = manifest.variants["int8"]
+    parity = int8.parity
+    assert parity.calibration_images is not None and parity.calibration_images > 0
     # Issue 20, item 5: judged as it will be served, at the served tau on the calibration part.
     assert manifest.tau_choice is not None and manifest.tau_choice.method == "calibrated"
-    assert parity["tau"] == manifest.tau and parity["judged_on"]["part"] == "calibration"
-    assert parity["judged_on"]["ids"] == manifest.tau_choice.data["ids"]
-    assert parity["passed"] == (
-        parity["label_agreement"] >= exporter.INT8_MIN_LABEL_AGREEMENT
-        and parity["gated_miou_drop"] <= exporter.INT8_MAX_MIOU_DROP
+    assert parity.tau == manifest.tau and parity.judged_on is not None
+    assert parity.judged_on["part"] == "calibration"
+    assert parity.judged_on["ids"] == manifest.tau_choice.data["ids"]
+    assert parity.gated_miou_drop is not None
+    assert parity.passed == (
+        parity.label_agreement >= exporter.INT8_MIN_LABEL_AGREEMENT
+        and parity.gated_miou_drop <= exporter.INT8_MAX_MIOU_DROP
     )
-    if parity["passed"]:
-        assert set(manifest.int8_graphs) == {"segmenter"}
-        graph = onnx.load(str(tmp_path / "out" / manifest.int8_graphs["segmenter"].file))
+    if parity.passed:
+        assert set(int8.graphs) == {"segmenter"}
+        graph = onnx.load(str(tmp_path / "out" / int8.graphs["segmenter"].file))
         kinds = {node.op_type for node in graph.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= kinds  # really quantized (QDQ)
-        assert parity["max_abs_prob_diff"] > 1e-4  # and it shows in the probabilities
+        assert parity.max_abs_prob_diff > 1e-4  # and it shows in the probabilities
         repo = tmp_path / "repo"
         publish(tmp_path / "out", repo, precision="int8", log=lambda *_: None)
         served = version_pipeline(repo, 1, device="cpu")
@@ -292,8 +296,8 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
         str(varied_checkpoint), None, str(tmp_path / "refused"), input_size=(64, 64),
         data=str(synth_root), parity_images=2, int8=True, log=lambda *_: None,
     )  # fmt: skip
-    assert refused.int8_graphs == {} and refused.int8_parity["passed"] is False
-    assert "label agreement >= 101%" in refused.int8_parity["rule"]
+    assert refused.variants["int8"].graphs == {} and refused.variants["int8"].parity.passed is False
+    assert "label agreement >= 101%" in (refused.variants["int8"].parity.rule or "")
     assert not (tmp_path / "refused" / "segmenter_int8.onnx").exists()
     with pytest.raises(PublishError, match="no INT8 variant"):
         publish(tmp_path / "refused", tmp_path / "repo2", precision="int8", log=lambda *_: None)
@@ -320,14 +324,14 @@ def test_served_at_the_evaluation_resolution_and_equal_to_evaluate(
     the mIoU of ``s4seg evaluate`` within the parity tolerance, on a non-square folder set and
     on a Cityscapes-layout tree (images halved)."""
     from helpers import TINY_TRAINING
+
     from s4seg.export.exporter import export_models
     from s4seg.export.parity import MAX_MIOU_DIFF
-    from s4seg.export.pipeline_evaluation import evaluate_pipeline
+    from s4seg.onnx_pipeline import OnnxPipeline
+    from s4seg.pipeline_evaluation import evaluate_pipeline
     from s4seg.training.baseline import train_baseline
     from s4seg.training.config import load_config
     from s4seg.training.evaluation import evaluate_checkpoint
-
-    from s4seg.onnx_pipeline import OnnxPipeline
 
     if layout == "folder":
         root, expected = non_square_copy(synth_root, tmp_path / "wide", (80, 48)), [48, 80]
@@ -355,12 +359,12 @@ def test_served_classifier_sees_what_training_and_evaluate_see(
     """Issue 20, item 2: on photos whose aspect differs from the served canvas (portrait and
     landscape), the served class probabilities are those of ``s4seg evaluate``'s classifier
     (the whole image resized, training's view), not of the letterboxed canvas."""
-    from s4seg.training.checkpoint import load_checkpoint
-    from s4seg.training.data.classification import eval_view
-    from s4seg.training.models.classifier import classifier_from_checkpoint
     from torchvision import tv_tensors
 
     from s4seg.letterbox import Framing
+    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.data.classification import eval_view
+    from s4seg.training.models.classifier import classifier_from_checkpoint
 
     payload = load_checkpoint(str(tiny_classifier), kind="classifier")
     model = classifier_from_checkpoint(payload, str(tiny_classifier)).eval()

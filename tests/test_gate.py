@@ -1,6 +1,7 @@
 """The classifier gate (eq. 7): suppressed classes never appear, background never suppressed."""
 
 import torch
+
 from s4seg.training.gate import gated_argmax
 
 

@@ -1,5 +1,7 @@
 """``s4seg serve`` as a user runs it: a real tritonserver, the version manager and the FastAPI
-gateway in one process tree, talked to over HTTP."""
+gateway in one process tree, talked to over HTTP. Only what needs the real model and Triton is
+here; the gateway's HTTP contracts (errors, limits, headers, probes, metrics, docs, the API key)
+run in-process in tests/test_gateway_contract.py."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from s4seg.export.repository import publish
 from serve_helpers import Served, serving, start_serve
+
+from s4seg.export.repository import publish
 
 QUIET = {"log": lambda *_: None}
 
@@ -35,8 +38,7 @@ def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("serve")
     repo = root / "repo"
     publish(tiny_export, repo, **QUIET)
-    limits = {"S4SEG_MAX_BODY_BYTES": str(2_000_000), "S4SEG_MAX_PIXELS": str(4_000_000)}
-    with serving(repo, root, **limits) as server:
+    with serving(repo, root) as server:
         yield server
     # Nothing left behind: no tritonserver, no python backend stub for this repository.
     time.sleep(1)
@@ -69,28 +71,16 @@ def test_png_is_a_palette_label_map_at_the_input_size(served: Served, photo: Ima
     assert np.asarray(labels).max() < 7
 
 
-def test_multipart_json_and_overlay(served: Served, photo: Image.Image) -> None:
-    data = encode(photo, "JPEG")
-    response = httpx.post(
-        f"{served.url}/v1/segment",
-        files={"file": ("photo.jpg", data, "image/jpeg")},
-        params={"format": "json"},
-        timeout=60,
-    )
+def test_json_describes_the_served_export(served: Served, photo: Image.Image) -> None:
+    """The real export's classes and gate in the JSON answer (the answer's shape, multipart
+    uploads, RLE masks and overlays: tests/test_gateway_contract.py)."""
+    response = served.post(encode(photo, "JPEG"), "image/jpeg", format="json")
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["width"], body["height"]) == photo.size
     assert body["model_version"] == "1" and body["gated"] and body["tau"] == 0.2
     assert sum(c["pixels"] for c in body["classes"]) == photo.size[0] * photo.size[1]
     assert set(body["class_probabilities"]) >= {"background", "disc"}
-    from pycocotools import mask as coco_mask
-
-    first = body["classes"][0]
-    rle = {"size": first["rle"]["size"], "counts": first["rle"]["counts"].encode()}
-    assert coco_mask.decode(rle).sum() == first["pixels"]
-    overlay = served.post(data, "image/jpeg", format="overlay")
-    assert overlay.status_code == 200
-    assert Image.open(io.BytesIO(overlay.content)).mode == "RGB"
 
 
 def test_photos_larger_than_the_served_size_get_edges_at_their_own_resolution(
@@ -126,28 +116,42 @@ def test_photos_larger_than_the_served_size_get_edges_at_their_own_resolution(
     on_canvas = pipeline.run(framed.canvas[None], boxed[None]).class_probs[0]
     assert np.abs(on_canvas - out.class_probs[0]).max() > 1e-3  # the view matters here
 
-    for encoding, media in (("jpeg", "image/jpeg"), ("webp", "image/webp"), ("png", "image/png")):
-        overlay = served.post(data, "image/jpeg", format="overlay", encoding=encoding)
-        assert overlay.status_code == 200, overlay.text
-        assert overlay.headers["content-type"] == media
-        assert Image.open(io.BytesIO(overlay.content)).size == (1200, 900)
-    wrong = served.post(data, "image/jpeg", format="png", encoding="jpeg")
-    assert wrong.status_code == 422 and "encoding" in wrong.json()["detail"]
 
-
-def test_gateway_over_http_answers_as_over_grpc(
-    served: Served, photo: Image.Image, tmp_path: Path
+@pytest.mark.parametrize("hop", ["http", "triton_url"])
+def test_a_second_gateway_on_the_same_triton_answers_as_over_grpc(
+    served: Served, photo: Image.Image, tmp_path: Path, hop: str
 ) -> None:
-    """S4SEG_TRITON_PROTOCOL=http (gRPC is the default): the same labels, version and errors
-    through the other hop."""
+    """A second gateway on the served Triton, with no version manager of its own, gives the same
+    labels and version as the first (gRPC, the default) through the other hop:
+    ``http``: S4SEG_TRITON_PROTOCOL=http with shared memory; ``triton_url``: ``--triton-url``
+    alone, which means HTTP without shared memory."""
+    env = {"S4SEG_TRITON_URL": f"127.0.0.1:{served.triton_port}"}
+    if hop == "http":
+        env |= {
+            "S4SEG_TRITON_GRPC_URL": f"127.0.0.1:{served.env['S4SEG_TRITON_GRPC_PORT']}",
+            "S4SEG_TRITON_PROTOCOL": "http",
+            "S4SEG_TRITON_SHARED_MEMORY": "true",
+        }
     data = encode(photo.resize((300, 200)))
     over_grpc = served.post(data, format="json").json()
-    with serving(served.repo, tmp_path, S4SEG_TRITON_PROTOCOL="http") as http_server:
-        response = http_server.post(data, format="json")
+    process, url = start_serve(served.repo, tmp_path / "second.log", env)
+    try:
+        response = httpx.post(
+            f"{url}/v1/segment", content=data, headers={"Content-Type": "image/png"},
+            params={"format": "json"}, timeout=60,
+        )  # fmt: skip
         assert response.status_code == 200, response.text
         assert response.json() == over_grpc
         assert response.headers["x-model-version"] == "1"
-        assert http_server.post(data, tau=2).status_code == 422
+        own = f"s4seg_gateway_{process.pid}_"
+        registered = [n for n in shared_memory_regions(served) if n.startswith(own)]
+        assert bool(registered) == (hop == "http"), registered
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0
+    assert not [n for n in shared_memory_regions(served) if n.startswith(own)]
+    assert not list(Path("/dev/shm").glob(f"{own}*"))
 
 
 def test_the_hop_alone_by_http_grpc_and_shared_memory_gives_the_same_scores(
@@ -155,10 +159,9 @@ def test_the_hop_alone_by_http_grpc_and_shared_memory_gives_the_same_scores(
 ) -> None:
     """The callers `bench serve` times for the hop: each gets the in-process pipeline's scores
     (the shared-memory regions are registered, used, then unregistered and removed)."""
-    from s4seg.clients.bench import hop_callers
-
     from s4seg.letterbox import Framing
     from s4seg.onnx_pipeline import OnnxPipeline
+    from s4seg.workflows.bench.serve import hop_callers
 
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -185,104 +188,11 @@ def test_tau_and_gate_change_the_answer(served: Served, photo: Image.Image) -> N
     assert "background" not in strict["suppressed"] and len(strict["suppressed"]) == 6
     assert {c["name"] for c in strict["classes"]} == {"background"}
     assert len(off["classes"]) > 1
-    bad = served.post(data, tau=2)
-    assert bad.status_code == 422 and "tau" in bad.json()["detail"]
 
 
-def test_exif_orientation_is_honoured(served: Served, photo: Image.Image) -> None:
-    wide = photo.resize((120, 60))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
-    response = served.post(encode(wide, "JPEG", exif=exif), "image/jpeg")
-    assert response.status_code == 200
-    assert Image.open(io.BytesIO(response.content)).size == (60, 120)
-
-
-@pytest.mark.parametrize(
-    "mode", ["L", "P", "RGBA", "CMYK", "I;16"], ids=["gray", "palette", "rgba", "cmyk", "16bit"]
-)
-def test_other_image_modes_are_converted(served: Served, photo: Image.Image, mode: str) -> None:
-    if mode == "I;16":
-        grey = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-        sixteen = Image.fromarray(grey)
-        assert sixteen.mode.startswith("I;16")
-        data = encode(sixteen)
-    elif mode == "CMYK":
-        data = encode(photo.convert("CMYK"), "JPEG")
-    else:
-        data = encode(photo.convert(mode))
-    response = served.post(data)
-    assert response.status_code == 200, response.text
-    assert Image.open(io.BytesIO(response.content)).size == photo.size
-
-
-@pytest.mark.parametrize(
-    ("case", "status", "code"),
-    [
-        ("empty", 422, "empty"),
-        ("text", 415, "not_an_image"),
-        ("truncated", 422, "corrupt"),
-        ("wrong_type", 415, "unsupported_media_type"),
-        ("too_many_bytes", 413, "too_large"),
-        ("too_many_pixels", 413, "too_many_pixels"),
-        ("bomb", 413, "too_many_pixels"),
-        ("no_file_part", 422, "no_file"),
-    ],
-)
-def test_bad_input_gets_a_clear_4xx(
-    served: Served, photo: Image.Image, case: str, status: int, code: str
-) -> None:
-    if case == "empty":
-        response = served.post(b"")
-    elif case == "text":
-        response = served.post(b"just some text, not an image\n" * 10)
-    elif case == "truncated":
-        jpeg = encode(photo.resize((256, 256)), "JPEG", quality=95)
-        response = served.post(jpeg[: len(jpeg) // 2], "image/jpeg")
-    elif case == "wrong_type":
-        response = served.post(encode(photo), "text/plain")
-    elif case == "too_many_bytes":
-        response = served.post(os.urandom(2_100_000))
-    elif case == "too_many_pixels":
-        response = served.post(encode(Image.new("L", (2500, 2000)), optimize=True))
-    elif case == "bomb":  # 20000 x 20000 of one colour: a tiny file that decodes to 400 MP
-        response = served.post(encode(Image.new("1", (20000, 20000))))
-    else:
-        response = httpx.post(
-            f"{served.url}/v1/segment", files={"other": ("x.png", encode(photo))}, timeout=30
-        )
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code and body["detail"]
-    assert httpx.get(f"{served.url}/healthz").status_code == 200  # nothing crashed
-
-
-def test_upload_limit_holds_for_streamed_bodies_without_length(served: Served) -> None:
-    """A chunked upload (no Content-Length) is cut off at the limit while it is read."""
-    sent = {"bytes": 0}
-
-    def chunks():
-        for _ in range(40):  # 40 x 100 kB = 4 MB, twice the limit
-            sent["bytes"] += 100_000
-            yield b"\0" * 100_000
-
-    response = httpx.post(
-        f"{served.url}/v1/segment", content=chunks(), headers={"Content-Type": "image/png"},
-        timeout=60,
-    )  # fmt: skip
-    assert response.status_code == 413 and response.json()["error"] == "too_large"
-
-
-def test_bad_settings_give_one_clear_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "s4seg", "serve", "--repository", str(tmp_path)],
-        env={**os.environ, "S4SEG_PORT": "eighty"}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "S4SEG_PORT" in result.stderr
-
-
-def test_models_health_metrics_and_docs(served: Served) -> None:
+def test_models_and_readiness_name_the_served_export(served: Served) -> None:
+    """What Triton serves and the real export's manifest (the routes' contracts, /metrics,
+    /docs and the API key: tests/test_gateway_contract.py)."""
     models = httpx.get(f"{served.url}/v1/models").json()
     assert models["served_version"] == 1 and models["published_versions"] == [1]
     assert models["manifest"]["classes"][0] == "background"
@@ -294,41 +204,6 @@ def test_models_health_metrics_and_docs(served: Served) -> None:
     assert models["manifest"]["tau_choice"]["method"] == "explicit"
     ready = httpx.get(f"{served.url}/readyz").json()
     assert ready["ready"] and ready["served_version"] == 1
-    metrics = httpx.get(f"{served.url}/metrics").text
-    assert 's4seg_gateway_requests_total{route="/v1/segment",status="200"}' in metrics
-    assert 's4seg_gateway_requests_total{route="/v1/segment",status="415"}' in metrics
-    assert "s4seg_gateway_request_seconds_bucket" in metrics
-    assert "s4seg_gateway_in_flight_requests" in metrics
-    schema = httpx.get(f"{served.url}/openapi.json").json()
-    assert "/v1/segment" in schema["paths"]
-    assert httpx.get(f"{served.url}/docs").status_code == 200
-
-
-def test_api_key_when_configured(served: Served, photo: Image.Image, tmp_path: Path) -> None:
-    """A second gateway on the same Triton (``--triton-url``) with S4SEG_API_KEY set."""
-    process, url = start_serve(
-        served.repo,
-        tmp_path / "keyed.log",
-        {"S4SEG_API_KEY": "s3cret", "S4SEG_TRITON_URL": f"127.0.0.1:{served.triton_port}"},
-    )
-    try:
-        data = encode(photo)
-        headers = {"Content-Type": "image/png"}
-        missing = httpx.post(f"{url}/v1/segment", content=data, headers=headers)
-        wrong = httpx.post(
-            f"{url}/v1/segment", content=data, headers={**headers, "X-API-Key": "nope"}
-        )
-        right = httpx.post(
-            f"{url}/v1/segment", content=data, headers={**headers, "X-API-Key": "s3cret"}
-        )
-        assert missing.status_code == 401 and wrong.status_code == 401
-        assert missing.json()["error"] == "unauthorized"
-        assert right.status_code == 200
-        assert httpx.get(f"{url}/healthz").status_code == 200  # probes need no key
-        assert "s3cret" not in (tmp_path / "keyed.log").read_text()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
 
 
 def test_python_clients_sync_and_async(served: Served, photo: Image.Image) -> None:

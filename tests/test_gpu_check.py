@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.trains  # every test here trains a model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TINY_TRAINING
+from torchvision.models import resnet18
+
 from s4seg.training.config import load_config
 from s4seg.training.models.backbone_weights import imagenet_file, load_backbone_weights
 from s4seg.training.models.deeplabv2 import DeepLabV2
-from torchvision.models import resnet18
+from s4seg.workflows.cli import main
 
-from s4seg.cli import main
+pytestmark = pytest.mark.trains  # every test here trains a model
 
 URL18 = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 IMAGENET_SEGMENTER = "model.pretrained_backbone=imagenet"

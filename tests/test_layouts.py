@@ -4,8 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from s4seg.layouts import open_layout
 from s4seg.training.data.dataset import SegmentationDataset
-from s4seg.training.data.layouts import open_layout
 
 
 def test_voc_lists_ids_and_path_pairs(voc_root: Path) -> None:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from s4seg.training.config import GanConfig
 from s4seg.training.losses import (
     discriminator_loss,

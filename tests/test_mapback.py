@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from s4seg.training.gate import gated_scores
 
 from s4seg.imaging import decode_image
 from s4seg.letterbox import labels_from_scores, letterbox, unletterbox
 from s4seg.tensors import SUPPRESSED_SCORE
+from s4seg.training.gate import gated_scores
 
 
 def smooth_scores(classes: int, size: int, seed: int) -> np.ndarray:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from s4seg.training.mean_teacher import consistency_weight, ema_decay, update_teacher
 from s4seg.training.multilabel_metrics import average_precision, roc_curve
 
@@ -40,16 +41,17 @@ def test_teacher_batch_norm_statistics_are_averaged_not_copied() -> None:
     assert torch.equal(teacher.running_mean, own)
 
 
+@pytest.mark.trains
 def test_teacher_bn_modes_in_the_trainer(tmp_path) -> None:
     """Issue 20, item 8: "ema" runs the teacher in eval mode, so its statistics are exactly the
     EMA of the student's (after two steps, decays 0 then 0.5: half the student's after each);
     "own" runs it in train mode, so its statistics come from its own passes over the weak
     views."""
     from helpers import TINY_TRAINING
+
     from s4seg.training.checkpoint import load_checkpoint
     from s4seg.training.data.synth import write_synthetic
-
-    from s4seg.cli import main
+    from s4seg.workflows.cli import main
 
     root = write_synthetic(tmp_path / "synth", seed=1, num_train=16, num_val=2, num_unlabeled=2,
                            size=48)  # fmt: skip

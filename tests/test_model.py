@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from s4seg.training.models import DeepLabV2
-from s4seg.training.models.backbone_weights import load_backbone_weights
 from torchvision.models import resnet18
 
 from s4seg.errors import CheckpointError
+from s4seg.training.models import DeepLabV2
+from s4seg.training.models.backbone_weights import load_backbone_weights
 
 
 @pytest.mark.parametrize("depth", [18, 101])

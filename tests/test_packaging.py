@@ -26,9 +26,16 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
 
 
 def test_shared_core_imports_neither_torch_nor_fastapi() -> None:
+    """Every module of the core (data-set layouts, pipeline evaluation, boundary metrics
+    included: the later stages use them), and the command line's parser."""
+    core = sorted(
+        f"s4seg.{path.stem}" for path in (ROOT / "s4seg").glob("*.py")
+        if path.stem not in ("__init__", "__main__")
+    )  # fmt: skip
+    assert {"s4seg.layouts", "s4seg.pipeline_evaluation", "s4seg.boundaries"} <= set(core)
     code = (
-        "import sys, s4seg, s4seg.cli, s4seg.metrics, s4seg.classes, s4seg.visualize, "
-        "s4seg.errors; s4seg.cli.build_parser(); "
+        f"import sys, s4seg, s4seg.workflows.cli, {', '.join(core)}; "
+        "s4seg.workflows.cli.build_parser(); "
         "print(sorted(m for m in ('torch', 'fastapi') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -40,7 +47,7 @@ def test_serving_side_modules_import_no_torch() -> None:
     torch (the gateway's machine need not have it)."""
     modules = (
         "s4seg.manifest, s4seg.letterbox, s4seg.onnx_pipeline, s4seg.export.repository, "
-        "s4seg.triton_config, s4seg.repository, s4seg.tensors, s4seg.export.pipeline_evaluation, "
+        "s4seg.triton_config, s4seg.repository, s4seg.tensors, s4seg.pipeline_evaluation, "
         "s4seg.export.commands, s4seg.serving.triton, s4seg.clients.evaluate, "
         "s4seg.clients.triton_pipeline, s4seg.clients.predict, s4seg.clients.backends, "
         "s4seg.clients.commands, s4seg.serving.serve, s4seg.serving.versions, "

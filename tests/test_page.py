@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from s4seg.export.repository import publish
 from serve_helpers import Served, serving
+
+from s4seg.export.repository import publish
 
 CHROMIUM = Path(os.environ.get("S4SEG_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from helpers import segment_like_the_server
 from PIL import Image
-from s4seg.clients.predict import Job, list_jobs, output_path, parse_shard
 
+from s4seg.clients.predict import Job, list_jobs, output_path, parse_shard
 from s4seg.errors import S4segError
 
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from s4seg.export.repository import PublishError, publish, rollback
 
+from s4seg.export.repository import PublishError, publish, rollback
 from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
 from s4seg.repository import model_versions as versions
 from s4seg.triton_config import step_pbtxt
@@ -178,10 +178,9 @@ def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
     import re
 
     from s4seg.export.exporter import export_models
-    from s4seg.export.pipeline_evaluation import evaluate_pipeline
-
     from s4seg.manifest import Manifest, sha256_file
     from s4seg.onnx_pipeline import OnnxPipeline
+    from s4seg.pipeline_evaluation import evaluate_pipeline
 
     # Served at 96x72, not the 64x64 of the images: the served path differs from native.
     quiet = {"input_size": (96, 72), "data": str(synth_root), "parity_images": 2, "tau": -1.0,
@@ -191,9 +190,9 @@ def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
     other = tmp_path / "other"  # (tiny_checkpoint answers background everywhere, varied not)
     export_models(str(varied_checkpoint), str(tiny_classifier), str(other), **quiet)
     manifest = Manifest.load(new)
-    swapped = new / manifest.fp16_graphs["segmenter"].file
+    swapped = new / manifest.variants["fp16"].graphs["segmenter"].file
     shutil.copyfile(other / "segmenter.onnx", swapped)
-    manifest.fp16_graphs["segmenter"].sha256 = sha256_file(swapped)
+    manifest.variants["fp16"].graphs["segmenter"].sha256 = sha256_file(swapped)
     manifest.save(new / "manifest.json")
 
     repo = tmp_path / "repo"

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from s4seg.export.repository import publish
 
+from s4seg.export.repository import publish
 from s4seg.repository import (
     complete_versions,
     read_status,

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TINY_TRAINING
-from s4seg.training.checkpoint import load_checkpoint
 
-from s4seg.cli import main
+from s4seg.training.checkpoint import load_checkpoint
+from s4seg.workflows.cli import main
+
+pytestmark = pytest.mark.trains  # every test here trains a model
 
 # What must match after resuming, per trainer (the model is the MLMT teacher).
 STATE = {

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.utils.shared_memory import SharedMemoryException
+
 from s4seg.serving.gateway import shared_memory
 from s4seg.serving.gateway.shared_memory import NoSlot, SharedMemoryPool
-from tritonclient.utils.shared_memory import SharedMemoryException
 
 
 class Registrations:

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
-from s4seg.training.data.layouts import open_layout
-from s4seg.training.data.split import Split, make_split, parse_ratio
 
-from s4seg.cli import main
+from s4seg.layouts import open_layout
+from s4seg.training.data.split import Split, make_split, parse_ratio
+from s4seg.workflows.cli import main
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,14 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from helpers import TINY_TRAINING
 from PIL import Image
-from s4seg.training.checkpoint import load_checkpoint
 
-from s4seg.cli import main
+from s4seg.training.checkpoint import load_checkpoint
+from s4seg.workflows.cli import main
+
+pytestmark = pytest.mark.trains  # every test here trains a model
 
 
 def _run(trainer: str, root: Path, out: Path, *extra: str) -> dict:

@@ -1,9 +1,10 @@
 """Joint augmentation: image and mask move together; crops are padded with the ignore label."""
 
 import torch
+from torchvision import tv_tensors
+
 from s4seg.training.data.sampler import ResumableSampler
 from s4seg.training.data.transforms import train_transform
-from torchvision import tv_tensors
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

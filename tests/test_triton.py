@@ -17,12 +17,10 @@ import httpx
 import numpy as np
 import pytest
 from helpers import framed_batch
+
 from s4seg.clients.triton_pipeline import TritonPipeline
 from s4seg.export.repository import publish
-from s4seg.serving.triton import TritonProcess, TritonSettings, free_port
-from s4seg.serving.versions import VersionManager
-from s4seg.training.data.layouts import open_layout
-
+from s4seg.layouts import open_layout
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
 from s4seg.repository import (
@@ -32,6 +30,8 @@ from s4seg.repository import (
     read_status,
     served_version,
 )
+from s4seg.serving.triton import TritonProcess, TritonSettings, free_port
+from s4seg.serving.versions import VersionManager
 from s4seg.triton_config import ensemble_pbtxt
 
 QUIET = {"log": lambda *_: None}
@@ -231,6 +231,7 @@ def test_version_with_wrong_shapes_is_refused_before_the_switch(
     """Version 4 loads fine but its segmenter has 5 classes where the manifest says 7: the
     smoke test through its steps refuses it, version 2 keeps answering."""
     import torch
+
     from s4seg.export.graphs import Segmenter
     from s4seg.export.onnx_export import export_onnx
     from s4seg.training.models import DeepLabV2

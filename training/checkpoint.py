@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from s4seg.atomic import atomic_file
-from s4seg.errors import CheckpointError
+from s4seg.errors import CheckpointError, first_line
 
 CHECKPOINT_FORMAT = "s4seg-checkpoint/1"
 
@@ -55,11 +55,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
         raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or corrupt?): {first_line}"
+            f"checkpoint {path} is unreadable (truncated or corrupt?): {first_line(error)}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an s4seg checkpoint (expected {CHECKPOINT_FORMAT})")

@@ -1,5 +1,6 @@
-"""The training stage's commands: ``data``, ``train``, ``bench train``, and the PyTorch path of
-``evaluate`` (``--segmenter``; its parser is the clients': one command, three pipelines)."""
+"""The training stage's commands: ``data`` and ``train``, and the PyTorch path of ``evaluate``
+(``--segmenter``; the ``evaluate`` command itself is the top layer's: one command, three
+pipelines)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from s4seg.manifest import PAPER_TAU
 
 from .config import apply_overrides, build_config, load_config
+from .trainers import TRAINERS
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -39,7 +41,8 @@ def run_data(args: argparse.Namespace) -> int:
             f"{args.num_unlabeled} unlabeled images)"
         )
         return 0
-    from .data.layouts import open_layout
+    from s4seg.layouts import open_layout
+
     from .data.split import make_split
 
     layout = open_layout(args.data, args.kind)
@@ -57,13 +60,7 @@ def run_data(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
-    if args.trainer == "s4gan":
-        from .s4gan import train_s4gan as train
-    elif args.trainer == "mlmt":
-        from .mlmt import train_mlmt as train
-    else:
-        from .baseline import train_baseline as train
-    kind = "classifier" if args.trainer == "mlmt" else "segmenter"
+    trainer = TRAINERS[args.trainer]
     cfg = load_config(args.config, args.overrides)
     if cfg.train.out_dir is None:
         cfg.train.out_dir = f"runs/{Path(args.config).stem}-{args.trainer}"
@@ -71,11 +68,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         path = Path(cfg.train.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
         if args.resume != "auto" or path.is_file():
-            resumed = load_checkpoint(path, kind=kind)
+            resumed = load_checkpoint(path, kind=trainer.produces)
             # The run continues with the configuration it started with; --set still applies
             # (e.g. more iterations).
             cfg = build_config(apply_overrides(resumed["config"], args.overrides))
-    last = train(cfg, resumed)
+    last = trainer.train(cfg, resumed)
     if last.is_file():
         print(f"checkpoint: {last}")
     return 0
@@ -107,23 +104,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_train
-
-    bench_train(args)
-    return 0
-
-
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
-TRAINERS = {
-    "baseline": "supervised DeepLabv2 on the labeled part only (the paper's DeepLabv2 rows)",
-    "s4gan": "s4GAN: DeepLabv2 as the generator of a GAN (CE + feature matching + self-training)",
-    "mlmt": "MLMT: the Mean-Teacher multi-label classifier that gates the segmenter's classes",
-}
 
-
-def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+def add_parsers(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="make synthetic data, make labeled/unlabeled splits")
     sub = data.add_subparsers(dest="action", required=True)
 
@@ -146,8 +130,8 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
 
     train = commands.add_parser("train", help="train a model")
     sub = train.add_subparsers(dest="trainer", required=True)
-    for name, text in TRAINERS.items():
-        trainer = sub.add_parser(name, help=text, description=text)
+    for name, registered in TRAINERS.items():
+        trainer = sub.add_parser(name, help=registered.help, description=registered.help)
         trainer.add_argument(
             "--config",
             default="voc",
@@ -167,31 +151,3 @@ def add_parsers(commands: argparse._SubParsersAction, bench: argparse._SubParser
             help="continue from a checkpoint; 'auto' = <out_dir>/last.pt if present",
         )
         trainer.set_defaults(handler=run_train)
-
-    train = bench.add_parser(
-        "train", help="time the training step per backbone and precision (median, spread, MFU)"
-    )
-    train.add_argument(
-        "--trainer", choices=["segmenter", "s4gan"], default="segmenter", help="which step"
-    )
-    train.add_argument(
-        "--depths", type=int, nargs="+", help="backbones (default: 101 on a GPU, 18 50 101 on CPU)"
-    )
-    train.add_argument(
-        "--precisions",
-        nargs="+",
-        metavar="P",
-        help="fp32 fp32+cl bf16 bf16+cl (default: all four on a GPU, fp32 on the CPU)",
-    )
-    train.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--crop", type=int, default=321)
-    train.add_argument(
-        "--iterations", type=int, help="timed iterations per row (default: 50 GPU, 3 CPU)"
-    )
-    train.add_argument(
-        "--warmup", type=int, help="untimed iterations first (default: 10 GPU, 1 CPU)"
-    )
-    train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
-    train.set_defaults(handler=run_bench)

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
 
+from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from . import presets  # the YAML files ship in this package
 
 
 class Section(BaseModel):
@@ -141,7 +141,7 @@ PRESETS = ("voc", "cityscapes", "context", "synthetic-quick", "quickstart")
 
 
 def _preset_text(name: str) -> str:
-    return resources.files("s4seg.training.presets").joinpath(f"{name}.yaml").read_text()
+    return resources.files(presets).joinpath(f"{name}.yaml").read_text()
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

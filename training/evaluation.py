@@ -13,12 +13,12 @@ from tqdm import tqdm
 
 from s4seg.errors import CheckpointError, DatasetError
 from s4seg.holdout import evaluation_samples
+from s4seg.layouts import data_layout
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.visualize import colorize, panel
 
 from .checkpoint import load_checkpoint
 from .data.dataset import SegmentationDataset
-from .data.layouts import open_layout
 from .data.transforms import eval_transform
 from .gate import DEFAULT_TAU, gated_argmax
 from .models import segmenter_from_checkpoint, upsample_logits
@@ -109,10 +109,7 @@ def evaluate_checkpoint(
     """
     payload = load_checkpoint(checkpoint, kind="segmenter")
     model = segmenter_from_checkpoint(payload, checkpoint)
-    trained_on = payload["split"]["dataset"]  # resolved root and kind of the training data
-    layout = open_layout(
-        data_root or trained_on["root"], kind or ("auto" if data_root else trained_on["kind"])
-    )
+    layout = data_layout(payload, data_root, kind)
     classes = list(layout.classes)
     if classes != payload["classes"]:
         raise DatasetError(

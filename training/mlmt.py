@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.errors import S4segError
 
 from .config import Config
-from .data.classification import IMAGENET_MEAN, IMAGENET_STD, MultiLabelDataset, read_weak_labels
+from .data.classification import MultiLabelDataset, read_weak_labels
 from .data.setup import open_data, resolve_split
 from .data.split import select
 from .mean_teacher import consistency_weight, ema_decay, update_teacher

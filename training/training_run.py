@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 
 from s4seg.errors import CheckpointError, S4segError
+from s4seg.layouts import DataLayout
 
 from .checkpoint import restore_rng_state, rng_state, save_checkpoint
 from .config import Config
-from .data.layouts import DataLayout
 from .data.sampler import ResumableSampler
 from .data.split import Split
 from .progress import LoaderClock, Progress

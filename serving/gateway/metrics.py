@@ -39,8 +39,9 @@ def route_label(routes: list[BaseRoute], scope: Scope) -> str:
     if isinstance(path, str):
         return path
     for route in routes:  # Starlette's own routes (the docs, the static mount)
-        if isinstance(getattr(route, "path", None), str) and route.matches(scope)[0] is Match.FULL:
-            return route.path
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and route.matches(scope)[0] is Match.FULL:
+            return path
     return UNMATCHED
 
 

@@ -19,7 +19,9 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
-        self._waiting_after = None  # the cycle before the request whose headers we wait for
+        self._waiting_after: object | None = (
+            None  # the cycle before the request whose headers we wait for
+        )
         super().connection_made(transport)
         self._arm_header_timer()
 

@@ -26,7 +26,9 @@ HEADERS = (
 
 def key_matches(given: str | None, expected: str) -> bool:
     """Compared in constant time."""
-    return bool(given) and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    if not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
 class Hardening:

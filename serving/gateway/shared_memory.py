@@ -138,8 +138,8 @@ class SharedMemoryPool:
             held.append(region_in := await self._region(source, "in", input_bytes))
             source = current.output if current else None
             held.append(region_out := await self._region(source, "out", output_bytes))
-            self.slots[index] = Slot(region_in, region_out)
-            yield self.slots[index]
+            slot = self.slots[index] = Slot(region_in, region_out)
+            yield slot
             finished = True
         finally:
             if not finished:  # Triton may still use these regions: never hand them out again

@@ -15,12 +15,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.errors import DatasetError
-
-from .layouts import DataLayout, Sample
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from s4seg.layouts import DataLayout, Sample
 
 
 def multi_hot(mask: np.ndarray, num_classes: int) -> torch.Tensor:

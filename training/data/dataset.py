@@ -10,8 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from s4seg.errors import DatasetError
-
-from .layouts import DataLayout, Sample
+from s4seg.layouts import DataLayout, Sample
 
 
 class SegmentationDataset(Dataset):

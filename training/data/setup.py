@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s4seg.errors import DatasetError
+from s4seg.layouts import DataLayout, open_layout
 
 from .dataset import SegmentationDataset
-from .layouts import DataLayout, open_layout
 from .split import Split, make_split, select
 from .transforms import eval_transform, train_transform
 

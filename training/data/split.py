@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from s4seg.errors import DatasetError
-
-from .layouts import DataLayout, Sample
+from s4seg.layouts import DataLayout, Sample
 
 SPLIT_FORMAT = "s4seg-split/1"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from s4seg.errors import CheckpointError
+from s4seg.errors import CheckpointError, first_line
 
 from .deeplabv2 import DeepLabV2, upsample_logits
 
@@ -47,6 +47,6 @@ def segmenter_from_checkpoint(payload: dict, source: str = "checkpoint") -> Deep
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
-        detail = str(error).splitlines()[0]
+        detail = first_line(error)
         raise CheckpointError(f"{source}: weights do not fit {payload['arch']}: {detail}") from None
     return model

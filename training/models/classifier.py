@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 from torchvision.models import resnet
 
-from s4seg.errors import CheckpointError
+from s4seg.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:  # only for the hint: models stay free of the config (export imports them)
     from ..config import MlmtConfig
@@ -46,7 +46,5 @@ def classifier_from_checkpoint(payload: dict, source: str = "checkpoint") -> nn.
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
-        raise CheckpointError(
-            f"{source}: weights do not fit {arch}: {str(error).splitlines()[0]}"
-        ) from None
+        raise CheckpointError(f"{source}: weights do not fit {arch}: {first_line(error)}") from None
     return model

@@ -46,7 +46,7 @@ class Format(StrEnum):
     overlay = "overlay"
 
 
-Encoding = StrEnum("Encoding", {name: name for name in OVERLAY_ENCODINGS})
+Encoding = StrEnum("Encoding", {name: name for name in OVERLAY_ENCODINGS})  # type: ignore[misc]
 
 
 BODY_DOC = {
@@ -160,7 +160,7 @@ async def segment(
             )  # fmt: skip
             return JSONResponse(body, headers=headers)
         if format is Format.overlay:
-            chosen = (encoding or Encoding.png).value
+            chosen = encoding.value if encoding is not None else "png"
             content = await in_worker(overlay_bytes, decoded.pixels, labels, manifest, chosen)
             media_type = OVERLAY_ENCODINGS[chosen][1]
         else:

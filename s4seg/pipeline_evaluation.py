@@ -46,7 +46,7 @@ def evaluate_pipeline(
     """Gated (and, with a classifier, ungated) mIoU of a pipeline on a data set split: each
     image at its own size, or with ``served_path`` as the gateway runs it (letterboxed into
     the served size, the gated scores mapped back to the image's size)."""
-    from s4seg.training.data.layouts import open_layout  # numpy/PIL only, no torch
+    from s4seg.layouts import open_layout  # numpy/PIL only, no torch
 
     manifest = pipeline.manifest
     layout = open_layout(data, kind or "auto")
@@ -75,8 +75,8 @@ def evaluate_pipeline(
             (out / "predictions").mkdir(parents=True, exist_ok=True)
             name = sample.id.replace("/", "_")
             colorize(labels, manifest.palette).save(out / "predictions" / f"{name}.png")
-    result = scores(confusion)
-    report = {
+    measured = scores(confusion)
+    report: dict = {
         "pipeline": type(pipeline).__name__,
         "data": layout.describe(),
         "split": split,
@@ -85,17 +85,17 @@ def evaluate_pipeline(
         "protocol": "single scale, no flip"
         + (", letterboxed to the served size and mapped back" if served_path else ""),
         **({"tau": tau} if gated else {}),
-        **result.as_dict(classes),
+        **measured.as_dict(classes),
         "confusion_matrix": confusion.tolist(),
     }
-    table = format_table(classes, result)
+    table = format_table(classes, measured)
     if gated:
-        plain = scores(ungated_confusion)
+        ungated = scores(ungated_confusion)
         report["ungated"] = {
-            **plain.as_dict(classes),
+            **ungated.as_dict(classes),
             "confusion_matrix": ungated_confusion.tolist(),
         }
-        table += f"\n(ungated mIoU {100 * plain.miou:.2f}; gated at tau {tau:g})"
+        table += f"\n(ungated mIoU {100 * ungated.miou:.2f}; gated at tau {tau:g})"
     if out is not None:
         write_report(out, classes, report)
     return report, table

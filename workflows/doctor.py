@@ -80,7 +80,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     import s4seg
-    from s4seg.benchmarks import cpu_description
+    from s4seg.workflows.bench.report import cpu_description
 
     env: dict[str, Any] = {
         "s4seg": f"{s4seg.__version__} at {Path(s4seg.__file__).parent}",
@@ -159,10 +159,10 @@ class Smoke:
 
     def train(self, trainer: str) -> str:
         from s4seg.training.checkpoint import load_checkpoint
+        from s4seg.training.trainers import TRAINERS
 
-        module = importlib.import_module(f"s4seg.training.{trainer}")
         cfg = self.config(trainer)
-        last = getattr(module, f"train_{trainer}")(cfg, log=_quiet)
+        last = TRAINERS[trainer].train(cfg, log=_quiet)
         payload = load_checkpoint(last)
         self.outputs[trainer] = last
         metrics = payload.get("metrics", {})
@@ -215,9 +215,10 @@ class Smoke:
         )
         self.outputs["export"] = out
         parity = manifest.parity
+        assert parity is not None  # export measures it or fails
         return (
-            f"4 ONNX graphs, parity on {parity['images']} images: labels agree on "
-            f"{100 * parity['label_agreement']:.2f}%"
+            f"4 ONNX graphs, parity on {parity.images} images: labels agree on "
+            f"{100 * parity.label_agreement:.2f}%"
         )
 
     def onnx_pipeline(self) -> str:

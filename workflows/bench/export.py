@@ -18,18 +18,19 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from PIL import Image
+
+from s4seg import tensors as t
+from s4seg.boundaries import boundary_counts, f_score
+from s4seg.classes import VOC_CLASSES, voc_palette
+from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
+from s4seg.export.exporter import export_models
+from s4seg.letterbox import Framing
+from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.training.checkpoint import save_checkpoint
-from s4seg.training.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.training.models import segmenter_from_arch
 from s4seg.training.models.classifier import multilabel_resnet
 
-from s4seg import tensors as t
-from s4seg.benchmarks import cpu_description, percentile, provenance, report, update_section
-from s4seg.classes import VOC_CLASSES, voc_palette
-from s4seg.letterbox import Framing
-from s4seg.onnx_pipeline import OnnxPipeline
-
-from .exporter import export_models
+from .report import cpu_description, percentile, provenance, report, time_calls, update_section
 
 
 def random_checkpoints(folder: Path, depth: int, cls_depth: int, cls_size: int) -> tuple[str, str]:
@@ -107,16 +108,7 @@ def step_latencies(
         "gate": lambda: s["gate"].run(None, gate_inputs),
         "pipeline": lambda: pipeline.run(images, views),
     }
-    times: dict[str, list[float]] = {}
-    for name, call in calls.items():
-        for _ in range(warmup):
-            call()
-        times[name] = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
+    return {name: time_calls(call, repeats, warmup) for name, call in calls.items()}
 
 
 def bench_export(args: argparse.Namespace) -> str:
@@ -150,6 +142,7 @@ def bench_export(args: argparse.Namespace) -> str:
             rows += [(batch, name, values) for name, values in times.items()]
     seg = manifest.sources["segmenter"].arch
     h, w = manifest.input_size
+    parity_images = manifest.parity.images if manifest.parity else 0
     machine = f"{cpu_description()}, onnxruntime {ort.__version__}, torch {torch.__version__}"
     lines = [
         *provenance(machine),
@@ -159,7 +152,7 @@ def bench_export(args: argparse.Namespace) -> str:
         f"{h}x{w}; execution provider {pipeline.providers[0]}; {args.warmup} warm-up + "
         f"{args.repeats} timed calls per row.",
         "",
-        f"Export (4 graphs, onnx.checker, parity on {manifest.parity['images']} images): "
+        f"Export (4 graphs, onnx.checker, parity on {parity_images} images): "
         f"**{export_seconds:.1f} s**; files: "
         + ", ".join(f"{s} {mib:.1f} MiB" for s, mib in sizes.items()),
         "",
@@ -177,28 +170,6 @@ def bench_export(args: argparse.Namespace) -> str:
     return table
 
 
-def boundary(labels: np.ndarray) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another label."""
-    edge = np.zeros(labels.shape, dtype=bool)
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    return edge
-
-
-def near(edge: np.ndarray, tolerance: int) -> np.ndarray:
-    """Pixels within ``tolerance`` (chessboard distance) of an edge pixel: a square dilation,
-    done as a row pass and a column pass of shifted ORs."""
-    out = edge.copy()
-    for shift in range(1, tolerance + 1):
-        out[:, shift:] |= edge[:, :-shift]
-        out[:, :-shift] |= edge[:, shift:]
-    rows = out.copy()
-    for shift in range(1, tolerance + 1):
-        out[shift:] |= rows[:-shift]
-        out[:-shift] |= rows[shift:]
-    return out
-
-
 def served_size_truth(truth: np.ndarray, placement, size: tuple[int, int], n: int) -> np.ndarray:
     """Scores of a perfect model at the served size: each class's share of every served pixel
     (the full-resolution mask averaged down, in the letterbox's place). Mapping these back
@@ -214,31 +185,15 @@ def served_size_truth(truth: np.ndarray, placement, size: tuple[int, int], n: in
     return scores
 
 
-def boundary_counts(truth: np.ndarray, labels: np.ndarray, tolerance: int) -> np.ndarray:
-    """[predicted edge pixels near a true edge, predicted edge pixels, true edge pixels near a
-    predicted edge, true edge pixels]: sums of these give the boundary F-score of a data set."""
-    pred, true = boundary(labels), boundary(truth)
-    return np.array(
-        [(pred & near(true, tolerance)).sum(), pred.sum(), (true & near(pred, tolerance)).sum(),
-         true.sum()], dtype=np.int64,
-    )  # fmt: skip
-
-
-def f_score(counts: np.ndarray) -> float:
-    precision, recall = counts[0] / max(counts[1], 1), counts[2] / max(counts[3], 1)
-    return 2 * precision * recall / max(precision + recall, 1e-12)
-
-
 def bench_mapback(args: argparse.Namespace) -> str:
     """Label maps at the photo's resolution against the served-size labels blown up with
     nearest neighbour: mIoU against masks drawn at full resolution, and the cost of each.
 
     The synthetic scenes of the training data, rendered at ``--size`` (the same scene at any
     size): the model sees them at its served size either way; only the map back differs."""
-    from s4seg.training.data.synth import render_sample
-
     from s4seg.letterbox import labels_from_scores, unletterbox
     from s4seg.metrics import confusion_matrix, scores
+    from s4seg.training.data.synth import render_sample
 
     pipeline = OnnxPipeline.from_export(args.model, device="cpu")
     manifest = pipeline.manifest
@@ -321,8 +276,8 @@ def bench_precision(args: argparse.Namespace) -> str:
     folder = Path(args.model)
     manifest = Manifest.load(folder)
     precisions = ["fp32"] + [
-        name for name, graphs in (("int8", manifest.int8_graphs), ("fp16", manifest.fp16_graphs))
-        if graphs
+        name for name in ("int8", "fp16")
+        if name in manifest.variants and manifest.variants[name].graphs  # type: ignore[index]
     ]  # fmt: skip
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
@@ -342,19 +297,13 @@ def bench_precision(args: argparse.Namespace) -> str:
                 "pipeline": lambda p=pipeline, x=images, v=views: p.run(x, v),
             }
             for what, call in calls.items():
-                for _ in range(args.warmup):
-                    call()
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    call()
-                    times.append((time.perf_counter() - start) / batch)
+                times = time_calls(call, args.repeats, args.warmup, per=batch)
                 rows.append((batch, what, precision, times))
                 median = 1000 * statistics.median(times)
                 print(f"bench precision: batch {batch} {what} {precision}: {median:.1f} ms/image",
                       file=sys.stderr)  # fmt: skip
     reference = {(b, w): statistics.median(ts) for b, w, p, ts in rows if p == "fp32"}
-    parity = manifest.int8_parity or {}
+    parity = manifest.variants["int8"].parity if "int8" in manifest.variants else None
     h, w = manifest.input_size
     lines = [
         *provenance(f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}"),
@@ -363,12 +312,12 @@ def bench_precision(args: argparse.Namespace) -> str:
         f"{args.warmup} warm-up + {args.repeats} timed calls per row, one ONNX Runtime session "
         "with its default threads.",
     ]
-    if parity:
+    if parity is not None:
         lines.append(
             f"INT8 parity (from the manifest): label agreement "
-            f"{100 * parity['label_agreement']:.2f}% with PyTorch, gated mIoU drop "
-            f"{100 * parity.get('gated_miou_drop', 0):.2f} points on {parity['images']} images; "
-            f"{'accepted' if parity['passed'] else 'refused'} ({parity['rule']})."
+            f"{100 * parity.label_agreement:.2f}% with PyTorch, gated mIoU drop "
+            f"{100 * (parity.gated_miou_drop or 0):.2f} points on {parity.images} images; "
+            f"{'accepted' if parity.passed else 'refused'} ({parity.rule})."
         )
     lines += [
         "",

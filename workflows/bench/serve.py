@@ -31,16 +31,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from s4seg.serving.triton import free_port
 
-from s4seg.benchmarks import cpu_description, percentile, provenance, report
 from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
 from s4seg.letterbox import Framed, Framing, labels_from_scores
 from s4seg.onnx_pipeline import OnnxPipeline, open_session
 from s4seg.outputs import label_png
 from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
+from s4seg.serving.triton import free_port
 from s4seg.tensors import CLS_IMAGE, CLS_INPUT, IMAGE, MAP_BACK_OUTPUTS, SCORES, SEG_INPUT, TAU
+
+from . import naive_endpoint
+from .report import cpu_description, percentile, provenance, report
 
 # Input sizes of the latency table: (name, height, width).
 SIZES = (("512 px", 512, 512), ("2 MP", 1224, 1632), ("12 MP", 3000, 4000))
@@ -406,10 +408,11 @@ def bench_serve(args: argparse.Namespace) -> str:
         processes.append(serve)
         naive_port = free_port()
         naive_export = manifest.published.get("source") if manifest.published else None
+        factory = f"{naive_endpoint.__name__}:{naive_endpoint.create_app.__name__}"
         naive = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "s4seg.export.naive_endpoint:app",
+            [sys.executable, "-m", "uvicorn", "--factory", factory,
              "--port", str(naive_port), "--log-level", "warning"],
-            env={**env, "S4SEG_NAIVE_EXPORT": str(naive_export)},
+            env={**env, naive_endpoint.EXPORT_VARIABLE: str(naive_export)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         processes.append(naive)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,14 +19,13 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from s4seg import IGNORE_INDEX
-from s4seg.benchmarks import cpu_description, provenance, update_section
 from s4seg.errors import ConfigError
-
-from .config import GanConfig
-from .losses import discriminator_loss, minmax01, one_hot_with_ignore
-from .models import DeepLabV2, upsample_logits
-from .models.discriminator import Discriminator
-from .runtime import Runtime, setup_runtime
+from s4seg.training.config import GanConfig
+from s4seg.training.losses import discriminator_loss, minmax01, one_hot_with_ignore
+from s4seg.training.models import DeepLabV2, upsample_logits
+from s4seg.training.models.discriminator import Discriminator
+from s4seg.training.runtime import Runtime, setup_runtime
+from s4seg.workflows.bench.report import cpu_description, provenance, time_calls, update_section
 
 PRECISIONS = {  # name -> (train.amp, train.channels_last)
     "fp32": ("off", "off"),
@@ -93,7 +91,7 @@ def segmenter_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Calla
 def s4gan_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
     """The s4GAN trainer's step (training/s4gan.py): S on labeled + unlabeled in one forward,
     cross-entropy + feature matching + self-training, then the D step on detached maps."""
-    from .s4gan import segmenter_gan_terms
+    from s4seg.training.s4gan import segmenter_gan_terms
 
     classes, gan = 21, GanConfig()
     model = DeepLabV2(classes, depth).to(runtime.device, memory_format=runtime.memory_format())
@@ -160,17 +158,10 @@ def time_case(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(runtime.device)
     # Warm-up outside the window: cuDNN autotuning (benchmark mode), torch.compile, allocator.
-    for _ in range(args.warmup):
-        step()
-    runtime.synchronize()
+    time_calls(step, 0, args.warmup, synchronize=runtime.synchronize)
     flops = count_flops(step) if not compile_model else None
     runtime.synchronize()
-    times = []
-    for _ in range(args.iterations):
-        start = time.perf_counter()
-        step()
-        runtime.synchronize()
-        times.append(time.perf_counter() - start)
+    times = time_calls(step, args.iterations, synchronize=runtime.synchronize)
     median = statistics.median(times)
     deciles = statistics.quantiles(times, n=10) if len(times) >= 2 else [median] * 9
     peak = peak_flops(runtime)

@@ -152,7 +152,7 @@ class VOCLayout(DataLayout):
     """
 
     kind = "voc"
-    classes = VOC_CLASSES
+    classes: tuple[str, ...] = VOC_CLASSES
     background_index = 0
     default_train_split = "train_aug"
     mask_folder = "SegmentationClassAug"
@@ -304,7 +304,9 @@ class FolderLayout(DataLayout):
                 f"{self._class_file}: 'background' must be a class name, index or null"
             )
         palette = meta.get("palette") if isinstance(meta, dict) else None
-        self._palette = [tuple(int(v) for v in c) for c in palette] if palette else None
+        self._palette: Palette | None = (
+            [(int(c[0]), int(c[1]), int(c[2])) for c in palette] if palette else None
+        )
 
     def _read_class_file(self) -> dict | list:
         for name in ("classes.yaml", "classes.yml", "classes.json"):
@@ -398,3 +400,28 @@ def open_layout(root: str | Path, kind: str = "auto") -> DataLayout:
     if kind not in LAYOUTS:
         raise DatasetError(f"unknown data set kind '{kind}' (known: auto, {', '.join(LAYOUTS)})")
     return LAYOUTS[kind](path)
+
+
+def trained_on(payload: dict) -> dict:
+    """A checkpoint's training data set, as resolved when it trained: ``{"root", "kind"}``."""
+    return dict(payload.get("split", {}).get("dataset", {}))
+
+
+def data_layout(
+    payload: dict, data: str | Path | None = None, kind: str | None = None
+) -> DataLayout:
+    """The layout of ``data`` (its kind ``kind``, else detected), or without ``data`` of the data
+    set the checkpoint ``payload`` was trained on, in the kind it was trained with. The one place
+    the "given data, else the training data" rule lives."""
+    if data is not None:
+        return open_layout(data, kind or "auto")
+    dataset = trained_on(payload)
+    if not dataset.get("root"):
+        raise DatasetError("the checkpoint does not name its training data: pass the data set")
+    return open_layout(dataset["root"], dataset.get("kind") or "auto")
+
+
+def training_data_here(payload: dict) -> bool:
+    """Whether the data set the checkpoint was trained on is on this machine."""
+    root = trained_on(payload).get("root")
+    return root is not None and Path(root).is_dir()

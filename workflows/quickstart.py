@@ -9,16 +9,18 @@ starts with a line saying how long the whole demo has left: the steps' costs mea
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from s4seg.errors import S4segError, first_line
+from s4seg.export.exporter import export_models
+from s4seg.export.repository import publish, served_version
 from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.config import load_config
-
-from .exporter import export_models
-from .repository import publish, served_version
+from s4seg.training.trainers import TRAINERS
 
 SERVED_SIZE = (128, 128)  # the synthetic images' own size
 # The segmenter's iterations are the preset's (quickstart.yaml); the classifier needs fewer for
@@ -38,7 +40,7 @@ def clock(seconds: float) -> str:
 @dataclass
 class Step:
     name: str
-    reference_s: float  # on a 2-core Xeon of our CI machines (README, first answer)
+    reference_s: float  # on a 2-core Xeon of our CI machines (docs/serving.md, the first run)
     paced: bool = True  # False: its speed says little about the others' (disk-bound)
 
 
@@ -66,9 +68,6 @@ class Plan:
 
 def _train(trainer: str, data: Path, runs: Path, iterations: int) -> tuple[Path, bool]:
     """The run's last checkpoint, and whether it had to be trained (False: it was complete)."""
-    from s4seg.training.mlmt import train_mlmt
-    from s4seg.training.s4gan import train_s4gan
-
     out = runs / trainer
     overrides = [f"data.root={data}", f"train.out_dir={out}", f"train.iterations={iterations}"]
     cfg = load_config("quickstart", overrides)
@@ -77,8 +76,7 @@ def _train(trainer: str, data: Path, runs: Path, iterations: int) -> tuple[Path,
     if resumed is not None and resumed["iteration"] >= cfg.train.iterations:
         log(f"{trainer}: {last} is complete")
         return last, False
-    train = train_mlmt if trainer == "mlmt" else train_s4gan
-    return train(cfg, resumed), True
+    return TRAINERS[trainer].train(cfg, resumed), True
 
 
 def quickstart(
@@ -134,3 +132,24 @@ def run_quickstart(args: argparse.Namespace) -> int:
         args.runtime,
     )  # fmt: skip
     return 0
+
+
+def _first_run_child(repository: Path, runtime: str) -> None:
+    try:
+        quickstart(Path("data/synth"), Path("runs/quickstart"), repository, runtime=runtime)
+    except S4segError as error:
+        print(f"s4seg: error: {first_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def first_run(repository: Path, runtime: str) -> None:
+    """``s4seg serve`` with nothing published: the demo model, built in a child process (it
+    needs torch; the serving process does not import it)."""
+    log(f"no version in {repository}: building the demo model first (a few minutes on a CPU)")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_first_run_child, args=(repository, runtime), name="s4seg-quickstart"
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise S4segError(f"building the demo model failed (exit code {child.exitcode})")

@@ -1,0 +1,65 @@
+"""The trainers, in one place: each one's name, what it produces and how to run it. The command
+line, quickstart, doctor and the benchmarks all pick a trainer here, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Train = Callable[..., Path]  # (cfg, resumed=None, log=print) -> the last checkpoint
+
+
+def _baseline() -> Train:
+    from .baseline import train_baseline
+
+    return train_baseline
+
+
+def _s4gan() -> Train:
+    from .s4gan import train_s4gan
+
+    return train_s4gan
+
+
+def _mlmt() -> Train:
+    from .mlmt import train_mlmt
+
+    return train_mlmt
+
+
+@dataclass(frozen=True)
+class Trainer:
+    name: str
+    help: str
+    produces: Literal["segmenter", "classifier"]  # the checkpoint's kind
+    _load: Callable[[], Train]  # imported when it runs: `s4seg --help` never imports torch
+
+    def train(self, cfg: Any, resumed: dict | None = None, **options: Any) -> Path:
+        return self._load()(cfg, resumed, **options)
+
+
+TRAINERS: dict[str, Trainer] = {
+    t.name: t
+    for t in (
+        Trainer(
+            "baseline",
+            "supervised DeepLabv2 on the labeled part only (the paper's DeepLabv2 rows)",
+            "segmenter",
+            _baseline,
+        ),
+        Trainer(
+            "s4gan",
+            "s4GAN: DeepLabv2 as the generator of a GAN (CE + feature matching + self-training)",
+            "segmenter",
+            _s4gan,
+        ),
+        Trainer(
+            "mlmt",
+            "MLMT: the Mean-Teacher multi-label classifier that gates the segmenter's classes",
+            "classifier",
+            _mlmt,
+        ),
+    )
+}

@@ -1,0 +1,245 @@
+"""The commands that drive several stages: ``quickstart``, ``doctor``, ``serve`` (which builds
+the demo model on a first run), ``evaluate`` (one command over three pipelines: PyTorch, ONNX
+Runtime, Triton) and every ``bench``. Parsers only at parse time; each handler imports its
+code when it runs, so ``s4seg --help`` and the serving commands never import torch."""
+
+from __future__ import annotations
+
+import argparse
+
+from s4seg.defaults import REPOSITORY
+from s4seg.holdout import PARTS
+from s4seg.manifest import PAPER_TAU
+from s4seg.serving.commands import add_serve_arguments, settings_from
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart as quickstart
+
+    return quickstart(args)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor as doctor
+
+    return doctor(args)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from s4seg.serving.serve import serve
+
+    from .quickstart import first_run
+
+    return serve(settings_from(args), first_run=None if args.no_quickstart else first_run)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``--segmenter``: PyTorch (the training stage's); ``--onnx``/``--triton``: the export
+    (the clients')."""
+    if args.segmenter:
+        from s4seg.training.commands import run_evaluate as evaluate_checkpoint
+
+        return evaluate_checkpoint(args)
+    from s4seg.clients.evaluate import run_evaluate as evaluate_export
+
+    return evaluate_export(args)
+
+
+def run_bench_train(args: argparse.Namespace) -> int:
+    from .bench.train import bench_train
+
+    bench_train(args)
+    return 0
+
+
+def run_bench_export(args: argparse.Namespace) -> int:
+    from .bench.export import bench_export
+
+    bench_export(args)
+    return 0
+
+
+def run_bench_precision(args: argparse.Namespace) -> int:
+    from .bench.export import bench_precision
+
+    bench_precision(args)
+    return 0
+
+
+def run_bench_mapback(args: argparse.Namespace) -> int:
+    from .bench.export import bench_mapback
+
+    bench_mapback(args)
+    return 0
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    from .bench.serve import bench_serve
+
+    bench_serve(args)
+    return 0
+
+
+# -- the command line: parsers only (no torch at parse time); each command names its handler ----
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    quick = commands.add_parser(
+        "quickstart", help="synthetic data -> s4GAN + MLMT -> export -> publish (first run)"
+    )
+    quick.add_argument("--data", default="data/synth", help="synthetic data set (made if missing)")
+    quick.add_argument("--runs", default="runs/quickstart", help="training runs and the export")
+    quick.add_argument("--repository", default=str(REPOSITORY))
+    quick.add_argument(
+        "--iterations", type=int, help="iterations of both trainers (default: 120 s4GAN, 80 MLMT)"
+    )
+    quick.add_argument("--force", action="store_true", help="publish again even if one is served")
+    quick.add_argument("--runtime", choices=["python", "onnxruntime"], default="python")
+    quick.set_defaults(handler=run_quickstart)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a machine: environment, then every stage once, small, on the device",
+        description="Run this first on a new machine. Reports torch/CUDA/cuDNN/GPU/numpy/ONNX "
+        "Runtime/tritonserver, then trains each trainer a few iterations (with a validation), "
+        "resumes, evaluates, exports with parity and runs the ONNX pipeline. Exit code 1 if a "
+        "stage fails.",
+    )
+    doctor.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    doctor.add_argument("--out", help="keep the work folder, stage logs and doctor.json here")
+    doctor.add_argument("--env-only", action="store_true", help="report the environment only")
+    doctor.set_defaults(handler=run_doctor)
+
+    serve = commands.add_parser(
+        "serve", help="serve segmentation: tritonserver + version manager + HTTP gateway"
+    )
+    add_serve_arguments(serve)
+    serve.add_argument(
+        "--no-quickstart", action="store_true", help="fail instead of building the demo model"
+    )
+    serve.set_defaults(handler=run_serve)
+
+    ev = commands.add_parser("evaluate", help="mIoU, per-class IoU, pixel accuracy, confusion")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--segmenter", help="segmenter checkpoint (.pt): PyTorch evaluation")
+    what.add_argument("--onnx", metavar="DIR", help="an export folder: ONNX Runtime in-process")
+    what.add_argument(
+        "--triton", metavar="URL", help="a running Triton (host:port of its HTTP API)"
+    )
+    ev.add_argument(
+        "--repository",
+        default=str(REPOSITORY),
+        help="with --triton: the repository it serves (for the manifest)",
+    )
+    ev.add_argument("--classifier", help="MLMT checkpoint: report gated and ungated mIoU")
+    ev.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help=f"gate threshold (default: the manifest's; with --segmenter, {PAPER_TAU})",
+    )
+    ev.add_argument("--tau-sweep", action="store_true", help="also report several tau values")
+    ev.add_argument(
+        "--data", help="data set folder (default: the one the checkpoint was trained on)"
+    )
+    ev.add_argument("--kind", default=None, help="layout of --data (default: auto)")
+    ev.add_argument("--split", default=None, help="split to evaluate (default: val)")
+    ev.add_argument(
+        "--part",
+        choices=PARTS,
+        default="report",
+        help="of the validation split: report (default: the images outside the seeded "
+        "calibration part export chooses tau on), calibration, or all",
+    )
+    ev.add_argument("--out", help="folder for report.json, confusion.csv and predictions")
+    ev.add_argument(
+        "--save-predictions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write colourised predictions of the first N images (PNG)",
+    )
+    ev.add_argument("--max-images", type=int, default=None)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(handler=run_evaluate)
+
+    bench = commands.add_parser("bench", help="benchmarks (results go into BENCHMARKS.md)")
+    bench = bench.add_subparsers(dest="target", required=True)
+    train = bench.add_parser(
+        "train", help="time the training step per backbone and precision (median, spread, MFU)"
+    )
+    train.add_argument(
+        "--trainer", choices=["segmenter", "s4gan"], default="segmenter", help="which step"
+    )
+    train.add_argument(
+        "--depths", type=int, nargs="+", help="backbones (default: 101 on a GPU, 18 50 101 on CPU)"
+    )
+    train.add_argument(
+        "--precisions",
+        nargs="+",
+        metavar="P",
+        help="fp32 fp32+cl bf16 bf16+cl (default: all four on a GPU, fp32 on the CPU)",
+    )
+    train.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--crop", type=int, default=321)
+    train.add_argument(
+        "--iterations", type=int, help="timed iterations per row (default: 50 GPU, 3 CPU)"
+    )
+    train.add_argument(
+        "--warmup", type=int, help="untimed iterations first (default: 10 GPU, 1 CPU)"
+    )
+    train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+    train.set_defaults(handler=run_bench_train)
+
+    export = bench.add_parser("export", help="export time and latency of each ONNX step")
+    export.add_argument("--segmenter", help="checkpoint (default: random weights, paper scale)")
+    export.add_argument("--classifier", help="MLMT checkpoint (with --segmenter)")
+    export.add_argument("--depth", type=int, default=101, help="backbone of the random segmenter")
+    export.add_argument("--classifier-depth", type=int, default=101)
+    export.add_argument("--classifier-size", type=int, default=320)
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    export.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    export.add_argument("--repeats", type=int, default=10)
+    export.add_argument("--warmup", type=int, default=2)
+    export.add_argument("--parity-images", type=int, default=4)
+    export.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    export.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+    export.set_defaults(handler=run_bench_export)
+
+    mapback = bench.add_parser(
+        "mapback", help="full-resolution mIoU: scores resized then argmax vs nearest labels"
+    )
+    mapback.add_argument("--model", required=True, help="an export folder")
+    mapback.add_argument("--size", type=int, default=1024, help="side of the rendered scenes")
+    mapback.add_argument("--images", type=int, default=50)
+    mapback.add_argument("--seed", type=int, default=7)
+    mapback.add_argument("--write", metavar="MD", help="update this markdown file")
+    mapback.set_defaults(handler=run_bench_mapback)
+
+    precision = bench.add_parser(
+        "precision", help="an export's segmenter in FP32 against its INT8 / FP16 variants"
+    )
+    precision.add_argument("--model", required=True, help="an export folder (export --int8)")
+    precision.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    precision.add_argument("--repeats", type=int, default=30)
+    precision.add_argument("--warmup", type=int, default=5)
+    precision.add_argument("--write", metavar="MD", help="update this markdown file")
+    precision.set_defaults(handler=run_bench_precision)
+
+    serve = bench.add_parser("serve", help="gateway vs in-process ONNX Runtime vs naive PyTorch")
+    serve.add_argument("--repository", default=str(REPOSITORY))
+    serve.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    serve.add_argument("--requests", type=int, default=100, help="per target and concurrency")
+    serve.add_argument("--images", type=int, default=16, help="distinct images, cycled")
+    serve.add_argument("--log-dir", default="runs/bench-serve")
+    serve.add_argument("--window", type=float, default=4.0, help="model alone: seconds/window")
+    serve.add_argument("--windows", type=int, default=3, help="model alone: timed windows")
+    serve.add_argument("--hop-concurrency", type=int, default=8)
+    serve.add_argument(
+        "--variants", type=int, default=3, help="gateway variants to run (the default first)"
+    )
+    serve.add_argument("--size-repeats", type=int, default=8, help="requests per size/format")
+    serve.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
+    serve.set_defaults(handler=run_bench_serve)
