@@ -4,8 +4,8 @@ The served graphs take a fixed ``(height, width)`` so that Triton can batch requ
 scaled (aspect ratio kept) to fit, padded with the normalisation mean (which the network sees as
 zero). Back: the gated class scores of the content are resized bilinearly to the image's own
 size and the argmax taken there (``labels_from_scores``), so edges follow the photo's pixels and
-not the served grid; a label map alone can only be resized with nearest neighbour
-(``unletterbox``), which draws blocks as large as the scale factor.
+not the served grid (a label map alone could only be resized with nearest neighbour, which
+draws blocks as large as the scale factor: ``s4seg bench mapback`` measures the difference).
 
 The classifier is sent a view of its own (``classifier_view``): the whole image, never the pad
 bars, resized to its square input as in training. ``Framing`` makes both from a manifest: the
@@ -115,19 +115,6 @@ class Framing:
             np.stack([f.view for f in framed]),
             [f.placement for f in framed],
         )
-
-
-def unletterbox(labels: np.ndarray, placement: Placement) -> np.ndarray:
-    """A served-size uint8 label map -> the input's size, nearest neighbour (labels stay labels)."""
-    top, left = placement.offset
-    crop = labels[top : top + placement.content[0], left : left + placement.content[1]]
-    if crop.shape == placement.original:
-        return np.ascontiguousarray(crop)
-    height, width = placement.original
-    resized = Image.fromarray(crop.astype(np.uint8)).resize(
-        (width, height), Image.Resampling.NEAREST
-    )
-    return np.asarray(resized)
 
 
 def pad_colour(mean: list[float], pixel_scale: float = 1 / 255) -> tuple[int, int, int]:

@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from s4seg.imaging import read_image_file
-from s4seg.letterbox import Framing, labels_from_scores, unletterbox
+from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.outputs import overlay_image
+from s4seg.workflows.bench.export import nearest_map_back
 
 WIDTH, HEIGHT = 4000, 3000
 CROP = 700  # pixels of the full-resolution crop
@@ -35,7 +36,7 @@ def main(photo: str, export: str, out: str) -> None:
     framed = Framing.of(manifest).frame(pixels)
     placement = framed.placement
     out_ = pipeline.run(framed.canvas[None], framed.view[None])
-    before = unletterbox(out_.labels[0], placement)
+    before = nearest_map_back(out_.labels[0], placement)
     after = labels_from_scores(out_.scores[0], placement)
 
     # The crop: the window with the most label edges, so that the difference shows.

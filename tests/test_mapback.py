@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from s4seg.imaging import decode_image
-from s4seg.letterbox import labels_from_scores, letterbox, unletterbox
+from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.tensors import SUPPRESSED_SCORE
 from s4seg.training.gate import gated_scores
+from s4seg.workflows.bench.export import nearest_map_back
 
 
 def smooth_scores(classes: int, size: int, seed: int) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_edges_follow_the_photo_not_the_served_grid() -> None:
     scores = np.stack([np.zeros_like(inside), inside]).astype(np.float32)
     _, placement = letterbox(np.zeros((size * scale,) * 2 + (3,), np.uint8), (size, size), (0,) * 3)
     smooth = labels_from_scores(scores, placement)
-    blocky = unletterbox(scores.argmax(0).astype(np.uint8), placement)
+    blocky = nearest_map_back(scores.argmax(0).astype(np.uint8), placement)
     big = size * scale
     yy, xx = np.mgrid[:big, :big] + 0.5
     truth = np.hypot(yy - big / 2, xx - big / 2) < 10 * scale

@@ -196,6 +196,9 @@ def test_version_swap_under_load(stack: Served, synth_root: Path, tiny_export: P
     record("version_swap", figures)
     assert failures == []
     assert set(versions) == {str(int(published["version"]) - 1), published["version"]}
+    # The catalog describes the version that now answers.
+    models = httpx.get(f"{stack.url}/v1/models", timeout=5).json()
+    assert models["served_version"] == int(published["version"])
 
 
 @pytest.mark.slow
@@ -208,11 +211,18 @@ def test_triton_sigkill_mid_load(stack: Served, synth_root: Path) -> None:
 
     def kill(results: list) -> None:
         time.sleep(2)
+        shm["gateway_before"] = gateway_regions(stack)
         shm["before"] = {n for n in shm_regions() if n.startswith(prefix)}
         shm["bytes"] = shutil.disk_usage("/dev/shm").used
         (pid,) = pids(f"bin/tritonserver --model-repository={stack.repo.parent}")
         killed["at"] = time.monotonic()
         os.kill(pid, signal.SIGKILL)
+        # Readiness says so while Triton is down (the load answers 503 meanwhile).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "readyz_down" not in killed:
+            if httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 503:
+                killed["readyz_down"] = time.monotonic()
+            time.sleep(0.05)
 
     def recovered(results: list) -> bool:
         after = [r for r in results if killed and r[0] > killed["at"]]
@@ -238,7 +248,11 @@ def test_triton_sigkill_mid_load(stack: Served, synth_root: Path) -> None:
     assert grown < 2 * 2**20
     assert {r[2] for r in failed} == {503}
     assert {r[4] for r in failed} == {"unavailable"}
-    assert stack.process.poll() is None
+    assert stack.process.poll() is None  # the gateway itself never restarted
+    assert "readyz_down" in killed, "/readyz did not report Triton down"
+    assert httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
+    # The new Triton knew none of the gateway's regions: they were registered again.
+    assert shm["gateway_before"] and gateway_regions(stack)
 
 
 @pytest.mark.slow

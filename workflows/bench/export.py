@@ -24,7 +24,7 @@ from s4seg.boundaries import boundary_counts, f_score
 from s4seg.classes import VOC_CLASSES, voc_palette
 from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.export.exporter import export_models
-from s4seg.letterbox import Framing
+from s4seg.letterbox import Framing, Placement
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.training.checkpoint import save_checkpoint
 from s4seg.training.models import segmenter_from_arch
@@ -170,6 +170,21 @@ def bench_export(args: argparse.Namespace) -> str:
     return table
 
 
+def nearest_map_back(labels: np.ndarray, placement: Placement) -> np.ndarray:
+    """A served-size uint8 label map -> the input's size, nearest neighbour: the map back the
+    product no longer uses (``labels_from_scores`` is the one), kept as what it is measured
+    against."""
+    top, left = placement.offset
+    crop = labels[top : top + placement.content[0], left : left + placement.content[1]]
+    if crop.shape == placement.original:
+        return np.ascontiguousarray(crop)
+    height, width = placement.original
+    resized = Image.fromarray(crop.astype(np.uint8)).resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized)
+
+
 def served_size_truth(truth: np.ndarray, placement, size: tuple[int, int], n: int) -> np.ndarray:
     """Scores of a perfect model at the served size: each class's share of every served pixel
     (the full-resolution mask averaged down, in the letterbox's place). Mapping these back
@@ -191,7 +206,7 @@ def bench_mapback(args: argparse.Namespace) -> str:
 
     The synthetic scenes of the training data, rendered at ``--size`` (the same scene at any
     size): the model sees them at its served size either way; only the map back differs."""
-    from s4seg.letterbox import labels_from_scores, unletterbox
+    from s4seg.letterbox import labels_from_scores
     from s4seg.metrics import confusion_matrix, scores
     from s4seg.training.data.synth import render_sample
 
@@ -213,9 +228,9 @@ def bench_mapback(args: argparse.Namespace) -> str:
         out = pipeline.run(framed.canvas[None], framed.view[None])
         perfect = served_size_truth(truth, placement, size, n)
         for name, back, result in (
-            ("nearest", unletterbox, out.labels[0]),
+            ("nearest", nearest_map_back, out.labels[0]),
             ("bilinear", labels_from_scores, out.scores[0]),
-            ("truth nearest", unletterbox, perfect.argmax(0).astype(np.uint8)),
+            ("truth nearest", nearest_map_back, perfect.argmax(0).astype(np.uint8)),
             ("truth bilinear", labels_from_scores, perfect),
         ):
             start = time.perf_counter()
