@@ -39,6 +39,17 @@ class Trainer:
     def train(self, cfg: Any, resumed: dict | None = None, **options: Any) -> Path:
         return self._load()(cfg, resumed, **options)
 
+    def run(self, cfg: Any, **options: Any) -> tuple[Path, bool]:
+        """Train in ``cfg.train.out_dir``, continuing from its ``last.pt`` when there is one:
+        the last checkpoint, and whether anything was trained (False: it was complete)."""
+        from .checkpoint import load_checkpoint
+
+        last = Path(cfg.train.out_dir) / "last.pt"
+        resumed = load_checkpoint(last, kind=self.produces) if last.is_file() else None
+        if resumed is not None and resumed["iteration"] >= cfg.train.iterations:
+            return last, False
+        return self.train(cfg, resumed, **options), True
+
 
 TRAINERS: dict[str, Trainer] = {
     t.name: t

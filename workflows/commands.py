@@ -45,6 +45,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_export(args)
 
 
+def run_study(args: argparse.Namespace) -> int:
+    from .study import run_study as study
+
+    return study(args)
+
+
 def run_bench_train(args: argparse.Namespace) -> int:
     from .bench.train import bench_train
 
@@ -162,6 +168,38 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-images", type=int, default=None)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(handler=run_evaluate)
+
+    study = commands.add_parser(
+        "study",
+        help="label efficiency: methods x label budgets x split seeds, table and pictures",
+        description="Each cell is a training run (a segmenter or the MLMT classifier) in "
+        "OUT/runs/, evaluated on the report part of the validation split; gated methods choose "
+        "tau on the calibration part. A killed study resumes: finished cells are skipped, the "
+        "others continue from their checkpoints. Writes OUT/study.json, study.md, study.png, "
+        "curves.png.",
+    )
+    study.add_argument("--out", required=True, help="the study's folder (resumes what is there)")
+    study.add_argument("--preset", help="a study preset (voc-paper, cityscapes-paper, "
+                       "synthetic-cpu) or a YAML file; flags override it")  # fmt: skip
+    study.add_argument("--config", help="training preset or YAML file of every cell")
+    study.add_argument(
+        "--methods", help="comma-separated: baseline, s4gan, baseline+mlmt, s4gan+mlmt"
+    )
+    study.add_argument(
+        "--labels", help="comma-separated budgets: ratios (1/8, full), counts (183) or id files"
+    )
+    study.add_argument("--seeds", help="comma-separated split seeds, e.g. 0,1,2")
+    study.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key of every cell",
+    )  # fmt: skip
+    study.add_argument("--jobs", type=int, default=1, help="cells side by side (processes)")
+    study.add_argument("--cell", metavar="i/N", help="run only cell i of the study's N")
+    study.add_argument("--device", help="auto|cpu|cuda|cuda:N (default: the config's)")
+    study.add_argument(
+        "--dry-run", action="store_true", help="print the cells, their commands and a time estimate"
+    )
+    study.set_defaults(handler=run_study)
 
     bench = commands.add_parser("bench", help="benchmarks (results go into BENCHMARKS.md)")
     bench = bench.add_subparsers(dest="target", required=True)

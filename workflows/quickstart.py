@@ -18,7 +18,6 @@ from pathlib import Path
 from s4seg.errors import S4segError, first_line
 from s4seg.export.exporter import export_models
 from s4seg.export.repository import publish, served_version
-from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.config import load_config
 from s4seg.training.trainers import TRAINERS
 
@@ -70,13 +69,10 @@ def _train(trainer: str, data: Path, runs: Path, iterations: int) -> tuple[Path,
     """The run's last checkpoint, and whether it had to be trained (False: it was complete)."""
     out = runs / trainer
     overrides = [f"data.root={data}", f"train.out_dir={out}", f"train.iterations={iterations}"]
-    cfg = load_config("quickstart", overrides)
-    last = out / "last.pt"
-    resumed = load_checkpoint(last) if last.is_file() else None
-    if resumed is not None and resumed["iteration"] >= cfg.train.iterations:
+    last, trained = TRAINERS[trainer].run(load_config("quickstart", overrides))
+    if not trained:
         log(f"{trainer}: {last} is complete")
-        return last, False
-    return TRAINERS[trainer].train(cfg, resumed), True
+    return last, trained
 
 
 def quickstart(

@@ -102,6 +102,39 @@ def make_split(layout: DataLayout, train_split: str, ratio: str | float, seed: i
     )
 
 
+def make_budget_split(
+    layout: DataLayout, train_split: str, budget: str, seed: int
+) -> Split:
+    """A label budget as the study gives it: a ratio (``1/8``, ``0.125``, ``12.5%``, ``full``),
+    a count of images (``183``: the first 183 of the same seeded permutation, so that with one
+    seed smaller budgets are subsets of larger ones), or a file of image ids, one a line (the
+    published splits of other work; the seed does not matter then)."""
+    text = str(budget).strip()
+    if Path(text).is_file():
+        lines = [line.strip() for line in Path(text).read_text().splitlines()]
+        wanted = [line for line in lines if line and not line.startswith("#")]
+        samples = layout.samples(train_split)
+        labeled = [s.id for s in select(samples, wanted, f"labeled (from {text})")]
+        chosen = set(labeled)
+        return Split(
+            ratio=f"{len(labeled)}/{len(samples)}",
+            seed=seed,
+            dataset=layout.describe(),
+            train_split=train_split,
+            labeled=labeled,
+            unlabeled=[s.id for s in samples if s.id not in chosen],
+            extra_unlabeled=[s.id for s in layout.unlabeled_samples()],
+        )
+    if not text.isdigit():
+        return make_split(layout, train_split, text, seed)
+    count, total = int(text), len(layout.samples(train_split))
+    if not 0 < count <= total:
+        raise DatasetError(
+            f"label budget {count} images: '{train_split}' has {total} images (need 1..{total})"
+        )
+    return make_split(layout, train_split, Fraction(count, total), seed)
+
+
 def select(samples: list[Sample], ids: list[str], what: str) -> list[Sample]:
     """The samples named by ``ids``, in that order; unknown ids are an error naming them."""
     by_id = {s.id: s for s in samples}

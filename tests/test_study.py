@@ -1,0 +1,140 @@
+"""``s4seg study`` (issue 22): budgets, the statistics of the table, and a real tiny study that is
+killed with SIGKILL, resumed without redoing finished cells, run cell by cell, and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import TINY_TRAINING
+
+from s4seg.errors import ConfigError, DatasetError
+from s4seg.layouts import open_layout
+from s4seg.training.data.split import make_budget_split
+from s4seg.workflows.study import Cell, StudySpec, summarise, verdict
+
+
+def test_budgets_as_ratio_count_or_id_file_nest_by_seed(synth_root: Path, tmp_path: Path) -> None:
+    layout = open_layout(synth_root)
+    train = layout.default_train_split
+    total = len(layout.samples(train))
+    small = make_budget_split(layout, train, "3", seed=5)
+    eighth = make_budget_split(layout, train, "1/8", seed=5)
+    assert len(small.labeled) == 3 and len(eighth.labeled) == total // 8
+    # One seed: a smaller budget is a subset of a larger one (label-efficiency curves).
+    assert set(small.labeled) <= set(eighth.labeled)
+    assert set(small.labeled) != set(make_budget_split(layout, train, "3", seed=6).labeled)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"# a published split\n{eighth.labeled[1]}\n{eighth.unlabeled[0]}\n")
+    listed = make_budget_split(layout, train, str(ids), seed=0)
+    assert listed.labeled == [eighth.labeled[1], eighth.unlabeled[0]]
+    assert listed.ratio == f"2/{total}" and len(listed.unlabeled) == total - 2
+    ids.write_text("no_such_image\n")
+    with pytest.raises(DatasetError, match="not in the data set"):
+        make_budget_split(layout, train, str(ids), seed=0)
+    with pytest.raises(DatasetError, match=f"has {total} images"):
+        make_budget_split(layout, train, str(total + 1), seed=0)
+
+
+def test_summaries_and_the_verdict_on_paired_differences() -> None:
+    s = summarise([0.40, 0.42, 0.44])
+    assert s.n == 3 and abs(s.mean - 0.42) < 1e-12 and abs(s.sd - 0.02) < 1e-12
+    assert abs(s.half_width - 4.303 * 0.02 / 3**0.5) < 1e-9  # t with 2 degrees of freedom
+    assert verdict(summarise([0.02, 0.03, 0.025])).startswith("better")
+    assert verdict(summarise([-0.02, -0.03, -0.025])).startswith("worse")
+    assert verdict(summarise([0.02, -0.01, 0.01])) == "no difference shown"
+    assert verdict(summarise([0.5])) == "one pair: no verdict"
+
+
+def test_cells_go_seed_by_seed_and_add_the_classifier_for_gated_methods() -> None:
+    spec = StudySpec("synthetic-quick", ["baseline", "s4gan+mlmt"], ["1/8", "12"], [0, 1])
+    names = [c.name for c in spec.cells()]
+    assert names[:6] == [
+        "baseline-1_8-s0", "s4gan-1_8-s0", "mlmt-1_8-s0",
+        "baseline-12-s0", "s4gan-12-s0", "mlmt-12-s0",
+    ]  # fmt: skip
+    assert len(names) == 12 and Cell("s4gan", "12", 1).name in names
+    with pytest.raises(ConfigError, match="unknown method"):
+        StudySpec("synthetic-quick", ["s5gan"], ["1/8"], [0]).check()
+
+
+def study_command(out: Path, data: Path, *extra: str, seeds: str = "0") -> list[str]:
+    sets = [
+        *TINY_TRAINING, f"data.root={data}", "train.iterations=6", "train.checkpoint_every=2",
+        "train.val_every=100", "gan.log_history_every=2",
+    ]  # fmt: skip
+    return [
+        sys.executable, "-m", "s4seg", "study", "--out", str(out), "--config", "synthetic-quick",
+        "--methods", "baseline,s4gan,s4gan+mlmt", "--labels", "3,1/4", "--seeds", seeds,
+        "--device", "cpu", *[a for s in sets for a in ("--set", s)], *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.trains
+def test_a_killed_study_resumes_without_redoing_finished_cells(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "study"
+    command = study_command(out, synth_root)
+    first, second = out / "runs" / "baseline-3-s0", out / "runs" / "s4gan-3-s0"
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # Killed while the second cell trains: the first is done, the second has a checkpoint.
+    while not ((first / "result.json").is_file() and (second / "last.pt").is_file()):
+        assert process.poll() is None, "the study ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (second / "result.json").is_file()
+    done = (first / "result.json").read_text()
+    stamp = (first / "last.pt").stat().st_mtime_ns
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (first / "result.json").read_text() == done  # not redone
+    assert (first / "last.pt").stat().st_mtime_ns == stamp
+    assert "6 cells, 1 done, 5 to run" in result.stderr
+    assert "resumed from iteration" in result.stderr  # the killed cell continued
+    report = json.loads((out / "study.json").read_text())
+    assert len(report["cells"]) == 6
+    assert {r["method"] for r in report["rows"]} == {"baseline", "s4gan", "s4gan+mlmt"}
+    gated = [r for r in report["rows"] if r["method"] == "s4gan+mlmt"]
+    assert all("tau" in r for r in gated)  # chosen on the calibration part
+    cell = report["cells"][0]
+    assert cell["labeled"] == 3 and cell["versions"]["torch"] and cell["config_digest"]
+    assert Path(cell["split_file"]).is_file()
+    table = (out / "study.md").read_text()
+    assert "| 3 | 3 | s4gan |" in table and "paired vs baseline" in table
+    for picture in ("study.png", "curves.png"):
+        assert (out / picture).stat().st_size > 10_000
+
+    # Another spec in the same folder is refused; the same flags (or none) resume it.
+    again = study_command(out, synth_root, seeds="1")
+    other = subprocess.run(again, capture_output=True, text=True)
+    assert other.returncode == 2 and "holds a study with other seeds" in other.stderr
+
+
+@pytest.mark.trains
+def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    result = subprocess.run(
+        study_command(out, synth_root, "--cell", "4/6"), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.parent.name for p in (out / "runs").glob("*/result.json")) == ["s4gan-1_4-s0"]
+    wrong = subprocess.run(study_command(out, synth_root, "--cell", "1/5"), capture_output=True,
+                           text=True)  # fmt: skip
+    assert wrong.returncode == 2 and "this study has 6 cells" in wrong.stderr
+    dry = subprocess.run(study_command(tmp_path / "dry", synth_root, "--dry-run"),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "6 cells" in dry.stdout and "s4seg train s4gan --config synthetic-quick" in dry.stdout
+    assert "s/iteration" in dry.stdout and not (tmp_path / "dry").exists()

@@ -1,0 +1,1 @@
+"""Study presets (``s4seg study --preset NAME``): YAML files of config, methods, labels, seeds."""
