@@ -16,7 +16,9 @@ from s4seg.training.data.synth import write_synthetic
 # Fixtures that start a real tritonserver (with the gateway) or a browser, and fixtures that
 # train (the others build on them).
 STACK_FIXTURES = {"served", "server", "stack", "browser", "page"}
-TRAINED_FIXTURES = {"tiny_checkpoint", "tiny_classifier", "varied_checkpoint", "tiny_export"}
+TRAINED_FIXTURES = {
+    "tiny_checkpoint", "tiny_classifier", "varied_checkpoint", "tiny_export", "unimatch_export",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,6 +103,27 @@ def tiny_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=3", f"train.out_dir={out}"],
     )
     return train_baseline(cfg, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def unimatch_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A UniMatch segmenter on DeepLabv3+ (issue 23), barely trained, exported without a
+    classifier: what the gateway serves as a second model."""
+    from helpers import TINY_TRAINING
+
+    from s4seg.export.exporter import export_models
+    from s4seg.training.config import load_config
+    from s4seg.training.trainers import TRAINERS
+
+    out = tmp_path_factory.mktemp("unimatch")
+    cfg = load_config("synthetic-quick", [
+        *TINY_TRAINING, f"data.root={synth_root}", "train.iterations=3", "train.val_every=100",
+        "model.architecture=deeplabv3plus", f"train.out_dir={out / 'run'}",
+    ])  # fmt: skip
+    checkpoint = TRAINERS["unimatch"].train(cfg, log=lambda *_: None)
+    export_models(str(checkpoint), None, str(out / "export"), input_size=(64, 64),
+                  data=str(synth_root), parity_images=2, log=lambda *_: None)  # fmt: skip
+    return out / "export"
 
 
 @pytest.fixture(scope="session")

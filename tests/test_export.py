@@ -387,3 +387,29 @@ def test_served_classifier_sees_what_training_and_evaluate_see(
         canvas_gap.append(np.abs(on_canvas - expected).max())
     assert max(served_gap) < 2e-3, served_gap  # rounding of the resize, nothing else
     assert max(canvas_gap[:2] + canvas_gap[3:]) > 5 * max(served_gap)  # pad bars do matter
+
+
+@pytest.mark.parametrize("trainer", ["baseline", "s4gan", "unimatch"])
+def test_deeplabv3plus_exports_with_parity_for_every_trainer(
+    trainer: str, synth_root: Path, tmp_path: Path
+) -> None:
+    """Issue 23: the architecture option is trained by every segmenter trainer and exported
+    with the same parity check (ONNX against PyTorch)."""
+    from helpers import TINY_TRAINING
+
+    from s4seg.export.exporter import export_models
+    from s4seg.training.config import load_config
+    from s4seg.training.trainers import TRAINERS
+
+    cfg = load_config("synthetic-quick", [
+        *TINY_TRAINING, f"data.root={synth_root}", "train.iterations=2", "train.val_every=100",
+        "model.architecture=deeplabv3plus", f"train.out_dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    checkpoint = TRAINERS[trainer].train(cfg, log=lambda *_: None)
+    manifest = export_models(
+        str(checkpoint), None, str(tmp_path / "export"), input_size=(48, 64),
+        data=str(synth_root), parity_images=2, log=lambda *_: None,
+    )  # fmt: skip
+    assert manifest.sources["segmenter"].arch["name"] == "deeplabv3plus"
+    assert manifest.parity is not None and manifest.parity.passed
+    assert manifest.parity.label_agreement >= 0.999

@@ -268,18 +268,23 @@ def keep_segmenting(served: Served, data: bytes, stop: threading.Event, record) 
 
 
 def test_rollback_during_traffic_fails_no_request(
-    served: Served, photo: Image.Image, tiny_export: Path
+    served: Served, photo: Image.Image, unimatch_export: Path
 ) -> None:
     """Issue 19, item 3: rollback withdraws the served version, the server switches, and only
-    then are its files removed: no request and no /v1/models call fails meanwhile."""
+    then are its files removed: no request and no /v1/models call fails meanwhile. Version 2 is
+    a UniMatch segmenter on DeepLabv3+ (issue 23): served by the same ensemble."""
     from s4seg.export.repository import rollback
 
     if httpx.get(f"{served.url}/v1/models").json()["served_version"] == 1:
-        publish(tiny_export, served.repo, **QUIET)
+        publish(unimatch_export, served.repo, **QUIET)
     deadline = time.monotonic() + 120
     while httpx.get(f"{served.url}/v1/models").json()["served_version"] != 2:
         assert time.monotonic() < deadline, "version 2 was never served"
         time.sleep(0.3)
+    segmenter = httpx.get(f"{served.url}/v1/models").json()["manifest"]["sources"]["segmenter"]
+    assert segmenter["trainer"] == "unimatch" and segmenter["arch"]["name"] == "deeplabv3plus"
+    first = served.post(encode(photo), format="json")
+    assert first.status_code == 200 and first.headers["x-model-version"] == "2"
     data = encode(photo)
     results: list[tuple[str, int, str]] = []
     stop = threading.Event()

@@ -17,6 +17,7 @@ STATE = {
     "baseline": ["model"],
     "s4gan": ["model", "discriminator"],
     "mlmt": ["model", "student"],
+    "unimatch": ["model"],
 }
 
 
@@ -28,7 +29,7 @@ def _equal(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
 
 
-@pytest.mark.parametrize("trainer", ["baseline", "s4gan", "mlmt"])
+@pytest.mark.parametrize("trainer", ["baseline", "s4gan", "mlmt", "unimatch"])
 def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(
     trainer: str, synth_root: Path, tmp_path: Path
 ) -> None:

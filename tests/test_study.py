@@ -17,6 +17,7 @@ from helpers import TINY_TRAINING
 from s4seg.errors import ConfigError, DatasetError
 from s4seg.layouts import open_layout
 from s4seg.training.data.split import make_budget_split
+from s4seg.workflows.cli import main
 from s4seg.workflows.study import Cell, StudySpec, summarise, verdict
 
 
@@ -64,14 +65,17 @@ def test_cells_go_seed_by_seed_and_add_the_classifier_for_gated_methods() -> Non
         StudySpec("synthetic-quick", ["s5gan"], ["1/8"], [0]).check()
 
 
-def study_command(out: Path, data: Path, *extra: str, seeds: str = "0") -> list[str]:
+def study_command(
+    out: Path, data: Path, *extra: str, seeds: str = "0",
+    methods: str = "baseline,s4gan,s4gan+mlmt", labels: str = "3,1/4",
+) -> list[str]:  # fmt: skip
     sets = [
         *TINY_TRAINING, f"data.root={data}", "train.iterations=6", "train.checkpoint_every=2",
         "train.val_every=100", "gan.log_history_every=2",
     ]  # fmt: skip
     return [
         sys.executable, "-m", "s4seg", "study", "--out", str(out), "--config", "synthetic-quick",
-        "--methods", "baseline,s4gan,s4gan+mlmt", "--labels", "3,1/4", "--seeds", seeds,
+        "--methods", methods, "--labels", labels, "--seeds", seeds,
         "--device", "cpu", *[a for s in sets for a in ("--set", s)], *extra,
     ]  # fmt: skip
 
@@ -115,10 +119,11 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
     for picture in ("study.png", "curves.png"):
         assert (out / picture).stat().st_size > 10_000
 
-    # Another spec in the same folder is refused; the same flags (or none) resume it.
-    again = study_command(out, synth_root, seeds="1")
+    # Other training settings in the same folder are refused (their cells would not compare);
+    # more seeds or methods extend the study (tested by the cell counts above and below).
+    again = [*study_command(out, synth_root), "--set", "optim.lr=0.1"]
     other = subprocess.run(again, capture_output=True, text=True)
-    assert other.returncode == 2 and "holds a study with other seeds" in other.stderr
+    assert other.returncode == 2 and "holds a study with other overrides" in other.stderr
 
 
 @pytest.mark.trains
@@ -133,8 +138,32 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
     wrong = subprocess.run(study_command(out, synth_root, "--cell", "1/5"), capture_output=True,
                            text=True)  # fmt: skip
     assert wrong.returncode == 2 and "this study has 6 cells" in wrong.stderr
+    # A narrower study in the same folder reuses the finished cell (known by trainer, budget,
+    # seed), and reports it.
+    narrow = subprocess.run(study_command(out, synth_root, methods="s4gan", labels="1/4"),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert narrow.returncode == 0, narrow.stderr[-2000:]
+    assert "1 cells, 1 done, 0 to run" in narrow.stderr and "| 1/4 |" in narrow.stdout
     dry = subprocess.run(study_command(tmp_path / "dry", synth_root, "--dry-run"),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "6 cells" in dry.stdout and "s4seg train s4gan --config synthetic-quick" in dry.stdout
     assert "s/iteration" in dry.stdout and not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "cells"),
+    [("voc-paper", 36), ("cityscapes-paper", 18), ("voc-unimatch", 27), ("synthetic-cpu", 24)],
+)
+def test_the_study_presets_list_their_cells(
+    preset: str, cells: int, monkeypatch, capsys, tmp_path: Path
+) -> None:
+    """The GPU presets' dry runs (the step timing is bench train's, tested above on a tiny
+    model; here it is stubbed: a ResNet-101 step takes a minute on these CPUs)."""
+    from s4seg.workflows import study
+
+    monkeypatch.setattr(study, "step_seconds", lambda cfg, device: {"baseline": 0.5})
+    assert main(["study", "--preset", preset, "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{cells} cells" in out and out.count("s4seg train ") == cells
+    assert not (tmp_path / "s").exists()

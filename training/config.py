@@ -49,8 +49,12 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    # deeplabv2: the paper's (dilated ResNet at stride 8, summed ASPP); deeplabv3plus: ASPP with
+    # image pooling and a stride-4 decoder (the segmenter of current recipes, e.g. UniMatch).
+    architecture: Literal["deeplabv2", "deeplabv3plus"] = "deeplabv2"
     backbone_depth: Literal[18, 34, 50, 101] = 101
-    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)  # DeepLabv2's (v3+: 6/12/18 at stride 16)
+    output_stride: Literal[8, 16] = 16  # DeepLabv3+ only (DeepLabv2 is stride 8)
     freeze_bn_affine: bool = True
     # imagenet: torchvision's weights of this depth (torch's cache, downloaded when online); or a
     # local torchvision ResNet .pth; None: random init
@@ -110,6 +114,24 @@ class MlmtConfig(Section):
     weak_labels: str | None = None  # JSON {image id: [class names]}: Table 7's weak-label mode
 
 
+class UniMatchConfig(Section):
+    """Weak-to-strong consistency with feature perturbation (UniMatch, Yang et al. CVPR 2023;
+    ../shared/docs/modern-recipe-notes.md): the public recipe's values."""
+
+    threshold: float = 0.95  # softmax confidence a pseudo-labeled pixel needs
+    weight_strong: float = 0.5  # split over the two strong views (0.25 each)
+    weight_fp: float = 0.5  # the feature-perturbed prediction
+    fp_dropout: float = 0.5  # Dropout2d on the encoder's features
+    unlabeled_batch_size: PositiveInt | None = None  # None: train.batch_size (at least 2)
+    jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25)  # p 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    cutmix_p: float = 0.5
+    cutmix_area: tuple[float, float] = (0.02, 0.4)  # of the crop
+    cutmix_aspect: tuple[float, float] = (0.3, 1 / 0.3)
+
+
 class TrainConfig(Section):
     iterations: PositiveInt = 35000  # the paper (sec. 4.1.3): 35k for VOC and Cityscapes
     batch_size: PositiveInt = 8
@@ -131,13 +153,17 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     gan: GanConfig = GanConfig()
     mlmt: MlmtConfig = MlmtConfig()
+    unimatch: UniMatchConfig = UniMatchConfig()
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
 
-PRESETS = ("voc", "cityscapes", "context", "synthetic-quick", "quickstart")
+PRESETS = (
+    "voc", "cityscapes", "context", "synthetic-quick", "quickstart", "voc-unimatch",
+    "cityscapes-unimatch",
+)  # fmt: skip
 
 
 def _preset_text(name: str) -> str:

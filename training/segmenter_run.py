@@ -20,18 +20,25 @@ from .runtime import Runtime
 from .schedules import poly
 from .training_run import TrainingRun, normalization
 
+ARCHITECTURE_NAMES = {"deeplabv2": "DeepLabv2", "deeplabv3plus": "DeepLabv3+"}
+
 
 class SegmenterRun(TrainingRun):
     """One training run of a segmenter; ``extra_state`` adds a trainer's own checkpoint entries."""
 
     kind = "segmenter"
+    audits_pseudo_labels = False  # a trainer that logs its pseudo-labels' accuracy sets it
 
     def __init__(
         self, cfg: Config, runtime: Runtime, trainer: str, resumed: dict | None, log: Log
     ) -> None:
         super().__init__(cfg, runtime, trainer, resumed, log)
         # The split is recorded in the checkpoint, so a resumed run uses the very same one.
-        self.data = build_training_data(cfg.data, resumed["split"] if resumed else None)
+        self.data = build_training_data(
+            cfg.data,
+            resumed["split"] if resumed else None,
+            audit_unlabeled=self.audits_pseudo_labels,
+        )
         self.layout, self.split = self.data.layout, self.data.split
         self.normalization = normalization(cfg.data.mean, cfg.data.std)
         self.num_classes = self.layout.num_classes
@@ -65,7 +72,7 @@ class SegmenterRun(TrainingRun):
     def summary(self) -> str:
         cfg, runtime, data = self.cfg, self.runtime, self.data
         return (
-            f"{cfg.model.backbone_depth}-layer DeepLabv2 on "
+            f"{cfg.model.backbone_depth}-layer {ARCHITECTURE_NAMES[cfg.model.architecture]} on "
             f"{len(data.labeled)} labeled images ({data.split.ratio}, split seed "
             f"{data.split.seed}), {self.num_classes} classes, {runtime.device}, world "
             f"size {runtime.world_size}, amp {runtime.amp_dtype or 'off'}, channels_last "

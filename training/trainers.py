@@ -23,6 +23,12 @@ def _s4gan() -> Train:
     return train_s4gan
 
 
+def _unimatch() -> Train:
+    from .unimatch import train_unimatch
+
+    return train_unimatch
+
+
 def _mlmt() -> Train:
     from .mlmt import train_mlmt
 
@@ -65,6 +71,12 @@ TRAINERS: dict[str, Trainer] = {
             "s4GAN: DeepLabv2 as the generator of a GAN (CE + feature matching + self-training)",
             "segmenter",
             _s4gan,
+        ),
+        Trainer(
+            "unimatch",
+            "UniMatch: weak-to-strong consistency with feature perturbation (CVPR 2023)",
+            "segmenter",
+            _unimatch,
         ),
         Trainer(
             "mlmt",

@@ -183,7 +183,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                        "synthetic-cpu) or a YAML file; flags override it")  # fmt: skip
     study.add_argument("--config", help="training preset or YAML file of every cell")
     study.add_argument(
-        "--methods", help="comma-separated: baseline, s4gan, baseline+mlmt, s4gan+mlmt"
+        "--methods",
+        help="comma-separated: baseline, s4gan, unimatch, baseline+mlmt, s4gan+mlmt, unimatch+mlmt",
     )
     study.add_argument(
         "--labels", help="comma-separated budgets: ratios (1/8, full), counts (183) or id files"
@@ -207,7 +208,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "train", help="time the training step per backbone and precision (median, spread, MFU)"
     )
     train.add_argument(
-        "--trainer", choices=["segmenter", "s4gan"], default="segmenter", help="which step"
+        "--trainer",
+        choices=["segmenter", "s4gan", "unimatch"],
+        default="segmenter",
+        help="which step (unimatch: on DeepLabv3+, its recipe's model)",
     )
     train.add_argument(
         "--depths", type=int, nargs="+", help="backbones (default: 101 on a GPU, 18 50 101 on CPU)"

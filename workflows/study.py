@@ -42,8 +42,6 @@ from s4seg.manifest import GATE_OFF_TAU, PAPER_TAU, digest_json
 
 from . import studies
 
-SEGMENTERS = ("baseline", "s4gan")
-
 
 @dataclass(frozen=True)
 class Method:
@@ -59,6 +57,8 @@ METHODS = {
         Method("s4gan", "s4gan", False),
         Method("baseline+mlmt", "baseline", True),
         Method("s4gan+mlmt", "s4gan", True),
+        Method("unimatch", "unimatch", False),
+        Method("unimatch+mlmt", "unimatch", True),
     )
 }
 
@@ -67,7 +67,7 @@ METHODS = {
 class Cell:
     """One training run."""
 
-    trainer: str  # baseline | s4gan | mlmt
+    trainer: str  # baseline | s4gan | unimatch | mlmt
     budget: str
     seed: int
 
@@ -159,19 +159,20 @@ def spec_from_args(args: argparse.Namespace, out: Path) -> StudySpec:
 
 
 def claim_folder(out: Path, spec: StudySpec) -> None:
-    """A study folder belongs to one spec: resuming with another would mix studies."""
+    """A study folder belongs to one training config (preset and overrides): cells trained under
+    another would not compare. Methods, budgets and seeds may grow or shrink: a cell is known
+    by its trainer, budget and seed, so the ones already done are reused."""
     saved = out / "spec.json"
     if saved.is_file():
         before = json.loads(saved.read_text())
-        if before != asdict(spec):
-            changed = sorted(k for k in before if before[k] != asdict(spec).get(k))
+        changed = [k for k in ("config", "overrides") if before.get(k) != asdict(spec)[k]]
+        if changed:
             raise ConfigError(
-                f"{out} holds a study with other {', '.join(changed)}: use another --out, or "
+                f"{out} holds a study with other {' and '.join(changed)}: use another --out, or "
                 "repeat the study's own flags (or none) to resume it"
             )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(saved, asdict(spec))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(saved, asdict(spec))
 
 
 # -- one cell -------------------------------------------------------------------------------------
@@ -440,7 +441,7 @@ def step_seconds(cfg, device: str | None) -> dict[str, float]:
         crop=max(cfg.data.crop_size), warmup=1, iterations=3,
     )  # fmt: skip
     times = {}
-    for trainer, step in (("baseline", "segmenter"), ("s4gan", "s4gan")):
+    for trainer, step in (("baseline", "segmenter"), ("s4gan", "s4gan"), ("unimatch", "unimatch")):
         row = time_case(step, cfg.model.backbone_depth, "fp32", bench)
         times[trainer] = row["median_s"]
     return times

@@ -42,7 +42,11 @@ def resolve_split(data_cfg, layout: DataLayout, recorded: dict | None = None) ->
     return make_split(layout, train_split, data_cfg.labeled_ratio, data_cfg.split_seed)
 
 
-def build_training_data(data_cfg, recorded_split: dict | None = None) -> TrainingData:
+def build_training_data(
+    data_cfg, recorded_split: dict | None = None, audit_unlabeled: bool = False
+) -> TrainingData:
+    """``audit_unlabeled``: the unlabeled items also carry their true masks where they exist,
+    for logging pseudo-label accuracy (never for training)."""
     layout = open_data(data_cfg)
     split = resolve_split(data_cfg, layout, recorded_split)
     train_samples = layout.samples(split.train_split)
@@ -65,6 +69,8 @@ def build_training_data(data_cfg, recorded_split: dict | None = None) -> Trainin
         layout=layout,
         split=split,
         labeled=SegmentationDataset(layout, labeled, augment),
-        unlabeled=SegmentationDataset(layout, unlabeled, augment, with_mask=False),
+        unlabeled=SegmentationDataset(
+            layout, unlabeled, augment, with_mask=False, audit=audit_unlabeled
+        ),
         val=SegmentationDataset(layout, val_samples, eval_transform(data_cfg.mean, data_cfg.std)),
     )

@@ -102,9 +102,7 @@ def make_split(layout: DataLayout, train_split: str, ratio: str | float, seed: i
     )
 
 
-def make_budget_split(
-    layout: DataLayout, train_split: str, budget: str, seed: int
-) -> Split:
+def make_budget_split(layout: DataLayout, train_split: str, budget: str, seed: int) -> Split:
     """A label budget as the study gives it: a ratio (``1/8``, ``0.125``, ``12.5%``, ``full``),
     a count of images (``183``: the first 183 of the same seeded permutation, so that with one
     seed smaller budgets are subsets of larger ones), or a file of image ids, one a line (the

@@ -7,9 +7,13 @@ from typing import Any
 from s4seg.errors import CheckpointError, first_line
 
 from .deeplabv2 import DeepLabV2, upsample_logits
+from .deeplabv3plus import DeepLabV3Plus
+
+Segmenter = DeepLabV2 | DeepLabV3Plus
 
 __all__ = [
     "DeepLabV2",
+    "DeepLabV3Plus",
     "segmenter_arch",
     "segmenter_from_arch",
     "segmenter_from_checkpoint",
@@ -19,27 +23,38 @@ __all__ = [
 
 def segmenter_arch(model_cfg: Any, num_classes: int) -> dict:
     """What it takes to rebuild the segmenter (stored in checkpoints, checked on load)."""
-    return {
-        "name": "deeplabv2",
+    arch = {
+        "name": model_cfg.architecture,
         "num_classes": num_classes,
         "backbone_depth": model_cfg.backbone_depth,
-        "aspp_rates": list(model_cfg.aspp_rates),
         "freeze_bn_affine": model_cfg.freeze_bn_affine,
     }
+    if model_cfg.architecture == "deeplabv2":
+        arch["aspp_rates"] = list(model_cfg.aspp_rates)
+    else:
+        arch["output_stride"] = model_cfg.output_stride
+    return arch
 
 
-def segmenter_from_arch(arch: dict) -> DeepLabV2:
-    if arch.get("name") != "deeplabv2":
-        raise CheckpointError(f"unknown segmenter architecture {arch.get('name')!r}")
-    return DeepLabV2(
-        num_classes=arch["num_classes"],
-        backbone_depth=arch["backbone_depth"],
-        aspp_rates=arch["aspp_rates"],
-        freeze_bn_affine=arch.get("freeze_bn_affine", True),
-    )
+def segmenter_from_arch(arch: dict) -> Segmenter:
+    if arch.get("name") == "deeplabv2":
+        return DeepLabV2(
+            num_classes=arch["num_classes"],
+            backbone_depth=arch["backbone_depth"],
+            aspp_rates=arch["aspp_rates"],
+            freeze_bn_affine=arch.get("freeze_bn_affine", True),
+        )
+    if arch.get("name") == "deeplabv3plus":
+        return DeepLabV3Plus(
+            num_classes=arch["num_classes"],
+            backbone_depth=arch["backbone_depth"],
+            output_stride=arch["output_stride"],
+            freeze_bn_affine=arch.get("freeze_bn_affine", False),
+        )
+    raise CheckpointError(f"unknown segmenter architecture {arch.get('name')!r}")
 
 
-def segmenter_from_checkpoint(payload: dict, source: str = "checkpoint") -> DeepLabV2:
+def segmenter_from_checkpoint(payload: dict, source: str = "checkpoint") -> Segmenter:
     """Rebuild the segmenter a checkpoint describes and load its weights (strictly)."""
     if payload.get("kind") != "segmenter":
         raise CheckpointError(f"{source} is a {payload.get('kind')} checkpoint, not a segmenter")

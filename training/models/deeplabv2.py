@@ -99,8 +99,15 @@ class DeepLabV2(nn.Module):
                     module.weight.requires_grad_(False)
                     module.bias.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(x))
+    def forward(self, x: torch.Tensor, perturbed: int = 0, p: float = 0.5):
+        """Logits at 1/8. With ``perturbed`` = n, also the first n images' logits from
+        channel-dropped backbone features (UniMatch's feature perturbation), in the same
+        forward (DistributedDataParallel allows one forward per backward)."""
+        features = self.backbone(x)
+        logits = self.classifier(features)
+        if not perturbed:
+            return logits
+        return logits, self.classifier(F.dropout2d(features[:perturbed], p, True))
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """Backbone at ``lr``, the new head at ``head_lr_mult * lr`` (the paper's 10x)."""

@@ -131,7 +131,55 @@ def s4gan_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[
     return step
 
 
-STEPS = {"segmenter": segmenter_step, "s4gan": s4gan_step}
+def unimatch_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
+    """The UniMatch trainer's step (training/unimatch.py) on DeepLabv3+ (its recipe's model):
+    the eval-mode pass on u', two strong views with CutMix, one forward of u's weak view (and
+    its perturbed features), x and both strong views, the four losses, SGD."""
+    from s4seg.training.config import UniMatchConfig
+    from s4seg.training.models import DeepLabV3Plus
+    from s4seg.training.unimatch import confident_ce, strong_views
+
+    classes, u = 21, UniMatchConfig()
+    model = DeepLabV3Plus(classes, depth).to(runtime.device, memory_format=runtime.memory_format())
+    optimizer = torch.optim.SGD(model.param_groups(1e-3, 10), lr=1e-3, momentum=0.9)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=runtime.device).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=runtime.device).view(3, 1, 1)
+
+    def images() -> torch.Tensor:
+        return torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
+            memory_format=runtime.memory_format()
+        )
+
+    x, u_w, m_w = images(), images(), images()
+    y = torch.randint(0, classes, (batch, crop, crop), device=runtime.device)
+    pad = torch.zeros(batch, crop, crop, dtype=torch.bool, device=runtime.device)
+
+    def step() -> None:
+        model.eval()
+        with torch.no_grad(), runtime.autocast():
+            conf_m, label_m = upsample_logits(model(m_w).float(), (crop, crop)).softmax(1).max(1)
+        model.train()
+        s1, s2 = (strong_views(u_w, m_w, mean, std, u) for _ in range(2))
+        with runtime.autocast():
+            logits, fp = model(torch.cat([u_w, x, s1.images, s2.images]), perturbed=batch)
+        logits = upsample_logits(logits.float(), (crop, crop))
+        fp = upsample_logits(fp.float(), (crop, crop))
+        conf_w, label_w = logits[:batch].detach().softmax(1).max(1)
+        loss = F.cross_entropy(logits[batch : 2 * batch], y, ignore_index=IGNORE_INDEX)
+        for i, view in enumerate((s1, s2)):
+            part = logits[(2 + i) * batch : (3 + i) * batch]
+            labels = torch.where(view.boxes, label_m, label_w)
+            confidence = torch.where(view.boxes, conf_m, conf_w)
+            loss = loss + 0.25 * confident_ce(part, labels, confidence, pad, u.threshold)
+        loss = (loss + 0.5 * confident_ce(fp, label_w, conf_w, pad, u.threshold)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+STEPS = {"segmenter": segmenter_step, "s4gan": s4gan_step, "unimatch": unimatch_step}
 
 
 def count_flops(step: Callable[[], None]) -> int:
@@ -165,7 +213,7 @@ def time_case(
     median = statistics.median(times)
     deciles = statistics.quantiles(times, n=10) if len(times) >= 2 else [median] * 9
     peak = peak_flops(runtime)
-    images = args.batch_size * (2 if trainer == "s4gan" else 1)
+    images = args.batch_size * (2 if trainer in ("s4gan", "unimatch") else 1)
     return {
         "trainer": trainer,
         "depth": depth,

@@ -1,0 +1,213 @@
+"""UniMatch (Yang et al., CVPR 2023): weak-to-strong consistency with feature perturbation, on this
+project's training loop (resume exact, seeded streams, torchrun, TensorBoard). It trains an
+ordinary segmenter: evaluation, export, the MLMT gate, calibration and serving take it as they
+take the baseline's or s4GAN's.
+
+One step (../shared/docs/modern-recipe-notes.md):
+1. Streams: labeled (x, y), unlabeled u (its weak view: the usual scale, crop and flip), and a
+   second unlabeled u' that only supplies CutMix boxes.
+2. Pseudo-labels: the model in eval mode, without gradient, on u' (inside the boxes); the
+   model's own detached prediction of u's weak view (outside). Argmax, softmax max as confidence.
+3. Two strong views of u (colour jitter, grayscale, blur, each a CutMix box from a strong view of
+   u'), in one forward with x and u's weak view, whose features are also channel-dropped and
+   decoded again (feature perturbation).
+4. Loss = (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2; each unlabeled term is the
+   cross-entropy on pixels at confidence >= 0.95, summed over those and divided by every
+   non-padded pixel.
+
+Deviation, as in s4GAN here: labeled, weak and strong images go through the network in one
+forward (batch-norm statistics of all of them), which lets the segmenter run under
+DistributedDataParallel (one forward per backward); the public code runs two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from s4seg import IGNORE_INDEX
+from s4seg.errors import ConfigError
+
+from .config import Config, UniMatchConfig
+from .models import upsample_logits
+from .run_support import Log, log_to_stderr, runtime_for
+from .segmenter_run import SegmenterRun
+from .training_run import Scalars
+
+
+class UniMatchRun(SegmenterRun):
+    audits_pseudo_labels = True  # log pseudo-label accuracy where the unlabeled masks exist
+
+
+def strong_colour(u: UniMatchConfig) -> v2.Compose:
+    """The photometric part of a strong view, on [0, 1] pixels of one image."""
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(*u.jitter)], p=0.8),
+            v2.RandomGrayscale(p=u.grayscale_p),
+            v2.RandomApply([RandomBlur(u.blur_sigma)], p=u.blur_p),
+        ]
+    )
+
+
+class RandomBlur(torch.nn.Module):
+    """Gaussian blur with sigma drawn from ``sigma``, the kernel wide enough for it (3 sigma)."""
+
+    def __init__(self, sigma: tuple[float, float]) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        low, high = self.sigma
+        sigma = low + (high - low) * torch.rand(()).item()
+        size = 2 * math.ceil(3 * sigma) + 1
+        size = min(size, (min(image.shape[-2:]) // 2) * 2 - 1)
+        return v2.functional.gaussian_blur(image, [size, size], [sigma, sigma])
+
+
+def cutmix_box(height: int, width: int, u: UniMatchConfig, device) -> torch.Tensor:
+    """A boolean (H, W) box of 2-40% of the area, aspect 0.3-3.3, with probability cutmix_p
+    (else empty)."""
+    box = torch.zeros(height, width, dtype=torch.bool, device=device)
+    if torch.rand(()).item() >= u.cutmix_p:
+        return box
+    area = (
+        height
+        * width
+        * (u.cutmix_area[0] + (u.cutmix_area[1] - u.cutmix_area[0]) * torch.rand(()).item())
+    )
+    low, high = math.log(u.cutmix_aspect[0]), math.log(u.cutmix_aspect[1])
+    aspect = math.exp(low + (high - low) * torch.rand(()).item())
+    h = min(height, max(1, round(math.sqrt(area / aspect))))
+    w = min(width, max(1, round(math.sqrt(area * aspect))))
+    top = int(torch.randint(0, height - h + 1, ()).item())
+    left = int(torch.randint(0, width - w + 1, ()).item())
+    box[top : top + h, left : left + w] = True
+    return box
+
+
+@dataclass
+class StrongViews:
+    images: torch.Tensor  # (N, 3, H, W) normalised, the boxes pasted from u'
+    boxes: torch.Tensor  # (N, H, W) bool: where the pixels (and pseudo-labels) come from u'
+
+
+def strong_views(
+    weak_u: torch.Tensor, weak_mix: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+    u: UniMatchConfig,
+) -> StrongViews:  # fmt: skip
+    """One strong view per image of u: its weak view recoloured, with a CutMix box from a
+    recoloured copy of u'."""
+    colour = strong_colour(u)
+    images, boxes = [], []
+    height, width = weak_u.shape[-2:]
+    for image, mix in zip(weak_u, weak_mix, strict=True):
+        own = colour((image * std + mean).clamp(0, 1))
+        other = colour((mix * std + mean).clamp(0, 1))
+        box = cutmix_box(height, width, u, image.device)
+        images.append(((torch.where(box, other, own)) - mean) / std)
+        boxes.append(box)
+    return StrongViews(torch.stack(images), torch.stack(boxes))
+
+
+def confident_ce(
+    logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, ignore: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy on pixels at ``confidence >= threshold`` and not ``ignore``, summed and
+    divided by every non-ignored pixel (not by the confident ones: few confident pixels make a
+    small loss, as in the public recipe)."""
+    per_pixel = F.cross_entropy(logits, labels, reduction="none")
+    keep = (confidence >= threshold) & ~ignore
+    return (per_pixel * keep).sum() / (~ignore).sum().clamp_min(1)
+
+
+def train_unimatch(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
+    """Train UniMatch (continuing ``resumed`` if given); return the last checkpoint."""
+    with runtime_for(cfg) as runtime:
+        run = UniMatchRun(cfg, runtime, "unimatch", resumed, log)
+        u = cfg.unimatch
+        segmenter = run.wrap(run.model)
+        batch_u = u.unlabeled_batch_size or cfg.train.batch_size
+        if batch_u < 2 and cfg.model.architecture == "deeplabv3plus":
+            raise ConfigError(
+                "unimatch on deeplabv3plus needs at least 2 unlabeled images a step (its image "
+                "pooling's batch norm): set unimatch.unlabeled_batch_size >= 2"
+            )
+        labeled = run.batches(run.data.labeled, stream=0, batch_size=cfg.train.batch_size)
+        unlabeled = run.batches(run.data.unlabeled, stream=1, batch_size=batch_u)
+        mixing = run.batches(run.data.unlabeled, stream=2, batch_size=batch_u)
+        mean = torch.tensor(cfg.data.mean, device=runtime.device).view(3, 1, 1)
+        std = torch.tensor(cfg.data.std, device=runtime.device).view(3, 1, 1)
+
+        def step(iteration: int) -> Scalars:
+            batch_l, batch_u, batch_m = next(labeled), next(unlabeled), next(mixing)
+            x, u_w, m_w = (run.to_device(b["image"]) for b in (batch_l, batch_u, batch_m))
+            y = batch_l["mask"].to(runtime.device, non_blocking=True)
+            pad_u = batch_u["pad"].to(runtime.device)
+            pad_m = batch_m["pad"].to(runtime.device)
+            size = x.shape[-2:]
+
+            # --- pseudo-labels of u' (inside the CutMix boxes): eval mode, no gradient.
+            run.model.eval()
+            with torch.no_grad(), runtime.autocast():
+                probs_m = upsample_logits(run.model(m_w).float(), size).softmax(1)
+            run.model.train()
+            conf_m, label_m = probs_m.max(1)
+
+            # --- strong views, then one forward: u's weak view (also perturbed), x, s1, s2.
+            s1 = strong_views(u_w, m_w, mean, std, u)
+            s2 = strong_views(u_w, m_w, mean, std, u)
+            n_u, n_x = len(u_w), len(x)
+            with runtime.autocast():
+                logits, logits_fp = segmenter(
+                    torch.cat([u_w, x, s1.images, s2.images]), perturbed=n_u, p=u.fp_dropout
+                )
+            logits = upsample_logits(logits.float(), size)
+            logits_fp = upsample_logits(logits_fp.float(), size)
+            logits_w, logits_x = logits[:n_u], logits[n_u : n_u + n_x]
+            logits_s1, logits_s2 = logits[n_u + n_x : 2 * n_u + n_x], logits[2 * n_u + n_x :]
+            conf_w, label_w = logits_w.detach().softmax(1).max(1)
+
+            loss_x = F.cross_entropy(logits_x, y, ignore_index=IGNORE_INDEX)
+            unlabeled_terms = {}
+            for name, logits_s, view in (("loss_s1", logits_s1, s1), ("loss_s2", logits_s2, s2)):
+                labels = torch.where(view.boxes, label_m, label_w)
+                confidence = torch.where(view.boxes, conf_m, conf_w)
+                ignore = torch.where(view.boxes, pad_m, pad_u)
+                unlabeled_terms[name] = confident_ce(
+                    logits_s, labels, confidence, ignore, u.threshold
+                )
+            loss_fp = confident_ce(logits_fp, label_w, conf_w, pad_u, u.threshold)
+            loss = (
+                loss_x
+                + u.weight_strong / 2 * (unlabeled_terms["loss_s1"] + unlabeled_terms["loss_s2"])
+                + u.weight_fp * loss_fp
+            ) / 2
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.scheduler.step()
+
+            confident = ((conf_w >= u.threshold) & ~pad_u).sum() / (~pad_u).sum().clamp_min(1)
+            scalars: Scalars = {
+                "loss_x": loss_x.detach(),
+                **{k: v.detach() for k, v in unlabeled_terms.items()},
+                "loss_fp": loss_fp.detach(),
+                "confident": confident.detach(),  # share of unlabeled pixels above threshold
+            }
+            truth = batch_u["audit_mask"].to(runtime.device)
+            known = truth != IGNORE_INDEX
+            if known.any():  # never trained on: how right the weak pseudo-labels are
+                right = (label_w == truth) & known
+                scalars["pl_accuracy"] = right.sum() / known.sum()
+                sure = known & (conf_w >= u.threshold)
+                scalars["pl_accuracy_confident"] = (right & sure).sum() / sure.sum().clamp_min(1)
+            return scalars
+
+        return run.loop(step, "UniMatch (weak-to-strong consistency)")
