@@ -85,7 +85,7 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
     synth_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "study"
-    command = study_command(out, synth_root)
+    command = study_command(out, synth_root, methods="baseline,s4gan,s4gan+mlmt,unimatch")
     first, second = out / "runs" / "baseline-3-s0", out / "runs" / "s4gan-3-s0"
     process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -104,11 +104,11 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
     assert result.returncode == 0, result.stderr[-3000:]
     assert (first / "result.json").read_text() == done  # not redone
     assert (first / "last.pt").stat().st_mtime_ns == stamp
-    assert "6 cells, 1 done, 5 to run" in result.stderr
+    assert "8 cells, 1 done, 7 to run" in result.stderr
     assert "resumed from iteration" in result.stderr  # the killed cell continued
     report = json.loads((out / "study.json").read_text())
-    assert len(report["cells"]) == 6
-    assert {r["method"] for r in report["rows"]} == {"baseline", "s4gan", "s4gan+mlmt"}
+    assert len(report["cells"]) == 8
+    assert {r["method"] for r in report["rows"]} == {"baseline", "s4gan", "s4gan+mlmt", "unimatch"}
     gated = [r for r in report["rows"] if r["method"] == "s4gan+mlmt"]
     assert all("tau" in r for r in gated)  # chosen on the calibration part
     cell = report["cells"][0]
@@ -121,7 +121,7 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
 
     # Other training settings in the same folder are refused (their cells would not compare);
     # more seeds or methods extend the study (tested by the cell counts above and below).
-    again = [*study_command(out, synth_root), "--set", "optim.lr=0.1"]
+    again = [*command, "--set", "optim.lr=0.1"]
     other = subprocess.run(again, capture_output=True, text=True)
     assert other.returncode == 2 and "holds a study with other overrides" in other.stderr
 

@@ -606,7 +606,9 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
 
 def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     """The training curves behind the figures: for s4GAN, D(real), D(fake) and the share of
-    unlabeled samples self-trained on, against iteration; for MLMT, the teacher's val mAP.
+    unlabeled samples self-trained on; for UniMatch, the share of unlabeled pixels above the
+    confidence threshold and the pseudo-labels' accuracy (on masks never trained on); for MLMT,
+    the teacher's val mAP; against iteration.
     One line per budget, the mean over its seeds."""
     import csv
 
@@ -618,6 +620,8 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     panels = []
     if any(METHODS[m].segmenter == "s4gan" for m in spec.methods):
         panels += ["d", "st"]
+    if any(METHODS[m].segmenter == "unimatch" for m in spec.methods):
+        panels.append("pl")
     if any(METHODS[m].gated for m in spec.methods):
         panels.append("map")
     if not panels:
@@ -633,18 +637,24 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
             axes[panels.index("d")].plot(steps, fake, "--", color=line.get_color(),
                                          label=f"{budget}: D(fake)")  # fmt: skip
             axes[panels.index("st")].plot(steps, share, color=line.get_color(), label=budget)
+        if "pl" in panels:
+            runs = [out / "runs" / Cell("unimatch", budget, s).name for s in spec.seeds]
+            axis = axes[panels.index("pl")]
+            steps, share = mean_curve(runs, "train/confident")
+            if steps:
+                (line,) = axis.plot(steps, share, label=f"{budget}: confident share")
+                steps, right = mean_curve(runs, "train/pl_accuracy")
+                axis.plot(steps, right, "--", color=line.get_color(),
+                          label=f"{budget}: pseudo-label accuracy")  # fmt: skip
         if "map" in panels:
-            maps = [
-                teacher_map_curve(out / "runs" / Cell("mlmt", budget, s).name) for s in spec.seeds
-            ]
-            maps = [m for m in maps if m]
-            if maps:
-                steps = sorted(set.intersection(*(set(m) for m in maps)))
+            runs = [out / "runs" / Cell("mlmt", budget, s).name for s in spec.seeds]
+            steps, maps = mean_curve(runs, "val/teacher_map")
+            if steps:
                 axes[panels.index("map")].plot(
-                    steps, [100 * statistics.fmean(m[s] for m in maps) for s in steps],
-                    marker="o", label=budget,
-                )  # fmt: skip
-    labels = {"d": ("discriminator score", (0, 1)), "st": ("share self-trained", (0, 1)),
+                    steps, [100 * m for m in maps], marker="o", label=budget
+                )
+    labels = {"d": ("s4GAN: D score", (0, 1)), "st": ("s4GAN: share self-trained", (0, 1)),
+              "pl": ("UniMatch: unlabeled pixels", (0, 1)),
               "map": ("MLMT teacher mAP, %", None)}  # fmt: skip
     for axis, panel in zip(axes, panels, strict=True):
         axis.set_ylabel(labels[panel][0])
@@ -675,8 +685,9 @@ def mean_history(histories: list[list[dict]]) -> tuple[list[int], ...]:
     )
 
 
-def teacher_map_curve(run: Path) -> dict[int, float]:
-    """The teacher's val mAP by iteration, from the run's TensorBoard events."""
+def scalar_curve(run: Path, tag: str) -> dict[int, float]:
+    """One logged scalar by iteration (``val/teacher_map``, ``train/confident``, ...), from the
+    run's TensorBoard events."""
     events = run / "tensorboard"
     if not events.is_dir():
         return {}
@@ -684,6 +695,15 @@ def teacher_map_curve(run: Path) -> dict[int, float]:
 
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
-    if "val/teacher_map" not in accumulator.Tags().get("scalars", []):
+    if tag not in accumulator.Tags().get("scalars", []):
         return {}
-    return {e.step: e.value for e in accumulator.Scalars("val/teacher_map")}
+    return {e.step: e.value for e in accumulator.Scalars(tag)}
+
+
+def mean_curve(runs: list[Path], tag: str) -> tuple[list[int], list[float]]:
+    """The mean over runs of a scalar, at the iterations every run logged."""
+    curves = [c for c in (scalar_curve(r, tag) for r in runs) if c]
+    if not curves:
+        return [], []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return steps, [statistics.fmean(c[s] for c in curves) for s in steps]
