@@ -144,6 +144,12 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert narrow.returncode == 0, narrow.stderr[-2000:]
     assert "1 cells, 1 done, 0 to run" in narrow.stderr and "| 1/4 |" in narrow.stdout
+    # --report: the table from the finished cells of the full spec, nothing trained.
+    report = subprocess.run(study_command(out, synth_root, "--report"), capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "| 1/4 | " in report.stdout and "training" not in report.stderr
+    assert len(list((out / "runs").glob("*/result.json"))) == 1
     dry = subprocess.run(study_command(tmp_path / "dry", synth_root, "--dry-run"),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert dry.returncode == 0, dry.stderr[-2000:]

@@ -200,6 +200,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument(
         "--dry-run", action="store_true", help="print the cells, their commands and a time estimate"
     )
+    study.add_argument(
+        "--report", action="store_true",
+        help="write study.json/md/png and curves.png from the finished cells; train nothing",
+    )  # fmt: skip
     study.set_defaults(handler=run_study)
 
     bench = commands.add_parser("bench", help="benchmarks (results go into BENCHMARKS.md)")

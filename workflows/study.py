@@ -328,6 +328,9 @@ def run_study(args: argparse.Namespace) -> int:
         return 0
     claim_folder(out, spec)
     log = StudyLog(out / "study.log")
+    if args.report:  # what the finished cells say, without training more
+        report_study(spec, out, args.device, log)
+        return 0
     if args.cell:
         index = parse_cell(args.cell, len(cells))
         run_cell(spec, cells[index], out, args.device, log)
@@ -587,7 +590,9 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
                   for n in points]  # fmt: skip
         means = [statistics.fmean(v) for v in values]
         sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        (line,) = axis.plot(points, means, marker="o", label=method)
+        gated = METHODS[method].gated  # dashed: often on its ungated line (the gate off)
+        (line,) = axis.plot(points, means, marker="s" if gated else "o", label=method,
+                            linestyle="--" if gated else "-")  # fmt: skip
         axis.fill_between(points, [m - s for m, s in zip(means, sds, strict=True)],
                           [m + s for m, s in zip(means, sds, strict=True)],
                           color=line.get_color(), alpha=0.15)  # fmt: skip
