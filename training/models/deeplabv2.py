@@ -33,12 +33,15 @@ def _dilate(layer: nn.Sequential, dilation: int) -> None:
 
 
 class ResNetBackbone(nn.Module):
-    """torchvision ResNet trunk at output stride 8 (state_dict names match torchvision's)."""
+    """torchvision ResNet trunk at output stride 8, or 16 (DeepLabv3+'s default: only the last
+    stage dilated); state_dict names match torchvision's, so its ImageNet weights load."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, output_stride: int = 8) -> None:
         super().__init__()
         if depth not in BACKBONES:
             raise ValueError(f"backbone depth must be one of {sorted(BACKBONES)}, not {depth}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"output stride must be 8 or 16, not {output_stride}")
         net = BACKBONES[depth](weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
@@ -47,8 +50,11 @@ class ResNetBackbone(nn.Module):
             net.layer3,
             net.layer4,
         )
-        _dilate(self.layer3, 2)
-        _dilate(self.layer4, 4)
+        if output_stride == 8:
+            _dilate(self.layer3, 2)
+            _dilate(self.layer4, 4)
+        else:
+            _dilate(self.layer4, 2)
         self.out_channels = net.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

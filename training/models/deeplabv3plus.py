@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 
-from .deeplabv2 import BACKBONES, _dilate
+from .deeplabv2 import ResNetBackbone
 
 # ASPP rates for output stride 16 (doubled at 8), as in DeepLabv3+ and UniMatch's configs.
 ASPP_RATES_OS16 = (6, 12, 18)
@@ -22,34 +22,16 @@ ASPP_CHANNELS = 256
 LOW_LEVEL_CHANNELS = 48
 
 
-class ResNetEncoder(nn.Module):
-    """torchvision ResNet trunk (state_dict names match torchvision's, so ImageNet weights load
-    as for DeepLabv2) returning the stride-4 (layer1) and the final features."""
+class ResNetEncoder(ResNetBackbone):
+    """DeepLabv2's trunk (torchvision names: ImageNet weights load the same way), returning the
+    stride-4 features (layer1) beside the final ones."""
 
     def __init__(self, depth: int, output_stride: int) -> None:
-        super().__init__()
-        if depth not in BACKBONES:
-            raise ValueError(f"backbone depth must be one of {sorted(BACKBONES)}, not {depth}")
-        if output_stride not in (8, 16):
-            raise ValueError(f"output stride must be 8 or 16, not {output_stride}")
-        net = BACKBONES[depth](weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1,
-            net.layer2,
-            net.layer3,
-            net.layer4,
-        )
-        if output_stride == 8:
-            _dilate(self.layer3, 2)
-            _dilate(self.layer4, 4)
-        else:
-            _dilate(self.layer4, 2)
-        block = net.layer1[0]
+        super().__init__(depth, output_stride)
+        block = self.layer1[0]
         self.low_channels = block.conv3.out_channels if isinstance(block, resnet.Bottleneck) else 64
-        self.out_channels = net.fc.in_features
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)
         return low, self.layer4(self.layer3(self.layer2(low)))
