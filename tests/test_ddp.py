@@ -1,4 +1,4 @@
-"""The trainer under torchrun: 2 CPU processes (gloo), rank 0 saves."""
+"""Every trainer under torchrun: 2 CPU processes (gloo), rank 0 saves, resume exact per rank."""
 
 import os
 import subprocess
@@ -14,7 +14,7 @@ from s4seg.training.checkpoint import load_checkpoint
 pytestmark = pytest.mark.trains  # every test here trains a model
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``s4seg ARGS`` on two CPU ranks; each rank also saves its final weights (rank<N>.pt)."""
     command = [
         sys.executable,
@@ -25,8 +25,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
         str(Path(__file__).with_name("ddp_rank_weights.py")),
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -56,21 +56,57 @@ def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
     assert all(torch.equal(ranks[0][k], payload["model"][k]) for k in ranks[0])
 
 
-def test_ddp_resume_restores_each_ranks_own_rng(synth_root: Path, tmp_path: Path) -> None:
-    """Issue 20, item 10: each rank draws its own random numbers (s4GAN's discriminator
-    dropout); a resumed world-size-2 run ends with the weights of the uninterrupted one only if
-    every rank gets its own RNG back."""
+# What each trainer checkpoints besides the optimiser: its networks.
+NETWORKS = {"s4gan": ("model", "discriminator"), "unimatch": ("model",),
+            "mlmt": ("model", "student")}  # fmt: skip
+
+
+@pytest.mark.parametrize("trainer", sorted(NETWORKS))
+def test_ddp_resume_restores_each_ranks_own_rng(
+    trainer: str, synth_root: Path, tmp_path: Path
+) -> None:
+    """Issue 20, item 10 and issue 24: each rank draws its own random numbers (augmentation,
+    s4GAN's discriminator dropout, UniMatch's CutMix boxes and feature dropout); a resumed
+    world-size-2 run ends with the weights of the uninterrupted one only if every rank gets its
+    own RNG back."""
     settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=4",
                 "train.val_every=100", "train.snapshot_every=2"]  # fmt: skip
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    torchrun("train", "s4gan", "--config", "synthetic-quick",
-             *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]])  # fmt: skip
+    done = torchrun("train", trainer, "--config", "synthetic-quick",
+                    *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]])  # fmt: skip
+    assert "world size 2" in done.stderr
     snapshot = load_checkpoint(straight / "snapshots" / "iter_000002.pt")
     per_rank = snapshot["rng_per_rank"]
     assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
-    torchrun("train", "s4gan", "--resume", str(straight / "snapshots" / "iter_000002.pt"),
+    torchrun("train", trainer, "--resume", str(straight / "snapshots" / "iter_000002.pt"),
              f"--set=train.out_dir={resumed}")  # fmt: skip
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert a["iteration"] == b["iteration"] == 4
-    for key in ("model", "discriminator"):
+    for key in NETWORKS[trainer]:
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), f"{key} differs"
+    # Every rank ends with the same exported network, batch-norm statistics included: the
+    # gradients are averaged and, for MLMT's teacher, the statistics too before its EMA update.
+    ranks = [torch.load(straight / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    if trainer == "mlmt":
+        assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+        assert all(torch.equal(ranks[0][k], a["model"][k]) for k in ranks[0])
+
+
+def test_a_study_cell_as_an_indexed_job_under_torchrun(synth_root: Path, tmp_path: Path) -> None:
+    """Issue 24: a study cell is a torchrun job (pod ``$JOB_COMPLETION_INDEX`` of an Indexed
+    Job): both ranks train, rank 0 evaluates and keeps the study's books."""
+    out = tmp_path / "study"
+    sets = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=4",
+            "train.val_every=100"]  # fmt: skip
+    done = torchrun("study", "--out", str(out), "--config", "synthetic-quick",
+                    "--methods", "baseline,s4gan", "--labels", "3", "--seeds", "0",
+                    "--cell", "auto", *[f"--set={s}" for s in sets],
+                    env={"JOB_COMPLETION_INDEX": "1"})  # fmt: skip
+    assert "world size 2" in done.stderr
+    results = sorted(p.parent.name for p in (out / "runs").glob("*/result.json"))
+    assert results == ["s4gan-3-s0"]  # cell 1 of [baseline-3-s0, s4gan-3-s0]
+    payload = load_checkpoint(out / "runs" / "s4gan-3-s0" / "last.pt")
+    assert payload["iteration"] == 4 and len(payload["rng_per_rank"]) == 2
+    log = (out / "study.log").read_text()
+    assert log.count("s4gan-3-s0: training (4 iterations)") == 1  # rank 0's books only
+    assert [p.name for p in (out / "splits").iterdir()] == ["3-s0.json"]

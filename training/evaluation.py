@@ -116,7 +116,9 @@ def evaluate_checkpoint(
             f"{layout.root} has classes {classes[:6]}... but {checkpoint} was trained on "
             f"{payload['classes'][:6]}..."
         )
-    runtime = setup_runtime(device, amp="off", channels_last="off", fixed_shapes=False)
+    runtime = setup_runtime(
+        device, amp="off", channels_last="off", fixed_shapes=False, distributed=False
+    )
     model.to(runtime.device).eval()
     gate_model = cls_view = None
     if classifier:

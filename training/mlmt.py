@@ -147,7 +147,8 @@ class MlmtRun(TrainingRun):
         return (
             f"ResNet-{m.depth} classifier on {len(self.labeled_set)} labeled "
             f"({len(self.weak)} by weak labels) + {len(self.all_set)} images for consistency, "
-            f"{self.num_classes} classes, {self.runtime.device}; consistency {m.consistency}, "
+            f"{self.num_classes} classes, {self.runtime.device}, world size "
+            f"{self.runtime.world_size}; consistency {m.consistency}, "
             f"burn-in {self.burn_in} iterations, ramp-up {self.rampup}"
         )
 
@@ -176,11 +177,11 @@ class MlmtRun(TrainingRun):
 def train_mlmt(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
     """Train the MLMT classifier (continuing ``resumed`` if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
-        if runtime.distributed:
-            raise S4segError("the MLMT trainer runs in one process (it is small); drop torchrun")
         run = MlmtRun(cfg, runtime, resumed, log)
         m, device = cfg.mlmt, runtime.device
-        student, teacher = run.student, run.model
+        # Under torchrun the student is DistributedDataParallel (gradients averaged, weights equal
+        # on every rank); the teacher is each rank's own copy, kept equal by the update below.
+        student, teacher = run.wrap(run.student), run.model
         labeled = run.batches(run.labeled_set, stream=0, batch_size=m.labeled_batch_size)
         every = run.batches(run.all_set, stream=1, batch_size=m.unlabeled_batch_size)
 
@@ -206,7 +207,12 @@ def train_mlmt(cfg: Config, resumed: dict | None = None, log: Log = log_to_stder
             loss.backward()
             run.optimizer.step()
             run.scheduler.step()
-            update_teacher(teacher, student, ema_decay(iteration, m.ema_max_decay), m.teacher_bn)
+            # Batch-norm statistics are each rank's own (its shard's batches): averaged over the
+            # ranks first, so that every rank's teacher takes the same update.
+            run.average_buffers(run.student, teacher)
+            update_teacher(
+                teacher, run.student, ema_decay(iteration, m.ema_max_decay), m.teacher_bn
+            )
             return {
                 "loss_cls": loss_cls.detach(),
                 "loss_cons": loss_cons.detach(),

@@ -111,15 +111,22 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def setup_runtime(
-    device: str = "auto", amp: str = "auto", channels_last: str = "auto", fixed_shapes: bool = True
+    device: str = "auto",
+    amp: str = "auto",
+    channels_last: str = "auto",
+    fixed_shapes: bool = True,
+    distributed: bool = True,
 ) -> Runtime:
     """Join the process group when started by torchrun, pick the device and precision.
+
+    ``distributed=False`` (evaluation): one process on this process's device, even under
+    torchrun, where rank 0 evaluates alone after the ranks trained together.
 
     ``fixed_shapes`` (training crops): let cuDNN time its kernels once per shape and keep the
     fastest. Off for whole images of many sizes, where it would re-time every new size.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
+    rank = int(os.environ.get("RANK", "0")) if distributed else 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch_device = resolve_device(device, local_rank, world_size)
     on_cuda = torch_device.type == "cuda"

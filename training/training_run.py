@@ -133,6 +133,24 @@ class TrainingRun:
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
 
+    @torch.no_grad()
+    def average_buffers(self, *modules: nn.Module) -> None:
+        """Average the floating-point buffers (batch-norm statistics) over the ranks, in one
+        all-reduce; nothing to do in one process."""
+        if not self.runtime.distributed:
+            return
+        buffers = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.reshape(-1).float() for b in buffers])
+        dist.all_reduce(flat)
+        flat /= self.runtime.world_size
+        offset = 0
+        for buffer in buffers:
+            count = buffer.numel()
+            buffer.copy_(flat[offset : offset + count].view_as(buffer))
+            offset += count
+
     def batches(self, dataset: Dataset, stream: int, batch_size: int) -> Iterator[dict]:
         """Endless batches of one data stream, continuing where the run stopped.
 

@@ -37,6 +37,7 @@ import yaml
 
 from s4seg import __version__
 from s4seg.atomic import write_json_atomic
+from s4seg.cluster import AUTO, job_index, torchrun_rank, wait_for_file
 from s4seg.errors import ConfigError, S4segError
 from s4seg.manifest import GATE_OFF_TAU, PAPER_TAU, digest_json
 
@@ -201,6 +202,8 @@ def split_file(spec: StudySpec, cell: Cell, out: Path) -> Path:
     from s4seg.training.data.split import Split, make_budget_split
 
     path = out / "splits" / f"{budget_slug(cell.budget)}-s{cell.seed}.json"
+    if torchrun_rank() > 0:
+        wait_for_file(path, 120, f"cell {cell.name}")
     if path.is_file():
         Split.load(path)  # refuse a damaged one by name
         return path
@@ -230,6 +233,8 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, device: str | None, log) ->
     started = time.monotonic()
     log(f"{cell.name}: training ({cfg.train.iterations} iterations) in {folder}")
     last, _ = TRAINERS[cell.trainer].run(cfg, log=lambda m: log(f"  {cell.name}: {m}"))
+    if torchrun_rank() > 0:
+        return {}  # rank 0 evaluates and writes the result
     payload = load_checkpoint(last)
     figures: dict[str, Any]
     if cell.trainer == "mlmt":
@@ -308,6 +313,9 @@ def gated_row(
 
 
 def parse_cell(text: str, count: int) -> int:
+    """``i/N``, or ``auto``: the index of a Kubernetes Indexed Job's pod (one cell per pod)."""
+    if text == AUTO:
+        text = f"{job_index('--cell')}/{count}"
     try:
         index, total = (int(v) for v in text.split("/"))
     except ValueError:
@@ -325,6 +333,11 @@ def run_study(args: argparse.Namespace) -> int:
     cells = spec.cells()
     if args.dry_run:
         print(dry_run(spec, cells, out, args.device))
+        return 0
+    if torchrun_rank() > 0:  # a cell under torchrun: rank 0 keeps the books, every rank trains
+        if not args.cell:
+            raise ConfigError("under torchrun, run one cell per job: --cell i/N or --cell auto")
+        run_cell(spec, cells[parse_cell(args.cell, len(cells))], out, args.device, lambda _: None)
         return 0
     claim_folder(out, spec)
     log = StudyLog(out / "study.log")
