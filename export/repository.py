@@ -29,7 +29,7 @@ from s4seg.repository import (
     STEP_MODELS,
     model_versions,
     read_manifest,
-    served_by_a_server,
+    served_by_servers,
     served_version,
     version_pipeline,
 )
@@ -210,19 +210,22 @@ def promotion_gate(
 
 
 def prune(repo: Path, keep: int, log=print) -> list[int]:
-    """Remove all but the ``keep`` newest versions of every model, never the served one (it
-    can be older than those when newer versions failed to load)."""
-    served = served_version(repo)
+    """Remove all but the ``keep`` newest versions of every model, never a served one (it
+    can be older than those when newer versions failed to load; each replica's counts)."""
+    served = {served_version(repo), *served_by_servers(repo).values()} - {None}
     removed: set[int] = set()
     for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
         found = model_versions(repo / model)
         for version in found[: max(0, len(found) - keep)]:
-            if version == served:
+            if version in served:
                 continue
             shutil.rmtree(repo / model / str(version))
             removed.add(version)
     if removed:
-        log(f"pruned versions {sorted(removed)}" + (f" (kept served {served})" if served else ""))
+        log(
+            f"pruned versions {sorted(removed)}"
+            + (f" (kept served {sorted(served)})" if served else "")
+        )
     return sorted(removed)
 
 
@@ -262,9 +265,9 @@ def rollback(repository: str | Path = REPOSITORY, log=print, wait: float = 60.0)
 
 
 def _wait_until_not_served(repo: Path, version: int, wait: float) -> bool:
-    """True once no running server reports ``version`` (at once when no server runs)."""
+    """True once no running replica reports ``version`` (at once when no server runs)."""
     deadline = time.monotonic() + wait
-    while served_by_a_server(repo) == version:
+    while version in served_by_servers(repo).values():
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)
@@ -274,10 +277,10 @@ def _wait_until_not_served(repo: Path, version: int, wait: float) -> bool:
 def remove_withdrawn(repo: Path, log=print) -> list[int]:
     """Delete the files of withdrawn versions that no running server serves any more."""
     removed = []
-    served = served_by_a_server(repo)
+    served = set(served_by_servers(repo).values())
     for folder in sorted((repo / ENSEMBLE).glob(WITHDRAWN.format(version="*"))):
         version = int(folder.name.split(".")[1])
-        if version == served:
+        if version in served:
             continue
         for model in STEP_MODELS.values():
             shutil.rmtree(repo / model / str(version), ignore_errors=True)

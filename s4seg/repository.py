@@ -10,14 +10,17 @@ Layout (one folder per model, numbered version folders inside)::
       s4seg/config.pbtxt              N/manifest.json   (the ensemble; its config names N)
 
 The serving status (what ``s4seg serve`` serves, versions that failed to load) lives beside the
-repository, not in it (``.model_repository.serving.json``): the published tree is written by
-publish and rollback only.
+repository, not in it (``.model_repository.serving/``, one file per replica, each written by its
+replica alone): the published tree is written by publish and rollback only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,23 +79,46 @@ def version_pipeline(repository: Path, version: int, device: str = "auto") -> On
     return OnnxPipeline(read_manifest(repository, version), files, device)
 
 
-# -- the serving status ---------------------------------------------------------------------------
-def status_path(repository: Path) -> Path:
+# -- the serving status: one file per replica ----------------------------------------------------
+# A replica rewrites its file at least this often; a file older than STALE_SECONDS is a replica
+# that is gone (killed, or on a host that is down), since another host's pid can not be checked.
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 45.0
+
+
+def status_dir(repository: Path) -> Path:
+    """Beside the published tree (``.model_repository.serving/``), which only publish and
+    rollback write; on the same volume, so every replica and ``s4seg rollback`` see it."""
     repository = Path(repository).resolve()
-    return repository.parent / f".{repository.name}.serving.json"
+    return repository.parent / f".{repository.name}.serving"
 
 
-def read_status(repository: Path) -> dict[str, Any]:
-    """What the version manager last wrote ({} when no server ever ran)."""
+def status_path(repository: Path, replica: str) -> Path:
+    """The file of one replica: written by that replica alone."""
+    return status_dir(repository) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', replica)}.json"
+
+
+def read_status(repository: Path, replica: str) -> dict[str, Any]:
+    """What one replica's version manager last wrote ({} when it never ran)."""
+    return _read_json(status_path(repository, replica))
+
+
+def write_status(repository: Path, replica: str, status: dict[str, Any]) -> None:
+    identity = {"replica": replica, "host": socket.gethostname(), "pid": os.getpid()}
+    write_json_atomic(status_path(repository, replica), {**status, **identity, "time": time.time()})
+
+
+def remove_status(repository: Path, replica: str) -> None:
+    """A replica that stops says so: rollback need not wait for it."""
+    status_path(repository, replica).unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        status = json.loads(status_path(repository).read_text())
+        status = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
-
-
-def write_status(repository: Path, status: dict[str, Any]) -> None:
-    write_json_atomic(status_path(repository), {**status, "pid": os.getpid()})
 
 
 def _alive(pid: Any) -> bool:
@@ -107,22 +133,47 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def served_by_a_server(repository: Path) -> int | None:
-    """The version a running ``s4seg serve`` reports serving (None: no server runs)."""
-    status = read_status(repository)
-    reported = status.get("served_version")
-    return reported if _alive(status.get("pid")) and isinstance(reported, int) else None
+def _live(status: dict[str, Any], now: float) -> bool:
+    """On this host: its process lives. Elsewhere: its heartbeat is recent."""
+    if status.get("host") == socket.gethostname() and not _alive(status.get("pid")):
+        return False
+    stamp = status.get("time")
+    return isinstance(stamp, int | float) and now - stamp < STALE_SECONDS
+
+
+def replica_statuses(repository: Path, live_only: bool = True) -> dict[str, dict[str, Any]]:
+    """Every replica's status by name (by default only the replicas still running)."""
+    folder, now = status_dir(repository), time.time()
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        status = _read_json(path)
+        if status and (not live_only or _live(status, now)):
+            found[str(status.get("replica", path.stem))] = status
+    return found
+
+
+def served_by_servers(repository: Path) -> dict[str, int]:
+    """The version each running replica reports serving ({}: no server runs)."""
+    return {
+        name: status["served_version"]
+        for name, status in replica_statuses(repository).items()
+        if isinstance(status.get("served_version"), int)
+    }
 
 
 def served_version(repository: Path) -> int | None:
-    """The version answering requests: what the running server reports (its status, while its
-    process lives); with no server, the newest complete version that has not failed to load."""
+    """The version answering requests: the newest one a running replica serves (replicas
+    converge on it); with no server, the newest complete version that no replica failed to
+    load."""
     on_disk = complete_versions(repository)
-    status = read_status(repository)
-    reported = status.get("served_version")
-    if _alive(status.get("pid")) and reported in on_disk:
-        return reported
-    failed = {int(v) for v in status.get("failed", {})}
+    served = [v for v in served_by_servers(repository).values() if v in on_disk]
+    if served:
+        return max(served)
+    failed = {
+        int(v)
+        for status in replica_statuses(repository, live_only=False).values()
+        for v in status.get("failed", {})
+    }
     loadable = [v for v in on_disk if v not in failed]
     return loadable[-1] if loadable else None
 

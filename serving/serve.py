@@ -83,7 +83,8 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             raise S4segError(f"{repository} has no published version (run `s4seg quickstart`)")
         first_run(repository, settings.runtime)
     triton = None
-    view = settings.log_dir / "triton-repository"
+    # This replica's own folder: Triton's view and log (replicas may share log_dir and repository).
+    view = settings.replica_dir / "triton-repository"
     if settings.triton_url is None:
         triton = TritonProcess(
             TritonSettings(
@@ -92,7 +93,7 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
                 http_port=settings.triton_http_port,
                 grpc_port=settings.triton_grpc_port,
                 metrics_port=settings.triton_metrics_port,
-                log_file=settings.log_dir / "tritonserver.log",
+                log_file=settings.replica_dir / "tritonserver.log",
             )
         )
     versions = None
@@ -105,6 +106,7 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             segmenter_instances=settings.segmenter_instances,
             threads=settings.threads_per_instance,
             view=view,
+            replica=settings.replica_name,
         )
     supervisor = Supervisor(triton, versions, settings.version_poll_seconds) if versions else None
     try:
@@ -132,6 +134,8 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
     finally:
         if supervisor is not None:
             supervisor.stop()
+        if versions is not None:
+            versions.close()
         if triton is not None:
             triton.stop()
         log.info("stopped")

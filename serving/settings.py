@@ -69,6 +69,11 @@ class ServeSettings(BaseSettings):
     )
     version_poll_seconds: float = Field(1.0, description="how often new versions are looked for")
     log_dir: Path = Field(Path("runs/serve"), description="tritonserver.log goes here")
+    replica: str | None = Field(
+        None,
+        description="this server's name in the serving status beside the repository, which "
+        "replicas of one repository write one file each (default: host name and gateway port)",
+    )
 
     @model_validator(mode="after")
     def _budget_fits_one_image(self) -> ServeSettings:
@@ -92,6 +97,19 @@ class ServeSettings(BaseSettings):
         import os
 
         return self.onnx_threads or max(1, (os.cpu_count() or 1) // self.segmenter_instances)
+
+    @property
+    def replica_name(self) -> str:
+        import socket
+
+        return self.replica or f"{socket.gethostname()}-{self.port}"
+
+    @property
+    def replica_dir(self) -> Path:
+        """This replica's folder under ``log_dir``: Triton's view of the repository, its log."""
+        import re
+
+        return self.log_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", self.replica_name)
 
     @property
     def triton_http(self) -> str:

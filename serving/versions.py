@@ -2,7 +2,10 @@
 
 Triton runs with ``--model-control-mode=explicit`` on a repository of its own (the *view*:
 configs we write, version folders linked from the published repository, which serving never
-modifies; the serving status goes beside it, ``s4seg.repository.write_status``).
+modifies; this replica's serving status goes beside it, ``s4seg.repository.write_status``).
+Replicas of one repository (each its own Triton and version manager, on one host or many, the
+repository on a shared volume) decide alone and write only their own status file and view: each
+picks up a publish or a rollback by itself.
 :meth:`VersionManager.sync` looks at the repository and, when a newer complete version is on
 disk, loads it step by step with config overrides that name exactly the versions to keep loaded
 (the served one and the new one), and switches the ensemble only when every step of the new
@@ -16,7 +19,10 @@ ensemble that pins it, so a broken version would take the served one down (seen 
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,10 +39,12 @@ from s4seg.errors import first_line
 from s4seg.manifest import ManifestError
 from s4seg.repository import (
     ENSEMBLE,
+    HEARTBEAT_SECONDS,
     STEP_MODELS,
     complete_versions,
     read_manifest,
     read_status,
+    remove_status,
     write_status,
 )
 from s4seg.triton_config import ensemble_config, step_config, to_pbtxt
@@ -80,12 +88,16 @@ class VersionManager:
         segmenter_instances: int = SEGMENTER_INSTANCES,
         threads: int | None = None,
         view: str | Path | None = None,
+        replica: str | None = None,
     ) -> None:
         self.repository = Path(repository)
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
         self.segmenter_instances = segmenter_instances
         self.threads = threads
         # Triton's own repository: our configs + links to the published version folders.
-        self.view = Path(view) if view else self.repository.parent / ".triton-view"
+        # (this replica's own: never beside the shared repository)
+        self._own_view = view is None
+        self.view = Path(view) if view else Path(tempfile.mkdtemp(prefix="s4seg-triton-view-"))
         shutil.rmtree(self.view, ignore_errors=True)
         self.view.mkdir(parents=True)
         self.url = triton_url.rstrip("/")
@@ -261,16 +273,24 @@ class VersionManager:
             raise LoadError(f"version {version}: the gate's outputs do not fit its manifest")
 
     def _write_status(self) -> None:
+        """This replica's file: rewritten when what it says changes, and at least every
+        ``HEARTBEAT_SECONDS`` (its age is how other hosts know the replica still runs)."""
         status = {
             "served_version": self.state.served,
             "failed": {str(v): reason for v, reason in self.problems().items()},
             "switched_at": self.state.switched_at,
         }
-        previous = read_status(self.repository)
-        previous.pop("time", None)
-        previous.pop("pid", None)
-        if previous != status:
-            write_status(self.repository, {**status, "time": time.time()})
+        previous = read_status(self.repository, self.replica)
+        fresh = time.time() - previous.get("time", 0) < HEARTBEAT_SECONDS
+        if not fresh or {k: previous.get(k) for k in status} != status:
+            write_status(self.repository, self.replica, status)
+
+    def close(self) -> None:
+        """The server stops: withdraw this replica's status (rollback does not wait for it)."""
+        with self._lock:
+            remove_status(self.repository, self.replica)
+            if self._own_view:
+                shutil.rmtree(self.view, ignore_errors=True)
 
     def problems(self) -> dict[int, str]:
         """Versions newer than the served one that do not load, with Triton's reason."""

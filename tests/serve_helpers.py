@@ -3,12 +3,15 @@ it over HTTP: started on free ports, waited for until ready, stopped with SIGTER
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,12 +54,20 @@ def serve_env(root: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def start_serve(repo: Path, log: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """Start ``s4seg serve`` on a free port; fail with its log if it exits or is not ready."""
+def start_serve(
+    repo: Path,
+    log: Path,
+    extra_env: dict[str, str],
+    command: list[str] | None = None,
+    ready_path: str = "/readyz",
+) -> tuple[subprocess.Popen, str]:
+    """Start ``s4seg serve`` (or ``command``: s4seg's arguments) on a free port; fail with its
+    log if it exits or is not ready."""
     port = free_port()
     env = {**os.environ, "S4SEG_PORT": str(port), **extra_env}
+    args = command or ["serve", "--repository", str(repo), "--no-quickstart"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repo), "--no-quickstart"],
+        [sys.executable, "-m", "s4seg", *args],
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -66,7 +77,7 @@ def start_serve(repo: Path, log: Path, extra_env: dict[str, str]) -> tuple[subpr
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()[-3000:]
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:
             pass
@@ -76,13 +87,52 @@ def start_serve(repo: Path, log: Path, extra_env: dict[str, str]) -> tuple[subpr
 
 
 @contextmanager
-def serving(repo: Path, root: Path, **extra_env: str) -> Iterator[Served]:
+def serving(
+    repo: Path,
+    root: Path,
+    command: list[str] | None = None,
+    ready_path: str = "/readyz",
+    log_name: str = "serve.log",
+    **extra_env: str,
+) -> Iterator[Served]:
     """A server for ``repo`` for the length of the block; SIGTERM and a clean exit after."""
-    log = root / "serve.log"
+    log = root / log_name
     env = serve_env(root, **extra_env)
-    process, url = start_serve(repo, log, env)
+    process, url = start_serve(repo, log, env, command, ready_path)
     try:
         yield Served(process, url, repo, log, env)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def record(name: str, figures: dict) -> None:
+    """Figures to stdout and, with S4SEG_RELIABILITY_OUT=FILE, into the JSON file that
+    RELIABILITY.md is written from."""
+    print(f"\n[reliability] {name}: {json.dumps(figures)}")
+    path = os.environ.get("S4SEG_RELIABILITY_OUT")
+    if path:
+        data = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+        data[name] = figures
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def hammer(
+    url: str,
+    bodies: list[tuple[str, bytes, int]],
+    stop: Callable[[], bool],
+    results: list[tuple[float, str, int, str, str]],
+) -> None:
+    """POST random bodies to ``url`` until ``stop()``: (time, kind, status, version, error)."""
+    with httpx.Client(timeout=120) as client:
+        rng = random.Random(threading.get_ident())
+        while not stop():
+            kind, body, _ = rng.choice(bodies)
+            response = client.post(
+                f"{url}/v1/segment", content=body, headers={"Content-Type": "image/png"}
+            )
+            error = response.json().get("error", "") if response.status_code != 200 else ""
+            results.append(
+                (time.monotonic(), kind, response.status_code,
+                 response.headers.get("x-model-version", ""), error)
+            )  # fmt: skip

@@ -124,11 +124,14 @@ def folders_only_repository(root: Path, count: int) -> Path:
     return root
 
 
-def pretend_serving(repo: Path, version: int, failed: tuple[int, ...] = ()) -> None:
+def pretend_serving(
+    repo: Path, version: int, failed: tuple[int, ...] = (), replica: str = "replica-a"
+) -> None:
     """The status a running ``s4seg serve`` (this live process) writes beside the repository."""
     from s4seg.repository import write_status
 
-    write_status(repo, {"served_version": version, "failed": {str(v): "x" for v in failed}})
+    status = {"served_version": version, "failed": {str(v): "x" for v in failed}}
+    write_status(repo, replica, status)
 
 
 def test_keep_never_prunes_the_served_version(tmp_path: Path) -> None:
@@ -154,6 +157,7 @@ def test_rollback_switches_first_and_deletes_after(tmp_path: Path) -> None:
 
     repo = folders_only_repository(tmp_path / "repo", 2)
     pretend_serving(repo, 2)
+    pretend_serving(repo, 2, replica="replica-b")  # a second replica of the same repository
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(rollback(repo, wait=20, **QUIET)))
     worker.start()
@@ -161,7 +165,10 @@ def test_rollback_switches_first_and_deletes_after(tmp_path: Path) -> None:
     assert complete_versions(repo) == [1]  # withdrawn: the version manager switches away
     assert all((repo / m / "2").is_dir() for m in STEP_MODELS.values())  # still loadable
     assert worker.is_alive()
-    pretend_serving(repo, 1)  # the server has switched
+    pretend_serving(repo, 1)  # one replica has switched, the other not yet
+    time.sleep(1)
+    assert worker.is_alive() and all((repo / m / "2").is_dir() for m in STEP_MODELS.values())
+    pretend_serving(repo, 1, replica="replica-b")  # both have
     worker.join(10)
     assert result == [1]
     assert all(versions(repo / m) == [1] for m in STEP_MODELS.values())

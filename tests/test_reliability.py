@@ -5,9 +5,7 @@ with S4SEG_RELIABILITY_OUT=FILE, into a JSON file that RELIABILITY.md is written
 from __future__ import annotations
 
 import io
-import json
 import os
-import random
 import shutil
 import signal
 import struct
@@ -25,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serve_helpers import Served, serving
+from serve_helpers import Served, hammer, record, serving
 
 from s4seg.export.repository import publish
 from s4seg.imaging import DecodedImage, ImageError, decode_image
@@ -33,15 +31,6 @@ from s4seg.workflows.bench.report import percentile
 
 QUIET = {"log": lambda *_: None}
 CONCURRENCY = 32
-
-
-def record(name: str, figures: dict) -> None:
-    print(f"\n[reliability] {name}: {json.dumps(figures)}")
-    path = os.environ.get("S4SEG_RELIABILITY_OUT")
-    if path:
-        data = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
-        data[name] = figures
-        Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
 def rss_mib(pid: int) -> float:
@@ -86,26 +75,6 @@ def mixed_inputs(synth_root: Path) -> list[tuple[str, bytes, int]]:
         ("empty", b"", 422),
     ]
     return valid * 3 + bad  # 3 valid for each bad one
-
-
-def hammer(
-    url: str,
-    bodies: list[tuple[str, bytes, int]],
-    stop: Callable[[], bool],
-    results: list[tuple[float, str, int, str, str]],
-) -> None:
-    with httpx.Client(timeout=120) as client:
-        rng = random.Random(threading.get_ident())
-        while not stop():
-            kind, body, _ = rng.choice(bodies)
-            response = client.post(
-                f"{url}/v1/segment", content=body, headers={"Content-Type": "image/png"}
-            )
-            error = response.json().get("error", "") if response.status_code != 200 else ""
-            results.append(
-                (time.monotonic(), kind, response.status_code,
-                 response.headers.get("x-model-version", ""), error)
-            )  # fmt: skip
 
 
 def run_load(stack: Served, bodies, until: Callable[[list], bool], during=None) -> list:

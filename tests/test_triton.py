@@ -210,7 +210,7 @@ def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_
         time.sleep(0.5)
     assert "s4seg_segmenter" in server.versions.problems().get(3, ""), server.log_tail()
     assert server.versions.state.served == 2
-    status = read_status(repo)  # what /readyz shows; beside the repository, not in it
+    status = read_status(repo, server.versions.replica)  # what /readyz shows, beside the repo
     assert not any(p.name.endswith(".json") for p in repo.iterdir())
     assert status["served_version"] == 2 and "s4seg_segmenter" in status["failed"]["3"]
     # `predict --via local` and the gateway answer with the same model: the one served.

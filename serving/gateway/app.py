@@ -60,7 +60,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
-    app.state.catalog = Catalog(settings.repository)
+    app.state.catalog = Catalog(settings.repository, settings.replica_name)
     app.state.budget = PixelBudget(settings.pixel_budget)
     app.include_router(segment.router)
     app.include_router(models.router)

@@ -19,8 +19,8 @@ class VersionGone(ManifestError):
 
 
 class Catalog:
-    def __init__(self, repository: Path) -> None:
-        self.repository = Path(repository)
+    def __init__(self, repository: Path, replica: str) -> None:
+        self.repository, self.replica = Path(repository), replica
         self._read: dict[str, tuple[float, Manifest]] = {}  # version -> (mtime, manifest)
 
     def manifest(self, version: int | str) -> Manifest:
@@ -46,8 +46,9 @@ class Catalog:
         return model_versions(self.repository / ENSEMBLE)
 
     def status(self) -> dict:
-        """What the version manager last wrote: served version and versions that fail to load."""
-        status = read_status(self.repository)
+        """What this replica's version manager last wrote: served version and versions that
+        fail to load."""
+        status = read_status(self.repository, self.replica)
         if not status:
             return {}
         status["age_seconds"] = round(time.time() - status.get("time", time.time()), 1)
