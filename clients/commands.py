@@ -50,7 +50,7 @@ def run_segment(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from . import backends
 
-    jobs, rejected = list_jobs(args.input, parse_shard(args.shard))
+    jobs, rejected = list_jobs(args.input, parse_shard(args.shard, args.shard_count))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     gate = not args.no_gate
@@ -105,7 +105,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--overlay-encoding", choices=list(OVERLAY_ENCODINGS), default="png",
         help="--format overlay: png, or jpeg/webp (smaller and much faster on photos)",
     )  # fmt: skip
-    predict.add_argument("--shard", help="i/n: this worker's share of the sorted inputs")
+    predict.add_argument(
+        "--shard",
+        help="i/n: this worker's share of the sorted inputs; auto: i from a Kubernetes Indexed "
+        "Job ($JOB_COMPLETION_INDEX), n from --shard-count or $S4SEG_SHARD_COUNT",
+    )
+    predict.add_argument("--shard-count", type=int, help="--shard auto: the job's shard count")
     predict.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
     predict.add_argument("--no-gate", action="store_true")
     predict.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")

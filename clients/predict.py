@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from s4seg.atomic import write_atomic
+from s4seg.cluster import AUTO, job_count, job_index
 from s4seg.errors import S4segError
 from s4seg.imaging import IMAGE_SUFFIXES
 
@@ -51,15 +52,22 @@ class Report:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
+def parse_shard(text: str | None, count_given: int | None = None) -> tuple[int, int]:
+    """``i/n``, or ``auto``: the index of a Kubernetes Indexed Job's pod, the count from
+    ``--shard-count`` or the job's environment (``s4seg.cluster``)."""
     if not text:
         return 0, 1
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise S4segError(f"--shard must look like i/n (e.g. 0/4), not {text!r}") from None
+    if text == AUTO:
+        index, count = job_index("--shard"), job_count("--shard", count_given)
+    else:
+        try:
+            index, count = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise S4segError(
+                f"--shard must look like i/n (e.g. 0/4) or auto, not {text!r}"
+            ) from None
     if not (count >= 1 and 0 <= index < count):
-        raise S4segError(f"--shard {text}: need 0 <= i < n")
+        raise S4segError(f"--shard {text}: need 0 <= i < n (here {index}/{count})")
     return index, count
 
 

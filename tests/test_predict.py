@@ -77,6 +77,54 @@ def test_shards_cover_every_image_once(inputs: Path) -> None:
         parse_shard("4/4")
 
 
+def test_shard_auto_reads_the_indexed_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    monkeypatch.delenv("S4SEG_SHARD_COUNT", raising=False)
+    with pytest.raises(S4segError, match="JOB_COMPLETION_INDEX"):
+        parse_shard("auto", 3)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    with pytest.raises(S4segError, match="--shard-count N or \\$S4SEG_SHARD_COUNT"):
+        parse_shard("auto")
+    assert parse_shard("auto", 3) == (2, 3)
+    monkeypatch.setenv("S4SEG_SHARD_COUNT", "4")
+    assert parse_shard("auto") == (2, 4)
+    assert parse_shard("auto", 5) == (2, 5)  # the flag wins
+    with pytest.raises(S4segError, match="here 2/2"):
+        parse_shard("auto", 2)
+
+
+def test_indexed_job_pods_share_the_work_and_a_rerun_does_only_what_is_missing(
+    inputs: Path, tiny_export: Path, tmp_path: Path
+) -> None:
+    """Issue 24: three pods of an Indexed Job (the environment Kubernetes gives them) write
+    every output once; a pod that failed part-way, rerun, writes only what it had not."""
+    out = tmp_path / "out"
+    args = ["--input", str(inputs), "--output", str(out), "--model", str(tiny_export),
+            "--shard", "auto"]  # fmt: skip
+
+    def pod(index: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, "JOB_COMPLETION_INDEX": str(index), "S4SEG_SHARD_COUNT": "3"}
+        done = subprocess.run(
+            [sys.executable, "-m", "s4seg", "predict", "--via", "local", *args],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    written = {}
+    for index in range(3):
+        pod(index)
+        written[index] = {p for p in out.rglob("*.png")} - set().union(*written.values())
+    everything = {output_path(out, job, "png") for job in list_jobs(str(inputs), (0, 1))[0]}
+    assert set().union(*written.values()) == everything and len(everything) == 5
+    assert all(written.values())  # each pod had its own share
+    lost = sorted(written[1])[0]
+    lost.unlink()  # the pod of index 1 failed before writing this one
+    rerun = pod(1)
+    assert f"1 written, {len(written[1]) - 1} already there (skipped), 0 failed" in rerun.stdout
+    assert lost.is_file()
+
+
 def test_outputs_never_leave_the_output_folder(inputs: Path, tmp_path: Path) -> None:
     outside = tmp_path / "secret"
     outside.mkdir()
