@@ -25,6 +25,7 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         fp16=args.fp16,
         int8=args.int8,
+        bf16=args.bf16,
         log=lambda message: print(message, file=sys.stderr),
         calibrate_on=args.calibrate,
         calibrate_kind=args.calibrate_kind,
@@ -131,6 +132,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="also write an INT8 segmenter (static QDQ, calibrated on training images; refused "
         "below 99%% label agreement or above 0.5 mIoU lost)",
     )  # fmt: skip
+    export.add_argument(
+        "--bf16", action="store_true",
+        help="also judge the FP32 segmenter/classifier run by OpenVINO at bf16, on a CPU with "
+        "BF16 instructions (the rule of --int8)",
+    )  # fmt: skip
 
     publish = commands.add_parser(
         "publish", help="publish an export as the next version of a Triton model repository"
@@ -146,9 +152,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     publish.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "int8"],
+        choices=["fp32", "fp16", "int8", "bf16", "auto"],
         default="fp32",
-        help="fp16/int8 need export --fp16/--int8",
+        help="fp16/int8/bf16 need export --fp16/--int8/--bf16; auto: the fastest of those that "
+        "passed parity, measured on this machine (ONNX Runtime or OpenVINO; see /v1/models)",
     )
     publish.add_argument("--keep", type=int, default=None, metavar="N", help="keep N versions")
     publish.add_argument("--force", action="store_true", help="publish even if classes differ")

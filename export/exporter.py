@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from s4seg.manifest import (
     digest_json,
     sha256_file,
 )
-from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.onnx_pipeline import MODEL_STEPS, OnnxPipeline
 from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.models import segmenter_from_checkpoint
 from s4seg.training.models.classifier import classifier_from_checkpoint
@@ -266,26 +267,58 @@ def add_int8_variant(
     }
     files = {s: work / graph.file for s, graph in {**manifest.graphs, **graphs}.items()}
     measured = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "cpu"))
+    figures = lossy_rule(measured, calibration_images=len(seg_inputs))
+    log(
+        f"parity int8: label agreement {100 * figures.label_agreement:.3f}%, gated mIoU "
+        f"drop {100 * (figures.gated_miou_drop or 0):.2f} points"
+    )
+    if not figures.passed:
+        log(f"int8 variant refused ({figures.rule} needed)")
+        path.unlink()
+        graphs = {}
+    manifest.variants["int8"] = Variant(graphs=graphs, parity=figures)
+
+
+def lossy_rule(measured: Parity, **extra: Any) -> Parity:
+    """A variant that rounds what it computes (INT8, BF16) passes when it agrees with PyTorch's
+    labels on at least 99% of pixels and loses at most 0.5 gated mIoU points."""
     drop = (measured.gated_miou_torch or 0.0) - (measured.gated_miou_onnx or 0.0)
     passed = measured.label_agreement >= INT8_MIN_LABEL_AGREEMENT and drop <= INT8_MAX_MIOU_DROP
-    figures = measured.model_copy(
+    return measured.model_copy(
         update={
             "passed": bool(passed),
             "gated_miou_drop": drop,
             "rule": f"label agreement >= {100 * INT8_MIN_LABEL_AGREEMENT:g}% and gated mIoU "
             f"drop <= {100 * INT8_MAX_MIOU_DROP:g} points",
-            "calibration_images": len(seg_inputs),
+            **extra,
         }
     )
+
+
+def add_bf16_variant(
+    manifest: Manifest, work: Path, torch_graphs: dict[str, torch.nn.Module], judged: Judged,
+    log: Log,
+) -> None:  # fmt: skip
+    """BF16: the FP32 segmenter and classifier run by OpenVINO at bf16, where this CPU computes
+    in bf16 (``s4seg.engines``), judged on ``judged`` by the rule of INT8 (``lossy_rule``).
+    Refused with its figures when it does not pass; not made on a CPU without BF16."""
+    from s4seg.engines import bf16_capable
+
+    if not bf16_capable():
+        log("bf16 variant not made: this CPU has no BF16 instructions (avx512_bf16, amx_bf16)")
+        return
+    files = {s: work / graph.file for s, graph in manifest.graphs.items()}
+    pipeline = OnnxPipeline(manifest, files, "cpu", runtime="openvino", precision="bf16")
+    figures = lossy_rule(judged.measure(torch_graphs, pipeline))
     log(
-        f"parity int8: label agreement {100 * figures.label_agreement:.3f}%, gated mIoU "
-        f"drop {100 * drop:.2f} points"
+        f"parity bf16 (OpenVINO): label agreement {100 * figures.label_agreement:.3f}%, gated "
+        f"mIoU drop {100 * (figures.gated_miou_drop or 0):.2f} points"
     )
-    if not passed:
-        log(f"int8 variant refused ({figures.rule} needed)")
-        path.unlink()
+    graphs = {step: manifest.graphs[step] for step in MODEL_STEPS}
+    if not figures.passed:
+        log(f"bf16 variant refused ({figures.rule} needed)")
         graphs = {}
-    manifest.variants["int8"] = Variant(graphs=graphs, parity=figures)
+    manifest.variants["bf16"] = Variant(graphs=graphs, parity=figures)
 
 
 def choose_served_tau(
@@ -501,6 +534,7 @@ def export_models(
     overwrite: bool = False,
     fp16: bool = False,
     int8: bool = False,
+    bf16: bool = False,
     log: Log = print,
     calibrate_on: str | None = "auto",
     calibrate_kind: str | None = None,
@@ -542,13 +576,15 @@ def export_models(
         )  # fmt: skip
         # Lower-precision variants are judged as they will be served: at the served tau, on the
         # calibration images (the parity images when there are none).
-        if fp16 or int8:
+        if fp16 or int8 or bf16:
             judged = variant_judging(manifest, seg_payload, images, masks, source, calibrate_kind,
                                      calibrate_images, log)  # fmt: skip
             if fp16:
                 add_fp16_variant(manifest, work, torch_graphs, judged, log)
             if int8:
                 add_int8_variant(manifest, work, torch_graphs, seg_payload, judged, log)
+            if bf16:
+                add_bf16_variant(manifest, work, torch_graphs, judged, log)
         shutil.rmtree(work / "synth", ignore_errors=True)
         manifest.save(work / MANIFEST_NAME)
         if out_dir.exists():

@@ -17,14 +17,17 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from s4seg.atomic import write_atomic
+from s4seg.atomic import write_atomic, write_json_atomic
 from s4seg.defaults import REPOSITORY
+from s4seg.engines import check_engine, open_onnxruntime
 from s4seg.errors import S4segError
 from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
-from s4seg.onnx_pipeline import OnnxPipeline, graph_files, open_session
+from s4seg.onnx_pipeline import MODEL_STEPS, OnnxPipeline, graph_files
 from s4seg.pipeline_evaluation import evaluate_pipeline
 from s4seg.repository import (
+    ENGINE_FILE,
     ENSEMBLE,
     STEP_MODELS,
     model_versions,
@@ -94,7 +97,7 @@ def check_export(folder: Path, precision: str = "fp32") -> Manifest:
             raise PublishError(
                 f"{path} does not match the sha256 in its manifest (changed or corrupt)"
             )
-        open_session(path, ["CPUExecutionProvider"])
+        open_onnxruntime(path, ["CPUExecutionProvider"])
     if manifest.parity is None or not manifest.parity.passed:
         raise PublishError(f"{folder}: the export's parity check did not pass")
     return manifest
@@ -132,6 +135,8 @@ def publish(
         raise PublishError(
             f"--keep must be at least {MIN_KEEP} (the served version and the previous)"
         )
+    engine = served_engine(folder, runtime, precision, log)
+    precision = engine["precision"]
     manifest = check_export(folder, precision)
     files = graph_files(manifest, folder, precision)
     with locked(repo):
@@ -145,10 +150,12 @@ def publish(
                     f"{problem}; clients expect the served classes (--force to replace)"
                 )
             if eval_data:
+                pipeline = OnnxPipeline(
+                    manifest, files, runtime=engine["runtime"], precision=precision
+                )
                 promotion_gate(
-                    OnnxPipeline(manifest, files), repo, served, eval_data, eval_kind,
-                    eval_images, max_drop, log,
-                )  # fmt: skip
+                    pipeline, repo, served, eval_data, eval_kind, eval_images, max_drop, log
+                )
         everything = [model_versions(repo / m) for m in [*STEP_MODELS.values(), ENSEMBLE]]
         version = max((v for found in everything for v in found), default=0) + 1
         for step, model in STEP_MODELS.items():
@@ -158,7 +165,15 @@ def publish(
             version_files = {"model.onnx": files[step]}
             if runtime == "python":
                 version_files["model.py"] = RUNNER
+            staged = None
+            if step in MODEL_STEPS and engine["runtime"] != "onnxruntime":
+                # how the runner runs this network (s4seg.engines); absent: ONNX Runtime
+                staged = model_dir / f".{version}.{ENGINE_FILE}"
+                write_json_atomic(staged, {k: engine[k] for k in ("runtime", "precision")})
+                version_files[ENGINE_FILE] = staged
             _place_version(model_dir, version, version_files)
+            if staged is not None:
+                staged.unlink()
         ensemble_dir = repo / ENSEMBLE
         ensemble_dir.mkdir(parents=True, exist_ok=True)
         stage = ensemble_dir / f".{version}.manifest"
@@ -166,6 +181,7 @@ def publish(
             "version": version,
             "runtime": runtime,
             "precision": precision,
+            "engine": engine,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": str(folder.resolve()),
         }
@@ -176,9 +192,35 @@ def publish(
         write_atomic(ensemble_dir / "config.pbtxt", ensemble_pbtxt(version))
         if keep is not None:
             prune(repo, keep, log)
-    log(f"published {folder} as version {version} of {repo} ({runtime} runtime, {precision})")
+    log(
+        f"published {folder} as version {version} of {repo} ({runtime} runtime; networks in "
+        f"{engine['runtime']} at {precision})"
+    )
     log(f"version {version} serves {manifest.describe_tau()}")
     return version
+
+
+def served_engine(folder: Path, runtime: str, precision: str, log=print) -> dict[str, Any]:
+    """How the runner will run the networks: ``auto`` measures here (``engine_choice``);
+    otherwise ONNX Runtime, except bf16, which only OpenVINO runs."""
+    if precision == "auto":
+        if runtime != "python":
+            log("precision auto: Triton's native ONNX Runtime backend runs fp32 here")
+            return {"runtime": "onnxruntime", "precision": "fp32", "why": "native backend"}
+        from .engine_choice import choose_engine
+
+        _, record = choose_engine(folder, check_export(folder), log)
+        log(f"precision auto: {record['runtime']} {record['precision']}: {record['why']}")
+        return record
+    if precision == "bf16":
+        if runtime != "python":
+            raise PublishError(
+                "--precision bf16 runs in OpenVINO inside the python runner (--runtime python); "
+                "Triton's native ONNX Runtime backend has no bf16"
+            )
+        check_engine("openvino", "bf16")  # refused by name on a CPU without BF16
+        return {"runtime": "openvino", "precision": "bf16", "why": "--precision bf16"}
+    return {"runtime": "onnxruntime", "precision": precision, "why": f"--precision {precision}"}
 
 
 def promotion_gate(

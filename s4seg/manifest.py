@@ -125,7 +125,9 @@ class Variant(_Strict):
     parity: Parity
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+# bf16 is a way to run the FP32 graphs (OpenVINO at bf16, ``s4seg.engines``), not graphs of its
+# own: its variant names the FP32 segmenter and classifier files, with parity figures of its own.
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
 
 class Manifest(_Strict):
@@ -151,7 +153,7 @@ class Manifest(_Strict):
     sources: dict[str, Source]
     config_digest: str
     parity: Parity | None = Field(default=None, description="set by export once measured")
-    variants: dict[Literal["fp16", "int8"], Variant] = {}
+    variants: dict[Literal["fp16", "int8", "bf16"], Variant] = {}
     metrics: dict[str, Any] = {}
     published: dict[str, Any] | None = Field(
         default=None, description="set by publish: version, runtime, precision, time, source"
@@ -176,7 +178,9 @@ class Manifest(_Strict):
         """Each step's graph in ``precision``: the variant's files replace the FP32 ones they
         were made from (FP16 segmenter and classifier, INT8 segmenter)."""
         if precision not in PRECISIONS:
-            raise ManifestError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+            raise ManifestError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}"
+            )
         if precision == "fp32":
             return dict(self.graphs)
         variant = self.variants.get(precision)  # type: ignore[call-overload]

@@ -1,4 +1,5 @@
-"""The exported pipeline run in-process with ONNX Runtime (no server, no torch).
+"""The exported pipeline run in-process (no server, no torch): ONNX Runtime, or OpenVINO for the
+segmenter and the classifier (``s4seg.engines``).
 
 It runs the same four ONNX files, in the same order, as the Triton ensemble: export uses it for
 its parity check, ``s4seg evaluate --onnx`` and ``s4seg predict --via local`` use it to serve.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s4seg.errors import first_line
+from s4seg.engines import check_engine, open_onnxruntime, open_session
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
 from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
 
@@ -47,30 +48,9 @@ def choose_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def open_session(
-    path: str | Path, providers: list[str], spin: bool = False, threads: int | None = None
-):
-    """``spin=False`` (the default): idle intra-op threads sleep instead of spinning. Spinning
-    threads of one session steal the cores from the next: on 2 cores the four-step pipeline ran
-    at 80 ms per image with spinning and 29 ms without, and torch ops between runs at half
-    speed. ``threads``: intra-op threads (None: ONNX Runtime's default, one per core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # errors only: CUDA fallback notices are not the user's problem
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as error:  # onnxruntime raises its own exception types
-        first = first_line(error)
-        raise ManifestError(f"{path} does not load in ONNX Runtime: {first}") from None
-
-
 def graph_files(manifest: Manifest, folder: Path, precision: str = "fp32") -> dict[str, Path]:
-    """Step -> ONNX file of an export in ``precision`` (fp32, fp16 or int8)."""
+    """Step -> ONNX file of an export in ``precision`` (fp32, fp16, int8; bf16: the FP32 files
+    its variant names)."""
     graphs = manifest.variant_graphs(precision)
     return {step: folder / graph.file for step, graph in graphs.items()}
 
@@ -96,28 +76,52 @@ def check_batch(images: np.ndarray, views: np.ndarray, view_size: int) -> None:
         )
 
 
+# The steps that hold the networks: the ones a runtime and precision are chosen for. Preprocess
+# and the gate are a few element-wise ops and an argmax, in FP32 ONNX Runtime everywhere.
+MODEL_STEPS = ("segmenter", "classifier")
+
+
 class OnnxPipeline:
-    """preprocess -> segmenter + classifier -> gate, as four ONNX Runtime sessions."""
+    """preprocess -> segmenter + classifier -> gate, as four sessions: the two networks in
+    ``runtime`` at ``precision`` (the files must be that precision's graphs), the rest in ONNX
+    Runtime."""
 
     def __init__(
-        self, manifest: Manifest, files: dict[str, Path], device: str = "auto", spin: bool = False
+        self,
+        manifest: Manifest,
+        files: dict[str, Path],
+        device: str = "auto",
+        spin: bool = False,
+        runtime: str = "onnxruntime",
+        precision: str = "fp32",
     ) -> None:
-        self.manifest = manifest
+        check_engine(runtime, precision)
+        self.manifest, self.runtime, self.precision = manifest, runtime, precision
         self.providers = choose_providers(device)
         self.sessions = {}
         for step, path in files.items():
             if not path.is_file():
                 raise ManifestError(f"{path} (the {step} graph named by the manifest) is missing")
-            self.sessions[step] = open_session(path, self.providers, spin)
+            if step in MODEL_STEPS and runtime != "onnxruntime":
+                self.sessions[step] = open_session(path, runtime, precision)
+            else:
+                self.sessions[step] = open_onnxruntime(path, self.providers, spin)
 
     @classmethod
     def from_export(
-        cls, folder: str | Path, device: str = "auto", precision: str = "fp32", spin: bool = False
+        cls,
+        folder: str | Path,
+        device: str = "auto",
+        precision: str = "fp32",
+        spin: bool = False,
+        runtime: str = "onnxruntime",
     ) -> OnnxPipeline:
-        """The pipeline in a folder written by ``s4seg export`` (``fp16``: its FP16 variant)."""
+        """The pipeline in a folder written by ``s4seg export`` (``fp16``/``int8``: its variant;
+        ``bf16``: the FP32 graphs in OpenVINO at bf16)."""
         folder = Path(folder)
         manifest = Manifest.load(folder)
-        return cls(manifest, graph_files(manifest, folder, precision), device, spin)
+        files = graph_files(manifest, folder, precision)
+        return cls(manifest, files, device, spin, runtime, precision)
 
     def run(
         self,

@@ -38,6 +38,9 @@ STEP_MODELS = {
     "gate": "s4seg_gate",
 }
 GRAPH_FILE = "model.onnx"
+# Beside a network's model.onnx: {"runtime": ..., "precision": ...}, how the runner runs it
+# (``s4seg.engines``), written by publish; absent: ONNX Runtime as the file is.
+ENGINE_FILE = "engine.json"
 
 
 def model_versions(model_dir: Path) -> list[int]:
@@ -72,11 +75,15 @@ def graph_path(repository: Path, step: str, version: int | str) -> Path:
 
 
 def version_pipeline(repository: Path, version: int, device: str = "auto") -> OnnxPipeline:
-    """A published version run in-process (the promotion gate, ``predict --via local``)."""
+    """A published version run in-process as it is served (the promotion gate, ``predict --via
+    local``): its networks in the runtime and precision publish chose."""
     from s4seg.onnx_pipeline import OnnxPipeline
 
+    manifest = read_manifest(repository, version)
+    engine = (manifest.published or {}).get("engine") or {}
     files = {step: graph_path(repository, step, version) for step in STEPS}
-    return OnnxPipeline(read_manifest(repository, version), files, device)
+    runtime, precision = engine.get("runtime", "onnxruntime"), engine.get("precision", "fp32")
+    return OnnxPipeline(manifest, files, device, runtime=runtime, precision=precision)
 
 
 # -- the serving status: one file per replica ----------------------------------------------------

@@ -216,3 +216,56 @@ def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
 
     assert measured == miou("fp16") != miou("fp32")
     assert measured != miou("fp16", served_path=False)
+
+
+def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
+    varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """Issue 25: BF16 (the FP32 graphs in OpenVINO at bf16) gets parity figures of its own at
+    export; ``publish --precision auto`` measures every way that passed on this machine,
+    serves the fastest, and says which and why; the runner and the in-process pipeline read
+    the same choice."""
+    from s4seg.engines import bf16_capable
+    from s4seg.export.exporter import export_models
+    from s4seg.manifest import Manifest
+    from s4seg.repository import ENGINE_FILE, read_manifest
+
+    if not bf16_capable():
+        pytest.skip("this CPU has no BF16 instructions (export leaves bf16 out; tested below)")
+    out = tmp_path / "export"
+    export_models(str(varied_checkpoint), str(tiny_classifier), str(out), input_size=(64, 64),
+                  data=str(synth_root), parity_images=2, tau=0.2, int8=True, bf16=True,
+                  log=lambda *_: None)  # fmt: skip
+    manifest = Manifest.load(out)
+    bf16 = manifest.variants["bf16"]
+    assert bf16.parity.rule and bf16.parity.images > 0
+    assert bf16.parity.label_agreement > 0.9 and bf16.parity.label_agreement < 1.0 + 1e-9
+    if bf16.parity.passed:  # the FP32 files, run another way
+        assert {s: g.file for s, g in bf16.graphs.items()} == {
+            s: manifest.graphs[s].file for s in ("segmenter", "classifier")
+        }
+    lines: list[str] = []
+    repo = tmp_path / "repo"
+    version = publish(out, repo, precision="auto", log=lines.append)
+    engine = read_manifest(repo, version).published["engine"]
+    measured = engine["measured"]
+    expected = {"onnxruntime fp32", "openvino fp32"}
+    expected |= {"openvino bf16"} if bf16.parity.passed else set()
+    if manifest.variants["int8"].graphs:
+        expected |= {"onnxruntime int8", "openvino int8"}
+    assert set(measured) == expected
+    fastest = min(measured, key=lambda name: measured[name]["median_ms"])
+    assert f"{engine['runtime']} {engine['precision']}" == fastest
+    assert "fastest of" in engine["why"] and any("precision auto:" in line for line in lines)
+    for step, model in STEP_MODELS.items():
+        written = repo / model / str(version) / ENGINE_FILE
+        if step in ("segmenter", "classifier") and engine["runtime"] == "openvino":
+            assert json.loads(written.read_text()) == {
+                "runtime": engine["runtime"], "precision": engine["precision"]
+            }  # fmt: skip
+        else:
+            assert not written.exists()
+    served = version_pipeline(repo, version, device="cpu")
+    assert (served.runtime, served.precision) == (engine["runtime"], engine["precision"])
+    with pytest.raises(PublishError, match="native ONNX Runtime backend has no bf16"):
+        publish(out, repo, runtime="onnxruntime", precision="bf16", **QUIET)

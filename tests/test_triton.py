@@ -271,3 +271,37 @@ def test_rollback_serves_the_previous_version_again(server: Server, synth_root) 
     pipeline = server.pipeline()
     pipeline.run(*framed_batch(pipeline, synth_images(synth_root, 1)))
     assert pipeline.last_version == "1"
+
+
+def test_a_version_in_openvino_at_bf16_answers_like_the_in_process_one(
+    server: Server, varied_checkpoint: Path, tiny_classifier: Path, synth_root, tmp_path: Path
+) -> None:
+    """Issue 25: publish --precision bf16 writes the networks' engine beside their graphs; the
+    runner in Triton opens them in OpenVINO at bf16 and answers as the in-process pipeline
+    does with the same engine."""
+    from s4seg.engines import bf16_capable
+    from s4seg.export.exporter import export_models
+    from s4seg.export.repository import publish
+
+    if not bf16_capable():
+        pytest.skip("this CPU has no BF16 instructions")
+    out = tmp_path / "bf16"
+    export_models(str(varied_checkpoint), str(tiny_classifier), str(out), input_size=(64, 64),
+                  data=str(synth_root), parity_images=2, tau=0.2, bf16=True,
+                  log=lambda *_: None)  # fmt: skip
+    if not Manifest.load(out).variants["bf16"].graphs:
+        pytest.skip("the bf16 variant was refused on this export (its parity is in the manifest)")
+    version = publish(out, server.repo, precision="bf16", **QUIET)
+    deadline = time.monotonic() + 120
+    while server.versions.state.served != version and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert server.versions.state.served == version, server.log_tail()
+    images = np.stack(synth_images(synth_root))
+    local = OnnxPipeline.from_export(out, device="cpu", precision="bf16", runtime="openvino")
+    views = framed_batch(local, images)[1]
+    pipeline = server.pipeline()
+    remote = pipeline.run(images, views)
+    assert pipeline.last_version == str(version)
+    assert (remote.labels == local.run(images, views).labels).mean() >= 0.999
+    log = server.process.settings.log_file.read_text()
+    assert f"s4seg_segmenter/{version}: " in log and "on OpenVINO CPU" in log

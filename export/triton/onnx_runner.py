@@ -1,10 +1,12 @@
-"""A Triton python-backend model that runs one ONNX file with ONNX Runtime.
+"""A Triton python-backend model that runs one ONNX file with ONNX Runtime, or with OpenVINO.
 
 Publish copies this file as ``model.py`` beside each ``model.onnx``: every step of the s4seg
 ensemble (preprocess, segmenter, classifier, gate) is this runner on another graph. It uses the
-CUDA execution provider when Triton gives the instance a GPU, the CPU otherwise. Requests that
-Triton's dynamic batcher hands over together are concatenated into one ONNX Runtime call when
-their shapes allow.
+CUDA execution provider when Triton gives the instance a GPU, the CPU otherwise; where publish
+chose OpenVINO for a network (``engine.json`` beside it: ``publish --precision auto|bf16``), it
+opens the graph through ``s4seg.engines``, the one place that opens OpenVINO sessions. Requests
+that Triton's dynamic batcher hands over together are concatenated into one call when their
+shapes allow.
 """
 
 import json
@@ -19,14 +21,29 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        path = os.path.join(folder, "model.onnx")
+        self.name = f"{args['model_name']}/{args['model_version']}"
+        threads = int(parameters.get("intra_op_threads", "0"))
+        engine = {"runtime": "onnxruntime", "precision": "fp32"}
+        if os.path.isfile(os.path.join(folder, "engine.json")):  # s4seg.repository.ENGINE_FILE
+            with open(os.path.join(folder, "engine.json")) as handle:
+                engine.update(json.load(handle))
+        if engine["runtime"] == "openvino":
+            from s4seg.engines import open_session
+
+            # A graph that does not load fails here, as below: Triton marks the version
+            # unavailable and keeps serving the versions that did load.
+            self.session = open_session(path, "openvino", engine["precision"], threads=threads)
+            self._describe(path)
+            return
         gpu = args.get("model_instance_kind") == "GPU"
         providers = ["CPUExecutionProvider"]
         if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args.get("model_instance_device_id", 0))
             providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
+        options.intra_op_num_threads = threads
         # Idle threads sleep: the steps run in separate processes on the same cores, and a
         # step's spinning threads would take them from the next step (s4seg bench serve).
         spinning = parameters.get("allow_spinning", "0")
@@ -35,9 +52,11 @@ class TritonPythonModel:
         # A missing or corrupt file fails here: Triton marks this version unavailable and keeps
         # serving the versions that did load.
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        self._describe(path)
+
+    def _describe(self, path):
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.name = f"{args['model_name']}/{args['model_version']}"
         pb_utils.Logger.log_info(f"{self.name}: {path} on {self.session.get_providers()[0]}")
 
     def execute(self, requests):

@@ -1,5 +1,6 @@
-"""What every ``s4seg bench`` shares: the one timing loop (warm-up outside the window), the one
-percentile, and the one writer of BENCHMARKS.md sections with their machine, command and date."""
+"""What every ``s4seg bench`` shares: the one timing loop (warm-up outside the window) and the
+one percentile (``s4seg.timing``, which ``publish --precision auto`` uses too), and the one
+writer of BENCHMARKS.md sections with their machine, command and date."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import platform
 import re
 import shlex
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from s4seg.timing import percentile, time_calls
+
+__all__ = ["percentile", "time_calls"]
 
 
 def cpu_description() -> str:
@@ -47,34 +50,6 @@ def update_section(path: Path, name: str, body: str) -> None:
         else text.rstrip() + f"\n\n{block}\n"
     )
     path.write_text(text)
-
-
-def time_calls(
-    call: Callable[[], object],
-    repeats: int,
-    warmup: int = 0,
-    per: int = 1,
-    synchronize: Callable[[], None] = lambda: None,
-) -> list[float]:
-    """Seconds of each of ``repeats`` calls (divided by ``per``: e.g. the images of a batch),
-    after ``warmup`` untimed ones; ``synchronize`` waits for queued device work (CUDA) before
-    each clock read."""
-    for _ in range(warmup):
-        call()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        synchronize()
-        times.append((time.perf_counter() - start) / per)
-    return times
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The value at rank ``int(q * n)`` of the sorted values (q=0.99: p99; no interpolation)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def report(table: str, write: str | None, section: str) -> str:

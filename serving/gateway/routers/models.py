@@ -28,5 +28,7 @@ async def models(triton: TritonDep, catalog: CatalogDep) -> dict:
             "tau": manifest.tau,
             "why": without_host_paths(manifest.describe_tau()),
         },
+        # How its networks run (runtime, precision) and why: publish --precision auto measured.
+        "engine": without_host_paths((manifest.published or {}).get("engine")),
         "manifest": manifest.public_dump(),
     }
