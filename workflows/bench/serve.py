@@ -32,10 +32,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from s4seg.engines import open_onnxruntime
 from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
 from s4seg.letterbox import Framed, Framing, labels_from_scores
-from s4seg.onnx_pipeline import OnnxPipeline, open_session
+from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.outputs import label_png
 from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
 from s4seg.serving.triton import free_port
@@ -116,7 +117,7 @@ def model_alone(
         threads = max(1, cores // instances)
         sessions = [
             {
-                step: open_session(f, pipeline.providers, threads=threads)
+                step: open_onnxruntime(f, pipeline.providers, threads=threads)
                 for step, f in files.items()
             }
             for _ in range(instances)
