@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from s4seg.export.repository import PublishError, publish, rollback
+from s4seg.manifest import Manifest
 from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
 from s4seg.repository import model_versions as versions
 from s4seg.triton_config import step_pbtxt
@@ -218,24 +219,57 @@ def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
     assert measured != miou("fp16", served_path=False)
 
 
+@pytest.fixture(scope="module")
+def cpu_variants(
+    varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path_factory
+) -> Path:
+    """An export with its INT8 and BF16 variants judged (BF16 only where the CPU has it)."""
+    from s4seg.export.exporter import export_models
+
+    out = tmp_path_factory.mktemp("cpu-variants") / "export"
+    export_models(str(varied_checkpoint), str(tiny_classifier), str(out), input_size=(64, 64),
+                  data=str(synth_root), parity_images=2, tau=0.2, int8=True, bf16=True,
+                  log=lambda *_: None)  # fmt: skip
+    return out
+
+
+def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -> None:
+    """Issue 25: `bench precision` has a row per runtime and precision the export can run in
+    here, with the variants' parity figures."""
+    from s4seg.engines import bf16_capable
+
+    done = subprocess.run(
+        [sys.executable, "-m", "s4seg", "bench", "precision", "--model", str(cpu_variants),
+         "--batch-sizes", "1", "--repeats", "2", "--warmup", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 |")]
+    engines = {tuple(cell.strip() for cell in row.split("|")[2:5]) for row in rows}
+    expected = {("segmenter", "onnxruntime", "fp32"), ("segmenter", "openvino", "fp32"),
+                ("pipeline", "openvino", "fp32")}  # fmt: skip
+    if bf16_capable() and Manifest.load(cpu_variants).variants["bf16"].graphs:
+        expected.add(("segmenter", "openvino", "bf16"))
+    assert expected <= engines, engines
+    assert "- INT8: label agreement" in done.stdout
+    import openvino
+
+    assert f"openvino {openvino.__version__}" in done.stdout  # the machine line names both
+
+
 def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
-    varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path: Path
+    cpu_variants: Path, tmp_path: Path
 ) -> None:
     """Issue 25: BF16 (the FP32 graphs in OpenVINO at bf16) gets parity figures of its own at
     export; ``publish --precision auto`` measures every way that passed on this machine,
     serves the fastest, and says which and why; the runner and the in-process pipeline read
     the same choice."""
     from s4seg.engines import bf16_capable
-    from s4seg.export.exporter import export_models
-    from s4seg.manifest import Manifest
     from s4seg.repository import ENGINE_FILE, read_manifest
 
     if not bf16_capable():
         pytest.skip("this CPU has no BF16 instructions (export leaves bf16 out; tested below)")
-    out = tmp_path / "export"
-    export_models(str(varied_checkpoint), str(tiny_classifier), str(out), input_size=(64, 64),
-                  data=str(synth_root), parity_images=2, tau=0.2, int8=True, bf16=True,
-                  log=lambda *_: None)  # fmt: skip
+    out = cpu_variants
     manifest = Manifest.load(out)
     bf16 = manifest.variants["bf16"]
     assert bf16.parity.rule and bf16.parity.images > 0

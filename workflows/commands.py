@@ -265,9 +265,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     mapback.set_defaults(handler=run_bench_mapback)
 
     precision = bench.add_parser(
-        "precision", help="an export's segmenter in FP32 against its INT8 / FP16 variants"
+        "precision",
+        help="an export's networks in every runtime (ONNX Runtime, OpenVINO) and precision "
+        "(FP32, INT8, BF16, FP16) it can run in here",
     )
-    precision.add_argument("--model", required=True, help="an export folder (export --int8)")
+    precision.add_argument("--model", required=True, help="an export folder (export --int8 --bf16)")
     precision.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     precision.add_argument("--repeats", type=int, default=30)
     precision.add_argument("--warmup", type=int, default=5)

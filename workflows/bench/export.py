@@ -283,17 +283,19 @@ def cpu_int8_support() -> str:
 
 
 def bench_precision(args: argparse.Namespace) -> str:
-    """The segmenter of an export in each precision it has (FP32, INT8, FP16), alone and in the
-    whole pipeline, on the same letterboxed images: median ms per image over timed calls after
-    a warm-up, with the p10-p90 spread, and the ratio to FP32 measured in the same run."""
+    """The networks of an export in every runtime and precision it can run in here (ONNX
+    Runtime and OpenVINO; FP32, and INT8 / FP16 / BF16 where the export has them accepted; the
+    candidates of ``publish --precision auto``), the segmenter alone and the whole pipeline, on
+    the same letterboxed images: median ms per image over timed calls after a warm-up, the
+    p10-p90 spread, and the ratio to ONNX Runtime FP32 measured in the same run."""
+    from s4seg.export.engine_choice import Candidate, candidates
     from s4seg.manifest import Manifest
 
     folder = Path(args.model)
     manifest = Manifest.load(folder)
-    precisions = ["fp32"] + [
-        name for name in ("int8", "fp16")
-        if name in manifest.variants and manifest.variants[name].graphs  # type: ignore[index]
-    ]  # fmt: skip
+    found, left_out = candidates(manifest)
+    if "fp16" in manifest.variants and manifest.variants["fp16"].graphs:
+        found.append(Candidate("onnxruntime", "fp16"))
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
     framed = Framing.of(manifest).frame(photo)
@@ -301,8 +303,10 @@ def bench_precision(args: argparse.Namespace) -> str:
     for batch in args.batch_sizes:
         images = np.repeat(framed.canvas[None], batch, axis=0)
         views = np.repeat(framed.view[None], batch, axis=0)
-        for precision in precisions:
-            pipeline = OnnxPipeline.from_export(folder, device="cpu", precision=precision)
+        for candidate in found:
+            pipeline = OnnxPipeline.from_export(
+                folder, device="cpu", precision=candidate.precision, runtime=candidate.runtime
+            )
             (seg_input, _) = pipeline.sessions["preprocess"].run(
                 None, {t.IMAGE.name: images, t.CLS_IMAGE.name: views}
             )
@@ -313,37 +317,52 @@ def bench_precision(args: argparse.Namespace) -> str:
             }
             for what, call in calls.items():
                 times = time_calls(call, args.repeats, args.warmup, per=batch)
-                rows.append((batch, what, precision, times))
+                rows.append((batch, what, candidate, times))
                 median = 1000 * statistics.median(times)
-                print(f"bench precision: batch {batch} {what} {precision}: {median:.1f} ms/image",
-                      file=sys.stderr)  # fmt: skip
-    reference = {(b, w): statistics.median(ts) for b, w, p, ts in rows if p == "fp32"}
-    parity = manifest.variants["int8"].parity if "int8" in manifest.variants else None
+                print(f"bench precision: batch {batch} {what} {candidate.name}: {median:.1f} "
+                      "ms/image", file=sys.stderr)  # fmt: skip
+    reference = {
+        (b, w): statistics.median(ts)
+        for b, w, c, ts in rows
+        if c == Candidate("onnxruntime", "fp32")
+    }
     h, w = manifest.input_size
+    import openvino
+
     lines = [
-        *provenance(f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}"),
+        *provenance(
+            f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}, "
+            f"openvino {openvino.__version__}"
+        ),
         f"Model: {folder} (DeepLabv2 ResNet-"
         f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}); "
-        f"{args.warmup} warm-up + {args.repeats} timed calls per row, one ONNX Runtime session "
-        "with its default threads.",
+        f"{args.warmup} warm-up + {args.repeats} timed calls per row, one session per network "
+        "with the runtime's default threads. Parity: each variant's figures from the manifest "
+        "(label agreement with PyTorch and gated mIoU lost, on the calibration images at the "
+        "served tau).",
     ]
-    if parity is not None:
-        lines.append(
-            f"INT8 parity (from the manifest): label agreement "
-            f"{100 * parity.label_agreement:.2f}% with PyTorch, gated mIoU drop "
-            f"{100 * (parity.gated_miou_drop or 0):.2f} points on {parity.images} images; "
-            f"{'accepted' if parity.passed else 'refused'} ({parity.rule})."
-        )
+    for precision in ("int8", "bf16", "fp16"):
+        variant = manifest.variants.get(precision)  # type: ignore[call-overload]
+        if variant is not None:
+            parity = variant.parity
+            lines.append(
+                f"- {precision.upper()}: label agreement {100 * parity.label_agreement:.2f}%, "
+                f"gated mIoU drop {100 * (parity.gated_miou_drop or 0):.2f} points on "
+                f"{parity.images} images; {'accepted' if variant.graphs else 'refused'}"
+                + (f" ({parity.rule})" if parity.rule else "")
+            )
+    lines += [f"- left out: {reason}" for reason in left_out]
     lines += [
         "",
-        "| batch | what | precision | median ms/image | p10-p90 | vs FP32 (speed-up) |",
-        "|---|---|---|---|---|---|",
+        "| batch | what | runtime | precision | median ms/image | p10-p90 | vs ONNX Runtime FP32 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for batch, what, precision, times in rows:
+    for batch, what, candidate, times in rows:
         p10, p90 = percentile(times, 0.1), percentile(times, 0.9)
         median = statistics.median(times)
         lines.append(
-            f"| {batch} | {what} | {precision} | {1000 * median:.1f} | "
-            f"{1000 * p10:.1f}-{1000 * p90:.1f} | {reference[(batch, what)] / median:.2f}x |"
+            f"| {batch} | {what} | {candidate.runtime} | {candidate.precision} | "
+            f"{1000 * median:.1f} | {1000 * p10:.1f}-{1000 * p90:.1f} | "
+            f"{reference[(batch, what)] / median:.2f}x |"
         )
     return report("\n".join(lines), args.write, "precision-cpu")
