@@ -15,11 +15,27 @@ from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.workflows.bench.serve import SIZES, model_alone, size_images
 
 
-def test_model_alone_tries_every_layout_and_counts_images(tiny_export: Path) -> None:
-    pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
+def test_model_alone_tries_every_engine_and_layout_and_counts_images(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    from s4seg.export.repository import publish
+    from s4seg.repository import version_pipeline
+    from s4seg.workflows.bench.limits import network_flops, peak_gflops
+
+    repo = tmp_path / "repo"
+    version = publish(tiny_export, repo, log=lambda *_: None)
+    pipeline = version_pipeline(repo, version, device="cpu")
     framed = Framing.of(pipeline.manifest).frame(np.zeros((64, 64, 3), np.uint8))
-    rows = model_alone(pipeline, framed, window=0.3, windows=2)
-    assert [(r.instances, r.batch) for r in rows] == [(i, b) for i in (1, 2) for b in (1, 4, 8)]
+    rows = model_alone(repo, version, pipeline, framed, window=0.3, windows=2)
+    layouts = [(i, b) for i in (1, 2) for b in (1, 4, 8)]
+    engines = [("onnxruntime", "fp32"), ("openvino", "fp32")]  # tiny_export has no BF16 variant
+    assert [(r.engine.runtime, r.engine.precision, r.instances, r.batch) for r in rows] == [
+        (*e, *layout) for e in engines for layout in layouts
+    ]
+    flops = network_flops(pipeline.manifest)
+    assert set(flops) == {"segmenter", "classifier"} and flops["segmenter"] > flops["classifier"]
+    peak, how = peak_gflops("fp32")
+    assert peak is None or (peak > 0 and "GHz" in how)
     cores = os.cpu_count() or 1
     for row in rows:
         assert row.threads == max(1, cores // row.instances)

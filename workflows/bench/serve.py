@@ -32,17 +32,25 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from s4seg.engines import open_onnxruntime
+from s4seg.engines import bf16_capable, open_session
 from s4seg.errors import S4segError
+from s4seg.export.engine_choice import Candidate
 from s4seg.imaging import decode_image
 from s4seg.letterbox import Framed, Framing, labels_from_scores
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.outputs import label_png
-from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
+from s4seg.repository import (
+    ENSEMBLE,
+    STEP_MODELS,
+    graph_path,
+    served_version,
+    version_pipeline,
+)
 from s4seg.serving.triton import free_port
 from s4seg.tensors import CLS_IMAGE, CLS_INPUT, IMAGE, MAP_BACK_OUTPUTS, SCORES, SEG_INPUT, TAU
 
 from . import naive_endpoint
+from .limits import network_flops, peak_gflops
 from .report import cpu_description, percentile, provenance, report
 
 # Input sizes of the latency table: (name, height, width).
@@ -92,6 +100,7 @@ def measure(call: Callable[[bytes], None], images: list[bytes], concurrency: int
 
 @dataclass
 class ModelAlone:
+    engine: Candidate
     instances: int
     threads: int
     batch: int
@@ -102,61 +111,85 @@ class ModelAlone:
         return statistics.median(self.rates)
 
 
+def served_engines(manifest) -> tuple[Candidate, list[Candidate]]:
+    """The engine the version is served with, and every engine its published files can run in
+    here (the FP32 files also at bf16 where the export's BF16 variant passed and the CPU has
+    it): the model alone is measured in each."""
+    engine = (manifest.published or {}).get("engine") or {}
+    served = Candidate(engine.get("runtime", "onnxruntime"), engine.get("precision", "fp32"))
+    files = "fp32" if served.precision == "bf16" else served.precision
+    found = [Candidate("onnxruntime", files), Candidate("openvino", files)]
+    bf16 = manifest.variants.get("bf16")
+    if files == "fp32" and bf16 is not None and bf16.graphs and bf16_capable():
+        found.append(Candidate("openvino", "bf16"))
+    return served, found
+
+
 def model_alone(
-    pipeline: OnnxPipeline, framed: Framed, window: float, windows: int
-) -> list[ModelAlone]:
-    """Images/s of the segmenter + classifier sessions alone, for each instances x batch (the
+    repository: Path, version: int, pipeline: OnnxPipeline, framed: Framed, window: float,
+    windows: int,
+) -> list[ModelAlone]:  # fmt: skip
+    """Images/s of the segmenter + classifier alone, for each engine x instances x batch (the
     threads split the cores); each instance is a Python thread looping over its own sessions
-    (ONNX Runtime releases the GIL). Warm-up outside the windows; one rate per window."""
-    files = {
-        step: Path(pipeline.sessions[step]._model_path) for step in ("segmenter", "classifier")
-    }
+    (both runtimes release the GIL). Warm-up outside the windows; one rate per window."""
+    files = {step: graph_path(repository, step, version) for step in ("segmenter", "classifier")}
+    _, engines = served_engines(pipeline.manifest)
     cores = os.cpu_count() or 1
     rows = []
-    for instances in (1, 2):
-        threads = max(1, cores // instances)
-        sessions = [
-            {
-                step: open_onnxruntime(f, pipeline.providers, threads=threads)
-                for step, f in files.items()
-            }
-            for _ in range(instances)
-        ]
-        for batch in (1, 4, 8):
-            images = np.repeat(framed.canvas[None], batch, axis=0)
-            views = np.repeat(framed.view[None], batch, axis=0)
-            seg_input, cls_input = pipeline.sessions["preprocess"].run(
-                None, {IMAGE.name: images, CLS_IMAGE.name: views}
-            )
-            done = [0] * instances
-            stop = threading.Event()
-
-            def loop(i: int, run: dict, feeds: tuple, batch: int, done: list, stop) -> None:
-                while not stop.is_set():
-                    run["segmenter"].run(None, {SEG_INPUT.name: feeds[0]})
-                    run["classifier"].run(None, {CLS_INPUT.name: feeds[1]})
-                    done[i] += batch
-
-            feeds = (seg_input, cls_input)
-            workers = [
-                threading.Thread(target=loop, args=(i, sessions[i], feeds, batch, done, stop))
-                for i in range(instances)
+    for engine in engines:
+        for instances in (1, 2):
+            threads = max(1, cores // instances)
+            sessions = [
+                {
+                    step: open_session(
+                        f, engine.runtime, engine.precision, pipeline.providers, threads=threads
+                    )
+                    for step, f in files.items()
+                }
+                for _ in range(instances)
             ]
-            for worker in workers:
-                worker.start()
-            time.sleep(window / 2)  # warm-up
-            rates = []
-            for _ in range(windows):
-                before, start = sum(done), time.perf_counter()
-                time.sleep(window)
-                rates.append((sum(done) - before) / (time.perf_counter() - start))
-            stop.set()
-            for worker in workers:
-                worker.join()
-            rows.append(ModelAlone(instances, threads, batch, rates))
-            print(f"bench serve: model alone {instances}x{threads} batch {batch}: "
-                  f"{rows[-1].rate:.1f} images/s", file=sys.stderr)  # fmt: skip
+            for batch in (1, 4, 8):
+                rows.append(
+                    ModelAlone(engine, instances, threads, batch,
+                               loop_rates(pipeline, sessions, framed, batch, window, windows))
+                )  # fmt: skip
+                print(f"bench serve: model alone {engine.name} {instances}x{threads} batch "
+                      f"{batch}: {rows[-1].rate:.1f} images/s", file=sys.stderr)  # fmt: skip
     return rows
+
+
+def loop_rates(
+    pipeline: OnnxPipeline, sessions: list[dict], framed: Framed, batch: int, window: float,
+    windows: int,
+) -> list[float]:  # fmt: skip
+    images = np.repeat(framed.canvas[None], batch, axis=0)
+    views = np.repeat(framed.view[None], batch, axis=0)
+    seg_input, cls_input = pipeline.sessions["preprocess"].run(
+        None, {IMAGE.name: images, CLS_IMAGE.name: views}
+    )
+    done = [0] * len(sessions)
+    stop = threading.Event()
+
+    def loop(i: int) -> None:
+        run = sessions[i]
+        while not stop.is_set():
+            run["segmenter"].run(None, {SEG_INPUT.name: seg_input})
+            run["classifier"].run(None, {CLS_INPUT.name: cls_input})
+            done[i] += batch
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
+    for worker in workers:
+        worker.start()
+    time.sleep(window / 2)  # warm-up
+    rates = []
+    for _ in range(windows):
+        before, start = sum(done), time.perf_counter()
+        time.sleep(window)
+        rates.append((sum(done) - before) / (time.perf_counter() - start))
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return rates
 
 
 def size_images(images: list[bytes]) -> dict[str, bytes]:
@@ -393,9 +426,14 @@ def bench_serve(args: argparse.Namespace) -> str:
         scores = pipeline.run(framed.canvas[None], framed.view[None]).scores[0]
         label_png(labels_from_scores(scores, framed.placement), manifest)
 
-    # The model alone first, with nothing else running.
-    alone = model_alone(pipeline, first, args.window, args.windows)
-    best = max(alone, key=lambda row: row.rate)
+    # The model alone first, with nothing else running: in the served engine (what the gateway
+    # is compared with) and in every other engine its files run in here (the machine's limit).
+    alone = model_alone(repository, version, pipeline, first, args.window, args.windows)
+    served_engine, _ = served_engines(manifest)
+    best = max((r for r in alone if r.engine == served_engine), key=lambda row: row.rate)
+    limit = max(alone, key=lambda row: row.rate)
+    flops = network_flops(manifest)
+    per_image = sum(flops.values())
 
     env = {**os.environ, "S4SEG_LOG_DIR": str(Path(args.log_dir))}
     processes: list[subprocess.Popen] = []
@@ -465,16 +503,31 @@ def bench_serve(args: argparse.Namespace) -> str:
         f"{manifest.num_classes} classes); {len(images)} images cycled.",
         "",
         f"**Model alone** (segmenter + classifier sessions, nothing else; {args.windows} windows "
-        f"of {args.window:g} s after a warm-up; median, min-max):",
+        f"of {args.window:g} s after a warm-up; median, min-max). Served with "
+        f"{served_engine.name}; FLOPs per image {per_image / 1e9:.2f} G "
+        f"({', '.join(f'{k} {v / 1e9:.2f} G' for k, v in flops.items())}, torch's flop "
+        "counter); peak an estimate:",
         "",
-        "| instances x threads | batch | images/s | spread |",
-        "|---|---|---|---|",
+    ]
+    for precision in sorted({row.engine.precision for row in alone}):
+        peak, how = peak_gflops(precision)
+        lines.append(f"- peak {precision}: {f'{peak:.0f} GFLOP/s' if peak else 'unknown'} ({how})")
+    lines += [
+        "",
+        "| runtime | precision | instances x threads | batch | images/s | spread | GFLOP/s | "
+        "of peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in alone:
-        mark = " **best**" if row is best else ""
+        mark = " **served best**" if row is best else ""
+        mark += " **limit**" if row is limit else ""
+        peak, _ = peak_gflops(row.engine.precision)
+        gflops = row.rate * per_image / 1e9
+        share = f"{100 * gflops / peak:.0f}%" if peak else "-"
         lines.append(
-            f"| {row.instances} x {row.threads} | {row.batch} | {row.rate:.1f}{mark} | "
-            f"{min(row.rates):.1f}-{max(row.rates):.1f} |"
+            f"| {row.engine.runtime} | {row.engine.precision} | {row.instances} x {row.threads} "
+            f"| {row.batch} | {row.rate:.1f}{mark} | {min(row.rates):.1f}-{max(row.rates):.1f} | "
+            f"{gflops:.0f} | {share} |"
         )
     lines += [
         "",
@@ -482,14 +535,15 @@ def bench_serve(args: argparse.Namespace) -> str:
         "size, palette PNG; in-process and the gateway decode JPEGs at reduced scale alike):",
         "",
         "| target | concurrency | requests/s | p50 ms | p99 ms | p99/p50 | vs in-process | "
-        "vs model alone |",
-        "|---|---|---|---|---|---|---|---|",
+        "vs model alone (served engine) | vs the limit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, concurrency, rate, latencies in sorted(rows, key=lambda r: r[1]):
         p50, p99 = percentiles(latencies)
         lines.append(
             f"| {name} | {concurrency} | {rate:.1f} | {p50:.0f} | {p99:.0f} | {p99 / p50:.2f} | "
-            f"{rate / in_proc[concurrency]:.2f}x | {rate / best.rate:.2f}x |"
+            f"{rate / in_proc[concurrency]:.2f}x | {rate / best.rate:.2f}x | "
+            f"{rate / limit.rate:.2f}x |"
         )
     if hops:
         lines += [
