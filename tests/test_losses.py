@@ -140,3 +140,32 @@ def test_each_gan_term_reaches_s_with_its_own_weight(losses: str) -> None:
             assert grad.abs().sum() > 0, f"{name} sends no gradient to S"
             expected += weight * grad
     torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept() -> None:
+    """Issue 23: UniMatch's Cityscapes labeled loss. Six pixels of two classes; their true
+    class's probabilities are set through the logits."""
+    from s4seg import IGNORE_INDEX
+    from s4seg.training.losses import ohem_cross_entropy
+
+    p = torch.tensor([0.95, 0.9, 0.8, 0.6, 0.3, 0.1])  # probability of the true class
+    target = torch.tensor([0, 1, 0, 1, 0, 1]).view(1, 1, 6)
+    logit = torch.log(p / (1 - p))  # two classes: softmax of (logit, 0)
+    logits = torch.stack([logit, torch.zeros(6)]).view(1, 2, 1, 6)
+    logits = torch.where(target.unsqueeze(1) == 0, logits, logits.flip(1))
+    per_pixel = -torch.log(p)
+
+    def ce(keep: list[int]) -> float:
+        return float(per_pixel[keep].mean())
+
+    # Hard = probability <= 0.7: pixels 3, 4, 5 (3 >= min_kept 2).
+    assert ohem_cross_entropy(logits, target, 0.7, 2).item() == pytest.approx(ce([3, 4, 5]))
+    # min_kept 4: the cut rises to the 4th smallest probability (0.8).
+    assert ohem_cross_entropy(logits, target, 0.7, 4).item() == pytest.approx(ce([2, 3, 4, 5]))
+    # Ignored pixels never count; fewer valid pixels than min_kept: plain cross-entropy.
+    ignored = target.clone()
+    ignored[0, 0, 5] = IGNORE_INDEX
+    assert ohem_cross_entropy(logits, ignored, 0.7, 2).item() == pytest.approx(ce([3, 4]))
+    plain = F.cross_entropy(logits, target).item()
+    assert ohem_cross_entropy(logits, target, 0.7, 7).item() == pytest.approx(plain)
+    assert plain == pytest.approx(ce([0, 1, 2, 3, 4, 5]))

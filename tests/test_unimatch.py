@@ -93,3 +93,8 @@ def test_the_unimatch_step_sends_each_term_with_its_weight(
     # And the same run again gives the same weights (seeded streams, views and boxes).
     again = _one_step(synth_root, tmp_path / "again", *base)
     assert all(torch.equal(full[k], again[k]) for k in full)
+    # The Cityscapes recipe's OHEM labeled loss is the one the step uses when asked for.
+    # (At initialisation every pixel is hard at 0.7: a low threshold drops some.)
+    ohem = _one_step(synth_root, tmp_path / "ohem", *base, "unimatch.labeled_loss=ohem",
+                     "unimatch.ohem_threshold=0.12", "unimatch.ohem_min_kept=100")  # fmt: skip
+    assert any(not torch.equal(full[k], ohem[k]) for k in full)

@@ -130,6 +130,11 @@ class UniMatchConfig(Section):
     cutmix_p: float = 0.5
     cutmix_area: tuple[float, float] = (0.02, 0.4)  # of the crop
     cutmix_aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    # The labeled loss: cross-entropy (the VOC recipe) or OHEM (the Cityscapes recipe: pixels
+    # with their class's probability <= ohem_threshold, at least ohem_min_kept of them a batch).
+    labeled_loss: Literal["ce", "ohem"] = "ce"
+    ohem_threshold: float = 0.7
+    ohem_min_kept: PositiveInt = 100_000
 
 
 class TrainConfig(Section):

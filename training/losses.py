@@ -1,4 +1,5 @@
-"""The s4GAN losses (paper eq. 1-5) and the helpers that prepare the discriminator's inputs."""
+"""The s4GAN losses (paper eq. 1-5) and the helpers that prepare the discriminator's inputs;
+OHEM cross-entropy, the labeled loss of UniMatch's public Cityscapes recipe."""
 
 from __future__ import annotations
 
@@ -57,3 +58,26 @@ def discriminator_loss(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> to
 def generator_adversarial_loss(fake_logit: torch.Tensor) -> torch.Tensor:
     """The standard GAN loss for S (Table 6's CE+SGAN row): BCE(D(S(x_u)), 1)."""
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.7, min_kept: int = 100_000
+) -> torch.Tensor:
+    """Cross-entropy over the hard pixels only (online hard example mining, as UniMatch's
+    Cityscapes config): the pixels whose softmax probability of their true class is at most
+    ``threshold``, raised to the ``min_kept``-th smallest probability when fewer are that hard,
+    so at least ``min_kept`` pixels count. With fewer valid pixels than ``min_kept``, plain
+    cross-entropy (as the public code)."""
+    valid = target != IGNORE_INDEX
+    count = int(valid.sum())
+    if count == 0 or count < min_kept:
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    with torch.no_grad():
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        prob = logits.detach().float().softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
+        prob = prob.masked_fill(~valid, 1.0)
+        kth = prob.flatten().kthvalue(max(1, min(count, min_kept))).values
+        cut = torch.maximum(kth, torch.tensor(threshold, device=prob.device))
+        kept = valid & (prob <= cut)
+    hard = torch.where(kept, target, torch.full_like(target, IGNORE_INDEX))
+    return F.cross_entropy(logits, hard, ignore_index=IGNORE_INDEX)

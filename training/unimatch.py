@@ -34,6 +34,7 @@ from s4seg import IGNORE_INDEX
 from s4seg.errors import ConfigError
 
 from .config import Config, UniMatchConfig
+from .losses import ohem_cross_entropy
 from .models import upsample_logits
 from .run_support import Log, log_to_stderr, runtime_for
 from .segmenter_run import SegmenterRun
@@ -174,7 +175,10 @@ def train_unimatch(cfg: Config, resumed: dict | None = None, log: Log = log_to_s
             logits_s1, logits_s2 = logits[n_u + n_x : 2 * n_u + n_x], logits[2 * n_u + n_x :]
             conf_w, label_w = logits_w.detach().softmax(1).max(1)
 
-            loss_x = F.cross_entropy(logits_x, y, ignore_index=IGNORE_INDEX)
+            if u.labeled_loss == "ohem":
+                loss_x = ohem_cross_entropy(logits_x, y, u.ohem_threshold, u.ohem_min_kept)
+            else:
+                loss_x = F.cross_entropy(logits_x, y, ignore_index=IGNORE_INDEX)
             unlabeled_terms = {}
             for name, logits_s, view in (("loss_s1", logits_s1, s1), ("loss_s2", logits_s2, s2)):
                 labels = torch.where(view.boxes, label_m, label_w)
