@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from s4seg.letterbox import Framing
@@ -15,6 +16,7 @@ from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.workflows.bench.serve import SIZES, model_alone, size_images
 
 
+@pytest.mark.openvino
 def test_model_alone_tries_every_engine_and_layout_and_counts_images(
     tiny_export: Path, tmp_path: Path
 ) -> None:

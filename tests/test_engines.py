@@ -12,6 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from s4seg.engines import bf16_capable, check_engine, open_session
 from s4seg.manifest import ManifestError
 
+pytestmark = pytest.mark.openvino
+
 
 @pytest.fixture(scope="module")
 def conv_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:

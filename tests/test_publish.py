@@ -233,6 +233,7 @@ def cpu_variants(
     return out
 
 
+@pytest.mark.openvino
 def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -> None:
     """Issue 25: `bench precision` has a row per runtime and precision the export can run in
     here, with the variants' parity figures."""
@@ -257,6 +258,7 @@ def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -
     assert f"openvino {openvino.__version__}" in done.stdout  # the machine line names both
 
 
+@pytest.mark.openvino
 def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
     cpu_variants: Path, tmp_path: Path
 ) -> None:
