@@ -58,6 +58,15 @@ def test_bf16_runs_the_fp32_graph_at_bf16(conv_graph: Path) -> None:
     assert 0 < error < 0.05  # rounded to bf16's 8-bit mantissa: close, and not the fp32 result
 
 
+def test_openvino_sessions_leave_threads_unpinned(conv_graph: Path) -> None:
+    """Pinned, every compiled model's threads start at the first core: two 1-thread segmenters
+    (two Triton instances) then share one core (BENCHMARKS: model alone, 2 x 1 rows)."""
+    for precision in ("fp32", *(("bf16",) if bf16_capable() else ())):
+        session = open_session(conv_graph, "openvino", precision, threads=1)
+        assert session.model.get_property("ENABLE_CPU_PINNING") is False
+        assert session.model.get_property("INFERENCE_NUM_THREADS") == 1
+
+
 def test_engines_that_can_not_run_are_refused_by_name() -> None:
     with pytest.raises(ManifestError, match="bf16 runs in OpenVINO"):
         check_engine("onnxruntime", "bf16")
