@@ -21,7 +21,7 @@ import numpy as np
 from s4seg import tensors as t
 from s4seg.engines import bf16_capable, cpu_flags
 from s4seg.letterbox import Framing
-from s4seg.manifest import Manifest
+from s4seg.manifest import Manifest, Parity
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.timing import percentile, time_calls
 
@@ -51,8 +51,23 @@ def candidates(manifest: Manifest) -> tuple[list[Candidate], list[str]]:
         elif precision == "bf16" and not bf16_capable():
             left_out.append("bf16: this CPU has no BF16 instructions")
         else:
-            found += [Candidate(runtime, precision) for runtime in runtimes]
+            for runtime in runtimes:
+                parity = variant_parity(manifest, Candidate(runtime, precision))
+                if parity is None:
+                    left_out.append(f"{precision} in {runtime}: not judged (export again)")
+                elif not parity.passed:
+                    left_out.append(f"{precision} in {runtime}: refused ({parity.rule} needed)")
+                else:
+                    found.append(Candidate(runtime, precision))
     return found, left_out
+
+
+def variant_parity(manifest: Manifest, candidate: Candidate) -> Parity | None:
+    """The figures a lower precision was judged by in this runtime (None: not judged in it)."""
+    variant = manifest.variants[candidate.precision]  # type: ignore[index]
+    if candidate.precision == "bf16" or candidate.runtime == "onnxruntime":
+        return variant.parity  # BF16 is judged in OpenVINO, INT8 and FP16 in ONNX Runtime
+    return variant.runtime_parity.get(candidate.runtime)
 
 
 def model_steps_call(pipeline: OnnxPipeline) -> Callable[[], object]:
@@ -112,7 +127,8 @@ def choose_engine(
         f"{reference / medians[best]:.2f}x ONNX Runtime FP32"
     )
     if best.precision != "fp32":
-        parity = manifest.variants[best.precision].parity  # type: ignore[index]
+        parity = variant_parity(manifest, best)
+        assert parity is not None  # only judged candidates are measured
         why += (
             f"; its parity: {100 * parity.label_agreement:.2f}% label agreement, "
             f"{100 * (parity.gated_miou_drop or 0):.2f} gated mIoU points lost"

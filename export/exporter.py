@@ -275,8 +275,30 @@ def add_int8_variant(
     if not figures.passed:
         log(f"int8 variant refused ({figures.rule} needed)")
         path.unlink()
-        graphs = {}
-    manifest.variants["int8"] = Variant(graphs=graphs, parity=figures)
+        manifest.variants["int8"] = Variant(parity=figures)
+        return
+    in_openvino = int8_in_openvino(manifest, files, torch_graphs, judged, log)
+    manifest.variants["int8"] = Variant(graphs=graphs, parity=figures, runtime_parity=in_openvino)
+
+
+def int8_in_openvino(
+    manifest: Manifest, files: dict[str, Path], torch_graphs: dict[str, torch.nn.Module],
+    judged: Judged, log: Log,
+) -> dict[str, Parity]:  # fmt: skip
+    """The INT8 graph run by OpenVINO (its own int8 kernels, its own rounding), judged by the
+    same rule; nothing where OpenVINO is not installed (then only ONNX Runtime runs INT8)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return {}
+    pipeline = OnnxPipeline(manifest, files, "cpu", runtime="openvino", precision="int8")
+    figures = lossy_rule(judged.measure(torch_graphs, pipeline))
+    verdict = "passed" if figures.passed else f"refused ({figures.rule} needed)"
+    log(
+        f"parity int8 (OpenVINO): label agreement {100 * figures.label_agreement:.3f}%, gated "
+        f"mIoU drop {100 * (figures.gated_miou_drop or 0):.2f} points: {verdict}"
+    )
+    return {"openvino": figures}
 
 
 def lossy_rule(measured: Parity, **extra: Any) -> Parity:

@@ -85,7 +85,8 @@ def measure_parity(
         "images": len(images),
         "tau": tau,
         "input_size": list(framing.size),
-        "providers": pipeline.providers,
+        # what ran the networks: ONNX Runtime's providers, or "OpenVINO CPU <precision>"
+        "providers": list(pipeline.sessions["segmenter"].get_providers()),
         "max_abs_prob_diff": float(np.abs(a["probs"] - b["probs"]).max()),
         "max_abs_class_prob_diff": float(np.abs(a["class_probs"] - b["class_probs"]).max()),
         "label_agreement": float((a["labels"] == b["labels"]).mean()),

@@ -85,6 +85,7 @@ class OpenVinoSession:
             self.model = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as error:  # OpenVINO raises RuntimeError with a long message
             raise ManifestError(f"{path} does not load in OpenVINO: {first_line(error)}") from None
+        self.precision = precision
         self.inputs = [Port(p.any_name) for p in self.model.inputs]
         self.outputs = [Port(p.any_name) for p in self.model.outputs]
 
@@ -95,7 +96,7 @@ class OpenVinoSession:
         return self.outputs
 
     def get_providers(self) -> list[str]:
-        return ["OpenVINO CPU"]
+        return [f"OpenVINO CPU {self.precision}"]
 
     def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         request = self.model.create_infer_request()

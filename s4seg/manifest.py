@@ -119,10 +119,15 @@ class Parity(_Strict):
 
 class Variant(_Strict):
     """A lower-precision variant: its graphs (replacing the FP32 ones of the same steps; none
-    when it was refused) and the parity figures it was accepted or refused by."""
+    when it was refused) and the parity figures it was accepted or refused by (INT8, FP16: in
+    ONNX Runtime; BF16: in OpenVINO)."""
 
     graphs: dict[str, GraphFile] = {}
     parity: Parity
+    # The same graphs judged in another runtime, by the same rule: OpenVINO runs INT8's QDQ
+    # graph with kernels of its own, so ONNX Runtime's figures do not hold for it. A runtime
+    # missing here is not offered for this variant (``export.engine_choice``).
+    runtime_parity: dict[str, Parity] = {}
 
 
 # bf16 is a way to run the FP32 graphs (OpenVINO at bf16, ``s4seg.engines``), not graphs of its

@@ -250,6 +250,7 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
     assert sha256_file(onnx_file) == fp16.graphs["segmenter"].sha256
 
 
+@pytest.mark.openvino  # the INT8 graph is judged in OpenVINO too
 def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -278,6 +279,11 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
         and parity.gated_miou_drop <= exporter.INT8_MAX_MIOU_DROP
     )
     if parity.passed:
+        # OpenVINO runs the same QDQ graph with its own kernels: judged again, by the same rule
+        in_openvino = int8.runtime_parity["openvino"]
+        assert (in_openvino.rule, in_openvino.tau) == (parity.rule, parity.tau)
+        assert in_openvino.providers == ["OpenVINO CPU int8"]
+        assert parity.providers[0] == "CPUExecutionProvider"
         assert set(int8.graphs) == {"segmenter"}
         graph = onnx.load(str(tmp_path / "out" / int8.graphs["segmenter"].file))
         kinds = {node.op_type for node in graph.graph.node}
@@ -297,6 +303,7 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
         data=str(synth_root), parity_images=2, int8=True, log=lambda *_: None,
     )  # fmt: skip
     assert refused.variants["int8"].graphs == {} and refused.variants["int8"].parity.passed is False
+    assert refused.variants["int8"].runtime_parity == {}
     assert "label agreement >= 101%" in (refused.variants["int8"].parity.rule or "")
     assert not (tmp_path / "refused" / "segmenter_int8.onnx").exists()
     with pytest.raises(PublishError, match="no INT8 variant"):

@@ -259,6 +259,37 @@ def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -
 
 
 @pytest.mark.openvino
+def test_auto_offers_a_runtime_only_for_the_precisions_judged_in_it(cpu_variants: Path) -> None:
+    """INT8's parity is ONNX Runtime's; OpenVINO runs the same graph with its own kernels, so
+    ``precision auto`` offers OpenVINO INT8 only where it was judged in OpenVINO and passed."""
+    from s4seg.export.engine_choice import Candidate, candidates
+    from s4seg.manifest import Variant
+
+    manifest = Manifest.load(cpu_variants)
+    judged = manifest.variants["int8"].parity.model_copy(update={"passed": True})
+    openvino_int8 = Candidate("openvino", "int8")
+    onnxruntime_int8 = Candidate("onnxruntime", "int8")
+    graphs = {"segmenter": manifest.graphs["segmenter"]}  # candidates() reads the manifest only
+
+    manifest.variants["int8"] = Variant(
+        graphs=graphs, parity=judged, runtime_parity={"openvino": judged}
+    )
+    found, _ = candidates(manifest)
+    assert openvino_int8 in found and onnxruntime_int8 in found
+    manifest.variants["int8"] = Variant(graphs=graphs, parity=judged)  # made before it was judged
+    found, left_out = candidates(manifest)
+    assert openvino_int8 not in found and onnxruntime_int8 in found
+    assert "int8 in openvino: not judged (export again)" in left_out
+    refused = judged.model_copy(update={"passed": False})
+    manifest.variants["int8"] = Variant(
+        graphs=graphs, parity=judged, runtime_parity={"openvino": refused}
+    )
+    found, left_out = candidates(manifest)
+    assert openvino_int8 not in found and onnxruntime_int8 in found
+    assert any(r.startswith("int8 in openvino: refused (label agreement >=") for r in left_out)
+
+
+@pytest.mark.openvino
 def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
     cpu_variants: Path, tmp_path: Path
 ) -> None:
@@ -287,8 +318,16 @@ def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
     measured = engine["measured"]
     expected = {"onnxruntime fp32", "openvino fp32"}
     expected |= {"openvino bf16"} if bf16.parity.passed else set()
-    if manifest.variants["int8"].graphs:
-        expected |= {"onnxruntime int8", "openvino int8"}
+    int8 = manifest.variants["int8"]
+    if int8.graphs:
+        expected |= {"onnxruntime int8"}
+        # OpenVINO's int8 kernels are judged on their own: offered only where they passed
+        in_openvino = int8.runtime_parity["openvino"]
+        assert in_openvino.rule == int8.parity.rule and in_openvino.images == int8.parity.images
+        if in_openvino.passed:
+            expected |= {"openvino int8"}
+        else:
+            assert any(r.startswith("int8 in openvino: refused") for r in engine["left_out"])
     assert set(measured) == expected
     fastest = min(measured, key=lambda name: measured[name]["median_ms"])
     assert f"{engine['runtime']} {engine['precision']}" == fastest
