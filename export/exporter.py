@@ -19,6 +19,7 @@ import torch
 
 from s4seg import __version__
 from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
+from s4seg.engines import open_onnxruntime
 from s4seg.errors import CheckpointError, DatasetError
 from s4seg.layouts import data_layout, trained_on, training_data_here
 from s4seg.letterbox import Framing, pad_colour
@@ -39,12 +40,14 @@ from s4seg.manifest import (
     sha256_file,
 )
 from s4seg.onnx_pipeline import MODEL_STEPS, OnnxPipeline
+from s4seg.tensors import FOLDED_INPUTS
 from s4seg.training.checkpoint import load_checkpoint
 from s4seg.training.models import segmenter_from_checkpoint
 from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from . import graphs as g
 from .calibration import DEFAULT_CALIBRATION_IMAGES, calibrate, calibration_data
+from .fold import fold_preprocess
 from .onnx_export import OPSET, ExportError, export_onnx, signature
 from .parity import describe_failure, measure_parity
 
@@ -177,17 +180,16 @@ def add_fp16_variant(
     files = {s: work / graph.file for s, graph in manifest.graphs.items()}
     graphs: dict[str, GraphFile] = {}
     for step in FP16_STEPS:
-        path = work / f"{step}_fp16.onnx"
+        part = work / PARTS / f"{step}_fp16.onnx"
         half = ir.from_proto(
-            convert_float_to_float16(onnx.load(str(files[step])), keep_io_types=True)
+            convert_float_to_float16(
+                onnx.load(str(work / PARTS / f"{step}.onnx")), keep_io_types=True
+            )
         )
         half.graph.sort()  # the converter appends its input casts out of topological order
-        onnx.save(ir.to_proto(half), path)
-        onnx.checker.check_model(str(path), full_check=True)
-        graphs[step] = GraphFile(
-            file=path.name, sha256=sha256_file(path), precision="fp16", **signature(path)
-        )
-        files[step] = path
+        onnx.save(ir.to_proto(half), part)
+        graphs[step] = fold_network(work, step, part, f"{step}_fp16", "fp16")
+        files[step] = work / graphs[step].file
     figures = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "auto"))
     log(f"parity fp16: label agreement {100 * figures.label_agreement:.3f}%")
     if not figures.passed:
@@ -237,12 +239,12 @@ def add_int8_variant(
 
     framing = Framing.of(manifest)
     images = training_images(seg_payload, INT8_CALIBRATION_IMAGES, framing.size)
-    preprocess = OnnxPipeline(manifest, {"preprocess": work / manifest.graphs["preprocess"].file})
+    preprocess = open_onnxruntime(work / PARTS / "preprocess.onnx", ["CPUExecutionProvider"])
     seg_inputs = []
     for image in images:
         framed = framing.frame(image)
         feeds = {g.IMAGE: framed.canvas[None], g.CLS_IMAGE: framed.view[None]}
-        seg_inputs.append(preprocess.sessions["preprocess"].run(None, feeds)[0])
+        seg_inputs.append(preprocess.run(None, feeds)[0])
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -251,20 +253,17 @@ def add_int8_variant(
         def get_next(self) -> dict | None:
             return next(self.feeds, None)
 
-    fp32 = work / manifest.graphs["segmenter"].file
-    prepared, path = work / "segmenter_int8_prep.onnx", work / "segmenter_int8.onnx"
+    fp32 = work / PARTS / "segmenter.onnx"  # the network alone: calibrated on its own input
+    prepared, part = work / PARTS / "segmenter_int8_prep.onnx", work / PARTS / "segmenter_int8.onnx"
     log(f"int8: calibrating the segmenter on {len(seg_inputs)} training images")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     quantize_static(
-        str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        str(prepared), str(part), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
     prepared.unlink()
-    graphs = {
-        "segmenter": GraphFile(
-            file=path.name, sha256=sha256_file(path), precision="int8", **signature(path)
-        )
-    }
+    graphs = {"segmenter": fold_network(work, "segmenter", part, "segmenter_int8", "int8")}
+    path = work / graphs["segmenter"].file
     files = {s: work / graph.file for s, graph in {**manifest.graphs, **graphs}.items()}
     measured = judged.measure(torch_graphs, OnnxPipeline(manifest, files, "cpu"))
     figures = lossy_rule(measured, calibration_images=len(seg_inputs))
@@ -452,13 +451,47 @@ def example_inputs(num_classes: int, size: tuple[int, int], cls_size: int) -> di
     }
 
 
+# Inside the work folder while exporting: the preprocess graph and the networks alone, before
+# folding (INT8 calibrates and FP16 converts the network alone); removed when export is done.
+PARTS = "parts"
+
+
+def graph_file(path: Path, precision: str = "fp32") -> GraphFile:
+    return GraphFile(
+        file=path.name, sha256=sha256_file(path), precision=precision, **signature(path)
+    )  # type: ignore[arg-type]
+
+
+def fold_network(
+    work: Path, step: str, network: Path, name: str, precision: str = "fp32"
+) -> GraphFile:
+    """``work/<name>.onnx``: the preprocess part for ``step`` folded into ``network``."""
+    import onnx
+
+    preprocess = onnx.load(str(work / PARTS / "preprocess.onnx"))
+    path = work / f"{name}.onnx"
+    onnx.save(fold_preprocess(preprocess, onnx.load(str(network)), step), str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return graph_file(path, precision)
+
+
 def write_graphs(torch_graphs: dict, examples: dict, work: Path, log: Log) -> dict[str, GraphFile]:
-    graph_files = {}
+    """The served graphs: each network with its normalisation folded in, and the gate."""
+    parts = work / PARTS
+    parts.mkdir()
     for step, (example, outputs, dynamic) in examples.items():
         log(f"export: {step}")
-        path = work / f"{step}.onnx"
-        sig = export_onnx(torch_graphs[step], example, outputs, path, dynamic)
-        graph_files[step] = GraphFile(file=path.name, sha256=sha256_file(path), **sig)
+        export_onnx(
+            torch_graphs[step],
+            example,
+            outputs,
+            (work if step == "gate" else parts) / f"{step}.onnx",
+            dynamic,
+        )
+    graph_files = {
+        step: fold_network(work, step, parts / f"{step}.onnx", step) for step in FOLDED_INPUTS
+    }
+    graph_files["gate"] = graph_file(work / "gate.onnx")
     return graph_files
 
 
@@ -608,6 +641,7 @@ def export_models(
             if bf16:
                 add_bf16_variant(manifest, work, torch_graphs, judged, log)
         shutil.rmtree(work / "synth", ignore_errors=True)
+        shutil.rmtree(work / PARTS)
         manifest.save(work / MANIFEST_NAME)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -20,13 +20,16 @@ from s4seg.errors import S4segError
 
 # /2: the gate graph also outputs the gated scores (label maps at the photo's resolution).
 # /3: the preprocess graph takes the classifier's view as an input of its own (the whole image,
-# not the letterboxed canvas). Older exports can not be served by the ensemble of this version.
-MANIFEST_FORMAT: Final = "s4seg-manifest/3"
-OLDER_FORMATS = ("s4seg-manifest/1", "s4seg-manifest/2")
+# not the letterboxed canvas).
+# /4: three steps: the normalisation is folded into the segmenter and classifier graphs, which
+# take the uint8 images (BENCHMARKS: bench hops). Older exports can not be served by the
+# ensemble of this version.
+MANIFEST_FORMAT: Final = "s4seg-manifest/4"
+OLDER_FORMATS = ("s4seg-manifest/1", "s4seg-manifest/2", "s4seg-manifest/3")
 MANIFEST_NAME = "manifest.json"
 
 # The steps of the pipeline, in order; each is one ONNX file ``<step>.onnx``.
-STEPS = ("preprocess", "segmenter", "classifier", "gate")
+STEPS = ("segmenter", "classifier", "gate")
 
 # The gate's threshold (eq. 7). The paper's 0.2 was chosen by cross-validation on VOC; export
 # chooses the served one on held-out data (export/calibration.py). -1 is below every probability:
@@ -136,7 +139,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
 
 class Manifest(_Strict):
-    format: Literal["s4seg-manifest/3"] = MANIFEST_FORMAT
+    format: Literal["s4seg-manifest/4"] = MANIFEST_FORMAT
     created: str
     s4seg_version: str
     dataset: dict[str, Any]

@@ -1,7 +1,7 @@
 """The exported pipeline run in-process (no server, no torch): ONNX Runtime, or OpenVINO for the
 segmenter and the classifier (``s4seg.engines``).
 
-It runs the same four ONNX files, in the same order, as the Triton ensemble: export uses it for
+It runs the same three ONNX files, in the same order, as the Triton ensemble: export uses it for
 its parity check, ``s4seg evaluate --onnx`` and ``s4seg predict --via local`` use it to serve.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from s4seg.engines import check_engine, open_onnxruntime, open_session
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
-from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, CLS_INPUT, IMAGE, LOGITS, SEG_INPUT, TAU
+from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, LOGITS, TAU
 
 UNGATED_TAU = GATE_OFF_TAU
 """A tau below every probability: the gate keeps all classes (``gate=false``)."""
@@ -76,14 +76,15 @@ def check_batch(images: np.ndarray, views: np.ndarray, view_size: int) -> None:
         )
 
 
-# The steps that hold the networks: the ones a runtime and precision are chosen for. Preprocess
-# and the gate are a few element-wise ops and an argmax, in FP32 ONNX Runtime everywhere.
+# The steps that hold the networks (each with its normalisation folded in): the ones a runtime
+# and precision are chosen for. The gate is a few element-wise ops and an argmax, in FP32 ONNX
+# Runtime everywhere.
 MODEL_STEPS = ("segmenter", "classifier")
 
 
 class OnnxPipeline:
-    """preprocess -> segmenter + classifier -> gate, as four sessions: the two networks in
-    ``runtime`` at ``precision`` (the files must be that precision's graphs), the rest in ONNX
+    """segmenter + classifier -> gate, as three sessions: the two networks (uint8 images in) in
+    ``runtime`` at ``precision`` (the files must be that precision's graphs), the gate in ONNX
     Runtime."""
 
     def __init__(
@@ -135,11 +136,8 @@ class OnnxPipeline:
         (``s4seg.letterbox.Framing``). ``tau`` None: the manifest's."""
         check_batch(images, views, self.manifest.classifier_view_size)
         tau = self.manifest.request_tau(tau)
-        seg_input, cls_input = self.sessions["preprocess"].run(
-            None, {IMAGE.name: images, CLS_IMAGE.name: views}
-        )
-        (logits,) = self.sessions["segmenter"].run(None, {SEG_INPUT.name: seg_input})
-        (class_probs,) = self.sessions["classifier"].run(None, {CLS_INPUT.name: cls_input})
+        (logits,) = self.sessions["segmenter"].run(None, {IMAGE.name: images})
+        (class_probs,) = self.sessions["classifier"].run(None, {CLS_IMAGE.name: views})
         taus = np.full((len(images), 1), tau, dtype=TAU.dtype)
         labels, suppressed, scores = self.sessions["gate"].run(
             None,

@@ -5,8 +5,8 @@ status, and which version is served. Publishing, the promotion gate and rollback
 Layout (one folder per model, numbered version folders inside)::
 
     model_repository/
-      s4seg_preprocess/config.pbtxt   N/model.onnx (+ N/model.py: the python-backend runner)
-      s4seg_segmenter/ ...             s4seg_classifier/ ...   s4seg_gate/ ...
+      s4seg_segmenter/config.pbtxt    N/model.onnx (+ N/model.py: the python-backend runner)
+      s4seg_classifier/ ...            s4seg_gate/ ...
       s4seg/config.pbtxt              N/manifest.json   (the ensemble; its config names N)
 
 The serving status (what ``s4seg serve`` serves, versions that failed to load) lives beside the
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 ENSEMBLE = "s4seg"
 STEP_MODELS = {
-    "preprocess": "s4seg_preprocess",
     "segmenter": "s4seg_segmenter",
     "classifier": "s4seg_classifier",
     "gate": "s4seg_gate",

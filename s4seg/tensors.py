@@ -1,13 +1,17 @@
 """The pipeline's tensors: one definition of names, dtypes and shapes, used by the exporter (graph
 inputs and outputs), the Triton configs, the in-process ONNX pipeline and the Triton client.
 
-preprocess: image (N, h, w, 3) uint8 (letterboxed), classifier_image (N, s, s, 3) uint8 (the whole
-            image resized) -> seg_input, cls_input (N, 3, ., .) float32 (normalised)
-segmenter:  seg_input -> logits (N, C, h, w) float32, at the input's resolution
-classifier: cls_input -> class_probs (N, C) float32 (sigmoid; 1.0 everywhere without MLMT)
+segmenter:  image (N, h, w, 3) uint8 (letterboxed) -> logits (N, C, h, w) float32, at the input's
+            resolution (the normalisation inside the graph)
+classifier: classifier_image (N, s, s, 3) uint8 (the whole image resized) -> class_probs (N, C)
+            float32 (sigmoid; 1.0 everywhere without MLMT)
 gate:       logits, class_probs, tau (N, 1) float32 -> labels (N, h, w) uint8,
             suppressed (N, C) bool, scores (N, C, h, w) float32 (the logits with suppressed
             classes pushed to SUPPRESSED_SCORE: labels = argmax of scores, at any resolution)
+
+Inside export only, the networks and their normalisation are graphs of their own before they are
+folded together (``export/fold.py``): preprocess takes both images and gives seg_input, cls_input
+(N, 3, ., .) float32, normalised; the networks take those.
 """
 
 from __future__ import annotations
@@ -49,11 +53,19 @@ SUPPRESSED_SCORE = -1e30
 
 # Each step's (inputs, outputs), in the order the graphs take and return them.
 GRAPH_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
+    "segmenter": ((IMAGE,), (LOGITS,)),
+    "classifier": ((CLS_IMAGE,), (CLASS_PROBS,)),
+    "gate": ((LOGITS, CLASS_PROBS, TAU), (LABELS, SUPPRESSED, SCORES)),
+}
+# The graphs export makes before folding the normalisation into the networks: step -> (its
+# inputs, its outputs); each network's input is what the preprocess graph gives it.
+PARTS_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     "preprocess": ((IMAGE, CLS_IMAGE), (SEG_INPUT, CLS_INPUT)),
     "segmenter": ((SEG_INPUT,), (LOGITS,)),
     "classifier": ((CLS_INPUT,), (CLASS_PROBS,)),
-    "gate": ((LOGITS, CLASS_PROBS, TAU), (LABELS, SUPPRESSED, SCORES)),
 }
+# Each network's folded form: (the image it takes, the normalised input inside it).
+FOLDED_INPUTS = {"segmenter": (IMAGE, SEG_INPUT), "classifier": (CLS_IMAGE, CLS_INPUT)}
 # What the ensemble takes and answers. tau is required: Triton refuses optional inputs on
 # ensembles (server PR #3894), so the gateway always sends it (the manifest's tau by default).
 ENSEMBLE_INPUTS = (IMAGE, CLS_IMAGE, TAU)

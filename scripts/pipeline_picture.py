@@ -180,12 +180,12 @@ def draw(out: Path) -> None:
         "export/",
         COLOURS["export"],
         [
-            "4 ONNX graphs",
+            "3 ONNX graphs",
             "+ manifest.json",
             "",
             "parity vs PyTorch",
             "tau calibration",
-            "FP16 / INT8",
+            "FP16 / INT8 / BF16",
             "",
             "an export folder",
         ],
@@ -228,7 +228,8 @@ def draw(out: Path) -> None:
     ax.text(sx + sw / 2, ens_top - 0.05, "Triton ensemble", ha="center", va="top", fontsize=10)
     px, pw = sx + 0.1, sw - 0.2
     rows = [ens_top - 0.28 - step_h - i * pitch for i in range(3)]  # bottoms of the three rows
-    inner(ax, px, rows[0], pw, step_h, "preprocess", COLOURS["serving"])
+    # What comes in (not a step): the networks normalise the uint8 images in their own graphs.
+    inner(ax, px, rows[0], pw, step_h, "uint8 image + view", "white")
     half = (pw - 0.1) / 2
     inner(ax, px, rows[1], half, step_h, "segmenter", COLOURS["serving"])
     inner(ax, px + half + 0.1, rows[1], half, step_h, "classifier", COLOURS["serving"])
@@ -313,7 +314,7 @@ def draw(out: Path) -> None:
         (w_bottom + w_top) / 2,
         "workflows/   the top layer, drives the stages:  the s4seg command (cli.py, commands.py)"
         "  ·  quickstart  ·  doctor\n"
-        "bench (train, export, mapback, precision, serve)        "
+        "bench (train, export, mapback, precision, serve, hops)        "
         "imports: core ← training ← export ← serving ← clients ← workflows",
         ha="center",
         va="center",

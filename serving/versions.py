@@ -242,12 +242,8 @@ class VersionManager:
         image[...] = np.asarray(manifest.pad_value, dtype=np.uint8)
         side = manifest.classifier_view_size
         view = np.full((1, side, side, 3), 128, dtype=np.uint8)
-        pre = self._infer(
-            STEP_MODELS["preprocess"], version, {t.IMAGE.name: image, t.CLS_IMAGE.name: view}
-        )
-        seg_in, cls_in = t.SEG_INPUT.name, t.CLS_INPUT.name
-        seg = self._infer(STEP_MODELS["segmenter"], version, {seg_in: pre[seg_in]})
-        cls = self._infer(STEP_MODELS["classifier"], version, {cls_in: pre[cls_in]})
+        seg = self._infer(STEP_MODELS["segmenter"], version, {t.IMAGE.name: image})
+        cls = self._infer(STEP_MODELS["classifier"], version, {t.CLS_IMAGE.name: view})
         logits, probs = t.LOGITS.name, t.CLASS_PROBS.name
         expected = {logits: (1, classes, height, width), probs: (1, classes)}
         for name, value in {**seg, **cls}.items():

@@ -43,7 +43,7 @@ def write_repository(root: Path, version: int = 1, size: int = 32) -> Path:
         classifier=None,
         tau=-1.0,
         opset=18,
-        graphs={step: graph for step in ("preprocess", "segmenter", "classifier", "gate")},
+        graphs={step: graph for step in ("segmenter", "classifier", "gate")},
         sources={
             "segmenter": {
                 "path": "/home/someone/private/runs/s4gan/checkpoint.pt",

@@ -25,7 +25,7 @@ from s4seg.tensors import SUPPRESSED_SCORE
 from s4seg.training.gate import gated_argmax
 
 
-def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> None:
+def test_export_writes_three_checked_graphs_and_a_manifest(tiny_export: Path) -> None:
     manifest = Manifest.load(tiny_export)
     assert sorted(p.name for p in tiny_export.iterdir()) == sorted(
         [*(f"{s}.onnx" for s in STEPS), "manifest.json"]
@@ -43,15 +43,45 @@ def test_export_writes_four_checked_graphs_and_a_manifest(tiny_export: Path) -> 
     assert parity.label_agreement >= 0.999
     assert parity.max_abs_prob_diff < 1e-3
     assert parity.gated_miou_diff is not None and parity.gated_miou_diff <= 0.001
-    # Batch, height and width stay dynamic in the files.
-    assert manifest.graphs["segmenter"].inputs["seg_input"] == ["batch", 3, "height", "width"]
+    # The networks take the uint8 images (normalisation folded in); batch, height and width
+    # stay dynamic in the files.
+    assert manifest.graphs["segmenter"].inputs == {"image": ["batch", "height", "width", 3]}
+    assert list(manifest.graphs["classifier"].inputs) == ["classifier_image"]
+    assert not (tiny_export / "parts").exists()  # the unfolded graphs are export's own
+
+
+def test_folded_networks_compute_what_preprocess_then_network_computes(tiny_export: Path) -> None:
+    """Folding is composition: the served graph, cut where it was joined, gives the same
+    numbers as its two halves run one after the other (what the four-step ensemble ran)."""
+    import onnx
+    import onnxruntime as ort
+
+    from s4seg.export.fold import split_preprocess
+
+    def session(model: onnx.ModelProto) -> ort.InferenceSession:
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(3)
+    inputs = {
+        "segmenter": ("image", rng.integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)),
+        "classifier": ("classifier_image", rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)),
+    }
+    for step, (name, value) in inputs.items():
+        folded = onnx.load(str(tiny_export / f"{step}.onnx"))
+        (whole,) = session(folded).run(None, {name: value})
+        pre, network = split_preprocess(folded, step)
+        (normalised,) = session(pre).run(None, {name: value})
+        assert normalised.dtype == np.float32 and normalised.shape[1] == 3  # NCHW, FP32
+        (halves,) = session(network).run(None, {network.graph.input[0].name: normalised})
+        np.testing.assert_allclose(whole, halves, rtol=1e-5, atol=1e-5)
 
 
 def test_exports_of_an_older_format_are_refused_by_name(tiny_export: Path, tmp_path: Path) -> None:
-    """/2 graphs take the letterboxed canvas for the classifier; this ensemble sends a view of
-    its own: such an export can not be served and says so."""
+    """/2 graphs take the letterboxed canvas for the classifier, /3 networks take normalised
+    FP32 tensors from a preprocess step; this ensemble sends uint8 images to the networks: such
+    an export can not be served and says so."""
     data = json.loads((tiny_export / "manifest.json").read_text())
-    for older in ("s4seg-manifest/1", "s4seg-manifest/2"):
+    for older in ("s4seg-manifest/1", "s4seg-manifest/2", "s4seg-manifest/3"):
         (tmp_path / "manifest.json").write_text(json.dumps({**data, "format": older}))
         with pytest.raises(ManifestError, match="older s4seg: export the checkpoints again"):
             Manifest.load(tmp_path)

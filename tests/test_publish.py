@@ -36,7 +36,7 @@ def test_publish_writes_complete_numbered_versions(tiny_export: Path, tmp_path: 
         assert sorted(p.name for p in (repo / model / "2").iterdir()) == ["model.onnx", "model.py"]
     assert (repo / ENSEMBLE / "2" / "manifest.json").is_file()
     config = (repo / ENSEMBLE / "config.pbtxt").read_text()
-    assert "versions: [ 2 ]" in config and config.count("model_version: 2") == 4
+    assert "versions: [ 2 ]" in config and config.count("model_version: 2") == 3
     assert served_version(repo) == 2
     assert not list(repo.rglob("*.tmp"))  # no staging folder left
     # A published version runs in-process exactly like the export it came from.
@@ -71,6 +71,67 @@ def test_onnxruntime_runtime_writes_native_configs(tiny_export: Path, tmp_path: 
     config = (repo / "s4seg_segmenter" / "config.pbtxt").read_text()
     assert 'backend: "onnxruntime"' in config and 'backend: "python"' not in config
     assert [p.name for p in (repo / "s4seg_segmenter" / "1").iterdir()] == ["model.onnx"]
+
+
+def test_every_written_config_is_a_valid_triton_model_config(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """Each runtime's configs, as files (publish) and as the JSON s4seg serve sends with each
+    load, parse strictly as Triton's ModelConfig (an unknown field or enum fails)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from s4seg.triton_config import RUNTIMES, ensemble_config, step_config
+
+    for runtime in RUNTIMES:
+        repo = tmp_path / runtime
+        publish(tiny_export, repo, runtime=runtime, **QUIET)
+        for model in [*STEP_MODELS.values(), ENSEMBLE]:
+            text_format.Parse(
+                (repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+            )
+        for step in STEP_MODELS:
+            json_format.ParseDict(
+                step_config(step, runtime, [1], 2, 1), model_config_pb2.ModelConfig()
+            )
+    json_format.ParseDict(ensemble_config(1), model_config_pb2.ModelConfig())
+
+
+@pytest.mark.openvino
+def test_openvino_runtime_puts_the_networks_on_tritons_openvino_backend(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """Issue 25: the NGC configuration where OpenVINO wins on the CPU. Not run here (the pip
+    tritonserver has the python backend only): the configs, files and refusals are checked."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from s4seg.repository import read_manifest
+
+    repo = tmp_path / "repo"
+    version = publish(tiny_export, repo, runtime="openvino", **QUIET)
+    configs = {}
+    for step, model in STEP_MODELS.items():
+        configs[step] = text_format.Parse(
+            (repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        # what the native backends read: the ONNX file alone (no runner, no engine.json)
+        assert [p.name for p in (repo / model / str(version)).iterdir()] == ["model.onnx"]
+    assert configs["gate"].backend == "onnxruntime"
+    for step in ("segmenter", "classifier"):
+        config = configs[step]
+        assert config.backend == "openvino" and config.default_model_filename == "model.onnx"
+        assert config.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+        assert [g.count for g in config.instance_group] == [1]  # streams, not instances
+    assert configs["segmenter"].parameters["NUM_STREAMS"].string_value == "2"
+    engine = read_manifest(repo, version).published["engine"]
+    assert (engine["runtime"], engine["precision"]) == ("openvino", "fp32")
+    served = version_pipeline(repo, version, device="cpu")  # promotion gate, predict --via local
+    assert served.runtime == "openvino"
+    with pytest.raises(PublishError, match="sets bf16 per model"):
+        publish(tiny_export, repo, runtime="openvino", precision="bf16", **QUIET)
+    with pytest.raises(PublishError, match="serves fp32 or int8, not fp16"):
+        publish(tiny_export, repo, runtime="openvino", precision="fp16", **QUIET)
 
 
 def test_other_classes_are_refused_unless_forced(tiny_export: Path, tmp_path: Path) -> None:

@@ -237,13 +237,22 @@ def test_version_with_wrong_shapes_is_refused_before_the_switch(
     from s4seg.training.models import DeepLabV2
 
     repo = server.repo
+
+    class FromImage(torch.nn.Module):  # the served segmenter's input: the uint8 image
+        def __init__(self) -> None:
+            super().__init__()
+            self.segmenter = Segmenter(DeepLabV2(5, 18, [6, 12, 18, 24]))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.segmenter(image.permute(0, 3, 1, 2).float() / 255)
+
     wrong = tmp_path / "wrong.onnx"
     export_onnx(
-        Segmenter(DeepLabV2(5, 18, [6, 12, 18, 24])),
-        {"seg_input": torch.zeros(1, 3, 64, 64)},
+        FromImage(),
+        {"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)},
         ["logits"],
         wrong,
-        {"seg_input": {0: "batch", 2: "height", 3: "width"}},
+        {"image": {0: "batch", 1: "height", 2: "width"}},
     )
     for model in [*STEP_MODELS.values(), ENSEMBLE]:
         shutil.copytree(repo / model / "2", repo / model / ".4.tmp")

@@ -1,7 +1,7 @@
 """A Triton python-backend model that runs one ONNX file with ONNX Runtime, or with OpenVINO.
 
 Publish copies this file as ``model.py`` beside each ``model.onnx``: every step of the s4seg
-ensemble (preprocess, segmenter, classifier, gate) is this runner on another graph. It uses the
+ensemble (segmenter, classifier, gate) is this runner on another graph. It uses the
 CUDA execution provider when Triton gives the instance a GPU, the CPU otherwise; where publish
 chose OpenVINO for a network (``engine.json`` beside it: ``publish --precision auto|bf16``), it
 opens the graph through ``s4seg.engines``, the one place that opens OpenVINO sessions. Requests

@@ -94,17 +94,14 @@ def step_latencies(
     framed = Framing.of(manifest).frame(photo)
     images = np.repeat(framed.canvas[None], batch, axis=0)
     views = np.repeat(framed.view[None], batch, axis=0)
-    pre_inputs = {t.IMAGE.name: images, t.CLS_IMAGE.name: views}
     s = pipeline.sessions
-    seg_input, cls_input = s["preprocess"].run(None, pre_inputs)
-    (logits,) = s["segmenter"].run(None, {t.SEG_INPUT.name: seg_input})
-    (probs,) = s["classifier"].run(None, {t.CLS_INPUT.name: cls_input})
+    (logits,) = s["segmenter"].run(None, {t.IMAGE.name: images})
+    (probs,) = s["classifier"].run(None, {t.CLS_IMAGE.name: views})
     tau = np.full((batch, 1), manifest.tau, dtype=t.TAU.dtype)
     gate_inputs = {t.LOGITS.name: logits, t.CLASS_PROBS.name: probs, t.TAU.name: tau}
     calls = {
-        "preprocess": lambda: s["preprocess"].run(None, pre_inputs),
-        "segmenter": lambda: s["segmenter"].run(None, {t.SEG_INPUT.name: seg_input}),
-        "classifier": lambda: s["classifier"].run(None, {t.CLS_INPUT.name: cls_input}),
+        "segmenter": lambda: s["segmenter"].run(None, {t.IMAGE.name: images}),
+        "classifier": lambda: s["classifier"].run(None, {t.CLS_IMAGE.name: views}),
         "gate": lambda: s["gate"].run(None, gate_inputs),
         "pipeline": lambda: pipeline.run(images, views),
     }
@@ -307,12 +304,9 @@ def bench_precision(args: argparse.Namespace) -> str:
             pipeline = OnnxPipeline.from_export(
                 folder, device="cpu", precision=candidate.precision, runtime=candidate.runtime
             )
-            (seg_input, _) = pipeline.sessions["preprocess"].run(
-                None, {t.IMAGE.name: images, t.CLS_IMAGE.name: views}
-            )
             session = pipeline.sessions["segmenter"]
             calls = {
-                "segmenter": lambda s=session, x=seg_input: s.run(None, {t.SEG_INPUT.name: x}),
+                "segmenter": lambda s=session, x=images: s.run(None, {t.IMAGE.name: x}),
                 "pipeline": lambda p=pipeline, x=images, v=views: p.run(x, v),
             }
             for what, call in calls.items():

@@ -47,7 +47,7 @@ from s4seg.repository import (
     version_pipeline,
 )
 from s4seg.serving.triton import free_port
-from s4seg.tensors import CLS_IMAGE, CLS_INPUT, IMAGE, MAP_BACK_OUTPUTS, SCORES, SEG_INPUT, TAU
+from s4seg.tensors import CLS_IMAGE, IMAGE, MAP_BACK_OUTPUTS, SCORES, TAU
 
 from . import naive_endpoint
 from .limits import network_flops, peak_gflops
@@ -164,17 +164,14 @@ def loop_rates(
 ) -> list[float]:  # fmt: skip
     images = np.repeat(framed.canvas[None], batch, axis=0)
     views = np.repeat(framed.view[None], batch, axis=0)
-    seg_input, cls_input = pipeline.sessions["preprocess"].run(
-        None, {IMAGE.name: images, CLS_IMAGE.name: views}
-    )
     done = [0] * len(sessions)
     stop = threading.Event()
 
     def loop(i: int) -> None:
         run = sessions[i]
         while not stop.is_set():
-            run["segmenter"].run(None, {SEG_INPUT.name: seg_input})
-            run["classifier"].run(None, {CLS_INPUT.name: cls_input})
+            run["segmenter"].run(None, {IMAGE.name: images})
+            run["classifier"].run(None, {CLS_IMAGE.name: views})
             done[i] += batch
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
@@ -335,11 +332,18 @@ def http_caller(url: str) -> Callable[[bytes], None]:
     return call
 
 
-def triton_step_stats(triton_url: str) -> dict[str, tuple[float, float, int]]:
-    """Per step: mean queue ms, mean compute ms (input+infer+output), executions."""
+def triton_step_stats(
+    triton_url: str, prefix: str | None = None
+) -> dict[str, tuple[float, float, int]]:
+    """Per step: mean queue ms, mean compute ms (input+infer+output), executions. ``prefix``:
+    the steps are named ``prefix + step`` (``bench hops``), not as served."""
     out = {}
     for step, model in STEP_MODELS.items():
-        stats = httpx.get(f"http://{triton_url}/v2/models/{model}/stats", timeout=5).json()
+        model = model if prefix is None else f"{prefix}{step}"
+        response = httpx.get(f"http://{triton_url}/v2/models/{model}/stats", timeout=5)
+        if response.status_code != 200:  # a layout without this step
+            continue
+        stats = response.json()
         rows = [s for s in stats.get("model_stats", []) if s.get("inference_count")]
         count = sum(int(r["inference_stats"]["success"]["count"]) for r in rows)
         if not count:

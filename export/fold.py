@@ -1,0 +1,66 @@
+"""The normalisation folded into each network graph, and taken out again.
+
+Export makes the preprocess graph and each network as graphs of their own (so INT8 calibrates
+and FP16 converts the network alone, as before), then serves one graph per network: uint8 image
+in, logits or class probabilities out. Folding is ``onnx.compose``: the same operators, so the
+same numbers. One python-backend step fewer per request (BENCHMARKS: ``bench hops``).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import compose
+
+from s4seg.tensors import FOLDED_INPUTS, GRAPH_IO
+
+PREFIX = "pre_"
+
+
+def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
+    graph = model.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+
+
+def _compatible(preprocess: onnx.ModelProto, network: onnx.ModelProto) -> onnx.ModelProto:
+    """The preprocess graph at the network's opset and IR version (quantisation may raise
+    them; its few element-wise operators read the same in both)."""
+    opsets = {o.domain or "": o.version for o in network.opset_import}
+    ours = {o.domain or "": o.version for o in preprocess.opset_import}
+    if ours.get("") != opsets.get(""):
+        preprocess = onnx.version_converter.convert_version(preprocess, opsets[""])
+    preprocess.ir_version = network.ir_version
+    return preprocess
+
+
+def fold_preprocess(
+    preprocess: onnx.ModelProto, network: onnx.ModelProto, step: str
+) -> onnx.ModelProto:
+    """``step``'s network with its part of the preprocess graph in front: it takes the uint8
+    image (``s4seg.tensors.GRAPH_IO[step]``); the normalised tensor between them keeps its
+    name, so ``split_preprocess`` can cut there again."""
+    image, normalised = FOLDED_INPUTS[step]
+    (output,) = GRAPH_IO[step][1]
+    preprocess = _compatible(preprocess, network)
+    merged = compose.merge_models(
+        preprocess, network, io_map=[(normalised.name, normalised.name)], prefix1=PREFIX
+    )
+    pruned = onnx.utils.Extractor(merged).extract_model([PREFIX + image.name], [output.name])
+    _rename(pruned, {PREFIX + image.name: image.name, PREFIX + normalised.name: normalised.name})
+    pruned.graph.name = f"{step}_folded"
+    onnx.checker.check_model(pruned)
+    return pruned
+
+
+def split_preprocess(folded: onnx.ModelProto, step: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A folded graph cut where it was joined: (image -> normalised, normalised -> output)."""
+    image, normalised = FOLDED_INPUTS[step]
+    (output,) = GRAPH_IO[step][1]
+    extractor = onnx.utils.Extractor(folded)
+    return (
+        extractor.extract_model([image.name], [normalised.name]),
+        extractor.extract_model([normalised.name], [output.name]),
+    )
