@@ -145,10 +145,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--repository", default=str(REPOSITORY))
     publish.add_argument(
         "--runtime",
-        choices=["python", "onnxruntime"],
+        choices=["python", "onnxruntime", "openvino"],
         default="python",
-        help="python: ONNX Runtime inside the python backend (the pip tritonserver); "
-        "onnxruntime: Triton's native backend (NGC image)",
+        help="python: the runner inside the python backend (the pip tritonserver; ONNX Runtime "
+        "or OpenVINO as --precision chooses); onnxruntime: Triton's native ONNX Runtime backend; "
+        "openvino: Triton's native OpenVINO backend for the networks (both: the NGC image)",
     )
     publish.add_argument(
         "--precision",

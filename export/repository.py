@@ -24,7 +24,7 @@ from s4seg.defaults import REPOSITORY
 from s4seg.engines import check_engine, open_onnxruntime
 from s4seg.errors import S4segError
 from s4seg.manifest import MANIFEST_NAME, STEPS, Manifest, ManifestError, sha256_file
-from s4seg.onnx_pipeline import MODEL_STEPS, OnnxPipeline, graph_files
+from s4seg.onnx_pipeline import MODEL_STEPS, OnnxPipeline, gpu_present, graph_files
 from s4seg.pipeline_evaluation import evaluate_pipeline
 from s4seg.repository import (
     ENGINE_FILE,
@@ -166,8 +166,9 @@ def publish(
             if runtime == "python":
                 version_files["model.py"] = RUNNER
             staged = None
-            if step in MODEL_STEPS and engine["runtime"] != "onnxruntime":
-                # how the runner runs this network (s4seg.engines); absent: ONNX Runtime
+            if runtime == "python" and step in MODEL_STEPS and engine["runtime"] != "onnxruntime":
+                # how the runner runs this network (s4seg.engines); absent: ONNX Runtime. The
+                # native backends need none: the step config names the backend.
                 staged = model_dir / f".{version}.{ENGINE_FILE}"
                 write_json_atomic(staged, {k: engine[k] for k in ("runtime", "precision")})
                 version_files[ENGINE_FILE] = staged
@@ -201,26 +202,32 @@ def publish(
 
 
 def served_engine(folder: Path, runtime: str, precision: str, log=print) -> dict[str, Any]:
-    """How the runner will run the networks: ``auto`` measures here (``engine_choice``);
-    otherwise ONNX Runtime, except bf16, which only OpenVINO runs."""
+    """How the networks will run: ``auto`` measures here (``engine_choice``), among the engines
+    the step runtime can run (python: any; native backends: their own); otherwise ONNX Runtime
+    (OpenVINO under ``--runtime openvino``), and bf16 in OpenVINO inside the python runner."""
+    native = runtime if runtime != "python" else None
     if precision == "auto":
-        if runtime != "python":
-            log("precision auto: Triton's native ONNX Runtime backend runs fp32 here")
-            return {"runtime": "onnxruntime", "precision": "fp32", "why": "native backend"}
+        if native == "onnxruntime" and gpu_present():
+            log("precision auto: Triton's native ONNX Runtime backend runs fp32 on the GPU")
+            return {"runtime": "onnxruntime", "precision": "fp32", "why": "native backend, GPU"}
         from .engine_choice import choose_engine
 
-        _, record = choose_engine(folder, check_export(folder), log)
+        _, record = choose_engine(folder, check_export(folder), log, runtime=native)
         log(f"precision auto: {record['runtime']} {record['precision']}: {record['why']}")
         return record
     if precision == "bf16":
-        if runtime != "python":
+        if native is not None:
             raise PublishError(
-                "--precision bf16 runs in OpenVINO inside the python runner (--runtime python); "
-                "Triton's native ONNX Runtime backend has no bf16"
+                "--precision bf16 runs in OpenVINO inside the python runner (--runtime python): "
+                "Triton's native ONNX Runtime backend has no bf16, and its OpenVINO backend "
+                "sets bf16 per model (every loaded version), not per version"
             )
         check_engine("openvino", "bf16")  # refused by name on a CPU without BF16
         return {"runtime": "openvino", "precision": "bf16", "why": "--precision bf16"}
-    return {"runtime": "onnxruntime", "precision": precision, "why": f"--precision {precision}"}
+    if native == "openvino" and precision not in ("fp32", "int8"):
+        raise PublishError(f"--runtime openvino serves fp32 or int8, not {precision}")
+    engine = "openvino" if native == "openvino" else "onnxruntime"
+    return {"runtime": engine, "precision": precision, "why": f"--precision {precision}"}
 
 
 def promotion_gate(

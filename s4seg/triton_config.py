@@ -17,14 +17,29 @@ from s4seg.repository import ENSEMBLE, STEP_MODELS
 from s4seg.tensors import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, GRAPH_IO, TensorSpec
 
 MAX_BATCH_SIZE = 8
-RUNTIMES = ("python", "onnxruntime")
+# python: the runner (export/triton/onnx_runner.py) in the python backend, every step (the pip
+# tritonserver); onnxruntime: Triton's native ONNX Runtime backend, every step; openvino: Triton's
+# native OpenVINO backend for the two networks, ONNX Runtime's for the gate (both: the NGC image).
+RUNTIMES = ("python", "onnxruntime", "openvino")
+NATIVE_OPENVINO_STEPS = ("segmenter", "classifier")
 
 
 def _tensors(tensors: tuple[TensorSpec, ...]) -> list[dict]:
     return [{"name": t.name, "data_type": t.triton_type, "dims": list(t.dims)} for t in tensors]
 
 
-THREAD_PARAMETER = {"python": "intra_op_threads", "onnxruntime": "intra_op_thread_count"}
+THREAD_PARAMETER = {
+    "python": "intra_op_threads",
+    "onnxruntime": "intra_op_thread_count",
+    "openvino": "INFERENCE_NUM_THREADS",
+}
+
+
+def step_backend(step: str, runtime: str) -> str:
+    """The Triton backend that runs ``step`` under ``runtime``."""
+    if runtime == "openvino":
+        return "openvino" if step in NATIVE_OPENVINO_STEPS else "onnxruntime"
+    return runtime
 
 
 def step_config(
@@ -35,14 +50,15 @@ def step_config(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """``loaded`` None: the two newest versions (files on disk); else exactly these versions.
-    ``threads``: ONNX Runtime intra-op threads per instance (None: its default, all cores)."""
+    ``threads``: threads per instance (None: the runtime's default, all cores)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     inputs, outputs = GRAPH_IO[step]
+    kind = step_backend(step, runtime)
     backend: dict[str, Any] = (
         {"backend": "python"}
-        if runtime == "python"
-        else {"backend": "onnxruntime", "default_model_filename": "model.onnx"}
+        if kind == "python"
+        else {"backend": kind, "default_model_filename": "model.onnx"}  # both read ONNX
     )
     policy = (
         {"latest": {"num_versions": 2}}
@@ -50,10 +66,17 @@ def step_config(
         else {"specific": {"versions": sorted(set(loaded))}}
     )
     instances = segmenter_instances if step == "segmenter" else 1
+    values = {THREAD_PARAMETER[kind]: str(threads)} if threads else {}
+    if kind == "openvino":
+        # One instance with a stream per would-be instance: each instance would compile a model
+        # of its own and pin its threads from the first core on (s4seg.engines measured 183
+        # against 376 images/s), and the backend has no parameter to turn pinning off.
+        values = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": str(instances)}
+        if threads:
+            values[THREAD_PARAMETER[kind]] = str(threads * instances)
+        instances = 1
     parameters = (
-        {"parameters": {THREAD_PARAMETER[runtime]: {"string_value": str(threads)}}}
-        if threads
-        else {}
+        {"parameters": {k: {"string_value": v} for k, v in values.items()}} if values else {}
     )
     return {
         "name": STEP_MODELS[step],

@@ -32,4 +32,6 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", help="gateway address (env S4SEG_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gateway port (env S4SEG_PORT, default 8080)")
     serve.add_argument("--triton-url", help="use this running Triton instead of starting one")
-    serve.add_argument("--runtime", choices=["python", "onnxruntime"], help="step runtime")
+    serve.add_argument(
+        "--runtime", choices=["python", "onnxruntime", "openvino"], help="step runtime"
+    )

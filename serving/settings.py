@@ -31,7 +31,10 @@ class ServeSettings(BaseSettings):
         description="inference requests from the gateway to Triton: gRPC was 1.1-1.4x HTTP "
         "at concurrency 1-16 in `s4seg bench serve` (BENCHMARKS.md)",
     )
-    runtime: str = Field("python", description="python (pip tritonserver) or onnxruntime (NGC)")
+    runtime: str = Field(
+        "python",
+        description="python (pip tritonserver), onnxruntime or openvino (native backends, NGC)",
+    )
     segmenter_instances: int = Field(
         SEGMENTER_INSTANCES, ge=1, description="segmenter executions in flight"
     )

@@ -16,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "ngc-cpu")
 KUBERNETES_VERSION = "1.32.0"  # what we target: the kubectl on our machines' image is 1.32
 
 
@@ -166,3 +166,15 @@ def test_the_gpu_overlay_serves_with_the_native_backend_on_a_gpu() -> None:
     assert serve["image"].startswith("s4seg-gpu")
     cpu = container(find(render(KUSTOMIZE / "overlays" / "cpu"), "Deployment", "s4seg-serving"))
     assert "S4SEG_RUNTIME" not in env(cpu) and "nvidia.com/gpu" not in cpu["resources"]["limits"]
+
+
+def test_the_ngc_cpu_overlay_serves_the_networks_on_tritons_openvino_backend() -> None:
+    """The NGC image on CPU nodes: S4SEG_RUNTIME=openvino (a runtime publish and serve accept),
+    the NGC image, no GPU."""
+    from s4seg.triton_config import RUNTIMES
+
+    objects = render(KUSTOMIZE / "overlays" / "ngc-cpu")
+    serve = container(find(objects, "Deployment", "s4seg-serving"))
+    assert env(serve)["S4SEG_RUNTIME"] == "openvino" and "openvino" in RUNTIMES
+    assert serve["image"].startswith("s4seg-gpu")  # the Dockerfile's NGC image
+    assert "nvidia.com/gpu" not in serve["resources"]["limits"]
