@@ -93,7 +93,8 @@ class TritonSettings:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    control: str = "explicit"  # "explicit": s4seg decides what loads (serving/versions.py)
+    # "explicit": s4seg decides what loads (serving/versions.py); "none": all at start (bench)
+    control: str = "explicit"
     poll_seconds: float = 1.0
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
@@ -135,7 +136,7 @@ def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str
         *(
             ["--model-control-mode=poll", f"--repository-poll-secs={round(settings.poll_seconds)}"]
             if settings.control == "poll"
-            else ["--model-control-mode=explicit"]
+            else [f"--model-control-mode={settings.control}"]
         ),
         *([f"--backend-directory={install.backends}"] if install.backends else []),
         f"--http-address={settings.host}",

@@ -121,9 +121,10 @@ def hammer(
     url: str,
     bodies: list[tuple[str, bytes, int]],
     stop: Callable[[], bool],
-    results: list[tuple[float, str, int, str, str]],
+    results: list[tuple[float, str, int, str, str, str]],
 ) -> None:
-    """POST random bodies to ``url`` until ``stop()``: (time, kind, status, version, error)."""
+    """POST random bodies to ``url`` until ``stop()``: (time, kind, status, version, error,
+    detail): the detail, so that a failure says what it was."""
     with httpx.Client(timeout=120) as client:
         rng = random.Random(threading.get_ident())
         while not stop():
@@ -131,8 +132,9 @@ def hammer(
             response = client.post(
                 f"{url}/v1/segment", content=body, headers={"Content-Type": "image/png"}
             )
-            error = response.json().get("error", "") if response.status_code != 200 else ""
+            body = response.json() if response.status_code != 200 else {}
             results.append(
                 (time.monotonic(), kind, response.status_code,
-                 response.headers.get("x-model-version", ""), error)
+                 response.headers.get("x-model-version", ""), body.get("error", ""),
+                 str(body.get("detail", ""))[:200])
             )  # fmt: skip

@@ -79,3 +79,23 @@ def test_the_naive_endpoint_does_the_gateways_work(tiny_export: Path, synth_root
     expected = segment_like_the_server(pipeline, decoded.pixels, size=decoded.size).labels[0]
     assert labels.shape == expected.shape == (130, 300)
     assert (labels == expected).mean() > 0.99
+
+
+def test_peak_counts_zen5_avx512_at_full_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zen 4 runs AVX-512 on 256-bit halves, Zen 5 (cpu family 26) on 512-bit pipes: the peak
+    of the same clock and cores doubles (this machine's EPYC had been counted as a Zen 4)."""
+    from s4seg.workflows.bench import limits
+
+    flags = frozenset({"avx2", "avx512f"})
+    monkeypatch.setattr(limits, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(limits, "clock_ghz", lambda: 2.0)
+    monkeypatch.setattr(limits.os, "cpu_count", lambda: 2)
+    peaks = {}
+    for vendor, family in (("AuthenticAMD", "25"), ("AuthenticAMD", "26"), ("GenuineIntel", "6")):
+        info = {"vendor_id": vendor, "cpu family": family}
+        monkeypatch.setattr(limits, "cpuinfo", info.get)
+        peaks[family] = limits.peak_gflops("fp32")
+    assert limits.half_width_avx512(flags) is False  # the Intel one, last
+    assert peaks["25"][0] == 2 * 2.0 * 32 and "256-bit" in peaks["25"][1]
+    assert peaks["26"][0] == 2 * 2.0 * 64 and "512-bit" in peaks["26"][1]
+    assert peaks["6"][0] == 2 * 2.0 * 64

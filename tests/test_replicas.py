@@ -109,6 +109,7 @@ def test_two_replicas_follow_publish_and_rollback_under_load(
         "requests": {name: len(results[name]) for name in names},
         "failed": len(failures),
         "failures": dict(Counter(f"{r[2]} {r[4]}" for r in failures)),
+        "failure_details": sorted({r[5] for r in failures}),
         "versions_in_responses": {n: dict(Counter(r[3] for r in results[n])) for n in names},
         "seconds_until_both_serve_the_publish": round(max(switch.values()), 1),
         "per_replica_publish": {n: round(s, 1) for n, s in switch.items()},
