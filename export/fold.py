@@ -16,7 +16,8 @@ from s4seg.tensors import FOLDED_INPUTS, GRAPH_IO
 PREFIX = "pre_"
 
 
-def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
+def rename_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> None:
+    """Rename tensors everywhere in the graph: its inputs, outputs, value infos and nodes."""
     graph = model.graph
     for value in [*graph.input, *graph.output, *graph.value_info]:
         value.name = renames.get(value.name, value.name)
@@ -49,7 +50,7 @@ def fold_preprocess(
         preprocess, network, io_map=[(normalised.name, normalised.name)], prefix1=PREFIX
     )
     pruned = onnx.utils.Extractor(merged).extract_model([PREFIX + image.name], [output.name])
-    _rename(pruned, {PREFIX + image.name: image.name, PREFIX + normalised.name: normalised.name})
+    rename_tensors(pruned, {PREFIX + image.name: image.name, PREFIX + normalised.name: normalised.name})
     pruned.graph.name = f"{step}_folded"
     onnx.checker.check_model(pruned)
     return pruned

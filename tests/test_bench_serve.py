@@ -99,3 +99,46 @@ def test_peak_counts_zen5_avx512_at_full_width(monkeypatch: pytest.MonkeyPatch) 
     assert peaks["25"][0] == 2 * 2.0 * 32 and "256-bit" in peaks["25"][1]
     assert peaks["26"][0] == 2 * 2.0 * 64 and "512-bit" in peaks["26"][1]
     assert peaks["6"][0] == 2 * 2.0 * 64
+
+
+def test_bench_hops_rebuilds_the_four_step_graphs_from_a_published_version(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """The four-step arm of ``bench hops``: one preprocess graph with both images in and both
+    normalised tensors out (the names the four-step ensemble maps), and the networks alone;
+    run one after the other they give the served graphs' numbers."""
+    import onnxruntime as ort
+
+    from s4seg.export.repository import publish
+    from s4seg.repository import graph_path
+    from s4seg.tensors import PARTS_IO
+    from s4seg.workflows.bench.hops import unfolded
+
+    repo = tmp_path / "repo"
+    version = publish(tiny_export, repo, log=lambda *_: None)
+    parts = unfolded(repo, version)
+    sessions = {
+        name: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        for name, model in parts.items()
+    }
+    for step, (inputs, outputs) in PARTS_IO.items():
+        assert [i.name for i in sessions[step].get_inputs()] == [t.name for t in inputs]
+        assert [o.name for o in sessions[step].get_outputs()] == [t.name for t in outputs]
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    view = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    seg_input, cls_input = sessions["preprocess"].run(
+        None, {"image": image, "classifier_image": view}
+    )
+    (logits,) = sessions["segmenter"].run(None, {"seg_input": seg_input})
+    (probs,) = sessions["classifier"].run(None, {"cls_input": cls_input})
+    served = {
+        step: ort.InferenceSession(str(graph_path(repo, step, version)))
+        for step in ("segmenter", "classifier")
+    }
+    np.testing.assert_allclose(
+        logits, served["segmenter"].run(None, {"image": image})[0], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        probs, served["classifier"].run(None, {"classifier_image": view})[0], atol=1e-5
+    )

@@ -337,13 +337,17 @@ def bench_precision(args: argparse.Namespace) -> str:
     ]
     for precision in ("int8", "bf16", "fp16"):
         variant = manifest.variants.get(precision)  # type: ignore[call-overload]
-        if variant is not None:
-            parity = variant.parity
+        if variant is None:
+            continue
+        judged = {"onnxruntime" if precision != "bf16" else "openvino": variant.parity}
+        judged.update(variant.runtime_parity)  # INT8 in OpenVINO: its own kernels, own figures
+        for runtime, parity in judged.items():
+            verdict = "accepted" if variant.graphs and parity.passed else "refused"
             lines.append(
-                f"- {precision.upper()}: label agreement {100 * parity.label_agreement:.2f}%, "
-                f"gated mIoU drop {100 * (parity.gated_miou_drop or 0):.2f} points on "
-                f"{parity.images} images; {'accepted' if variant.graphs else 'refused'}"
-                + (f" ({parity.rule})" if parity.rule else "")
+                f"- {precision.upper()} in {runtime}: label agreement "
+                f"{100 * parity.label_agreement:.2f}%, gated mIoU drop "
+                f"{100 * (parity.gated_miou_drop or 0):.2f} points on {parity.images} images; "
+                f"{verdict}" + (f" ({parity.rule})" if parity.rule else "")
             )
     lines += [f"- left out: {reason}" for reason in left_out]
     lines += [

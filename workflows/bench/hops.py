@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from s4seg.errors import S4segError
-from s4seg.export.fold import split_preprocess
+from s4seg.export.fold import rename_tensors, split_preprocess
 from s4seg.imaging import decode_image
 from s4seg.letterbox import Framing
 from s4seg.repository import ENGINE_FILE, STEP_MODELS, graph_path, read_manifest, served_version
@@ -60,8 +60,10 @@ def unfolded(repository: Path, version: int) -> dict[str, object]:
     cls_pre, cls_net = split_preprocess(
         onnx.load(str(graph_path(repository, "classifier", version))), "classifier"
     )
-    # The halves share names inside (the same normalisation code): the classifier's get a prefix.
-    cls_pre = compose.add_prefix(cls_pre, "cls_", rename_inputs=False, rename_outputs=False)
+    # The halves share names inside (the same normalisation code): the classifier's get a
+    # prefix, all but its input and output.
+    cls_pre = compose.add_prefix(cls_pre, "cls_")
+    rename_tensors(cls_pre, {f"cls_{t.name}": t.name for t in (CLS_IMAGE, CLS_INPUT)})
     preprocess = compose.merge_models(seg_pre, cls_pre, io_map=[])
     onnx.checker.check_model(preprocess)
     return {"preprocess": preprocess, "segmenter": seg_net, "classifier": cls_net}
@@ -224,8 +226,12 @@ def bench_hops(args: argparse.Namespace) -> str:
                         results.setdefault((layout, concurrency), []).append(
                             run_round(calls[layout], concurrency, args.requests)
                         )
+            steps = {"four": ["preprocess", *STEP_MODELS], "three": list(STEP_MODELS)}
             stats = {
-                layout: triton_step_stats(f"127.0.0.1:{settings.http_port}", prefix=f"{layout}_")
+                layout: triton_step_stats(
+                    f"127.0.0.1:{settings.http_port}",
+                    {s: "three_gate" if s == "gate" else f"{layout}_{s}" for s in steps[layout]},
+                )
                 for layout in ensembles
             }
     lines = [
@@ -258,7 +264,8 @@ def bench_hops(args: argparse.Namespace) -> str:
             )
     lines += [
         "",
-        "Triton, per step (means per request over every round):",
+        "Triton, per step (means per request over every round; the two layouts share one "
+        "gate model, so its row counts both):",
         "",
         "| layout | step | queue ms | compute ms | executions |",
         "|---|---|---|---|---|",

@@ -49,7 +49,7 @@ from s4seg.repository import (
 from s4seg.serving.triton import free_port
 from s4seg.tensors import CLS_IMAGE, IMAGE, MAP_BACK_OUTPUTS, SCORES, TAU
 
-from . import naive_endpoint
+from . import cpu_time, naive_endpoint
 from .limits import network_flops, peak_gflops
 from .report import cpu_description, percentile, provenance, report
 
@@ -333,13 +333,12 @@ def http_caller(url: str) -> Callable[[bytes], None]:
 
 
 def triton_step_stats(
-    triton_url: str, prefix: str | None = None
+    triton_url: str, models: dict[str, str] | None = None
 ) -> dict[str, tuple[float, float, int]]:
-    """Per step: mean queue ms, mean compute ms (input+infer+output), executions. ``prefix``:
-    the steps are named ``prefix + step`` (``bench hops``), not as served."""
+    """Per step: mean queue ms, mean compute ms (input+infer+output), executions. ``models``:
+    step -> Triton model name (default: as served)."""
     out = {}
-    for step, model in STEP_MODELS.items():
-        model = model if prefix is None else f"{prefix}{step}"
+    for step, model in (models or STEP_MODELS).items():
         response = httpx.get(f"http://{triton_url}/v2/models/{model}/stats", timeout=5)
         if response.status_code != 200:  # a layout without this step
             continue
@@ -358,6 +357,8 @@ def triton_step_stats(
         out[step] = (queue / count / 1e6, compute / count / 1e6, executions)
     return out
 
+
+IN_PROCESS = "in-process pipeline"
 
 # The gateway's hop to Triton, as the settings choose it: the first is the default.
 GATEWAY_VARIANTS = {
@@ -444,6 +445,7 @@ def bench_serve(args: argparse.Namespace) -> str:
     rows: list[tuple[str, int, float, list[float]]] = []
     hops: list[tuple[str, float, list[float]]] = []
     stats, by_size = {}, []
+    cpu: dict[tuple[str, int], dict[str, float]] = {}  # (target, concurrency) -> ms per request
     total = lambda c: max(args.requests, 4 * c)  # noqa: E731
     try:
         (default, variant), *others = list(GATEWAY_VARIANTS.items())[: args.variants]
@@ -461,7 +463,7 @@ def bench_serve(args: argparse.Namespace) -> str:
         processes.append(naive)
         wait_http(f"http://127.0.0.1:{naive_port}/docs", naive)
         targets = {
-            "in-process ONNX Runtime": in_process,
+            IN_PROCESS: in_process,
             default: http_caller(f"{gateway}/v1/segment"),
             "naive FastAPI + PyTorch eager": http_caller(
                 f"http://127.0.0.1:{naive_port}/v1/segment"
@@ -470,8 +472,17 @@ def bench_serve(args: argparse.Namespace) -> str:
         for concurrency in args.concurrency:
             for name, call in targets.items():
                 print(f"bench serve: {name}, concurrency {concurrency}", file=sys.stderr)
+                before, client = cpu_time.tree_cpu(serve.pid), cpu_time.own_cpu()
                 rate, latencies = measure(call, images, concurrency, total(concurrency))
                 rows.append((name, concurrency, rate, latencies))
+                calls = total(concurrency) + min(concurrency, 4)  # with measure's warm-up
+                if name in (default, IN_PROCESS):
+                    used = cpu_time.per_request(before, cpu_time.tree_cpu(serve.pid), calls)
+                    used = used if name == default else {}
+                    used["client" if name == default else IN_PROCESS] = (
+                        1000 * (cpu_time.own_cpu() - client) / calls
+                    )
+                    cpu[(name, concurrency)] = used
         stats = triton_step_stats(triton_http)
         callers, cleanup = hop_callers(triton_http, triton_grpc, first, manifest.tau)
         try:
@@ -549,6 +560,22 @@ def bench_serve(args: argparse.Namespace) -> str:
             f"{rate / in_proc[concurrency]:.2f}x | {rate / best.rate:.2f}x | "
             f"{rate / limit.rate:.2f}x |"
         )
+    if cpu:
+        labels = sorted({k for (n, _), used in cpu.items() if n != IN_PROCESS for k in used})
+        lines += [
+            "",
+            "**Where the CPU goes** (CPU ms per request, from /proc, over each run above: the "
+            "client is this benchmark's process, the rest `s4seg serve` and its children; "
+            "in-process: the whole pipeline in this process):",
+            "",
+            f"| concurrency | {' | '.join(labels)} | all (gateway path) | in-process |",
+            "|---" * (len(labels) + 3) + "|",
+        ]
+        for concurrency in args.concurrency:
+            used = cpu.get((default, concurrency), {})
+            alone = cpu.get((IN_PROCESS, concurrency), {}).get(IN_PROCESS, float("nan"))
+            cells = " | ".join(f"{used.get(k, 0):.1f}" for k in labels)
+            lines.append(f"| {concurrency} | {cells} | {sum(used.values()):.1f} | {alone:.1f} |")
     if hops:
         lines += [
             "",
