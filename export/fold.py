@@ -50,7 +50,9 @@ def fold_preprocess(
         preprocess, network, io_map=[(normalised.name, normalised.name)], prefix1=PREFIX
     )
     pruned = onnx.utils.Extractor(merged).extract_model([PREFIX + image.name], [output.name])
-    rename_tensors(pruned, {PREFIX + image.name: image.name, PREFIX + normalised.name: normalised.name})
+    rename_tensors(
+        pruned, {PREFIX + image.name: image.name, PREFIX + normalised.name: normalised.name}
+    )
     pruned.graph.name = f"{step}_folded"
     onnx.checker.check_model(pruned)
     return pruned

@@ -22,6 +22,7 @@ MAX_BATCH_SIZE = 8
 # native OpenVINO backend for the two networks, ONNX Runtime's for the gate (both: the NGC image).
 RUNTIMES = ("python", "onnxruntime", "openvino")
 NATIVE_OPENVINO_STEPS = ("segmenter", "classifier")
+PYTHON_MIN_INSTANCES = 2
 
 
 def _tensors(tensors: tuple[TensorSpec, ...]) -> list[dict]:
@@ -66,6 +67,12 @@ def step_config(
         else {"specific": {"versions": sorted(set(loaded))}}
     )
     instances = segmenter_instances if step == "segmenter" else 1
+    if kind == "python":
+        # At least two of every python-backend step: with one instance, under load, some
+        # requests waited about 530 ms (Triton 2.51; the classifier alone at concurrency 8:
+        # 24 of 950 requests over 0.3 s with one instance, none with two; the same with ONNX
+        # Runtime or OpenVINO in the runner). BENCHMARKS: bench serve.
+        instances = max(instances, PYTHON_MIN_INSTANCES)
     values = {THREAD_PARAMETER[kind]: str(threads)} if threads else {}
     if kind == "openvino":
         # One instance with a stream per would-be instance: each instance would compile a model

@@ -61,6 +61,15 @@ class VersionState:
     served: int | None = None
     failed: dict[int, Failure] = field(default_factory=dict)
     switched_at: float | None = None
+    # A withdrawn version's steps stay loaded until this time (monotonic): requests the old
+    # ensemble config had already taken in are between its steps and need them to finish.
+    drain_until: float | None = None
+
+
+# How long a withdrawn version's steps stay loaded after the ensemble moved away from it: longer
+# than a request spends between two steps on a loaded CPU (unloading at once answered 2 of
+# ~3,200 requests 503 in tests/test_replicas.py, 2 runs in 10).
+DRAIN_SECONDS = 10.0
 
 
 def fingerprint(repository: Path, version: int) -> float:
@@ -181,15 +190,19 @@ class VersionManager:
                 was = served or withdrawn
                 self.log(f"serving version {version}" + (f" (was {was})" if was else ""))
                 if withdrawn is not None:  # the ensemble has moved: unload the withdrawn steps
-                    try:
-                        self._load_steps([version])
-                    except LoadError as error:  # still serving; the next switch unloads it
-                        self.log(f"version {withdrawn} stays loaded: {error}")
+                    self.state.drain_until = time.monotonic() + DRAIN_SECONDS
                 served = version
                 self.state.switched_at = time.time()
                 break
             if served is None and withdrawn is not None:
                 served = withdrawn  # nothing else loads: keep serving it while its files last
+            drain = self.state.drain_until
+            if served is not None and drain is not None and time.monotonic() >= drain:
+                try:  # the requests in flight are done: only the served version stays loaded
+                    self._load_steps([served])
+                    self.state.drain_until = None
+                except LoadError as error:  # still serving; tried again on the next sync
+                    self.log(f"withdrawn steps stay loaded: {error}")
             self.state.served = served
             self._write_status()
             return served
@@ -200,6 +213,7 @@ class VersionManager:
             self._load(model, config, loaded)
 
     def _switch(self, version: int, keep: int | None) -> None:
+        self.state.drain_until = None  # this load names the versions that stay loaded
         self._load_steps([version] if keep is None else [keep, version])
         for model in STEP_MODELS.values():
             if not self._ready(model, version):

@@ -94,6 +94,10 @@ def test_every_written_config_is_a_valid_triton_model_config(
             json_format.ParseDict(
                 step_config(step, runtime, [1], 2, 1), model_config_pb2.ModelConfig()
             )
+            # python-backend steps: two instances each, or requests stall (triton_config)
+            counts = [g["count"] for g in step_config(step, runtime)["instance_group"]]
+            two = runtime == "python" or (runtime == "onnxruntime" and step == "segmenter")
+            assert counts == ([2] if two else [1]), (runtime, step)
     json_format.ParseDict(ensemble_config(1), model_config_pb2.ModelConfig())
 
 

@@ -1,0 +1,52 @@
+"""The version manager's rollback, without Triton: the withdrawn version's steps stay loaded
+until the requests the old ensemble config took in can have finished (``DRAIN_SECONDS``), then
+only the served version stays. Triton's load calls are recorded, not made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from s4seg.repository import ENSEMBLE, MANIFEST_NAME, STEP_MODELS
+from s4seg.serving import versions as v
+
+
+def published(repository: Path, *numbers: int) -> None:
+    for number in numbers:
+        for model in [*STEP_MODELS.values(), ENSEMBLE]:
+            (repository / model / str(number)).mkdir(parents=True, exist_ok=True)
+        (repository / ENSEMBLE / str(number) / MANIFEST_NAME).write_text("{}")
+
+
+def test_a_withdrawn_versions_steps_drain_before_they_unload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = tmp_path / "repo"
+    published(repository, 1, 2)
+    manager = v.VersionManager(repository, "http://127.0.0.1:1", view=tmp_path / "view", log=str)
+    loads: list[tuple[str, list[int]]] = []
+    monkeypatch.setattr(manager, "_load", lambda model, config, kept: loads.append((model, kept)))
+    monkeypatch.setattr(manager, "_ready", lambda model, version: True)
+    monkeypatch.setattr(manager, "_smoke_test", lambda version: None)
+    now = [1000.0]
+    monkeypatch.setattr(v.time, "monotonic", lambda: now[0])
+
+    assert manager.sync() == 2  # the newest, version 1 not loaded beside it (nothing served)
+    # `s4seg rollback`: version 2's ensemble folder goes first (its steps' files still there)
+    (repository / ENSEMBLE / "2" / MANIFEST_NAME).unlink()
+    loads.clear()
+    assert manager.sync() == 1
+    steps = {model: kept for model, kept in loads if model != ENSEMBLE}
+    assert steps == {m: [2, 1] for m in STEP_MODELS.values()}  # 2 stays loaded for now
+    assert (ENSEMBLE, [1]) in loads
+
+    loads.clear()
+    now[0] += v.DRAIN_SECONDS / 2
+    assert manager.sync() == 1 and loads == []  # requests may still be between its steps
+    now[0] += v.DRAIN_SECONDS
+    assert manager.sync() == 1
+    assert loads == [(m, [1]) for m in STEP_MODELS.values()]  # drained: only 1 stays loaded
+    loads.clear()
+    now[0] += v.DRAIN_SECONDS
+    assert manager.sync() == 1 and loads == []  # once
