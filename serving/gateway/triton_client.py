@@ -47,6 +47,9 @@ class Segmentation:
 
 
 SERVED_VERSION_TTL = 0.5  # seconds
+# How long the last known served version stands in when Triton gives no ensemble config: a
+# reload's moment (tests/test_replicas.py: 503 "no version is being served" without it).
+SERVED_GRACE = 5.0  # seconds
 
 UNAVAILABLE_HINTS = (
     "unknown model", "not ready", "no available versions", "unavailable",
@@ -202,9 +205,14 @@ class TritonEnsemble:
         checked, version = self._served
         if version is not None and time.monotonic() - checked < max_age:
             return version
-        version = await self._fetch_served_version()
-        self._served = (time.monotonic(), version)
-        return version
+        fetched = await self._fetch_served_version()
+        if fetched is None and version is not None and time.monotonic() - checked < SERVED_GRACE:
+            # Triton answers no config while it reloads the ensemble (loading or unloading a
+            # step version reloads the ensembles that use it): keep the version known a moment
+            # ago; if Triton is really gone, the inference says so.
+            return version
+        self._served = (time.monotonic(), fetched)
+        return fetched
 
     async def _fetch_served_version(self) -> int | None:
         try:
