@@ -43,7 +43,7 @@ from s4seg.timing import percentile
 from s4seg.triton_config import ensemble_config, step_config, to_pbtxt
 
 from .report import cpu_description, provenance, report
-from .serve import bench_images, triton_step_stats
+from .serve import bench_images, measure, triton_step_stats
 
 RUNNER = Path(__file__).resolve().parents[2] / "export" / "triton" / "onnx_runner.py"
 
@@ -167,26 +167,9 @@ def caller(url: str, ensemble: str, canvas: np.ndarray, view: np.ndarray, tau: f
 
 
 def run_round(call, concurrency: int, requests: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if next(counter, None) is None:
-                    return
-            start = time.perf_counter()
-            call()
-            latencies.append(time.perf_counter() - start)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return requests / (time.perf_counter() - start), latencies
+    """Requests/s and latencies of ``requests`` calls by ``concurrency`` callers: bench serve's
+    loop (its few warm-up calls outside the window)."""
+    return measure(lambda _: call(), [b""], concurrency, requests)
 
 
 def bench_hops(args: argparse.Namespace) -> str:
