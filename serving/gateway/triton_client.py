@@ -47,9 +47,12 @@ class Segmentation:
 
 
 SERVED_VERSION_TTL = 0.5  # seconds
-# How long the last known served version stands in when Triton gives no ensemble config: a
-# reload's moment (tests/test_replicas.py: 503 "no version is being served" without it).
-SERVED_GRACE = 5.0  # seconds
+# How long the last known served version stands in when Triton gives no ensemble config (a
+# reload; tests/test_replicas.py: 503 "no version is being served" without it). 5 s was not
+# enough: on a saturated CPU a switch's reloads took up to 19 s and the config query itself
+# can wait its 5 s timeout. The default request deadline: a Triton really gone fails the
+# inference meanwhile (503 all the same).
+SERVED_GRACE = 30.0  # seconds
 
 UNAVAILABLE_HINTS = (
     "unknown model", "not ready", "no available versions", "unavailable",
