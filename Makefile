@@ -21,16 +21,13 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/typecheck.py s4seg s4seg.serving s4seg.clients
 
-# Two pytest processes: the tests that open OpenVINO sessions in-process run last, in their own
-# (in one process, training after OpenVINO sessions segfaulted: docs/export.md).
 test: setup lint
-	$(BIN)/pytest -m "not openvino"
-	$(BIN)/pytest -m openvino
+	$(BIN)/pytest
 
 # Before a commit: the contracts and units that need no tritonserver, no browser and no training
 # (tests/conftest.py marks the others), in under 2 minutes. CI runs everything (make test).
 test-fast: setup
-	$(BIN)/pytest -q -m "not stack and not trains and not slow and not openvino"
+	$(BIN)/pytest -q -m "not stack and not trains and not slow"
 
 # The main job: serve segmentation on http://127.0.0.1:8080. On the first run, when nothing is
 # published yet, `s4seg serve` runs `s4seg quickstart` (synthetic data, s4GAN + MLMT, export,

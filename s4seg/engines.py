@@ -9,6 +9,11 @@ bf16 (AVX-512 BF16 or AMX). INT8 and FP16 are graphs of their own (the export's 
 
 from __future__ import annotations
 
+import ctypes
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -62,9 +67,71 @@ class Port:
         self.name = name
 
 
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2) (Linux)."""
+
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def signal_stack() -> tuple[int | None, int, int] | None:
+    """The calling thread's alternate signal stack (address, flags, size); None off Linux."""
+    libc = _libc()
+    if libc is None:
+        return None
+    current = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(current))
+    return current.ss_sp, current.ss_flags, current.ss_size
+
+
+@contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Put the calling thread's alternate signal stack back after an OpenVINO call.
+
+    OpenVINO's CPU plugin installs an alternate signal stack of its own on the thread that
+    compiles a model and, when the compiled model is released, puts back the one it found: so
+    two models released in the order they were made leave the thread on the first model's
+    stack, already freed. Python installs its signal handlers with ``SA_ONSTACK``, so the next
+    signal (a DataLoader worker's SIGCHLD, in training after export) is delivered onto freed
+    memory: SIGSEGV. Kept around every call that makes, runs or releases a model, the thread
+    keeps its own stack (faulthandler's) throughout, and each model finds, and puts back, that
+    same stack."""
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    saved = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
+
+
+FIRST_INFERENCE = threading.Lock()
+"""Held by every OpenVINO session's first inference, process-wide.
+
+OpenVINO's Python binding initialises C++ function-local statics on first use (reached from
+``Tensor.data`` in ``InferRequest.infer``) and releases the GIL inside that initialiser. Two
+threads making their first inference together deadlock: one holds the static's guard and waits
+for the GIL, the other holds the GIL and waits for the guard (issue 36: 5 hangs in 20 fresh
+processes running a conv graph from 8 threads). A session's later inferences take the same code
+paths as its first, so once the first has finished, every static it touches is initialised and
+the rest run concurrently without the lock."""
+
+
 class OpenVinoSession:
     """An OpenVINO compiled model with ONNX Runtime's ``run(names, feeds)``, so that a pipeline
-    runs either. Each call has its own infer request: safe from several threads."""
+    runs either. Safe from several threads: each call has its own infer request, and the
+    session's first call runs alone (``FIRST_INFERENCE``)."""
 
     def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None):
         import openvino as ov
@@ -82,12 +149,14 @@ class OpenVinoSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.model = ov.Core().compile_model(str(path), "CPU", config)
+            with signal_stack_kept():
+                self.model = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as error:  # OpenVINO raises RuntimeError with a long message
             raise ManifestError(f"{path} does not load in OpenVINO: {first_line(error)}") from None
         self.precision = precision
         self.inputs = [Port(p.any_name) for p in self.model.inputs]
         self.outputs = [Port(p.any_name) for p in self.model.outputs]
+        self.warmed = False
 
     def get_inputs(self) -> list[Port]:
         return self.inputs
@@ -99,10 +168,26 @@ class OpenVinoSession:
         return [f"OpenVINO CPU {self.precision}"]
 
     def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        request = self.model.create_infer_request()
-        request.infer(feeds)
+        if not self.warmed:
+            with FIRST_INFERENCE:
+                if not self.warmed:
+                    outputs = self.infer(names, feeds)
+                    self.warmed = True
+                    return outputs
+        return self.infer(names, feeds)
+
+    def infer(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         wanted = names or [o.name for o in self.outputs]
-        return [np.array(request.get_tensor(name).data, copy=True) for name in wanted]
+        with signal_stack_kept():
+            request = self.model.create_infer_request()
+            request.infer(feeds)
+            outputs = [np.array(request.get_tensor(name).data, copy=True) for name in wanted]
+            del request
+        return outputs
+
+    def __del__(self) -> None:
+        with signal_stack_kept():
+            self.__dict__.pop("model", None)
 
 
 def open_onnxruntime(

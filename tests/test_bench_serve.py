@@ -16,7 +16,6 @@ from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.workflows.bench.serve import SIZES, model_alone, size_images
 
 
-@pytest.mark.openvino
 def test_model_alone_tries_every_engine_and_layout_and_counts_images(
     tiny_export: Path, tmp_path: Path
 ) -> None:

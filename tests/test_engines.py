@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from s4seg.engines import bf16_capable, check_engine, open_session
 from s4seg.manifest import ManifestError
-
-pytestmark = pytest.mark.openvino
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,38 @@ def test_engines_that_can_not_run_are_refused_by_name() -> None:
         check_engine("tensorrt", "fp32")
     with pytest.raises(ManifestError, match="precision 'fp8'"):
         check_engine("openvino", "fp8")
+
+
+PROBE = Path(__file__).with_name("openvino_probe.py")
+
+
+def probe(mode: str, graph: Path, timeout: float = 60) -> subprocess.CompletedProcess | None:
+    """The probe in a fresh process; None when it did not end within ``timeout`` (a hang)."""
+    try:
+        return subprocess.run(
+            [sys.executable, str(PROBE), mode, str(graph)],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_first_inferences_from_eight_threads_never_hang(conv_graph: Path) -> None:
+    """Issue 36: OpenVINO's binding deadlocked when threads made their first inference together
+    (5 of 20 fresh processes hung without ``FIRST_INFERENCE``). 24 fresh processes, two at a
+    time, each under a timeout."""
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: probe("threads", conv_graph), range(24)))
+    hung = sum(r is None for r in results)
+    failed = [r.stderr[-400:] for r in results if r is not None and r.returncode != 0]
+    assert (hung, failed) == (0, []), f"{hung} of 24 hung; failed: {failed}"
+
+
+def test_released_models_leave_the_threads_signal_stack_alone(conv_graph: Path) -> None:
+    """OpenVINO's CPU plugin puts a thread's alternate signal stack back to one it freed when
+    models are released in the order they were made; the next signal then killed the process
+    (training after export: SIGSEGV in a DataLoader's SIGCHLD). The probe releases models so
+    and then takes a signal."""
+    result = probe("signals", conv_graph)
+    assert result is not None and result.returncode == 0, result and result.stderr[-800:]
+    assert result.stdout.strip() == "ok"

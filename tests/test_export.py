@@ -280,7 +280,6 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
     assert sha256_file(onnx_file) == fp16.graphs["segmenter"].sha256
 
 
-@pytest.mark.openvino  # the INT8 graph is judged in OpenVINO too
 def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -101,7 +101,6 @@ def test_every_written_config_is_a_valid_triton_model_config(
     json_format.ParseDict(ensemble_config(1), model_config_pb2.ModelConfig())
 
 
-@pytest.mark.openvino
 def test_openvino_runtime_puts_the_networks_on_tritons_openvino_backend(
     tiny_export: Path, tmp_path: Path
 ) -> None:
@@ -298,7 +297,6 @@ def cpu_variants(
     return out
 
 
-@pytest.mark.openvino
 def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -> None:
     """Issue 25: `bench precision` has a row per runtime and precision the export can run in
     here, with the variants' parity figures."""
@@ -325,7 +323,6 @@ def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -
     assert f"openvino {openvino.__version__}" in done.stdout  # the machine line names both
 
 
-@pytest.mark.openvino
 def test_auto_offers_a_runtime_only_for_the_precisions_judged_in_it(cpu_variants: Path) -> None:
     """INT8's parity is ONNX Runtime's; OpenVINO runs the same graph with its own kernels, so
     ``precision auto`` offers OpenVINO INT8 only where it was judged in OpenVINO and passed."""
@@ -356,7 +353,6 @@ def test_auto_offers_a_runtime_only_for_the_precisions_judged_in_it(cpu_variants
     assert any(r.startswith("int8 in openvino: refused (label agreement >=") for r in left_out)
 
 
-@pytest.mark.openvino
 def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
     cpu_variants: Path, tmp_path: Path
 ) -> None:

@@ -282,7 +282,6 @@ def test_rollback_serves_the_previous_version_again(server: Server, synth_root) 
     assert pipeline.last_version == "1"
 
 
-@pytest.mark.openvino
 def test_a_version_in_openvino_at_bf16_answers_like_the_in_process_one(
     server: Server, varied_checkpoint: Path, tiny_classifier: Path, synth_root, tmp_path: Path
 ) -> None:
