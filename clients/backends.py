@@ -1,5 +1,8 @@
 """The three ways ``s4seg predict`` reaches a model: the gateway over HTTP, Triton directly, or
-the exported ONNX pipeline in-process. Each gives ``segment(path) -> bytes`` of the output."""
+the exported ONNX pipeline in-process. Each gives ``segment(path) -> bytes`` of the output.
+
+``Backend`` says which, as plain data: predict checks it once where it runs, then each of its
+worker processes builds its own ``segment`` from it (``clients/predict.py``)."""
 
 from __future__ import annotations
 
@@ -91,19 +94,73 @@ def triton_segmenter(url: str, repository: Path, fmt: OutputFormat, tau, gate: b
     )  # fmt: skip
 
 
-def local_segmenter(
-    model: str | None, repository: Path, fmt: OutputFormat, tau, gate: bool, device: str
-) -> Segment:
-    """The exported pipeline in-process: an export folder, else the repository's served one."""
+def local_version(model: str | None, repository: Path) -> int | None:
+    """The published version ``--via local`` runs (None: the export folder ``model``)."""
     if model:
-        pipeline = OnnxPipeline.from_export(model, device=device)
-        version = "local"
-    else:
-        from s4seg.repository import served_version, version_pipeline
+        Manifest.load(model)  # refused by name here, before any worker starts
+        return None
+    from s4seg.repository import served_version
 
-        served = served_version(repository)
-        if served is None:
-            raise S4segError(f"{repository} has no published version; pass --model EXPORT_DIR")
-        pipeline = version_pipeline(repository, served, device=device)
-        version = str(served)
+    served = served_version(repository)
+    if served is None:
+        raise S4segError(f"{repository} has no published version; pass --model EXPORT_DIR")
+    return served
+
+
+def local_segmenter(
+    model: str | None, repository: Path, fmt: OutputFormat, tau, gate: bool, device: str,
+    threads: int | None = None,
+) -> Segment:  # fmt: skip
+    """The exported pipeline in-process: an export folder, else the repository's served one;
+    ``threads``: each network's intra-op threads (None: the runtime's default)."""
+    served = local_version(model, repository)
+    if served is None:
+        pipeline = OnnxPipeline.from_export(model or "", device=device, threads=threads)
+    else:
+        from s4seg.repository import version_pipeline
+
+        pipeline = version_pipeline(repository, served, device=device, threads=threads)
+    version = "local" if served is None else str(served)
     return pipeline_segmenter(pipeline.run, pipeline.manifest, lambda: version, fmt, tau, gate)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where ``s4seg predict`` sends its images, and how the answers are encoded: plain data,
+    so that each worker process builds its own connection or sessions from it."""
+
+    via: str  # gateway, triton or local
+    fmt: OutputFormat
+    tau: float | None = None
+    gate: bool = True
+    url: str = "http://127.0.0.1:8080"  # gateway
+    api_key: str | None = None  # gateway
+    triton_url: str = "127.0.0.1:8000"  # triton
+    repository: Path = Path("model_repository")  # triton, local
+    model: str | None = None  # local: an export folder (None: the served version)
+    device: str = "auto"  # local
+    threads: int | None = None  # local: each network's intra-op threads in a worker
+
+    def check(self) -> None:
+        """Refuse, by name and before any worker starts, what no worker could run."""
+        if self.via == "gateway":
+            from .client import SegmentationClient
+
+            with SegmentationClient(self.url, self.api_key) as client:
+                if not client.ready():
+                    raise S4segError(
+                        f"the gateway at {self.url} is not ready (is `s4seg serve` running?)"
+                    )
+        elif self.via == "triton":
+            self.build()  # Triton answers, and a version is published
+        else:
+            local_version(self.model, self.repository)
+
+    def build(self) -> Segment:
+        if self.via == "gateway":
+            return gateway_segmenter(self.url, self.fmt, self.tau, self.gate, self.api_key)
+        if self.via == "triton":
+            return triton_segmenter(self.triton_url, self.repository, self.fmt, self.tau, self.gate)
+        return local_segmenter(
+            self.model, self.repository, self.fmt, self.tau, self.gate, self.device, self.threads
+        )

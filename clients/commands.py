@@ -10,7 +10,15 @@ from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
 from s4seg.outputs import OVERLAY_ENCODINGS
 
-from .predict import list_jobs, output_suffix, parse_shard, run_jobs, summary, write_failures
+from .predict import (
+    DEFAULT_DEADLINE,
+    list_jobs,
+    output_suffix,
+    parse_shard,
+    run_jobs,
+    summary,
+    write_failures,
+)
 
 
 def overlay_encoding(args: argparse.Namespace) -> str | None:
@@ -48,28 +56,37 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from . import backends
+    from .backends import Backend, OutputFormat
+    from .workers import usable_cpus
 
+    if args.deadline <= 0:
+        raise S4segError(f"--deadline must be a positive number of seconds, not {args.deadline}")
     jobs, rejected = list_jobs(args.input, parse_shard(args.shard, args.shard_count))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    gate = not args.no_gate
-    repository = Path(args.repository)
-    output_format = backends.OutputFormat(args.format, overlay_encoding(args))
-    if args.via == "gateway":
-        segment = backends.gateway_segmenter(args.url, output_format, args.tau, gate, args.api_key)
-    elif args.via == "triton":
-        segment = backends.triton_segmenter(
-            args.triton_url, repository, output_format, args.tau, gate
-        )
-    else:
-        segment = backends.local_segmenter(
-            args.model, repository, output_format, args.tau, gate, args.device
-        )
-    print(f"predict: {len(jobs)} images via {args.via}", file=sys.stderr)
-    report = run_jobs(
-        jobs, output, args.format, segment, args.concurrency, encoding=output_format.encoding
+    output_format = OutputFormat(args.format, overlay_encoding(args))
+    # Local workers run the networks themselves: one per core (at most 4), the cores shared out
+    # as intra-op threads. Remote ones wait on the server: 4 requests in flight.
+    cpus = usable_cpus()
+    local = args.via == "local"
+    workers = args.concurrency or (min(cpus, 4) if local else 4)
+    if workers < 1:
+        raise S4segError(f"--concurrency must be at least 1, not {workers}")
+    backend = Backend(
+        args.via, output_format, args.tau, not args.no_gate, url=args.url, api_key=args.api_key,
+        triton_url=args.triton_url, repository=Path(args.repository), model=args.model,
+        device=args.device, threads=max(1, cpus // workers) if local else None,
+    )  # fmt: skip
+    backend.check()
+    print(
+        f"predict: {len(jobs)} images via {args.via}, {workers} worker processes, "
+        f"{args.deadline:g} s deadline per image",
+        file=sys.stderr,
     )
+    report = run_jobs(
+        jobs, output, args.format, backend, workers, args.deadline,
+        encoding=output_format.encoding,
+    )  # fmt: skip
     report.failures = rejected + report.failures
     write_failures(report, output)
     print(summary(report, output))
@@ -100,7 +117,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--output", required=True, help="folder for the outputs")
     predict.add_argument("--via", choices=["gateway", "triton", "local"], default="local")
     predict.add_argument("--format", choices=["png", "overlay", "json"], default="png")
-    predict.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    predict.add_argument(
+        "--concurrency", type=int,
+        help="worker processes, one image each (default: --via local one per core, at most 4; "
+        "gateway/triton 4 requests in flight)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
+        help="the most an image may take; past it the image fails (listed with the reason), its "
+        f"worker is replaced, and the run goes on (default {DEFAULT_DEADLINE:g})",
+    )  # fmt: skip
     predict.add_argument(
         "--overlay-encoding", choices=list(OVERLAY_ENCODINGS), default="png",
         help="--format overlay: png, or jpeg/webp (smaller and much faster on photos)",

@@ -1,19 +1,20 @@
 """``s4seg predict``: batch offline inference over a folder or a list of images.
 
-Streams the inputs through a bounded pool of workers, writes each output atomically (a temporary
-name renamed into place, so an interrupted run leaves no half-written file), skips outputs that
-already exist (rerun to resume), never writes outside the output folder, and lists every failure
-with its reason at the end.
+Streams the inputs through a bounded pool of worker processes, each image under a deadline (past
+it, the image fails and its worker is replaced: ``clients/workers.py``), writes each output
+atomically (a temporary name renamed into place, so an interrupted run leaves no half-written
+file), skips outputs that already exist (rerun to resume), never writes outside the output
+folder, and lists every failure with its reason at the end.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,16 @@ from s4seg.atomic import write_atomic
 from s4seg.cluster import AUTO, job_count, job_index
 from s4seg.errors import S4segError
 from s4seg.imaging import IMAGE_SUFFIXES
+
+from .workers import (
+    ImageFailed,
+    ProcessExpired,
+    ProcessPool,
+    SegmenterFactory,
+    WorkerLoadError,
+    segment_in_worker,
+    start_pool,
+)
 
 SUFFIX = {"png": ".png", "overlay": "_overlay.png", "json": ".json"}
 
@@ -123,18 +134,24 @@ def output_path(output: Path, job: Job, format: str, encoding: str | None = None
     return target
 
 
+DEFAULT_DEADLINE = 120.0
+"""Seconds an image may take in a worker (decoding, the model, encoding) before it is stopped."""
+
+
 def run_jobs(
     jobs: list[Job],
     output: Path,
     format: str,
-    segment: Callable[[Path], bytes],
+    segmenter: SegmenterFactory,
     concurrency: int,
+    deadline: float = DEFAULT_DEADLINE,
     progress: bool | None = None,
     encoding: str | None = None,
 ) -> Report:
-    """Run ``segment`` over the jobs with at most ``concurrency`` in flight."""
+    """Segment the jobs in ``concurrency`` worker processes, each image under ``deadline``
+    seconds (past it, its worker is killed and replaced and the image fails); outputs are
+    written here, atomically."""
     report = Report()
-    lock = threading.Lock()
     # Temporary files of a run that was killed mid-write: never outputs, always redone.
     for stale in output.rglob(".*.part"):
         stale.unlink(missing_ok=True)
@@ -150,37 +167,67 @@ def run_jobs(
             report.skipped += 1
         else:
             todo.append((job, target))
-
-    def one(job: Job, target: Path) -> None:
-        write_atomic(target, segment(job.source))
-
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=progress is False or None)
-    pending: dict[Future, Job] = {}
-    queue: Iterator[tuple[Job, Path]] = iter(todo)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        while True:
-            while len(pending) < 2 * concurrency:  # bounded: never the whole list in flight
-                item = next(queue, None)
-                if item is None:
-                    break
-                pending[pool.submit(one, *item)] = item[0]
-            if not pending:
-                break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = pending.pop(future)
-                failure = future.exception()
-                with lock:
-                    if failure is None:
-                        report.done += 1
-                    else:
-                        report.failures.append(
-                            (str(job.source), str(failure) or type(failure).__name__)
-                        )
-                bar.update(1)
-    bar.close()
+    if todo:
+        bar = tqdm(total=len(todo), desc="predict", unit="img", disable=progress is False or None)
+        pool = start_pool(segmenter, min(concurrency, len(todo)))
+        try:
+            run_in_pool(pool, todo, concurrency, deadline, report, bar.update)
+        except BrokenProcessPool as error:
+            pool.stop()
+            raise S4segError(f"predict's worker processes could not start: {error}") from None
+        except BaseException:
+            pool.stop()  # kills the workers: no image outlives the run
+            raise
+        finally:
+            pool.close()
+            pool.join()
+            bar.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def run_in_pool(
+    pool: ProcessPool,
+    todo: list[tuple[Job, Path]],
+    concurrency: int,
+    deadline: float,
+    report: Report,
+    advance: Callable[[int], object],
+) -> None:
+    pending: dict[Future, tuple[Job, Path]] = {}
+    queue: Iterator[tuple[Job, Path]] = iter(todo)
+    while True:
+        while len(pending) < 2 * concurrency:  # bounded: never the whole list in flight
+            item = next(queue, None)
+            if item is None:
+                break
+            scheduled = pool.schedule(segment_in_worker, (str(item[0].source),), timeout=deadline)
+            pending[scheduled] = item
+        if not pending:
+            return
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            job, target = pending.pop(future)
+            try:
+                write_atomic(target, future.result())
+                report.done += 1
+            except WorkerLoadError:
+                raise
+            except ImageFailed as error:
+                report.failures.append((str(job.source), str(error)))
+            except TimeoutError:
+                report.failures.append(
+                    (str(job.source), f"stopped: not done within the {deadline:g} s deadline "
+                     "(--deadline); its worker was killed and replaced")
+                )  # fmt: skip
+            except ProcessExpired as error:
+                report.failures.append(
+                    (str(job.source), f"its worker process died ({error}, exit code "
+                     f"{error.exitcode}); replaced")
+                )  # fmt: skip
+            except OSError as error:  # writing the output
+                report.failures.append((str(job.source), f"writing {target}: {error}"))
+            advance(1)
 
 
 def summary(report: Report, output: Path) -> str:

@@ -3,13 +3,19 @@ serves them, among the ways that passed their parity (FP32 always; INT8 and BF16
 has them accepted; BF16 only where the CPU has BF16 instructions), measured here.
 
 Each candidate runs the segmenter and the classifier (the steps that hold the networks) on one
-letterboxed image, batch 1, in the same process and interleaved rounds, after a warm-up outside
-the window; the fastest median wins. What was measured and why the winner won go into the
-published manifest (``published.engine``), which ``/v1/models`` shows.
+letterboxed image, batch 1, in the same process, in interleaved rounds after a warm-up outside
+the window. A busy machine (a training beside the publish) slows some rounds and some candidates
+more than others, so each candidate is judged by its best round (the median of that round's
+calls), the least disturbed measure of what it costs on this machine; the choice is *sure* when
+the winner was also faster than the runner-up in every round, and says otherwise, with the
+command that chooses again (issue 36: published beside a training, ONNX Runtime INT8 won; idle,
+OpenVINO INT8 was 24% faster). What was measured, the load, and how sure the choice was go into
+the published manifest (``published.engine``), which ``/v1/models`` shows.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +29,10 @@ from s4seg.engines import bf16_capable, cpu_flags
 from s4seg.letterbox import Framing
 from s4seg.manifest import Manifest, Parity
 from s4seg.onnx_pipeline import OnnxPipeline
-from s4seg.timing import percentile, time_calls
+from s4seg.timing import time_calls
 
-ROUNDS, REPEATS, WARMUP = 3, 8, 3
+ROUNDS, REPEATS, WARMUP = 7, 4, 3
+BUSY_SPREAD = 0.3  # a candidate whose slowest round is this much over its best: a busy machine
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
@@ -113,6 +120,38 @@ def open_candidate(folder: Path, candidate: Candidate) -> Callable[[], object]:
     return model_steps_call(pipeline)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The candidates judged from their rounds (seconds per call, per round)."""
+
+    best: Candidate
+    ms: dict[Candidate, float]  # each candidate's best round: the median of its calls, in ms
+    rounds_ms: dict[Candidate, list[float]]  # every round's median, in ms
+    runner_up: Candidate | None
+    wins: int  # rounds in which the winner was faster than the runner-up
+    spread: float  # the widest (slowest round / best round - 1) of any candidate
+
+    @property
+    def sure(self) -> bool:
+        """The winner was faster than the runner-up in every round (alone, it is sure)."""
+        return self.runner_up is None or self.wins == len(self.rounds_ms[self.best])
+
+
+def judge(rounds: dict[Candidate, list[list[float]]]) -> Verdict:
+    """Each candidate by its best round; the winner's rounds against the runner-up's."""
+    medians = {c: [1000 * statistics.median(r) for r in rs] for c, rs in rounds.items()}
+    ms = {c: min(m) for c, m in medians.items()}
+    ranked = sorted(ms, key=lambda c: ms[c])
+    best, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    wins = (
+        sum(a < b for a, b in zip(medians[best], medians[runner_up], strict=True))
+        if runner_up is not None
+        else len(medians[best])
+    )
+    spread = max(max(m) / min(m) - 1 for m in medians.values())
+    return Verdict(best, ms, medians, runner_up, wins, spread)
+
+
 def choose_engine(
     folder: Path,
     manifest: Manifest,
@@ -124,31 +163,35 @@ def choose_engine(
     the choice (for the manifest)."""
     found, left_out = candidates(manifest, runtime)
     calls = {c: measure(folder, c) for c in found}
-    times: dict[Candidate, list[float]] = {c: [] for c in found}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rounds: dict[Candidate, list[list[float]]] = {c: [] for c in found}
     for _ in range(ROUNDS):  # interleaved: a machine that slows down slows every candidate
         for candidate, call in calls.items():
-            times[candidate] += time_calls(call, REPEATS, WARMUP)
-    medians = {c: statistics.median(ts) for c, ts in times.items()}
-    best = min(found, key=lambda c: medians[c])
+            rounds[candidate].append(time_calls(call, REPEATS, WARMUP))
+    verdict = judge(rounds)
+    best = verdict.best
     # What the speed-ups are against: FP32 in the first runtime measured (ONNX Runtime's,
     # unless the native OpenVINO backend is all there is)
     base = next(c for c in found if c.precision == "fp32")
-    reference = medians[base]
+    reference = verdict.ms[base]
     figures = {
         c.name: {
-            "median_ms": round(1000 * medians[c], 2),
-            "p10_p90_ms": [round(1000 * percentile(times[c], q), 2) for q in (0.1, 0.9)],
-            f"vs_{base.runtime}_fp32": round(reference / medians[c], 2),
+            "ms": round(verdict.ms[c], 2),
+            "rounds_ms": [round(m, 2) for m in verdict.rounds_ms[c]],
+            f"vs_{base.runtime}_fp32": round(reference / verdict.ms[c], 2),
         }
         for c in found
     }
     for name, row in figures.items():
-        log(f"precision auto: {name}: {row['median_ms']} ms (segmenter + classifier, batch 1)")
+        log(
+            f"precision auto: {name}: {row['ms']} ms in its best of {ROUNDS} rounds (segmenter "
+            f"+ classifier, batch 1; rounds {row['rounds_ms']})"
+        )
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"})
     why = (
         f"fastest of {len(found)} on this machine ({', '.join(flags) or 'no vector flags read'}):"
-        f" {medians[best] * 1000:.1f} ms for segmenter + classifier, "
-        f"{reference / medians[best]:.2f}x {RUNTIME_NAMES[base.runtime]} FP32"
+        f" {verdict.ms[best]:.1f} ms for segmenter + classifier, "
+        f"{reference / verdict.ms[best]:.2f}x {RUNTIME_NAMES[base.runtime]} FP32"
     )
     if best.precision != "fp32":
         parity = variant_parity(manifest, best)
@@ -157,11 +200,56 @@ def choose_engine(
             f"; its parity: {100 * parity.label_agreement:.2f}% label agreement, "
             f"{100 * (parity.gated_miou_drop or 0):.2f} gated mIoU points lost"
         )
+    confidence = confidence_record(verdict, load, folder)
+    if not confidence["sure"] or verdict.spread > BUSY_SPREAD:
+        log(f"precision auto: warning: {confidence['says']}")
     record = {
         "runtime": best.runtime,
         "precision": best.precision,
         "why": why,
+        "confidence": confidence,
         "measured": figures,
         "left_out": left_out,
     }
     return best, record
+
+
+def confidence_record(verdict: Verdict, load: float | None, folder: Path) -> dict[str, Any]:
+    """How sure the choice is, in figures and in words (the manifest's ``engine.confidence``)."""
+    rounds = len(verdict.rounds_ms[verdict.best])
+    cpus = os.cpu_count() or 1
+    record: dict[str, Any] = {
+        "sure": verdict.sure,
+        "rounds": rounds,
+        "runner_up": verdict.runner_up.name if verdict.runner_up else None,
+        "wins": verdict.wins,
+        "margin": (
+            round(verdict.ms[verdict.runner_up] / verdict.ms[verdict.best], 3)
+            if verdict.runner_up
+            else None
+        ),
+        "spread": round(verdict.spread, 3),
+        "load_1min": None if load is None else round(load, 2),
+        "cpus": cpus,
+    }
+    if verdict.runner_up is None:
+        says = "the only candidate"
+    else:
+        says = (
+            f"faster than {verdict.runner_up.name} in {verdict.wins} of {rounds} rounds, "
+            f"{record['margin']:.2f}x in the best rounds"
+            + (" (a near tie: either costs under 5% more)" if record["margin"] < 1.05 else "")
+        )
+    busy = verdict.spread > BUSY_SPREAD or (load is not None and load > 0.5 * cpus)
+    if busy:
+        says += (
+            f"; the machine was busy (rounds up to {100 * verdict.spread:.0f}% over the best, "
+            f"load {record['load_1min']} on {cpus} cores)"
+        )
+    if not verdict.sure or busy:
+        says += (
+            f"; not sure: choose again where it serves, when the machine is idle: "
+            f"`s4seg publish {folder} --precision auto`"
+        )
+    record["says"] = says
+    return record

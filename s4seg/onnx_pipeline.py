@@ -95,6 +95,7 @@ class OnnxPipeline:
         spin: bool = False,
         runtime: str = "onnxruntime",
         precision: str = "fp32",
+        threads: int | None = None,
     ) -> None:
         check_engine(runtime, precision)
         self.manifest, self.runtime, self.precision = manifest, runtime, precision
@@ -104,9 +105,9 @@ class OnnxPipeline:
             if not path.is_file():
                 raise ManifestError(f"{path} (the {step} graph named by the manifest) is missing")
             if step in MODEL_STEPS and runtime != "onnxruntime":
-                self.sessions[step] = open_session(path, runtime, precision)
+                self.sessions[step] = open_session(path, runtime, precision, threads=threads)
             else:
-                self.sessions[step] = open_onnxruntime(path, self.providers, spin)
+                self.sessions[step] = open_onnxruntime(path, self.providers, spin, threads)
 
     @classmethod
     def from_export(
@@ -116,13 +117,14 @@ class OnnxPipeline:
         precision: str = "fp32",
         spin: bool = False,
         runtime: str = "onnxruntime",
+        threads: int | None = None,
     ) -> OnnxPipeline:
         """The pipeline in a folder written by ``s4seg export`` (``fp16``/``int8``: its variant;
         ``bf16``: the FP32 graphs in OpenVINO at bf16)."""
         folder = Path(folder)
         manifest = Manifest.load(folder)
         files = graph_files(manifest, folder, precision)
-        return cls(manifest, files, device, spin, runtime, precision)
+        return cls(manifest, files, device, spin, runtime, precision, threads)
 
     def run(
         self,

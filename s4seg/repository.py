@@ -73,7 +73,9 @@ def graph_path(repository: Path, step: str, version: int | str) -> Path:
     return Path(repository) / STEP_MODELS[step] / str(version) / GRAPH_FILE
 
 
-def version_pipeline(repository: Path, version: int, device: str = "auto") -> OnnxPipeline:
+def version_pipeline(
+    repository: Path, version: int, device: str = "auto", threads: int | None = None
+) -> OnnxPipeline:
     """A published version run in-process as it is served (the promotion gate, ``predict --via
     local``): its networks in the runtime and precision publish chose."""
     from s4seg.onnx_pipeline import OnnxPipeline
@@ -82,7 +84,9 @@ def version_pipeline(repository: Path, version: int, device: str = "auto") -> On
     engine = (manifest.published or {}).get("engine") or {}
     files = {step: graph_path(repository, step, version) for step in STEPS}
     runtime, precision = engine.get("runtime", "onnxruntime"), engine.get("precision", "fp32")
-    return OnnxPipeline(manifest, files, device, runtime=runtime, precision=precision)
+    return OnnxPipeline(
+        manifest, files, device, runtime=runtime, precision=precision, threads=threads
+    )
 
 
 # -- the serving status: one file per replica ----------------------------------------------------

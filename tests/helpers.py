@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,57 @@ def framed_batch(pipeline, images):
 
     canvases, views, _ = Framing.of(pipeline.manifest).batch(list(images))
     return canvases, views
+
+
+def many_scan_jpeg(extra_scans: int = 1000, side: int = 4000) -> bytes:
+    """A flat grey progressive JPEG plus copies of its 31-byte AC refinement scan: each extra scan
+    costs ~12 ms of decoding at 16 MP (security review C1; its generator)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, "JPEG", progressive=True)
+    data, segments, i = buffer.getvalue(), [], 2
+    while data[i + 1] != 0xD9:
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if data[i + 1] == 0xDA:  # a scan: header, then entropy-coded data up to the next marker
+            while not (data[end] == 0xFF and data[end + 1] not in (0, *range(0xD0, 0xD8))):
+                end += 1
+        segments.append(data[i:end])
+        i = end
+
+    def refines_ac(segment: bytes) -> bool:
+        n = segment[4]
+        return segment[1] == 0xDA and segment[5 + 2 * n] > 0 and segment[7 + 2 * n] >> 4 > 0
+
+    refine = min(filter(refines_ac, segments), key=len)
+    return b"\xff\xd8" + b"".join(segments) + refine * extra_scans + b"\xff\xd9"
+
+
+@dataclass(frozen=True)
+class ScriptedSegmenter:
+    """``s4seg predict``'s segmenter factory for its worker tests: the output is the input's bytes,
+    except for names that say otherwise: ``stall`` (sleeps for good with SIGTERM blocked, so only
+    SIGKILL stops it, as a thread deadlocked in C would), ``spin`` (a Python loop that never ends),
+    ``die`` (the worker exits), ``bad`` (raises)."""
+
+    def build(self) -> Callable[[Path], bytes]:
+        return scripted_segment
+
+
+def scripted_segment(path: Path) -> bytes:
+    import os
+    import signal
+    import time
+
+    if "stall" in path.name:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        while True:
+            time.sleep(60)
+    if "spin" in path.name:
+        while True:
+            pass
+    if "die" in path.name:
+        os._exit(3)
+    if "bad" in path.name:
+        raise ValueError(f"{path.name}: scripted failure")
+    return path.read_bytes()

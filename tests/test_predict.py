@@ -7,14 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import segment_like_the_server
+from helpers import many_scan_jpeg, segment_like_the_server
 from PIL import Image
 
-from s4seg.clients.predict import Job, list_jobs, output_path, parse_shard
+from s4seg.clients.predict import Job, list_jobs, output_path, parse_shard, run_jobs
 from s4seg.errors import S4segError
 
 
@@ -39,17 +40,21 @@ def test_predict_writes_resumes_and_lists_failures(
 ) -> None:
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (inputs / "notes.png").write_text("this is text")
+    # A real stall: ~10 s of decoding here (400 progressive scans over 16 MP), past the deadline.
+    (inputs / "scans.jpg").write_bytes(many_scan_jpeg(400))
     out = tmp_path / "out"
-    first = predict("--input", str(inputs), "--output", str(out), "--model", str(tiny_export))
+    first = predict("--input", str(inputs), "--output", str(out), "--model", str(tiny_export),
+                    "--deadline", "3")  # fmt: skip
     assert first.returncode == 1  # failures make the exit code non-zero
-    assert "5 written, 0 already there (skipped), 2 failed" in first.stdout
+    assert "5 written, 0 already there (skipped), 3 failed" in first.stdout, first.stdout
+    assert "scans.jpg: stopped: not done within the 3 s deadline (--deadline)" in first.stdout
     assert (
         "broken.jpg: corrupt or truncated" in first.stdout
         or "broken.jpg: unreadable" in first.stdout
     )
     assert "notes.png: not an image" in first.stdout
     failures = json.loads((out / "failures.json").read_text())
-    assert {Path(f["input"]).name for f in failures} == {"broken.jpg", "notes.png"}
+    assert {Path(f["input"]).name for f in failures} == {"broken.jpg", "notes.png", "scans.jpg"}
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["a/val_00000.png", "a/val_00001.png", "a/val_00002.png", "a/val_00003.png",
                        "b.png"]  # fmt: skip
@@ -59,6 +64,7 @@ def test_predict_writes_resumes_and_lists_failures(
     (out / "a" / "val_00002.png").unlink()
     (inputs / "broken.jpg").unlink()
     (inputs / "notes.png").unlink()
+    (inputs / "scans.jpg").unlink()
     second = predict("--input", str(inputs), "--output", str(out), "--model", str(tiny_export))
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 written, 4 already there (skipped), 0 failed" in second.stdout
@@ -163,3 +169,31 @@ def test_predict_local_equals_the_pipeline(tiny_export: Path, inputs: Path, tmp_
         expected = segment_like_the_server(pipeline, image).labels[0]
         assert expected.shape != (64, 64)
         np.testing.assert_array_equal(np.asarray(Image.open(out / path.name)), expected)
+
+
+def test_a_stalled_image_fails_alone_and_the_run_goes_on(tmp_path: Path) -> None:
+    """Issue 36: past its deadline an image fails with the reason, its worker is killed (SIGKILL
+    when SIGTERM is blocked, as for a thread deadlocked in C) and replaced, and every other image
+    is written; a worker that dies or an image that raises fails that image alone."""
+    from helpers import ScriptedSegmenter
+
+    source = tmp_path / "in"
+    source.mkdir()
+    names = ["a.png", "stall.png", "b.png", "spin.png", "die.png", "bad.png", "c.png", "d.png"]
+    for name in names:
+        (source / name).write_bytes(name.encode())
+    jobs, _ = list_jobs(str(source), (0, 1))
+    out = tmp_path / "out"
+    started = time.monotonic()
+    report = run_jobs(jobs, out, "png", ScriptedSegmenter(), 2, deadline=3, progress=False)
+    took = time.monotonic() - started
+    assert report.done == 4
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    assert (out / "c.png").read_bytes() == b"c.png"
+    reasons = {Path(path).name: reason for path, reason in report.failures}
+    assert set(reasons) == {"stall.png", "spin.png", "die.png", "bad.png"}
+    for name in ("stall.png", "spin.png"):
+        assert "not done within the 3 s deadline" in reasons[name]
+    assert "worker process died" in reasons["die.png"]
+    assert reasons["bad.png"] == "bad.png: scripted failure"
+    assert took < 60, took  # no image outlived its deadline by much, none held the run
