@@ -169,3 +169,46 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_min_kept() -> None:
     plain = F.cross_entropy(logits, target).item()
     assert ohem_cross_entropy(logits, target, 0.7, 7).item() == pytest.approx(plain)
     assert plain == pytest.approx(ce([0, 1, 2, 3, 4, 5]))
+
+
+def test_fake_maps_are_zero_where_the_crop_was_padded() -> None:
+    from s4seg.training.losses import fake_maps
+
+    logits = torch.randn(2, 3, 2, 2)
+    pad = torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]])
+    paper, zeroed = fake_maps(logits, None), fake_maps(logits, pad)
+    torch.testing.assert_close(paper, logits.softmax(1))
+    assert zeroed[0, :, 0, 0].tolist() == [0, 0, 0] and zeroed[1, :, 1, 1].tolist() == [0, 0, 0]
+    torch.testing.assert_close(zeroed[0, :, 1, 1], paper[0, :, 1, 1])
+
+
+@pytest.mark.trains
+@pytest.mark.parametrize("d_ignore", ["paper", "zero"])
+def test_d_sees_padding_as_real_maps_show_it_only_with_zero(
+    d_ignore: str, synth_root, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 31 (review G6): real maps are all-zero where a crop was padded. ``gan.d_ignore=zero``
+    zeroes the fake maps there too (no free cue); ``paper`` keeps the softmax."""
+    from helpers import TINY_TRAINING
+
+    from s4seg.workflows.cli import main
+
+    seen: list[torch.Tensor] = []
+    forward = Discriminator.forward
+
+    def recording(self, maps, images01):
+        seen.append(maps.detach().clone())
+        return forward(self, maps, images01)
+
+    monkeypatch.setattr(Discriminator, "forward", recording)
+    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=1",
+                "train.val_every=100", "data.scale_range=[0.5, 0.5]",  # 32 px in a 48 crop
+                f"gan.d_ignore={d_ignore}", f"train.out_dir={tmp_path}"]  # fmt: skip
+    assert main(["train", "s4gan", "--config", "synthetic-quick",
+                 *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+    fake = seen[-1][:2]  # the D step: fake (2 unlabeled) then real maps
+    real = seen[-1][2:]
+    zero_real = (real.sum(1) == 0).float().mean()
+    zero_fake = (fake.sum(1) == 0).float().mean()
+    assert zero_real > 0.3  # padded: a third or more of each crop
+    assert zero_fake == (pytest.approx(zero_real.item(), abs=0.15) if d_ignore == "zero" else 0)

@@ -159,7 +159,13 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("preset", "cells"),
-    [("voc-paper", 36), ("cityscapes-paper", 18), ("voc-unimatch", 27), ("synthetic-cpu", 24)],
+    [
+        ("voc-paper", 36),
+        ("cityscapes-paper", 18),
+        ("voc-unimatch", 27),
+        ("synthetic-cpu", 24),
+        ("synthetic-dense", 24),
+    ],
 )
 def test_the_study_presets_list_their_cells(
     preset: str, cells: int, monkeypatch, capsys, tmp_path: Path
@@ -173,3 +179,24 @@ def test_the_study_presets_list_their_cells(
     out = capsys.readouterr().out
     assert f"{cells} cells" in out and out.count("s4seg train ") == cells
     assert not (tmp_path / "s").exists()
+
+
+def test_cpu_presets_train_batch_norm_and_old_studies_keep_their_settings() -> None:
+    """Issue 31 (review U13): from random init the CPU presets train batch-norm scales; the
+    synthetic-cpu study pins what its published figures were measured with (frozen scales,
+    UniMatch's single forward), so its command still reproduces them."""
+    from s4seg.training.config import load_config
+    from s4seg.workflows.study import load_spec
+
+    for preset in ("synthetic-quick", "quickstart", "synthetic-dense"):
+        assert load_config(preset, []).model.freeze_bn_affine is False, preset
+    old = load_spec("synthetic-cpu")
+    cfg = load_config(old["config"], old["set"])
+    assert cfg.model.freeze_bn_affine is True and cfg.unimatch.forward == "one"
+    assert cfg.unimatch.loss_scale == 0.5 and cfg.gan.d_ignore == "paper"
+    dense = load_config(load_spec("synthetic-dense")["config"], [])
+    assert (dense.unimatch.forward, dense.unimatch.loss_scale, dense.gan.d_ignore) == (
+        "two",
+        1.0,
+        "zero",
+    )

@@ -98,3 +98,82 @@ def test_the_unimatch_step_sends_each_term_with_its_weight(
     ohem = _one_step(synth_root, tmp_path / "ohem", *base, "unimatch.labeled_loss=ohem",
                      "unimatch.ohem_threshold=0.12", "unimatch.ohem_min_kept=100")  # fmt: skip
     assert any(not torch.equal(full[k], ohem[k]) for k in full)
+
+
+def test_pseudo_label_logs_count_foreground_and_its_recall() -> None:
+    """Issue 31: what the unlabeled terms teach, by hand. Four unpadded pixels (one padded),
+    background 0; truth: two foreground pixels, one of which is pseudo-labeled its class."""
+    from s4seg.training.unimatch import pseudo_label_scalars
+
+    labels = torch.tensor([[[0, 2, 3, 0, 1]]])
+    confidence = torch.tensor([[[0.99, 0.99, 0.5, 0.99, 0.99]]])
+    pad = torch.tensor([[[False, False, False, False, True]]])
+    truth = torch.tensor([[[0, 2, 1, 0, 255]]])
+    got = {k: float(v) for k, v in pseudo_label_scalars(labels, confidence, pad, truth, 0.95, 0)
+           .items()}  # fmt: skip
+    assert got["confident"] == pytest.approx(3 / 4)  # the padded pixel counts nowhere
+    assert got["confident_fg"] == pytest.approx(1 / 3)  # of the 3 confident, one foreground
+    assert got["pl_accuracy"] == pytest.approx(3 / 4)
+    assert got["pl_accuracy_confident"] == pytest.approx(1.0)
+    assert got["pl_fg_recall"] == pytest.approx(1 / 2)
+    assert got["pl_fg_recall_confident"] == pytest.approx(1 / 2)
+    confident_wrong = pseudo_label_scalars(labels, torch.ones(1, 1, 5), pad, truth, 0.95, 0)
+    assert float(confident_wrong["pl_fg_recall_confident"]) == pytest.approx(1 / 2)
+    no_background = pseudo_label_scalars(labels, confidence, pad, truth, 0.95, None)
+    assert "confident_fg" not in no_background and "pl_fg_recall" not in no_background
+
+
+def test_deeplabv3plus_decodes_clean_and_dropped_features_in_one_pass() -> None:
+    """Issue 31 (review U9): with nothing dropped (p=0) the perturbed logits equal the clean
+    ones only when both go through the decoder's batch norm together, as the public code
+    decodes them; a separate decode normalised the perturbed images on their own."""
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(5, 18, 16).train()
+    x = torch.randn(4, 3, 64, 64)
+    logits, fp = model(x, perturbed=2, p=0.0)
+    assert torch.allclose(fp, logits[:2], atol=1e-5)
+    assert not torch.allclose(model.decode(*(t[:2] for t in model.encode(x))), logits[:2])
+
+
+@pytest.mark.trains
+def test_two_forwards_keep_strong_views_out_of_the_labeled_batch_norm(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 31 (review U1): ``unimatch.forward=two`` (the public order) puts [x, u_w] through
+    the network, with the perturbed decode, and the strong views in a forward of their own: the
+    batch-norm statistics the labeled loss sees hold no strong view. ``one``: all in one batch."""
+    calls: list[tuple[int, int]] = []
+    forward = DeepLabV2.forward
+
+    def recording(self, x, perturbed=0, p=0.5):
+        if self.training:  # the eval-mode forward on u' uses running statistics
+            calls.append((len(x), perturbed))
+        return forward(self, x, perturbed, p)
+
+    monkeypatch.setattr(DeepLabV2, "forward", recording)
+    sizes = ["train.batch_size=2", "unimatch.unlabeled_batch_size=3"]
+    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=1",
+                "train.val_every=100", *sizes]  # fmt: skip
+    for order, expected in (("two", [(2 + 3, 2 + 3), (3 + 3, 0)]), ("one", [(3 + 2 + 6, 3)])):
+        calls.clear()
+        out = tmp_path / order
+        assert main(["train", "unimatch", "--config", "synthetic-quick",
+                     *[f"--set={s}" for s in [*settings, f"unimatch.forward={order}",
+                                              f"train.out_dir={out}"]]]) == 0  # fmt: skip
+        assert calls == expected, (order, calls)
+
+
+@pytest.mark.trains
+def test_loss_scale_scales_the_whole_update(synth_root: Path, tmp_path: Path) -> None:
+    """``unimatch.loss_scale`` (the public final /2 at 0.5): with no weight decay, the first SGD
+    step moves every weight exactly twice as far at 1.0 as at 0.5."""
+    base = ["unimatch.threshold=0", "optim.weight_decay=0", "model.architecture=deeplabv2"]
+    start = _one_step(synth_root, tmp_path / "zero", *base, "optim.lr=1e-12")
+    half = _one_step(synth_root, tmp_path / "half", *base, "unimatch.loss_scale=0.5")
+    full = _one_step(synth_root, tmp_path / "full", *base, "unimatch.loss_scale=1.0")
+    moved = [k for k in start if start[k].is_floating_point() and "running" not in k
+             and not torch.equal(half[k], start[k])]  # fmt: skip
+    assert moved
+    for key in moved:
+        torch.testing.assert_close(full[key] - start[key], 2 * (half[key] - start[key]),
+                                   rtol=1e-3, atol=1e-6)  # fmt: skip

@@ -35,6 +35,7 @@ def run_data(args: argparse.Namespace) -> int:
                 num_unlabeled=args.num_unlabeled,
                 size=args.size,
                 progress=lambda done, total: bar.update(done - bar.n),
+                style=args.style,
             )
         print(
             f"wrote synthetic data set to {root} ({args.num_train} train, {args.num_val} val, "
@@ -118,6 +119,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--num-val", type=int, default=150)
     synth.add_argument("--num-unlabeled", type=int, default=200)
     synth.add_argument("--size", type=int, default=128, help="image side in pixels")
+    synth.add_argument(
+        "--style", choices=["sparse", "dense"], default="sparse",
+        help="sparse: 1-3 objects (~14%% foreground); dense: 3-5 larger ones (~a third)",
+    )  # fmt: skip
 
     split = sub.add_parser("split", help="seeded labeled/unlabeled split of a training set")
     split.add_argument("--data", required=True, help="data set folder")

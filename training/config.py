@@ -82,6 +82,10 @@ class GanConfig(Section):
     d_betas: tuple[float, float] = (0.9, 0.99)
     d_dropout: float = 0.5
     d_dropout_after_last: bool = True  # the paper; the authors' code has none after the 4th conv
+    # D's view of the pixels a crop padded: paper: real maps all-zero there (one-hot of the
+    # ignore label), fake maps the softmax (a free cue: any zero vector is real); zero: the fake
+    # maps zeroed where their crop is padded too, so padding tells D nothing.
+    d_ignore: Literal["paper", "zero"] = "paper"
     log_history_every: PositiveInt = 10  # rows of d_scores.csv / the D-score plot
 
 
@@ -135,6 +139,14 @@ class UniMatchConfig(Section):
     labeled_loss: Literal["ce", "ohem"] = "ce"
     ohem_threshold: float = 0.7
     ohem_min_kept: PositiveInt = 100_000
+    # two: the public order, [x, u_w] (with the feature-perturbed decode) then [s1, s2], so the
+    # labeled and weak batches have batch-norm statistics of their own (the author: strong views
+    # "can severely affect the BN statistics"); one: a single forward over [u_w, x, s1, s2]
+    # (s4seg before 2026-12-03, the synthetic-cpu study's).
+    forward: Literal["two", "one"] = "two"
+    # The final factor of (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp): the public /2 halves the
+    # labeled step against a baseline at the same lr; 1.0 gives UniMatch the baseline's.
+    loss_scale: float = 0.5
 
 
 class TrainConfig(Section):
@@ -167,7 +179,7 @@ class Config(Section):
 
 PRESETS = (
     "voc", "cityscapes", "context", "synthetic-quick", "quickstart", "voc-unimatch",
-    "cityscapes-unimatch",
+    "cityscapes-unimatch", "synthetic-dense",
 )  # fmt: skip
 
 

@@ -17,6 +17,14 @@ def one_hot_with_ignore(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     return one_hot * valid.unsqueeze(1)
 
 
+def fake_maps(logits: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """What D sees of S's prediction: the softmax; with ``pad`` (N, H, W bool, ``gan.d_ignore``
+    zero), all-zero vectors where the crop was padded, as the real maps have there, so that
+    a zero vector no longer tells D that a map is real."""
+    probs = logits.softmax(1)
+    return probs if pad is None else probs * (~pad).unsqueeze(1).to(probs.dtype)
+
+
 def minmax01(images: torch.Tensor) -> torch.Tensor:
     """Scale each image to [0, 1] (what D sees next to the maps, as in the authors' code)."""
     flat = images.flatten(1)

@@ -24,6 +24,7 @@ from s4seg import IGNORE_INDEX
 from .config import Config, GanConfig
 from .losses import (
     discriminator_loss,
+    fake_maps,
     feature_matching_loss,
     generator_adversarial_loss,
     minmax01,
@@ -134,6 +135,7 @@ def segmenter_gan_terms(
     real_maps: torch.Tensor,
     images_r: torch.Tensor,
     gan: GanConfig,
+    pad_u: torch.Tensor | None = None,
 ) -> GanTerms:
     """The GAN terms of eq. 4 for S: feature matching, self-training, or the standard
     adversarial loss, as ``gan.losses`` says.
@@ -145,7 +147,7 @@ def segmenter_gan_terms(
     discriminator.requires_grad_(False)
     try:
         d_logit, d_features = discriminator(
-            torch.cat([logits_u.softmax(1), real_maps]), torch.cat([images_u, images_r])
+            torch.cat([fake_maps(logits_u, pad_u), real_maps]), torch.cat([images_u, images_r])
         )
     finally:
         discriminator.requires_grad_(True)
@@ -200,8 +202,9 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
             if use_gan:
                 images_u, images_r = minmax01(x_u), minmax01(x_r)
                 real_maps = one_hot_with_ignore(y_r, num_classes)
+                pad_u = batch_u["pad"].to(runtime.device) if gan.d_ignore == "zero" else None
                 terms = segmenter_gan_terms(
-                    run.discriminator, logits_u, images_u, real_maps, images_r, gan
+                    run.discriminator, logits_u, images_u, real_maps, images_r, gan, pad_u
                 )
                 loss = loss + terms.loss
                 scalars.update(terms.scalars)
@@ -214,7 +217,7 @@ def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stde
             # --- D step (eq. 5) on the detached prediction and the real maps, one forward.
             if use_gan:
                 d_logit, _ = discriminator(
-                    torch.cat([logits_u.detach().softmax(1), real_maps]),
+                    torch.cat([fake_maps(logits_u.detach(), pad_u), real_maps]),
                     torch.cat([images_u, images_r]),
                 )
                 fake_logit, real_logit = d_logit[: len(x_u)], d_logit[len(x_u) :]

@@ -9,15 +9,14 @@ One step (../shared/docs/modern-recipe-notes.md):
 2. Pseudo-labels: the model in eval mode, without gradient, on u' (inside the boxes); the
    model's own detached prediction of u's weak view (outside). Argmax, softmax max as confidence.
 3. Two strong views of u (colour jitter, grayscale, blur, each a CutMix box from a strong view of
-   u'), in one forward with x and u's weak view, whose features are also channel-dropped and
-   decoded again (feature perturbation).
-4. Loss = (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2; each unlabeled term is the
-   cross-entropy on pixels at confidence >= 0.95, summed over those and divided by every
+   u'). Two forwards, as the public code: [x, u_w], whose features are also channel-dropped and
+   decoded with the clean ones (feature perturbation), then [s1, s2]; so the labeled and weak
+   batches are normalised by batch-norm statistics of their own (``unimatch.forward: one``:
+   one forward over all four, s4seg's earlier order).
+4. Loss = (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) * ``loss_scale`` (the public 0.5, i.e. the
+   final /2; 1.0 gives UniMatch the baseline's labeled step at the same lr); each unlabeled term
+   is the cross-entropy on pixels at confidence >= 0.95, summed over those and divided by every
    non-padded pixel.
-
-Deviation, as in s4GAN here: labeled, weak and strong images go through the network in one
-forward (batch-norm statistics of all of them), which lets the segmenter run under
-DistributedDataParallel (one forward per backward); the public code runs two.
 """
 
 from __future__ import annotations
@@ -128,6 +127,38 @@ def confident_ce(
     return (per_pixel * keep).sum() / (~ignore).sum().clamp_min(1)
 
 
+def pseudo_label_scalars(
+    labels: torch.Tensor, confidence: torch.Tensor, pad: torch.Tensor, truth: torch.Tensor,
+    threshold: float, background: int | None,
+) -> Scalars:  # fmt: skip
+    """What the weak pseudo-labels teach, logged each step: ``confident``, the share of the
+    unlabeled pixels above the threshold (those that enter the unlabeled losses);
+    ``confident_fg``, the share of those that are foreground (not ``background``). Where the
+    true masks are known (``truth``: the audit masks, never trained on): ``pl_accuracy`` (every
+    pixel), ``pl_accuracy_confident``, and the foreground recall: ``pl_fg_recall``, the share of
+    true foreground pixels labeled their class, ``pl_fg_recall_confident``, and confident too.
+    On a background-dominated set, a high confident share with a low foreground recall says the
+    unlabeled terms mostly teach background (review U3)."""
+    sure = (confidence >= threshold) & ~pad
+    scalars: Scalars = {"confident": (sure.sum() / (~pad).sum().clamp_min(1)).detach()}
+    if background is not None:
+        foreground = sure & (labels != background)
+        scalars["confident_fg"] = (foreground.sum() / sure.sum().clamp_min(1)).detach()
+    known = truth != IGNORE_INDEX
+    if known.any():
+        right = (labels == truth) & known
+        scalars["pl_accuracy"] = right.sum() / known.sum()
+        sure_known = known & (confidence >= threshold)
+        right_sure = (right & sure_known).sum()
+        scalars["pl_accuracy_confident"] = right_sure / sure_known.sum().clamp_min(1)
+        if background is not None:
+            true_fg = known & (truth != background)
+            count = true_fg.sum().clamp_min(1)
+            scalars["pl_fg_recall"] = (right & true_fg).sum() / count
+            scalars["pl_fg_recall_confident"] = (right & true_fg & sure_known).sum() / count
+    return scalars
+
+
 def train_unimatch(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
     """Train UniMatch (continuing ``resumed`` if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
@@ -161,18 +192,30 @@ def train_unimatch(cfg: Config, resumed: dict | None = None, log: Log = log_to_s
             run.model.train()
             conf_m, label_m = probs_m.max(1)
 
-            # --- strong views, then one forward: u's weak view (also perturbed), x, s1, s2.
+            # --- strong views, then the forwards (``unimatch.forward``): two, as the public
+            # code ([x, u_w] with the perturbed decode, then [s1, s2]), or one over all four.
             s1 = strong_views(u_w, m_w, mean, std, u)
             s2 = strong_views(u_w, m_w, mean, std, u)
             n_u, n_x = len(u_w), len(x)
             with runtime.autocast():
-                logits, logits_fp = segmenter(
-                    torch.cat([u_w, x, s1.images, s2.images]), perturbed=n_u, p=u.fp_dropout
-                )
+                if u.forward == "two":
+                    logits, logits_fp = segmenter(
+                        torch.cat([x, u_w]), perturbed=n_x + n_u, p=u.fp_dropout
+                    )
+                    logits_s = segmenter(torch.cat([s1.images, s2.images]))
+                else:
+                    logits, logits_fp = segmenter(
+                        torch.cat([u_w, x, s1.images, s2.images]), perturbed=n_u, p=u.fp_dropout
+                    )
             logits = upsample_logits(logits.float(), size)
+            if u.forward == "two":
+                logits_x, logits_w = logits[:n_x], logits[n_x:]
+                logits_fp = logits_fp[n_x:]  # the public code perturbs x too, keeps u_w's
+                logits_s1, logits_s2 = upsample_logits(logits_s.float(), size).split(n_u)
+            else:
+                logits_w, logits_x = logits[:n_u], logits[n_u : n_u + n_x]
+                logits_s1, logits_s2 = logits[n_u + n_x : 2 * n_u + n_x], logits[2 * n_u + n_x :]
             logits_fp = upsample_logits(logits_fp.float(), size)
-            logits_w, logits_x = logits[:n_u], logits[n_u : n_u + n_x]
-            logits_s1, logits_s2 = logits[n_u + n_x : 2 * n_u + n_x], logits[2 * n_u + n_x :]
             conf_w, label_w = logits_w.detach().softmax(1).max(1)
 
             if u.labeled_loss == "ohem":
@@ -188,30 +231,25 @@ def train_unimatch(cfg: Config, resumed: dict | None = None, log: Log = log_to_s
                     logits_s, labels, confidence, ignore, u.threshold
                 )
             loss_fp = confident_ce(logits_fp, label_w, conf_w, pad_u, u.threshold)
-            loss = (
+            loss = u.loss_scale * (
                 loss_x
                 + u.weight_strong / 2 * (unlabeled_terms["loss_s1"] + unlabeled_terms["loss_s2"])
                 + u.weight_fp * loss_fp
-            ) / 2
+            )
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
             run.scheduler.step()
 
-            confident = ((conf_w >= u.threshold) & ~pad_u).sum() / (~pad_u).sum().clamp_min(1)
             scalars: Scalars = {
                 "loss_x": loss_x.detach(),
                 **{k: v.detach() for k, v in unlabeled_terms.items()},
                 "loss_fp": loss_fp.detach(),
-                "confident": confident.detach(),  # share of unlabeled pixels above threshold
-            }
-            truth = batch_u["audit_mask"].to(runtime.device)
-            known = truth != IGNORE_INDEX
-            if known.any():  # never trained on: how right the weak pseudo-labels are
-                right = (label_w == truth) & known
-                scalars["pl_accuracy"] = right.sum() / known.sum()
-                sure = known & (conf_w >= u.threshold)
-                scalars["pl_accuracy_confident"] = (right & sure).sum() / sure.sum().clamp_min(1)
+                **pseudo_label_scalars(
+                    label_w, conf_w, pad_u, batch_u["audit_mask"].to(runtime.device),
+                    u.threshold, run.layout.background_index,
+                ),
+            }  # fmt: skip
             return scalars
 
         return run.loop(step, "UniMatch (weak-to-strong consistency)")

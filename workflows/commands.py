@@ -187,7 +187,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     study.add_argument("--out", required=True, help="the study's folder (resumes what is there)")
     study.add_argument("--preset", help="a study preset (voc-paper, cityscapes-paper, "
-                       "synthetic-cpu) or a YAML file; flags override it")  # fmt: skip
+                       "synthetic-cpu, synthetic-dense, ...) or a YAML file; flags override "
+                       "it")  # fmt: skip
     study.add_argument("--config", help="training preset or YAML file of every cell")
     study.add_argument(
         "--methods",

@@ -623,10 +623,11 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
 
 
 def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
-    """The training curves behind the figures: for s4GAN, D(real), D(fake) and the share of
-    unlabeled samples self-trained on; for UniMatch, the share of unlabeled pixels above the
-    confidence threshold and the pseudo-labels' accuracy (on masks never trained on); for MLMT,
-    the teacher's val mAP; against iteration.
+    """The training curves behind the figures: every segmenter's validation mIoU (whether a
+    run was still rising); for s4GAN, D(real), D(fake) and the share of unlabeled samples
+    self-trained on; for UniMatch, the share of unlabeled pixels above the confidence
+    threshold, the foreground share of those, the pseudo-labels' accuracy and their foreground
+    recall (on masks never trained on); for MLMT, the teacher's val mAP; against iteration.
     One line per budget, the mean over its seeds."""
     import csv
 
@@ -635,18 +636,27 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
+    panels = ["val"]
     if any(METHODS[m].segmenter == "s4gan" for m in spec.methods):
         panels += ["d", "st"]
     if any(METHODS[m].segmenter == "unimatch" for m in spec.methods):
         panels.append("pl")
     if any(METHODS[m].gated for m in spec.methods):
         panels.append("map")
-    if not panels:
-        return
     figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=False)
     axes = [axes] if len(panels) == 1 else list(axes)
+    trainers = list(dict.fromkeys(METHODS[m].segmenter for m in spec.methods))
+    styles = {"baseline": "-", "s4gan": "--", "unimatch": ":"}
     for budget in spec.labels:
+        colour = None
+        for trainer in trainers:  # validation mIoU during training: where each run stands
+            runs = [out / "runs" / Cell(trainer, budget, s).name for s in spec.seeds]
+            steps, mious = mean_curve(runs, "val/miou")
+            if steps:
+                (line,) = axes[0].plot(steps, [100 * m for m in mious], styles.get(trainer, "-"),
+                                       marker="o", markersize=3, color=colour,
+                                       label=f"{budget}: {trainer}")  # fmt: skip
+                colour = line.get_color()
         gan = [out / "runs" / Cell("s4gan", budget, s).name / "d_scores.csv" for s in spec.seeds]
         histories = [list(csv.DictReader(p.open())) for p in gan if p.is_file()]
         if histories and "d" in panels:
@@ -661,9 +671,15 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
             steps, share = mean_curve(runs, "train/confident")
             if steps:
                 (line,) = axis.plot(steps, share, label=f"{budget}: confident share")
-                steps, right = mean_curve(runs, "train/pl_accuracy")
-                axis.plot(steps, right, "--", color=line.get_color(),
-                          label=f"{budget}: pseudo-label accuracy")  # fmt: skip
+                for tag, style, name in (
+                    ("train/confident_fg", "-.", "foreground share of confident"),
+                    ("train/pl_accuracy", "--", "pseudo-label accuracy"),
+                    ("train/pl_fg_recall_confident", ":", "foreground recall (confident)"),
+                ):
+                    steps, values = mean_curve(runs, tag)
+                    if steps:
+                        axis.plot(steps, values, style, color=line.get_color(),
+                                  label=f"{budget}: {name}")  # fmt: skip
         if "map" in panels:
             runs = [out / "runs" / Cell("mlmt", budget, s).name for s in spec.seeds]
             steps, maps = mean_curve(runs, "val/teacher_map")
@@ -671,7 +687,8 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
                 axes[panels.index("map")].plot(
                     steps, [100 * m for m in maps], marker="o", label=budget
                 )
-    labels = {"d": ("s4GAN: D score", (0, 1)), "st": ("s4GAN: share self-trained", (0, 1)),
+    labels = {"val": ("val mIoU during training, %", None),
+              "d": ("s4GAN: D score", (0, 1)), "st": ("s4GAN: share self-trained", (0, 1)),
               "pl": ("UniMatch: unlabeled pixels", (0, 1)),
               "map": ("MLMT teacher mAP, %", None)}  # fmt: skip
     for axis, panel in zip(axes, panels, strict=True):

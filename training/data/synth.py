@@ -12,6 +12,7 @@ import colorsys
 import json
 import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,26 @@ def _blob(draw: ImageDraw.ImageDraw, cx, cy, r, rng) -> None:
     )
 
 
-def render_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Scene:
+    """How many objects an image holds (inclusive range) and their radius (fraction of the side)."""
+
+    objects: tuple[int, int]
+    radius: tuple[float, float]
+
+
+STYLES = {
+    # The original set: 1-3 objects, about 14% foreground pixels at 128 px.
+    "sparse": Scene((1, 3), (0.10, 0.22)),
+    # 3-5 larger objects, about a third of the pixels foreground (fidelity review, section 3:
+    # "synthetic-dense-64"); large enough that a ring's hole survives stride 8 at 64 px.
+    "dense": Scene((3, 5), (0.14, 0.26)),
+}
+
+
+def render_sample(
+    rng: np.random.Generator, size: int = 128, scene: Scene = STYLES["sparse"]
+) -> tuple[np.ndarray, np.ndarray]:
     """One image (HxWx3 uint8) and its mask (HxW uint8 class indices)."""
     image = _texture(rng, size, hue=None, saturated=False)
     mask = np.zeros((size, size), dtype=np.uint8)
@@ -141,10 +161,10 @@ def render_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray
     for _ in range(int(rng.integers(0, 3))):
         cx, cy, r = [*rng.uniform(0, size, 2).tolist(), rng.uniform(size * 0.1, size * 0.25)]
         paste(lambda d, cx=cx, cy=cy, r=r: _blob(d, cx, cy, r, rng), label=0)
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(scene.objects[0], scene.objects[1] + 1))):
         label = int(rng.integers(1, len(SYNTH_CLASSES)))
         cx, cy = rng.uniform(size * 0.15, size * 0.85, 2).tolist()
-        r = rng.uniform(size * 0.1, size * 0.22)
+        r = rng.uniform(size * scene.radius[0], size * scene.radius[1])
         name = SYNTH_CLASSES[label]
         paste(lambda d, cx=cx, cy=cy, r=r, name=name: _draw_shape(d, name, cx, cy, r, rng), label)
 
@@ -163,8 +183,11 @@ def write_synthetic(
     num_unlabeled: int = 200,
     size: int = 128,
     progress: Callable[[int, int], None] | None = None,
+    style: str = "sparse",
 ) -> Path:
-    """Write ``images/{train,val,unlabeled}``, ``masks/{train,val}`` and ``classes.yaml``."""
+    """Write ``images/{train,val,unlabeled}``, ``masks/{train,val}`` and ``classes.yaml``;
+    ``style``: the scenes (``STYLES``)."""
+    scene = STYLES[style]
     root = Path(out)
     palette = voc_palette(len(SYNTH_CLASSES))
     plan = [("train", num_train, True), ("val", num_val, True), ("unlabeled", num_unlabeled, False)]
@@ -177,7 +200,7 @@ def write_synthetic(
         # One generator per split: adding val images never changes the train images.
         rng = np.random.default_rng([seed, offset])
         for index in range(count):
-            image, mask = render_sample(rng, size)
+            image, mask = render_sample(rng, size, scene)
             name = f"{split}_{index:05d}"
             Image.fromarray(image).save(root / "images" / split / f"{name}.png")
             if with_mask:
@@ -201,6 +224,8 @@ def write_synthetic(
                 "num_val": num_val,
                 "num_unlabeled": num_unlabeled,
                 "size": size,
+                "style": style,
+                "scene": asdict(scene),
             },
             indent=1,
         )

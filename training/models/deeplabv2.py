@@ -107,13 +107,14 @@ class DeepLabV2(nn.Module):
 
     def forward(self, x: torch.Tensor, perturbed: int = 0, p: float = 0.5):
         """Logits at 1/8. With ``perturbed`` = n, also the first n images' logits from
-        channel-dropped backbone features (UniMatch's feature perturbation), in the same
-        forward (DistributedDataParallel allows one forward per backward)."""
+        channel-dropped backbone features (UniMatch's feature perturbation), the clean and the
+        dropped features through the head together (as the public code's one decode)."""
         features = self.backbone(x)
-        logits = self.classifier(features)
         if not perturbed:
-            return logits
-        return logits, self.classifier(F.dropout2d(features[:perturbed], p, True))
+            return self.classifier(features)
+        dropped = F.dropout2d(features[:perturbed], p, True)
+        logits = self.classifier(torch.cat([features, dropped]))
+        return logits[: len(x)], logits[len(x) :]
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """Backbone at ``lr``, the new head at ``head_lr_mult * lr`` (the paper's 10x)."""

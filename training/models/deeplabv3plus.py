@@ -97,15 +97,19 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor, perturbed: int = 0, p: float = 0.5):
         """Logits at 1/4 of the input. With ``perturbed`` = n, also the logits of the first n
-        images decoded again from channel-dropped features (Dropout2d, ``p``: UniMatch's feature
-        perturbation), in the same forward (one forward per backward under DDP)."""
+        images from channel-dropped features (Dropout2d, ``p``: UniMatch's feature
+        perturbation), decoded in one pass with the clean ones, as the public code does: the
+        decoder's batch norm normalises clean and dropped features together (decoded apart,
+        it standardised the dropped batch on its own statistics, partly undoing the drop)."""
         low, high = self.encode(x)
-        logits = self.decode(low, high)
         if not perturbed:
-            return logits
+            return self.decode(low, high)
         drop = F.dropout2d
-        fp = self.decode(drop(low[:perturbed], p, True), drop(high[:perturbed], p, True))
-        return logits, fp
+        logits = self.decode(
+            torch.cat([low, drop(low[:perturbed], p, True)]),
+            torch.cat([high, drop(high[:perturbed], p, True)]),
+        )
+        return logits[: len(x)], logits[len(x) :]
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """Backbone at ``lr``, ASPP and decoder at ``head_lr_mult * lr`` (UniMatch's 10x)."""
