@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -122,8 +123,20 @@ def list_jobs(source: str, shard: tuple[int, int]) -> tuple[list[Job], list[tupl
     else:
         raise S4segError(f"--input {source} is neither a folder nor a list file")
     index, count = shard
-    jobs = [Job(p, r.with_suffix("")) for i, (p, r) in enumerate(entries) if i % count == index]
+    outputs = output_names([r for _, r in entries])
+    jobs = [Job(p, o) for i, ((p, _), o) in enumerate(zip(entries, outputs, strict=True))
+            if i % count == index]  # fmt: skip
     return jobs, rejected
+
+
+def output_names(relatives: list[Path]) -> list[Path]:
+    """Each input's output name, before the format's suffix: its path without the image suffix
+    (``a/photo.jpg`` -> ``a/photo``), unless another input shares that (``a.jpg`` beside
+    ``a.png``): those keep their suffix (``a.jpg``, ``a.png``), so no output overwrites another.
+    Decided on the whole sorted list, so every shard names alike."""
+    stems = [r.with_suffix("") for r in relatives]
+    taken = Counter(stems)
+    return [r if taken[stem] > 1 else stem for r, stem in zip(relatives, stems, strict=True)]
 
 
 def output_path(output: Path, job: Job, format: str, encoding: str | None = None) -> Path:
@@ -152,8 +165,9 @@ def run_jobs(
     seconds (past it, its worker is killed and replaced and the image fails); outputs are
     written here, atomically."""
     report = Report()
-    # Temporary files of a run that was killed mid-write: never outputs, always redone.
-    for stale in output.rglob(".*.part"):
+    # Temporary files of a run that was killed mid-write (``write_atomic``'s
+    # ``.NAME.XXXXXXXX.tmp`` beside each output): never outputs, always redone.
+    for stale in output.rglob(f".*{output_suffix(format, encoding)}.*.tmp"):
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
     todo: list[tuple[Job, Path]] = []

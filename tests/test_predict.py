@@ -69,7 +69,7 @@ def test_predict_writes_resumes_and_lists_failures(
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 written, 4 already there (skipped), 0 failed" in second.stdout
     assert not (out / "failures.json").exists()
-    assert not list(out.rglob("*.part"))
+    assert not list(out.rglob(".*.tmp"))
 
 
 def test_shards_cover_every_image_once(inputs: Path) -> None:
@@ -197,3 +197,32 @@ def test_a_stalled_image_fails_alone_and_the_run_goes_on(tmp_path: Path) -> None
     assert "worker process died" in reasons["die.png"]
     assert reasons["bad.png"] == "bad.png: scripted failure"
     assert took < 60, took  # no image outlived its deadline by much, none held the run
+
+
+def test_inputs_that_share_a_name_get_outputs_of_their_own(tmp_path: Path) -> None:
+    """Review L4: ``a.jpg`` and ``a.png`` both wrote ``a.png``, one answer silently lost. Those
+    keep their suffix; every shard names alike. A killed run's temporary outputs are removed,
+    nothing else."""
+    from helpers import ScriptedSegmenter
+
+    source = tmp_path / "in"
+    (source / "d").mkdir(parents=True)
+    for name in ("a.jpg", "a.png", "b.png", "d/a.png"):
+        (source / name).write_bytes(name.encode())
+    names = {j.source.name + ("" if j.source.parent == source else "@d"): j.relative.as_posix()
+             for j in list_jobs(str(source), (0, 1))[0]}  # fmt: skip
+    assert names == {"a.jpg": "a.jpg", "a.png": "a.png", "b.png": "b", "a.png@d": "d/a"}
+    shards = {j.relative.as_posix() for i in range(3) for j in list_jobs(str(source), (i, 3))[0]}
+    assert shards == set(names.values())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".b.png.x7Hq2kLm.tmp").write_bytes(b"half")  # write_atomic's, from a killed run
+    (out / ".notes.tmp").write_text("the user's")
+    jobs, _ = list_jobs(str(source), (0, 1))
+    report = run_jobs(jobs, out, "png", ScriptedSegmenter(), 2, progress=False)
+    assert report.done == 4 and not report.failures
+    assert (out / "a.jpg.png").read_bytes() == b"a.jpg" and (
+        out / "a.png.png"
+    ).read_bytes() == b"a.png"
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "a.jpg.png", "a.png.png",
+                                                     "b.png", "d"]  # fmt: skip

@@ -245,7 +245,7 @@ def test_predict_killed_mid_run_then_completes(tiny_export: Path, tmp_path: Path
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert len(list(out.rglob("val_*.png"))) == 120
-    assert not list(out.rglob("*.part"))
+    assert not list(out.rglob(".*.tmp"))
     record("predict_sigkill", {"written_before_kill": partial, "total": 120,
                                "rerun": rerun.stdout.strip().splitlines()[0]})  # fmt: skip
 
