@@ -16,11 +16,17 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from s4seg.errors import S4segError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000
+# Scans of a progressive JPEG: libjpeg decodes each one over the whole image, so their number,
+# not the file's size, sets the cost (about 12 ms a scan at 16 MP; 1,000 repeated scans in a
+# 94 KB file decoded for 13 s, 100,000 for 20 minutes: security review C1). Encoders write
+# 1 (baseline) to about 10-20 (progressive, an EXIF thumbnail or an MPO's second picture add a
+# few more); NVIDIA DALI refuses more than 500.
+MAX_JPEG_SCANS = 100
 
 
 class ImageError(S4segError):
@@ -50,6 +56,10 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 Image.init()  # registers the plugins, so that ``formats=FORMATS`` finds WebP and TIFF
+# A PNG's text chunks are inflated when it is opened, before any pixel: Pillow allows 64 MB of
+# them (63 zTXt chunks of 1 MB each fit in a 66 KB file: 0.21 s of CPU; security review H3).
+# 4 MB is far more text than photos carry; past it the image is refused as unreadable (422).
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
 
 # EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
 UPRIGHT = {
@@ -144,6 +154,17 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except (OSError, SyntaxError, ValueError) as error:
         # Header damage: OSError, or ValueError ("Truncated IHDR chunk", found by the fuzz test).
         raise ImageError(f"unreadable image: {error}", 422, "corrupt") from None
+    if image.format in ("JPEG", "MPO"):
+        # SOS markers: 0xFF 0xDA never occurs inside entropy-coded data (0xFF is stuffed
+        # there), so counting the pair counts the scans (thumbnails' and MPO pictures' too).
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(
+                f"JPEG with {scans} scans, more than the limit of {MAX_JPEG_SCANS} (no camera "
+                "or encoder writes that many; each one costs a pass over the whole image)",
+                422,
+                "too_many_scans",
+            )
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(

@@ -122,3 +122,20 @@ def scripted_segment(path: Path) -> bytes:
     if "bad" in path.name:
         raise ValueError(f"{path.name}: scripted failure")
     return path.read_bytes()
+
+
+def ztxt_png(chunks: int = 63) -> bytes:
+    """A 1x1 PNG whose zTXt chunks inflate to 1 MB each when it is opened (66 KB for 63 MB of
+    text: security review H3; its generator)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    text = zlib.compress(b"\0" * (1 << 20), 9)
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    texts = b"".join(chunk(b"zTXt", b"k%d\0\0" % k + text) for k in range(chunks))
+    pixels = chunk(b"IDAT", zlib.compress(b"\0\0"))
+    return b"\x89PNG\r\n\x1a\n" + header + texts + pixels + chunk(b"IEND", b"")

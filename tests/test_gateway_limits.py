@@ -261,3 +261,112 @@ def test_a_request_let_in_too_late_to_finish_is_refused_not_timed_out(repo: Path
         first.join()
     assert statuses == {"first": 200, "second": 503}, statuses
     assert waited < 3.4, waited  # refused when its waiting time was up, before the room freed
+
+
+def admission_of(app) -> object:
+    """The app's Admission middleware (built with the app's first request)."""
+    from s4seg.serving.gateway.limits import Admission
+
+    layer = app.middleware_stack
+    while not isinstance(layer, Admission):
+        layer = layer.app
+    return layer
+
+
+def test_work_past_the_deadline_keeps_its_slot_pixels_and_thread_until_it_ends(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 32, item 1 (review C1): a decode that outlives the deadline (504) kept running
+    while admission, the pixel budget and the worker token were given back; every such request
+    left one more thread. Now the request holds them until its thread really ends, and no more
+    threads run than the gateway has workers."""
+    from s4seg.imaging import decode_image as real_decode
+    from s4seg.serving.gateway.routers import segment as route
+
+    def slow_decode(data, max_pixels, fit=None):
+        time.sleep(2.5)  # a decode the deadline can not stop
+        return real_decode(data, max_pixels, fit)
+
+    monkeypatch.setattr(route, "decode_image", slow_decode)
+    app, ensemble = fake_app(repo, request_timeout=0.8, max_in_flight=8)
+    image = jpeg((100, 100))
+    with running(app) as url:
+        workers = app.state.workers
+        start = time.monotonic()
+        answers = []
+        waves = [threading.Thread(target=lambda: answers.append(post(url, image)))
+                 for _ in range(5)]  # fmt: skip
+        for wave in waves:
+            wave.start()
+        for wave in waves:
+            wave.join()
+        answered = time.monotonic() - start
+        admission, budget = admission_of(app), app.state.budget
+        held = (admission.in_flight, budget.used, workers.busy)
+        alive = sum(t.name.startswith("s4seg-worker") for t in threading.enumerate())
+        while admission.in_flight and time.monotonic() - start < 30:
+            time.sleep(0.1)
+        ended = time.monotonic() - start
+        after = (admission.in_flight, budget.used, workers.busy)
+        # The slots are back: a request is served again.
+        monkeypatch.setattr(route, "decode_image", real_decode)
+        served = post(url, image)
+    assert [a.status_code for a in answers] == [504] * 5, [a.text for a in answers]
+    assert answered < 2.4  # answered at the deadline, not when the decodes ended
+    assert held[0] > 0 and held[1] > 0 and held[2] == workers.threads, held  # all still held
+    assert alive <= workers.threads, alive  # one thread per worker, not one per request
+    assert after == (0, 0, 0) and ended > 2.5, (after, ended)
+    assert served.status_code == 200 and ensemble.calls == 1
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding(repo: Path) -> None:
+    """Issue 32, item 1: 1,000 repeated progressive scans decode for 13 s (16 MP, 94 KB): 422,
+    naming the limit, in well under a second."""
+    from helpers import many_scan_jpeg
+
+    app, ensemble = fake_app(repo)
+    data = many_scan_jpeg(1000)
+    with running(app) as url:
+        start = time.monotonic()
+        response = post(url, data)
+        seconds = time.monotonic() - start
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "too_many_scans"
+    assert "1006 scans, more than the limit of 100" in response.json()["detail"]
+    assert seconds < 1.0 and ensemble.calls == 0
+
+
+def test_health_stays_fast_while_text_bombs_arrive(repo: Path) -> None:
+    """Issue 32, item 4 (review H3): a 66 KB PNG whose text chunks inflate to 63 MB cost 0.21 s
+    of event-loop time when its header was read there; five a second starved /healthz. Headers
+    are read in a worker now, and past 4 MB of text the image is refused (422)."""
+    from helpers import ztxt_png
+
+    app, ensemble = fake_app(repo)
+    bomb = ztxt_png()
+    health: list[float] = []
+    statuses: list[int] = []
+    with running(app) as url:
+        stop = time.monotonic() + 4.0
+
+        def send() -> None:
+            headers = {"Content-Type": "image/png"}
+            answer = httpx.post(f"{url}/v1/segment", content=bomb, headers=headers, timeout=30)
+            statuses.append(answer.status_code)
+
+        senders = []
+        while time.monotonic() < stop:
+            sender = threading.Thread(target=send)
+            sender.start()
+            senders.append(sender)
+            for _ in range(2):  # /healthz every 0.1 s, a bomb every 0.2 s
+                start = time.monotonic()
+                assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+                health.append(time.monotonic() - start)
+                time.sleep(max(0.0, 0.1 - (time.monotonic() - start)))
+        for sender in senders:
+            sender.join()
+    ordered = sorted(health)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    assert p99 < 0.5, ordered[-5:]
+    assert set(statuses) == {422} and len(statuses) >= 15 and ensemble.calls == 0

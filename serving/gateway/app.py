@@ -24,6 +24,7 @@ from .metrics import RequestMetrics
 from .routers import health, models, page, segment
 from .security import Hardening
 from .triton_client import TritonEnsemble, TritonFailed, TritonUnavailable
+from .work import Workers
 
 log = logging.getLogger("s4seg.gateway")
 
@@ -48,6 +49,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.triton.close()
+            app.state.workers.close()
 
     docs = settings.docs_mode != "off"
     app = FastAPI(
@@ -62,6 +64,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = Catalog(settings.repository, settings.replica_name)
     app.state.budget = PixelBudget(settings.pixel_budget)
+    app.state.workers = workers = Workers()
     app.include_router(segment.router)
     app.include_router(models.router)
     app.include_router(health.router)
@@ -122,7 +125,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes,
                        idle_seconds=settings.body_timeout)  # fmt: skip
     app.add_middleware(Admission, max_in_flight=settings.max_in_flight,
-                       timeout=settings.request_timeout)  # fmt: skip
+                       timeout=settings.request_timeout, workers=workers)  # fmt: skip
     app.add_middleware(Hardening, api_key=api_key, private_docs=settings.docs_mode == "private")
     app.add_middleware(RequestMetrics, routes=app.routes)
     return app

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from .work import RequestWork
+
 
 class Busy(Exception):
     """No room within the request's deadline (HTTP 503, Retry-After)."""
@@ -24,7 +26,11 @@ class PixelBudget:
         self._released = asyncio.Event()
 
     @asynccontextmanager
-    async def hold(self, pixels: int, timeout: float) -> AsyncIterator[None]:
+    async def hold(
+        self, pixels: int, timeout: float, work: RequestWork | None = None
+    ) -> AsyncIterator[None]:
+        """``work``: the pixels come back once its threads have ended, not when the request
+        is answered (a decode that outlives its deadline still holds what it decodes)."""
         pixels = min(pixels, self.capacity)  # one image alone always fits (max_pixels <= it)
         until = asyncio.get_running_loop().time() + timeout
         while self.used + pixels > self.capacity:  # one event loop: no lock needed
@@ -39,8 +45,16 @@ class PixelBudget:
                     f"flight and this image needs {pixels}; retry"
                 ) from None
         self.used += pixels
-        try:
-            yield
-        finally:  # synchronous: a cancelled request still gives its pixels back
+
+        def release() -> None:
             self.used -= pixels
             self._released.set()
+
+        try:
+            yield
+        finally:  # synchronous: a cancelled request still gives its pixels back, when its
+            # threads are done
+            if work is None:
+                release()
+            else:
+                work.after(release)

@@ -13,6 +13,7 @@ from .catalog import Catalog
 from .limits import Deadline
 from .security import key_matches
 from .triton_client import TritonEnsemble
+from .work import RequestWork
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -45,6 +46,12 @@ async def get_deadline(request: Request) -> Deadline:
     return deadline or Deadline(request.app.state.settings.request_timeout)
 
 
+async def get_work(request: Request) -> RequestWork:
+    """Set by ``Admission`` for segment requests; a fresh one elsewhere (tests, other routes)."""
+    work = getattr(request.state, "work", None)
+    return work or RequestWork(request.app.state.workers)
+
+
 async def require_api_key(request: Request) -> None:
     """With S4SEG_API_KEY set, X-API-Key must match it (compared in constant time)."""
     expected = request.app.state.settings.api_key
@@ -59,3 +66,4 @@ TritonDep = Annotated[TritonEnsemble, Depends(get_triton)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 BudgetDep = Annotated[PixelBudget, Depends(get_budget)]
 DeadlineDep = Annotated[Deadline, Depends(get_deadline)]
+WorkDep = Annotated[RequestWork, Depends(get_work)]

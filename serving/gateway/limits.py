@@ -5,7 +5,8 @@
 - ``Admission``: at most ``max_in_flight`` segment requests at once; one more gets 503 with
   ``Retry-After`` at once, never a queue. Each admitted request gets one ``Deadline`` from its
   arrival to its answer (``request.state.deadline``); every wait inside it (the body, the pixel
-  budget, a shared-memory slot, Triton) uses what is left of it.
+  budget, a shared-memory slot, Triton) uses what is left of it. It also gets a ``RequestWork``
+  (``request.state.work``, ``serving.gateway.work``): its slot is held until its threads end.
 
 Headers are bounded before any of this runs: ``serving.gateway.protocol``.
 """
@@ -20,6 +21,7 @@ from collections.abc import Awaitable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ROUTE_KEY
+from .work import RequestWork, Workers
 
 SEGMENT_PATH = "/v1/segment"
 WORK_SHARE = 0.25  # of a request's deadline, kept for its work after waiting for room
@@ -124,10 +126,14 @@ class BodyLimits:
 
 
 class Admission:
-    def __init__(self, app: ASGIApp, max_in_flight: int, timeout: float) -> None:
+    """``in_flight`` counts a request until it is answered and every thread it started has
+    ended (``RequestWork``): a request answered 504 while its decode runs on keeps its slot."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int, timeout: float, workers: Workers) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.timeout = timeout
+        self.workers = workers
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -140,7 +146,8 @@ class Admission:
             await answer(send, 503, "overloaded", detail, ((b"retry-after", b"1"),))
             return
         deadline = Deadline(self.timeout)
-        scope.setdefault("state", {})["deadline"] = deadline
+        work = RequestWork(self.workers)
+        scope.setdefault("state", {}).update(deadline=deadline, work=work)
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -157,7 +164,10 @@ class Admission:
                 detail = f"no answer within the request deadline of {deadline.seconds:g} s"
                 await answer(send, 504, "timeout", detail)
         finally:
-            self.in_flight -= 1
+            work.after(self._release)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
 
 
 async def _within(work: Awaitable[None], seconds: float) -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable
+import json
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from s4seg.imaging import ImageError, decode_image, image_pixels
 from s4seg.letterbox import Framing, labels_from_scores
@@ -23,21 +19,12 @@ from ..dependencies import (
     DeadlineDep,
     SettingsDep,
     TritonDep,
+    WorkDep,
     require_api_key,
 )
 from ..triton_client import TritonUnavailable
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
-
-# Decoding, mapping back and encoding run in threads of their own, as many as there are cores:
-# the default pool (40 threads) would run 40 decodes at once, and everything else that uses it
-# would queue behind them.
-WORKERS = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
-T = TypeVar("T")
-
-
-async def in_worker(function: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=WORKERS)
 
 
 class Format(StrEnum):
@@ -116,6 +103,7 @@ async def segment(
     catalog: CatalogDep,
     budget: BudgetDep,
     deadline: DeadlineDep,
+    work: WorkDep,
     format: Annotated[Format, Query(description="png, overlay or json")] = Format.png,
     tau: Annotated[
         float | None, Query(ge=0.0, le=1.0, description="gate threshold (default: manifest's)")
@@ -136,33 +124,47 @@ async def segment(
     data = await read_image_bytes(request)
     served = await triton.served_version()
     manifest = catalog.manifest(served) if served is not None else None
-    pixels = image_pixels(data, settings.max_pixels)  # the header only: 413/415/422 before work
-    async with budget.hold(pixels, deadline.to_wait()):  # the decoded pixels in flight
+    # The header only (413/415/422 before work), in a worker: a PNG's text chunks or a TIFF's
+    # directories cost event-loop time that /healthz needs (review H3).
+    pixels = await work.run(image_pixels, data, settings.max_pixels)
+    async with budget.hold(pixels, deadline.to_wait(), work):  # the decoded pixels in flight
         framing = Framing.of(manifest) if manifest else None
         # Only the overlay shows the photo's own pixels; the model needs its served size at most.
         fit = framing.fit if framing and format is not Format.overlay else None
-        decoded = await in_worker(decode_image, data, settings.max_pixels, fit)
+        decoded = await work.run(decode_image, data, settings.max_pixels, fit)
         if served is None or manifest is None or framing is None:
             raise TritonUnavailable("no version is being served (Triton down or nothing published)")
         used_tau = manifest.request_tau(tau, gate)
-        framed = await in_worker(framing.frame, decoded.pixels, decoded.size)
+        framed = await work.run(framing.frame, decoded.pixels, decoded.size)
         result = await triton.segment(
             framed.canvas, framed.view, used_tau, manifest.num_classes, deadline.remaining()
         )
         if result.version != str(served):  # switched in between: describe what actually ran
             manifest = catalog.manifest(result.version)
-        labels = await in_worker(labels_from_scores, result.scores, framed.placement)
+        labels = await work.run(labels_from_scores, result.scores, framed.placement)
         headers = {"X-Model-Version": result.version}
         if format is Format.json:
-            body = segmentation_json(
-                labels, result.class_probs, result.suppressed, manifest, result.version,
-                None if used_tau == UNGATED_TAU else used_tau,  # gate=false, or served "gate off"
-            )  # fmt: skip
-            return JSONResponse(body, headers=headers)
+            body = await work.run(
+                json_body,
+                labels,
+                result.class_probs,
+                result.suppressed,
+                manifest,
+                result.version,
+                None if used_tau == UNGATED_TAU else used_tau,
+            )  # fmt: skip  (tau None: gate=false, or served "gate off")
+            return Response(content=body, media_type="application/json", headers=headers)
         if format is Format.overlay:
             chosen = encoding.value if encoding is not None else "png"
-            content = await in_worker(overlay_bytes, decoded.pixels, labels, manifest, chosen)
+            content = await work.run(overlay_bytes, decoded.pixels, labels, manifest, chosen)
             media_type = OVERLAY_ENCODINGS[chosen][1]
         else:
-            content, media_type = await in_worker(label_png, labels, manifest), "image/png"
+            content, media_type = await work.run(label_png, labels, manifest), "image/png"
         return Response(content=content, media_type=media_type, headers=headers)
+
+
+def json_body(*args: Any) -> bytes:
+    """``segmentation_json`` rendered (COCO RLE per class over the full-size label map: a
+    worker's job, not the event loop's)."""
+    body = segmentation_json(*args)
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
