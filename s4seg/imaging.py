@@ -27,6 +27,11 @@ DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000
 # 1 (baseline) to about 10-20 (progressive, an EXIF thumbnail or an MPO's second picture add a
 # few more); NVIDIA DALI refuses more than 500.
 MAX_JPEG_SCANS = 100
+# Pixels an image may declare per byte of its file. Real images stay far below: a flat-colour
+# JPEG about 250, a one-colour palette PNG about 1,000, a blank 1-bit PNG about 8,000; a
+# 333-byte JPEG declaring 39 MP (its data cut short, filled in by the decoder) has 117,000 and
+# would hold 39 MP of the pixel budget for nothing (security review H2).
+MAX_PIXELS_PER_BYTE = 20_000
 
 
 class ImageError(S4segError):
@@ -175,6 +180,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         )
     if width == 0 or height == 0:
         raise ImageError("image has no pixels", 422, "empty")
+    if width * height > max(1_000_000, MAX_PIXELS_PER_BYTE * len(data)):
+        raise ImageError(
+            f"image declares {width}x{height} pixels in {len(data)} bytes: most of its data is "
+            f"missing (more than {MAX_PIXELS_PER_BYTE} pixels a byte)",
+            422,
+            "too_little_data",
+        )
     return image
 
 

@@ -127,6 +127,7 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             port=settings.port,
             log_level="info",
             http=with_header_timeout(settings.header_timeout),
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
         uvicorn.Server(config).run()
     except KeyboardInterrupt:

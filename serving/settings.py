@@ -59,11 +59,40 @@ class ServeSettings(BaseSettings):
         None,
         ge=1,
         description="decoded pixels of the requests in flight (memory: up to about 20 bytes "
-        "each, docs/serving.md); beyond it requests wait, then 503 (default: max_pixels)",
+        "each, docs/serving.md); beyond it requests wait, in arrival order, then 503 (default: "
+        "2.5 x max_pixels, 100 MP: a few large photos at once)",
     )
+    max_in_flight_per_client: int | None = Field(
+        None, ge=1, description="of those, from one client address, then 429 (default: three "
+        "quarters: other clients always find a quarter)",
+    )  # fmt: skip
     header_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers")
     body_timeout: float = Field(
         10.0, gt=0, description="a request body that sends nothing for this long gets 408"
+    )
+    body_total_timeout: float = Field(
+        60.0, gt=0, description="a segment request's body must be complete within this (408)"
+    )
+    min_body_rate: float = Field(
+        16384.0, gt=0,
+        description="bytes/s a segment request's body must average after its first 2 s (408)",
+    )  # fmt: skip
+    max_receiving: int = Field(
+        64, ge=1, description="segment request bodies arriving at once (then 503); a body is "
+        "received whole before its request is admitted",
+    )  # fmt: skip
+    max_uploads_per_client: int | None = Field(
+        None, ge=1, description="of those, from one client address, then 429 (default: three "
+        "quarters)",
+    )  # fmt: skip
+    max_pixels_per_client: int | None = Field(
+        None, ge=1, description="decoded pixels in flight of one client address (default: "
+        "three quarters of max_pixels_in_flight, at least max_pixels)",
+    )  # fmt: skip
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="proxies whose X-Forwarded-For names the client (uvicorn's setting): behind "
+        "an ingress, set it to the ingress' addresses, or every request counts as one client",
     )
     docs: Literal["public", "private", "off"] | None = Field(
         None,
@@ -89,7 +118,21 @@ class ServeSettings(BaseSettings):
 
     @property
     def pixel_budget(self) -> int:
-        return self.max_pixels_in_flight or self.max_pixels
+        return self.max_pixels_in_flight or int(2.5 * self.max_pixels)
+
+    # One client (address) holds at most three quarters of each shared bound, so that others
+    # always find a quarter (security review H1, H2); alone, it still has most of the server.
+    @property
+    def pixels_per_client(self) -> int:
+        return self.max_pixels_per_client or max(self.max_pixels, client_share(self.pixel_budget))
+
+    @property
+    def in_flight_per_client(self) -> int:
+        return self.max_in_flight_per_client or client_share(self.max_in_flight)
+
+    @property
+    def uploads_per_client(self) -> int:
+        return self.max_uploads_per_client or client_share(self.max_receiving)
 
     @property
     def docs_mode(self) -> str:
@@ -134,3 +177,8 @@ class ServeSettings(BaseSettings):
     @property
     def triton_grpc(self) -> str:
         return self.triton_grpc_url or f"{self.triton_host}:{self.triton_grpc_port}"
+
+
+def client_share(limit: int) -> int:
+    """Three quarters of ``limit`` (at least 1): what one client may hold of it."""
+    return max(1, limit - limit // 4)

@@ -129,7 +129,11 @@ def test_decoded_pixels_in_flight_are_bounded(repo: Path) -> None:
     """Item 10: 6 concurrent 100x100 images with room for 2 of them: never more than 2 decoded
     at once; the others wait their turn within the deadline and are served."""
     app, ensemble = fake_app(
-        repo, FakeEnsemble(delay=0.4), max_pixels=10_000, max_pixels_in_flight=20_000
+        repo,
+        FakeEnsemble(delay=0.4),
+        max_pixels=10_000,
+        max_pixels_in_flight=20_000,
+        max_pixels_per_client=20_000,  # one client here: the bound, not the share, is tested
     )
     statuses: list[int] = []
     with running(app) as url:
@@ -370,3 +374,125 @@ def test_health_stays_fast_while_text_bombs_arrive(repo: Path) -> None:
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     assert p99 < 0.5, ordered[-5:]
     assert set(statuses) == {422} and len(statuses) >= 15 and ensemble.calls == 0
+
+
+def trickle(url: str, seconds_between: float, stop: threading.Event) -> list[bytes]:
+    """A segment upload that declares 1 MB and sends a byte every ``seconds_between`` s; what
+    the server answered (empty when it closed without a word)."""
+    sock = raw(url)
+    sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                 b"Content-Length: 1000000\r\n\r\n")  # fmt: skip
+    answer = b""
+    try:
+        while not stop.is_set():
+            sock.sendall(b"\x89")
+            sock.settimeout(seconds_between)
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+            rest = closed_after(sock, 5)[1]  # the rest of the answer, until the server closes
+            answer += rest
+            break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return [answer]
+
+
+def test_trickling_uploads_hold_no_slot_and_are_dropped_for_their_rate(repo: Path) -> None:
+    """Issue 32, item 2 (review H1): with max_in_flight 3, three uploads sending a byte every
+    0.5 s held every slot (a photo got 503); bodies are received before admission now, and one
+    that averages under the minimum rate after its first 2 s gets 408."""
+    app, ensemble = fake_app(repo, max_in_flight=3, min_body_rate=1000)
+    stop = threading.Event()
+    answers: list[list[bytes]] = []
+    with running(app) as url:
+        tricklers = [threading.Thread(target=lambda: answers.append(trickle(url, 0.5, stop)))
+                     for _ in range(3)]  # fmt: skip
+        for thread in tricklers:
+            thread.start()
+        time.sleep(1.0)  # all three are sending
+        photo = post(url, jpeg())
+        for thread in tricklers:
+            thread.join(15)
+        stop.set()
+    assert photo.status_code == 200, photo.text
+    assert len(answers) == 3
+    for (answer,) in answers:
+        assert answer.startswith(b"HTTP/1.1 408") and b"body_too_slow" in answer, answer[:300]
+    assert ensemble.calls == 1
+
+
+def test_with_a_key_an_upload_without_it_is_refused_before_its_body(repo: Path) -> None:
+    """Issue 32, item 2: the key is checked before anything is held (no upload slot, no body)."""
+    app, _ = fake_app(repo, api_key="s3cret")
+    with running(app) as url:
+        sock = raw(url)
+        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 1000000\r\n\r\n")  # fmt: skip
+        seconds, answer = closed_after(sock, 5)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert seconds < 1.0
+
+
+def from_address(address: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=60)
+
+
+def test_one_clients_large_images_leave_room_for_another_clients_photos(repo: Path) -> None:
+    """Issue 32, item 3 (review H2): one client kept the pixel budget full with large images
+    and another client's photos waited and got 503. One client now holds at most three
+    quarters of the budget, and waiters are served in arrival order."""
+    big = io.BytesIO()
+    Image.new("RGB", (2500, 1960), (200, 30, 30)).save(big, "JPEG")  # 4.9 MP, a real file
+    app, _ = fake_app(repo, FakeEnsemble(delay=1.0), max_pixels=5_000_000,
+                      max_pixels_in_flight=10_000_000, request_timeout=8)  # fmt: skip
+    hog_answers: list[int] = []
+    photo_answers: list[tuple[int, float]] = []
+    with running(app) as url:
+        hog, other = from_address("127.0.0.1"), from_address("127.0.0.2")
+
+        def hogging() -> None:
+            answer = hog.post(f"{url}/v1/segment", content=big.getvalue(),
+                              headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            hog_answers.append(answer.status_code)
+
+        hogs = [threading.Thread(target=hogging) for _ in range(12)]
+        for thread in hogs:
+            thread.start()
+        time.sleep(0.5)
+        for _ in range(4):
+            start = time.monotonic()
+            answer = other.post(f"{url}/v1/segment", content=jpeg((1000, 1000)),
+                                headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            photo_answers.append((answer.status_code, time.monotonic() - start))
+        for thread in hogs:
+            thread.join()
+        budget = app.state.budget
+    assert [status for status, _ in photo_answers] == [200] * 4, photo_answers
+    assert max(seconds for _, seconds in photo_answers) < 3.0  # not behind the queue of hogs
+    assert 200 in hog_answers and budget.used == 0
+
+
+def test_an_image_that_declares_far_more_pixels_than_its_bytes_hold_is_refused() -> None:
+    """Issue 32, item 3: 333 bytes declaring 39 MP (117,000 pixels a byte) held 39 MP of the
+    budget for nothing; real images stay under 8,000 (a blank 1-bit PNG)."""
+    from s4seg.imaging import ImageError, image_pixels
+
+    header = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(header, "JPEG", quality=50)
+    data = bytearray(header.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 598, 65500)
+    with pytest.raises(ImageError, match=r"declares 65500x598 pixels in \d+ bytes") as refused:
+        image_pixels(bytes(data))
+    assert refused.value.status == 422 and refused.value.code == "too_little_data"
+    blank = io.BytesIO()
+    Image.new("1", (7000, 5000)).save(blank, "PNG", optimize=True)  # 35 MP, ~4 KB
+    assert image_pixels(blank.getvalue()) == 35_000_000

@@ -492,7 +492,8 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
     stack: Served, synth_root: Path
 ) -> None:
     """Issue 19, item 4 (and 10): 200 requests at once against max_in_flight 32; then 40 tiny
-    JPEGs that each declare 39 MP, as overlays (decoded at full size)."""
+    JPEGs that each declare 39 MP, as overlays (refused for their pixels per byte since issue
+    32; before, decoded at full size)."""
     body = sorted((synth_root / "images" / "val").iterdir())[0].read_bytes()
     health: list[float] = []
     stop = threading.Event()
@@ -513,7 +514,7 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
         prober.join()
     counts = Counter(status for status, _ in results)
     accepted = [seconds for status, seconds in results if status == 200]
-    refused = [seconds for status, seconds in results if status == 503]
+    refused = [seconds for status, seconds in results if status in (429, 503)]
 
     rss_before, peak = rss_mib(stack.process.pid), [0.0]
     sampling = threading.Event()
@@ -545,10 +546,14 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
         "gateway_rss_mib_peak": round(peak[0], 1),
     }
     record("flood", figures)
-    assert set(counts) <= {200, 503} and counts[200] >= 32, counts
+    # One client: at most three quarters of the uploads (48 of 64) and of the slots (24 of 32)
+    # are its own (429 beyond them, issue 32); the rest of the flood is refused at once.
+    assert set(counts) <= {200, 429, 503} and counts[200] >= 24, counts
     assert pct(refused, 99) < 1.0  # refused at once, not after a queue
     assert max(health) < 1.5  # measured 0.5 s here
-    assert set(bomb_counts) <= {200, 503}, bomb_counts  # served (grey where the data ends)
+    # Refused by their pixels per byte (422) since issue 32; before, served grey where the data
+    # ended, each holding 39 MP of the budget.
+    assert set(bomb_counts) <= {422, 429}, bomb_counts
     # One 39 MP overlay costs about 0.7 GiB; the budget (max_pixels) lets one run at a time.
     assert peak[0] - rss_before < 1100, "40 declared-39-MP images raised the gateway's memory"
 

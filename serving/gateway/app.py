@@ -21,6 +21,7 @@ from .catalog import Catalog, VersionGone
 from .dependencies import Unauthorized
 from .limits import Admission, BodyLimits
 from .metrics import RequestMetrics
+from .reception import Reception
 from .routers import health, models, page, segment
 from .security import Hardening
 from .triton_client import TritonEnsemble, TritonFailed, TritonUnavailable
@@ -63,7 +64,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = Catalog(settings.repository, settings.replica_name)
-    app.state.budget = PixelBudget(settings.pixel_budget)
+    app.state.budget = PixelBudget(settings.pixel_budget, settings.pixels_per_client)
     app.state.workers = workers = Workers()
     app.include_router(segment.router)
     app.include_router(models.router)
@@ -119,13 +120,20 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error(500, "internal", f"unexpected {type(exc).__name__}")
 
-    # Pure ASGI, outermost first: metrics see every answer, the security headers go on every
-    # answer, admission and its deadline come before the body is read, the body's limits last.
+    # Pure ASGI, outermost first: metrics see every answer, the security headers (and the key,
+    # before anything is held) go on every answer, a segment request's body is received whole
+    # under limits of its own, then admission and its deadline, the body's limits last.
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes,
                        idle_seconds=settings.body_timeout)  # fmt: skip
     app.add_middleware(Admission, max_in_flight=settings.max_in_flight,
-                       timeout=settings.request_timeout, workers=workers)  # fmt: skip
+                       timeout=settings.request_timeout, workers=workers,
+                       per_client=settings.in_flight_per_client)  # fmt: skip
+    app.add_middleware(Reception, max_bytes=settings.max_body_bytes,
+                       idle_seconds=settings.body_timeout,
+                       total_seconds=settings.body_total_timeout,
+                       min_rate=settings.min_body_rate, max_receiving=settings.max_receiving,
+                       per_client=settings.uploads_per_client)  # fmt: skip
     app.add_middleware(Hardening, api_key=api_key, private_docs=settings.docs_mode == "private")
     app.add_middleware(RequestMetrics, routes=app.routes)
     return app

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -127,27 +128,38 @@ class BodyLimits:
 
 class Admission:
     """``in_flight`` counts a request until it is answered and every thread it started has
-    ended (``RequestWork``): a request answered 504 while its decode runs on keeps its slot."""
+    ended (``RequestWork``): a request answered 504 while its decode runs on keeps its slot.
+    One client (``client_of``) holds at most ``per_client`` of the slots (then 429)."""
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, timeout: float, workers: Workers) -> None:
+    def __init__(
+        self, app: ASGIApp, max_in_flight: int, timeout: float, workers: Workers,
+        per_client: int | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self.max_in_flight = max_in_flight
+        self.per_client = per_client or max_in_flight
         self.timeout = timeout
         self.workers = workers
         self.in_flight = 0
+        self.by_client: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != SEGMENT_PATH:
             await self.app(scope, receive, send)  # health, models, the page: never queued
             return
         scope[ROUTE_KEY] = SEGMENT_PATH  # for the metrics, also when refused here
+        client = client_of(scope)
         if self.in_flight >= self.max_in_flight:
             detail = f"the server is busy ({self.max_in_flight} requests in flight); retry"
             await answer(send, 503, "overloaded", detail, ((b"retry-after", b"1"),))
             return
+        if self.by_client[client] >= self.per_client:
+            detail = f"{self.per_client} requests from this client are in flight; retry"
+            await answer(send, 429, "too_many_requests", detail, ((b"retry-after", b"1"),))
+            return
         deadline = Deadline(self.timeout)
         work = RequestWork(self.workers)
-        scope.setdefault("state", {}).update(deadline=deadline, work=work)
+        scope.setdefault("state", {}).update(deadline=deadline, work=work, client=client)
         started = False
 
         async def tracking_send(message: Message) -> None:
@@ -156,6 +168,7 @@ class Admission:
             await send(message)
 
         self.in_flight += 1
+        self.by_client[client] += 1
         try:
             # A last fence: the waits inside answer before it (408, 503, 504 with a reason).
             await _within(self.app(scope, receive, tracking_send), deadline.seconds + 1.0)
@@ -164,10 +177,20 @@ class Admission:
                 detail = f"no answer within the request deadline of {deadline.seconds:g} s"
                 await answer(send, 504, "timeout", detail)
         finally:
-            work.after(self._release)
+            work.after(lambda: self._release(client))
 
-    def _release(self) -> None:
+    def _release(self, client: str) -> None:
         self.in_flight -= 1
+        self.by_client[client] -= 1
+        if not self.by_client[client]:
+            del self.by_client[client]
+
+
+def client_of(scope: Scope) -> str:
+    """The client's address (as the server saw it, or as a trusted proxy told it): whose share
+    of admission, uploads and pixels a request counts against."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def _within(work: Awaitable[None], seconds: float) -> None:

@@ -5,6 +5,8 @@
   (clickjacking).
 - ``docs=private`` (the default with ``S4SEG_API_KEY``): /docs, /redoc and /openapi.json need
   the key like every other route; ``docs=off`` removes them (``ServeSettings.docs``).
+- With a key, ``POST /v1/segment`` without it is refused here, before its body is received or
+  it is admitted (the routes' own check, ``require_api_key``, stays for everything else).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hmac
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .limits import answer
+from .limits import SEGMENT_PATH, answer
 
 DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 HEADERS = (
@@ -49,12 +51,16 @@ class Hardening:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        if self.private_docs and scope["path"] in DOC_PATHS:
+        # The key before anything is held: a segment request without it never takes an upload
+        # slot or admission (review H1); the docs when private.
+        keyed = scope["path"] == SEGMENT_PATH or (self.private_docs and scope["path"] in DOC_PATHS)
+        if keyed and self.api_key is not None:
             given = dict(scope.get("headers", [])).get(b"x-api-key", b"").decode("latin-1")
-            if not key_matches(given, self.api_key or ""):
+            if not key_matches(given, self.api_key):
+                # Connection: close: the body is never read, so the connection can not be reused.
                 await answer(
                     with_headers, 401, "unauthorized", "missing or wrong X-API-Key",
-                    ((b"www-authenticate", b"ApiKey"),),
+                    ((b"www-authenticate", b"ApiKey"), (b"connection", b"close")),
                 )  # fmt: skip
                 return
         await self.app(scope, receive, with_headers)

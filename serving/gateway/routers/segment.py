@@ -127,7 +127,8 @@ async def segment(
     # The header only (413/415/422 before work), in a worker: a PNG's text chunks or a TIFF's
     # directories cost event-loop time that /healthz needs (review H3).
     pixels = await work.run(image_pixels, data, settings.max_pixels)
-    async with budget.hold(pixels, deadline.to_wait(), work):  # the decoded pixels in flight
+    client = getattr(request.state, "client", "")
+    async with budget.hold(pixels, deadline.to_wait(), work, client):  # decoded pixels in flight
         framing = Framing.of(manifest) if manifest else None
         # Only the overlay shows the photo's own pixels; the model needs its served size at most.
         fit = framing.fit if framing and format is not Format.overlay else None
