@@ -496,3 +496,25 @@ def test_an_image_that_declares_far_more_pixels_than_its_bytes_hold_is_refused()
     blank = io.BytesIO()
     Image.new("1", (7000, 5000)).save(blank, "PNG", optimize=True)  # 35 MP, ~4 KB
     assert image_pixels(blank.getvalue()) == 35_000_000
+
+
+def test_oversized_urls_and_headers_are_refused(repo: Path) -> None:
+    """Issue 32, item 6: a 64 KiB header and a 64 KiB URL were accepted; now 431 and 414, as
+    common proxies answer (8-16 KiB), the connection closed."""
+    app, ensemble = fake_app(repo)
+
+    def status(url: str, request: bytes) -> bytes:
+        sock = raw(url)
+        sock.sendall(request)
+        _, answer = closed_after(sock, 10)
+        sock.close()
+        return answer
+
+    with running(app) as url:
+        long_url = status(url, b"GET /healthz?x=" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        big_header = status(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+                            + b"b" * 65536 + b"\r\n\r\n")  # fmt: skip
+        fine = post(url, jpeg())
+    assert long_url.startswith(b"HTTP/1.1 414") and b"uri_too_long" in long_url, long_url[:200]
+    assert big_header.startswith(b"HTTP/1.1 431") and b"headers_too_large" in big_header
+    assert fine.status_code == 200 and ensemble.calls == 1

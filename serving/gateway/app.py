@@ -19,7 +19,7 @@ from ..settings import ServeSettings
 from .budget import Busy, PixelBudget
 from .catalog import Catalog, VersionGone
 from .dependencies import Unauthorized
-from .limits import Admission, BodyLimits
+from .limits import Admission, BodyLimits, HeaderLimits
 from .metrics import RequestMetrics
 from .reception import Reception
 from .routers import health, models, page, segment
@@ -120,7 +120,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error(500, "internal", f"unexpected {type(exc).__name__}")
 
-    # Pure ASGI, outermost first: metrics see every answer, the security headers (and the key,
+    # Pure ASGI, outermost first: metrics see every answer, oversized URLs and headers are
+    # refused (414/431), the security headers (and the key,
     # before anything is held) go on every answer, a segment request's body is received whole
     # under limits of its own, then admission and its deadline, the body's limits last.
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -135,5 +136,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                        min_rate=settings.min_body_rate, max_receiving=settings.max_receiving,
                        per_client=settings.uploads_per_client)  # fmt: skip
     app.add_middleware(Hardening, api_key=api_key, private_docs=settings.docs_mode == "private")
+    app.add_middleware(HeaderLimits)
     app.add_middleware(RequestMetrics, routes=app.routes)
     return app

@@ -60,6 +60,33 @@ async def answer(send: Send, status: int, code: str, detail: str, headers=()) ->
 
 CLOSE = ((b"connection", b"close"),)
 
+# What common proxies accept (nginx 8 KiB a header line, 4 x 8 KiB in all; 8 KiB URLs): a
+# client with a 64 KiB header or URL is refused, never parsed into a request.
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class HeaderLimits:
+    """414 for a URL over ``MAX_URL_BYTES``, 431 for headers over ``MAX_HEADER_BYTES`` in all,
+    before anything else looks at the request (the connection is closed)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            url = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            headers = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+            if url > MAX_URL_BYTES:
+                detail = f"the URL is {url} bytes, more than {MAX_URL_BYTES}"
+                await answer(send, 414, "uri_too_long", detail, CLOSE)
+                return
+            if headers > MAX_HEADER_BYTES:
+                detail = f"the headers are {headers} bytes, more than {MAX_HEADER_BYTES}"
+                await answer(send, 431, "headers_too_large", detail, CLOSE)
+                return
+        await self.app(scope, receive, send)
+
 
 class BodyLimits:
     def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float) -> None:
