@@ -126,8 +126,9 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level="info",
-            http=with_header_timeout(settings.header_timeout),
+            http=with_header_timeout(settings.header_timeout, settings.write_timeout),
             forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout),
         )
         uvicorn.Server(config).run()
     except KeyboardInterrupt:

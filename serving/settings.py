@@ -67,6 +67,13 @@ class ServeSettings(BaseSettings):
         "quarters: other clients always find a quarter)",
     )  # fmt: skip
     header_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers")
+    write_timeout: float = Field(
+        30.0, gt=0, description="an answer whose client reads none of it for this long is "
+        "aborted (the connection dropped)",
+    )  # fmt: skip
+    shutdown_timeout: float = Field(
+        20.0, gt=0, description="on SIGTERM, requests in progress get this long to finish"
+    )
     body_timeout: float = Field(
         10.0, gt=0, description="a request body that sends nothing for this long gets 408"
     )

@@ -518,3 +518,66 @@ def test_oversized_urls_and_headers_are_refused(repo: Path) -> None:
     assert long_url.startswith(b"HTTP/1.1 414") and b"uri_too_long" in long_url, long_url[:200]
     assert big_header.startswith(b"HTTP/1.1 431") and b"headers_too_large" in big_header
     assert fine.status_code == 200 and ensemble.calls == 1
+
+
+def noisy_jpeg(size: tuple[int, int]) -> bytes:
+    """A photo-sized JPEG of noise: its overlay PNG is many times the upload."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=30)
+    return buffer.getvalue()
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped(repo: Path) -> None:
+    """Issue 32, item 5 (review H4): a client that posted a noisy photo for an overlay and never
+    read pinned the answer for good (and shutdown waited for it). Large answers go out in
+    chunks while the request holds its slot and pixels; when the client takes nothing for the
+    write timeout, the connection is aborted and everything is given back. A client that
+    reads, however slowly, gets all of it."""
+    app, _ = fake_app(repo)
+    image = noisy_jpeg((1600, 1200))
+    with running(app, write_timeout=1.0) as url:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = url.removeprefix("http://").split(":")
+        sock.connect((host, int(port)))
+        sock.sendall(b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(image) + image)  # fmt: skip
+        admission, budget = None, app.state.budget
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the request is in, its answer stuck
+            try:
+                admission = admission_of(app)
+            except AttributeError:
+                admission = None
+            if admission is not None and admission.in_flight:
+                break
+            time.sleep(0.05)
+        held = admission.in_flight if admission else 0
+        while admission.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dropped = (admission.in_flight, budget.used)
+        got, reset = b"", False
+        try:
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):
+                got += chunk
+        except (ConnectionResetError, TimeoutError):
+            reset = True
+        sock.close()
+        # A slow reader (256 KiB every 0.3 s) is not dropped.
+        slow = socket.create_connection((host, int(port)), timeout=10)
+        small = noisy_jpeg((900, 700))
+        slow.sendall(b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"image/jpeg\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                     % len(small) + small)  # fmt: skip
+        answer = b""
+        while chunk := slow.recv(256 * 1024):
+            answer += chunk
+            time.sleep(0.3)
+        slow.close()
+    assert held == 1 and dropped == (0, 0), (held, dropped)
+    assert reset or len(got) < 4_000_000, len(got)  # cut off, not delivered
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    assert head.startswith(b"HTTP/1.1 200") and length > 1_000_000 and len(body) == length

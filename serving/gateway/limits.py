@@ -17,7 +17,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -188,23 +187,31 @@ class Admission:
         work = RequestWork(self.workers)
         scope.setdefault("state", {}).update(deadline=deadline, work=work, client=client)
         started = False
+        # A last fence: the waits inside answer before it (408, 503, 504 with a reason). It
+        # ends when the answer starts: writing it is bounded per write, by the protocol
+        # (``protocol.HeaderTimeoutProtocol``: no progress for ``write_timeout``, aborted).
+        fence = asyncio.timeout(deadline.seconds + 1.0)
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if not started and message["type"] == "http.response.start":
+                started = True
+                fence.reschedule(None)
             await send(message)
 
         self.in_flight += 1
         self.by_client[client] += 1
+        work.begin()  # the answer too: what the request holds stays held until it is written
         try:
-            # A last fence: the waits inside answer before it (408, 503, 504 with a reason).
-            await _within(self.app(scope, receive, tracking_send), deadline.seconds + 1.0)
+            async with fence:
+                await self.app(scope, receive, tracking_send)
         except TimeoutError:
             if not started:
                 detail = f"no answer within the request deadline of {deadline.seconds:g} s"
                 await answer(send, 504, "timeout", detail)
         finally:
             work.after(lambda: self._release(client))
+            work.end()
 
     def _release(self, client: str) -> None:
         self.in_flight -= 1
@@ -218,8 +225,3 @@ def client_of(scope: Scope) -> str:
     of admission, uploads and pixels a request counts against."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
-
-
-async def _within(work: Awaitable[None], seconds: float) -> None:
-    async with asyncio.timeout(seconds):
-        await work

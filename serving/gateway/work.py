@@ -59,7 +59,7 @@ class RequestWork:
         except BaseException:
             workers.tokens.release()
             raise
-        self.running += 1
+        self.begin()
         workers.busy += 1
         future.add_done_callback(self._ended)
         return await asyncio.shield(future)
@@ -69,6 +69,14 @@ class RequestWork:
             future.exception()  # retrieved: a timed-out request's error is not logged as lost
         self.workers.busy -= 1
         self.workers.tokens.release()
+        self.end()
+
+    def begin(self) -> None:
+        """Work that is not a thread: the request's answer, until its last byte is written
+        (``Admission``), so that its pixels are held while a large answer goes out."""
+        self.running += 1
+
+    def end(self) -> None:
         self.running -= 1
         if self.running == 0:
             callbacks, self._after = self._after, []

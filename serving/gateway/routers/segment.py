@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from s4seg.imaging import ImageError, decode_image, image_pixels
 from s4seg.letterbox import Framing, labels_from_scores
@@ -145,23 +147,38 @@ async def segment(
         labels = await work.run(labels_from_scores, result.scores, framed.placement)
         headers = {"X-Model-Version": result.version}
         if format is Format.json:
-            body = await work.run(
-                json_body,
-                labels,
-                result.class_probs,
-                result.suppressed,
-                manifest,
-                result.version,
-                None if used_tau == UNGATED_TAU else used_tau,
-            )  # fmt: skip  (tau None: gate=false, or served "gate off")
-            return Response(content=body, media_type="application/json", headers=headers)
-        if format is Format.overlay:
+            tau_shown = None if used_tau == UNGATED_TAU else used_tau  # gate=false, or "off"
+            content = await work.run(
+                json_body, labels, result.class_probs, result.suppressed, manifest,
+                result.version, tau_shown,
+            )  # fmt: skip
+            media_type = "application/json"
+        elif format is Format.overlay:
             chosen = encoding.value if encoding is not None else "png"
             content = await work.run(overlay_bytes, decoded.pixels, labels, manifest, chosen)
             media_type = OVERLAY_ENCODINGS[chosen][1]
         else:
             content, media_type = await work.run(label_png, labels, manifest), "image/png"
+        return answer_of(content, media_type, headers)
+
+
+CHUNK = 256 * 1024
+
+
+def answer_of(content: bytes, media_type: str, headers: dict[str, str]) -> Response:
+    """Small answers whole; larger ones in chunks, each written when the client has taken the
+    one before (the request, and the pixels it holds, last until the answer is out: a client
+    that stops reading is dropped by the protocol's write timeout)."""
+    if len(content) <= CHUNK:
         return Response(content=content, media_type=media_type, headers=headers)
+    view = memoryview(content)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(view), CHUNK):
+            yield bytes(view[start : start + CHUNK])
+
+    headers = {**headers, "Content-Length": str(len(content))}
+    return StreamingResponse(chunks(), media_type=media_type, headers=headers)
 
 
 def json_body(*args: Any) -> bytes:
