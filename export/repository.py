@@ -30,6 +30,7 @@ from s4seg.repository import (
     ENGINE_FILE,
     ENSEMBLE,
     STEP_MODELS,
+    complete_versions,
     model_versions,
     read_manifest,
     served_by_servers,
@@ -156,8 +157,7 @@ def publish(
                 promotion_gate(
                     pipeline, repo, served, eval_data, eval_kind, eval_images, max_drop, log
                 )
-        everything = [model_versions(repo / m) for m in [*STEP_MODELS.values(), ENSEMBLE]]
-        version = max((v for found in everything for v in found), default=0) + 1
+        version = next_version(repo)
         for step, model in STEP_MODELS.items():
             model_dir = repo / model
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,7 @@ def publish(
         stage.unlink()
         # The switch: one atomic replacement of the ensemble config.
         write_atomic(ensemble_dir / "config.pbtxt", ensemble_pbtxt(version))
+        write_atomic(repo / LAST_VERSION, f"{version}\n")
         if keep is not None:
             prune(repo, keep, log)
     log(
@@ -199,6 +200,21 @@ def publish(
     )
     log(f"version {version} serves {manifest.describe_tau()}")
     return version
+
+
+LAST_VERSION = ".last_version"
+"""The highest version number ever published here (beside the models; Triton ignores it)."""
+
+
+def next_version(repo: Path) -> int:
+    """One past every number this repository has used: on disk (complete or not) and ever
+    published (``LAST_VERSION``). Numbers only grow: after a rollback the next
+    publish does not reuse the withdrawn version's number, so "2" never names two models
+    (security review M3)."""
+    found = [v for m in [*STEP_MODELS.values(), ENSEMBLE] for v in model_versions(repo / m)]
+    with contextlib.suppress(OSError, ValueError):  # none yet (an older repository): the disk
+        found.append(int((repo / LAST_VERSION).read_text().strip()))
+    return max(found, default=0) + 1
 
 
 def served_engine(folder: Path, runtime: str, precision: str, log=print) -> dict[str, Any]:
@@ -259,17 +275,19 @@ def promotion_gate(
 
 
 def prune(repo: Path, keep: int, log=print) -> list[int]:
-    """Remove all but the ``keep`` newest versions of every model, never a served one (it
-    can be older than those when newer versions failed to load; each replica's counts)."""
+    """Remove all but the ``keep`` newest complete versions, as whole versions (the ensemble's
+    folder and every step's: pruned step by step, a crashed publish's extra step folders made
+    an older version incomplete and rollback refused it, review M2), never one a replica
+    serves (it can be older than those when newer versions failed to load). Incomplete
+    versions no replica serves are what a crashed publish left: removed too."""
     served = {served_version(repo), *served_by_servers(repo).values()} - {None}
+    kept = set(complete_versions(repo)[-keep:]) | served
     removed: set[int] = set()
     for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
-        found = model_versions(repo / model)
-        for version in found[: max(0, len(found) - keep)]:
-            if version in served:
-                continue
-            shutil.rmtree(repo / model / str(version))
-            removed.add(version)
+        for version in model_versions(repo / model):
+            if version not in kept:
+                shutil.rmtree(repo / model / str(version))
+                removed.add(version)
     if removed:
         log(
             f"pruned versions {sorted(removed)}"

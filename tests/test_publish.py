@@ -433,3 +433,23 @@ def test_auto_judges_each_engine_by_its_least_disturbed_round_and_says_how_sure(
     assert (idle.best, idle.wins, idle.sure) == (ov, 7, True)
     calm = confidence_record(idle, load=0.1, folder=Path("/x/export"))
     assert calm["sure"] and "choose again" not in calm["says"] and calm["spread"] == 0
+
+
+def test_version_numbers_only_grow_and_prune_keeps_whole_versions(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """Issue 32, item 8 (review M3, M2b): publish, rollback, publish reused "2" for another
+    model; now the numbers strictly increase. A publish that crashed after placing its steps
+    (steps-only version) made ``--keep 2`` prune an older version's steps but not its manifest,
+    and rollback refused it; prune now works on whole versions and removes the leftover."""
+    repo = tmp_path / "repo"
+    numbers = [publish(tiny_export, repo, **QUIET), publish(tiny_export, repo, **QUIET)]
+    rollback(repo, **QUIET)
+    numbers.append(publish(tiny_export, repo, **QUIET))
+    assert numbers == [1, 2, 3] and served_version(repo) == 3
+    # A crashed publish of 4: its steps are placed, its ensemble folder is not.
+    for model in STEP_MODELS.values():
+        shutil.copytree(repo / model / "3", repo / model / "4")
+    assert publish(tiny_export, repo, keep=2, **QUIET) == 5
+    assert all(versions(repo / m) == [3, 5] for m in [ENSEMBLE, *STEP_MODELS.values()])
+    assert rollback(repo, **QUIET) == 3 and served_version(repo) == 3
