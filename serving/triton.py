@@ -37,6 +37,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse, by name, to start where a port is taken: a tritonserver left by an earlier
+    ``s4seg serve`` that was killed would answer on it, and be driven as ours (review M6)."""
+    for name, port in ports.items():
+        with socket.socket() as probe:
+            # As Triton binds: connections of a Triton that died (TIME_WAIT) do not hold a
+            # port, a listening server does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                probe.listen()
+            except OSError:
+                raise TritonError(
+                    f"port {port} ({name}) on {host} is taken, by another program or by a "
+                    "tritonserver of an `s4seg serve` that was killed: stop it, or choose other "
+                    "ports (S4SEG_TRITON_*_PORT)"
+                ) from None
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = (
+    getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+)
+
+
+def _own_session_dying_with_parent() -> None:
+    """In the child, before exec: Triton dies with the thread that started it (SIGKILL), even
+    when ``s4seg serve`` is killed with SIGKILL and can not stop it (review M6)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     binary: Path
@@ -174,6 +206,10 @@ class TritonProcess:
     def start(self) -> TritonProcess:
         if not Path(self.settings.repository).is_dir():
             raise TritonError(f"model repository not found: {self.settings.repository}")
+        settings = self.settings
+        ports = {"http": settings.http_port, "grpc": settings.grpc_port,
+                 "metrics": settings.metrics_port}  # fmt: skip
+        check_ports_free(settings.host, ports)
         remove_shm_leftovers(self.settings.shm_prefix)  # of a Triton of ours that was killed
         out: int | BinaryIO = subprocess.DEVNULL
         if self.settings.log_file is not None:
@@ -186,6 +222,7 @@ class TritonProcess:
             stderr=subprocess.STDOUT,
             env=triton_env(),
             start_new_session=True,
+            preexec_fn=_own_session_dying_with_parent,
         )
         return self
 

@@ -314,3 +314,45 @@ def test_a_version_in_openvino_at_bf16_answers_like_the_in_process_one(
     assert (remote.labels == local.run(images, views).labels).mean() >= 0.999
     log = server.process.settings.log_file.read_text()
     assert f"s4seg_segmenter/{version}: " in log and "on OpenVINO CPU" in log
+
+
+def test_triton_dies_with_serve_and_a_held_port_is_named() -> None:
+    """Issue 32, item 10 (review M6): ``kill -9`` of ``s4seg serve`` left tritonserver running,
+    and the next start drove the orphan. The process Triton is started as dies with its parent
+    (SIGKILL on the parent's death), and a port still taken stops the start by name."""
+    import signal
+    import socket
+
+    from s4seg.serving.triton import TritonError, check_ports_free
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, sys, time\n"
+            "from s4seg.serving import triton\n"
+            "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
+            "                         preexec_fn=triton._own_session_dying_with_parent)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(300)\n")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive() -> bool:  # a zombie (killed, not yet reaped by init) counts as gone
+        try:
+            return Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(), "the child outlived its killed parent"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(TritonError, match=f"port {port} \\(grpc\\) on 127.0.0.1 is taken"):
+            check_ports_free("127.0.0.1", {"http": free_port(), "grpc": port})
+    check_ports_free("127.0.0.1", {"http": port})  # free again once its listener is gone
