@@ -76,7 +76,7 @@ class FakeEnsemble:
     async def readiness(self) -> tuple[bool, str]:
         return (False, "Triton is not live") if self.down else (True, "ready")
 
-    async def segment(self, canvas, view, tau, classes, wait=None) -> Segmentation:
+    async def segment(self, canvas, view, tau, classes, wait=None, version=None) -> Segmentation:
         self.calls += 1
         self.last_inputs = (canvas, view)
         self.in_flight += 1

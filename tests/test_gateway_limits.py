@@ -581,3 +581,77 @@ def test_a_client_that_never_reads_its_answer_is_dropped(repo: Path) -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
     assert head.startswith(b"HTTP/1.1 200") and length > 1_000_000 and len(body) == length
+
+
+def test_a_request_framed_for_a_version_that_moved_is_framed_again(tmp_path: Path) -> None:
+    """Issue 32, item 9 (review M4a): after a switch the gateway framed requests for the
+    version it knew (input size, pad, view) while Triton ran another. Triton is now asked for
+    the version the request was framed for; when that one is gone, the request is framed again
+    for the version served now: the canvas has that version's size."""
+    from s4seg.serving.gateway.triton_client import VersionMoved
+
+    repo = write_repository(tmp_path / "repo", version=1, size=32)
+    write_repository(repo, version=2, size=48)
+
+    class Switched(FakeEnsemble):
+        """Reports version 2 (cached) until asked afresh; runs only version 1 (rolled back)."""
+
+        asked = 0
+
+        async def served_version(self, max_age: float = 0.5) -> int | None:
+            self.asked += 1
+            return 2 if max_age > 0 else 1
+
+        async def segment(self, canvas, view, tau, classes, wait=None, version=None):
+            if version != 1:
+                raise VersionMoved(f"version {version} is no longer served")
+            return await super().segment(canvas, view, tau, classes, wait, version)
+
+    ensemble = Switched()
+    app, _ = fake_app(repo, ensemble)
+    with running(app) as url:
+        response = post(url, jpeg((40, 40)))
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Model-Version"] == "1"
+    assert ensemble.last_inputs[0].shape[:2] == (32, 32)  # version 1's size, not 2's 48
+
+
+def test_readiness_holds_while_the_ensemble_reloads_for_a_switch() -> None:
+    """Issue 32, item 9 (review M4d): Triton answers "not ready" for the ensemble while it
+    reloads it (every switch), though it runs requests; /readyz had no grace, so replicas
+    switching together were all taken out of the Service. Ready within the served grace;
+    not ready when no version was ever known, or Triton is not live."""
+    import asyncio
+
+    from s4seg.serving.gateway.triton_client import TritonEnsemble
+
+    async def check() -> list[tuple[bool, str]]:
+        ensemble = TritonEnsemble("127.0.0.1:1", 1.0)
+        live, model_ready, config = [True], [False], [None]
+
+        async def is_live(*_):
+            return live[0]
+
+        async def is_ready(*_):
+            return model_ready[0]
+
+        async def fetched() -> int | None:
+            return config[0]
+
+        ensemble.client.is_server_live = is_live
+        ensemble.client.is_model_ready = is_ready
+        ensemble._fetch_served_version = fetched
+        states = [await ensemble.readiness()]  # nothing known yet: not ready
+        config[0] = 3
+        await ensemble.served_version(max_age=0)  # served 3, known
+        config[0] = None  # now reloading: no config, model not ready
+        states.append(await ensemble.readiness())
+        live[0] = False
+        states.append(await ensemble.readiness())
+        await ensemble.close()
+        return states
+
+    (first, reloading, dead) = asyncio.run(check())
+    assert first[0] is False and "not ready" in first[1]
+    assert reloading == (True, "ready (the ensemble is reloading for a version switch)")
+    assert dead == (False, "Triton is not live")

@@ -30,6 +30,11 @@ class TritonUnavailable(Exception):
     (HTTP 503)."""
 
 
+class VersionMoved(TritonUnavailable):
+    """The version a request was framed for is no longer loaded (a switch or rollback): frame
+    it again for the version served now."""
+
+
 class TritonFailed(Exception):
     """Triton answered the request with an error (HTTP 502) or too late (504)."""
 
@@ -81,6 +86,7 @@ class TritonEnsemble:
         inference = self.grpc if self.grpc is not None else self.client
         self.pool = SharedMemoryPool(inference, slots) if shared_memory else None
         self._served: tuple[float, int | None] = (0.0, None)
+        self._fetching = asyncio.Lock()
 
     async def _infer(
         self,
@@ -90,6 +96,7 @@ class TritonEnsemble:
         classes: int,
         via_shm: bool,
         wait: float,
+        version: str = "",
     ):
         """(scores, class_probs, suppressed, version) of one request. Triton gets what is left
         of the deadline as the request's timeout, so its queues drop the request when nobody
@@ -114,6 +121,7 @@ class TritonEnsemble:
             return client.infer(
                 ENSEMBLE,
                 [image, view_in, taus],
+                model_version=version,  # the version it was framed for ("": the served one)
                 outputs=outputs,
                 timeout=int(left * 1e6),
                 **extra,
@@ -144,22 +152,23 @@ class TritonEnsemble:
         )
 
     async def _infer_any(
-        self, canvas: np.ndarray, view: np.ndarray, tau: float, classes: int, wait: float
-    ):
+        self, canvas: np.ndarray, view: np.ndarray, tau: float, classes: int, wait: float,
+        version: str,
+    ):  # fmt: skip
         """Through shared memory when there is a pool; when Triton no longer knows a region
         (it restarted) or a region is too small (a version with more classes), registrations
         are renewed on the next use and this request goes inline."""
         if self.pool is None:
-            return await self._infer(canvas, view, tau, classes, False, wait)
+            return await self._infer(canvas, view, tau, classes, False, wait, version)
         try:
-            return await self._infer(canvas, view, tau, classes, True, wait)
+            return await self._infer(canvas, view, tau, classes, True, wait, version)
         except NoRoom:
-            return await self._infer(canvas, view, tau, classes, False, wait)
+            return await self._infer(canvas, view, tau, classes, False, wait, version)
         except InferenceServerException as error:
             if "shared memory" not in (error.message() or str(error)).lower():
                 raise
             self.pool.forget_registrations()
-            return await self._infer(canvas, view, tau, classes, False, wait)
+            return await self._infer(canvas, view, tau, classes, False, wait, version)
 
     async def segment(
         self,
@@ -168,14 +177,17 @@ class TritonEnsemble:
         tau: float,
         classes: int,
         wait: float | None = None,
+        version: int | None = None,
     ) -> Segmentation:
         """``canvas``/``view``: the letterboxed image and the classifier's view
         (``s4seg.letterbox.Framing``). ``wait``: what is left of the request's deadline
-        (default: the whole timeout)."""
+        (default: the whole timeout). ``version``: the version they were framed for; Triton
+        runs that one or none (``VersionMoved``), never another with this framing."""
         wait = self.timeout if wait is None else wait
+        pinned = "" if version is None else str(version)
         try:
-            scores, class_probs, suppressed, version = await asyncio.wait_for(
-                self._infer_any(canvas, view, tau, classes, wait), timeout=wait
+            scores, class_probs, suppressed, version_run = await asyncio.wait_for(
+                self._infer_any(canvas, view, tau, classes, wait, pinned), timeout=wait
             )
         except TimeoutError:
             TRITON_ERRORS.labels("timeout").inc()
@@ -190,6 +202,9 @@ class TritonEnsemble:
                 TRITON_ERRORS.labels("timeout").inc()
                 detail = f"no answer within the request deadline: {message}"
                 raise TritonFailed(detail, 504) from None
+            if pinned and "version" in message.lower() and "exceeds" not in message.lower():
+                self._served = (0.0, None)  # ask Triton again, no grace
+                raise VersionMoved(f"version {pinned} is no longer served: {message}") from None
             if "UNAVAILABLE" in status or any(h in message.lower() for h in UNAVAILABLE_HINTS):
                 TRITON_ERRORS.labels("unavailable").inc()
                 raise TritonUnavailable(f"the model is not ready: {message}") from None
@@ -198,7 +213,7 @@ class TritonEnsemble:
         except (aiohttp.ClientError, OSError) as error:
             TRITON_ERRORS.labels("unreachable").inc()
             raise TritonUnavailable(f"Triton is unreachable at {self.url}: {error}") from None
-        return Segmentation(scores, class_probs, suppressed, version)
+        return Segmentation(scores, class_probs, suppressed, version_run)
 
     async def served_version(self, max_age: float = SERVED_VERSION_TTL) -> int | None:
         """The version the ensemble's loaded config pins (None: not loaded / unreachable).
@@ -208,7 +223,12 @@ class TritonEnsemble:
         checked, version = self._served
         if version is not None and time.monotonic() - checked < max_age:
             return version
-        fetched = await self._fetch_served_version()
+        # One query at a time: requests that find the cache stale while Triton is slow wait
+        # for the query in flight instead of each sending their own (review M4c).
+        async with self._fetching:
+            if self._served[0] > checked:  # another request just asked
+                return self._served[1]
+            fetched = await self._fetch_served_version()
         if fetched is None and version is not None and time.monotonic() - checked < SERVED_GRACE:
             # Triton answers no config while it reloads the ensemble (loading or unloading a
             # step version reloads the ensembles that use it): keep the version known a moment
@@ -226,10 +246,16 @@ class TritonEnsemble:
         return int(versions[0]) if versions else None
 
     async def readiness(self) -> tuple[bool, str]:
+        """Ready as the segment route serves: while Triton reloads the ensemble (every version
+        switch), it answers "not ready" but runs requests; within ``SERVED_GRACE`` of a known
+        served version that is ready too, so that replicas switching together are not all
+        taken out of the Service at once (review M4d)."""
         try:
             if not await asyncio.wait_for(self.client.is_server_live(), 5):
                 return False, "Triton is not live"
             if not await asyncio.wait_for(self.client.is_model_ready(ENSEMBLE), 5):
+                if await self.served_version() is not None:
+                    return True, "ready (the ensemble is reloading for a version switch)"
                 return False, f"the '{ENSEMBLE}' ensemble is not ready (nothing published?)"
         except (TimeoutError, InferenceServerException, aiohttp.ClientError, OSError) as error:
             return False, f"Triton is unreachable at {self.url}: {error or type(error).__name__}"

@@ -24,7 +24,7 @@ from ..dependencies import (
     WorkDep,
     require_api_key,
 )
-from ..triton_client import TritonUnavailable
+from ..triton_client import TritonUnavailable, VersionMoved
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
 
@@ -124,26 +124,43 @@ async def segment(
             "bad_parameter",
         )
     data = await read_image_bytes(request)
-    served = await triton.served_version()
-    manifest = catalog.manifest(served) if served is not None else None
     # The header only (413/415/422 before work), in a worker: a PNG's text chunks or a TIFF's
     # directories cost event-loop time that /healthz needs (review H3).
     pixels = await work.run(image_pixels, data, settings.max_pixels)
+    served = await triton.served_version()
+    if served is None:  # before any decoding (review L3)
+        raise TritonUnavailable("no version is being served (Triton down or nothing published)")
+    manifest = catalog.manifest(served)
     client = getattr(request.state, "client", "")
     async with budget.hold(pixels, deadline.to_wait(), work, client):  # decoded pixels in flight
-        framing = Framing.of(manifest) if manifest else None
         # Only the overlay shows the photo's own pixels; the model needs its served size at most.
-        fit = framing.fit if framing and format is not Format.overlay else None
-        decoded = await work.run(decode_image, data, settings.max_pixels, fit)
-        if served is None or manifest is None or framing is None:
-            raise TritonUnavailable("no version is being served (Triton down or nothing published)")
-        used_tau = manifest.request_tau(tau, gate)
-        framed = await work.run(framing.frame, decoded.pixels, decoded.size)
-        result = await triton.segment(
-            framed.canvas, framed.view, used_tau, manifest.num_classes, deadline.remaining()
-        )
-        if result.version != str(served):  # switched in between: describe what actually ran
-            manifest = catalog.manifest(result.version)
+        def fit_of(framing: Framing) -> tuple[int, int] | None:
+            return framing.fit if format is not Format.overlay else None
+
+        framing = Framing.of(manifest)
+        decoded = await work.run(decode_image, data, settings.max_pixels, fit_of(framing))
+        for attempt in range(2):
+            used_tau = manifest.request_tau(tau, gate)
+            framed = await work.run(framing.frame, decoded.pixels, decoded.size)
+            try:  # Triton runs the version this was framed for, or none (review M4a)
+                result = await triton.segment(
+                    framed.canvas, framed.view, used_tau, manifest.num_classes,
+                    deadline.remaining(), served,
+                )  # fmt: skip
+                break
+            except VersionMoved:
+                if attempt:
+                    raise
+                # Switched (or rolled back) in between: frame again for the version now served.
+                served = await triton.served_version(max_age=0)
+                if served is None:
+                    raise
+                manifest, before = catalog.manifest(served), fit_of(framing)
+                framing = Framing.of(manifest)
+                if fit_of(framing) != before:
+                    decoded = await work.run(
+                        decode_image, data, settings.max_pixels, fit_of(framing)
+                    )
         labels = await work.run(labels_from_scores, result.scores, framed.placement)
         headers = {"X-Model-Version": result.version}
         if format is Format.json:
