@@ -43,7 +43,7 @@ def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert pids_matching(str(root)) == [], "processes left after SIGTERM"
     assert server.process.returncode == 0
     # The gateway removed its shared memory regions, and Triton's python backend its own.
-    assert not list(Path("/dev/shm").glob(f"s4seg_gateway_{server.process.pid}_*"))
+    assert not list(Path("/dev/shm").glob(f"s4seg_gateway_{server.process.pid}-*"))
     assert not list(Path("/dev/shm").glob(f"s4seg_triton_{server.process.pid}_*"))
 
 
@@ -142,7 +142,7 @@ def test_a_second_gateway_on_the_same_triton_answers_as_over_grpc(
         assert response.status_code == 200, response.text
         assert response.json() == over_grpc
         assert response.headers["x-model-version"] == "1"
-        own = f"s4seg_gateway_{process.pid}_"
+        own = f"s4seg_gateway_{process.pid}-"
         registered = [n for n in shared_memory_regions(served) if n.startswith(own)]
         assert bool(registered) == (hop == "http"), registered
     finally:

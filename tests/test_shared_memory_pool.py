@@ -92,3 +92,58 @@ def test_waiting_for_a_slot_ends_in_no_slot_not_a_hang() -> None:
         await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_regions_are_reserved_and_a_region_that_does_not_fit_goes_inline(monkeypatch) -> None:
+    """Issue 32, item 10 (review M5a): a region's pages are allocated when it is made; when
+    /dev/shm can not hold them the request goes inline (NoRoom), and nothing is left behind
+    (a burst of first requests had passed a free-space check, then SIGBUSed tritonserver)."""
+    import errno
+
+    from s4seg.serving.gateway.shared_memory import NoRoom
+
+    async def scenario() -> None:
+        pool = SharedMemoryPool(Registrations(), slots=1)
+        async with pool.slot(1 << 16, 1 << 16, wait=1) as slot:
+            allocated = (Path("/dev/shm") / slot.input.name).stat().st_blocks * 512
+            assert allocated >= 1 << 16  # the pages exist now, not at first write
+
+        def full(fd, offset, length):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(shared_memory.os, "posix_fallocate", full)
+        before = set(Path("/dev/shm").iterdir())
+        with pytest.raises(NoRoom, match="no room"):
+            async with pool.slot(1 << 20, 1 << 20, wait=1):
+                pass
+        assert set(Path("/dev/shm").iterdir()) <= before  # the new region was removed
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_at_start_regions_of_earlier_runs_are_removed_and_other_users_left_alone() -> None:
+    """Issue 32, item 10 (review M5b, c): a restarted container's gateway is PID 1 again, so a
+    pid alone kept the earlier life's regions for good; another user's file raised
+    PermissionError and the gateway did not start."""
+    import os
+
+    from s4seg.serving.gateway.shared_memory import PREFIX, RUN, remove_stale_regions
+
+    pid = os.getpid()
+    earlier = Path("/dev/shm") / f"{PREFIX}_{pid}-1_0123456789abcdef_in"  # same pid, older run
+    current = Path("/dev/shm") / f"{PREFIX}_{RUN}_fedcba9876543210_in"
+    foreign = Path("/dev/shm") / f"{PREFIX}_999999999-1_00_in"
+    for path in (earlier, current, foreign):
+        path.write_bytes(b"x")
+    if os.getuid() == 0:
+        os.chown(foreign, 65534, 65534)  # nobody's
+    else:
+        foreign.unlink()  # not ours to make as another user: that part needs root
+    try:
+        removed = remove_stale_regions()
+        assert earlier.name in removed and not earlier.exists()
+        assert current.exists() and (foreign.exists() or os.getuid() != 0)
+    finally:
+        for path in (earlier, current, foreign):
+            path.unlink(missing_ok=True)

@@ -10,7 +10,15 @@ once and unregistered from Triton in the background, and the slot gets new ones.
 carry the gateway's pid and a random token and are created exclusively (never an existing
 region). Triton forgets registrations when it restarts (``s4seg serve`` restarts it after a
 crash): the client then calls ``forget_registrations`` and every slot registers again on its
-next use. Regions of gateways that are gone are removed at start.
+next use.
+
+Review M5: a region's pages are reserved when it is made (``posix_fallocate``): a burst of first
+requests that each passed a free-space check and then filled the tmpfs made tritonserver
+SIGBUS; a region that does not fit now sends its request inline. Names carry this gateway's
+run (pid and start time), so the regions of an earlier life of a restarted container (PID 1
+again) are recognised and removed at start, as are those of gateways that are gone; files of
+other users are left alone. A registration cancelled mid-call may still complete in Triton:
+its region is retired and unregistered in the background, like any unfinished slot's.
 """
 
 from __future__ import annotations
@@ -55,13 +63,50 @@ class Slot:
     output: Region
 
 
-def remove_stale_regions() -> None:
-    """Regions left by gateways that were killed (their pid is gone)."""
-    pattern = re.compile(rf"{PREFIX}_(\d+)_")
+def start_time(pid: int | str) -> str | None:
+    """A process's start time in clock ticks since boot (None: no such process): with the pid,
+    it names one run of a process (a pid is reused, by a restarted container's PID 1 too)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+RUN = f"{os.getpid()}-{start_time(os.getpid()) or 0}"  # this gateway's run
+
+
+def remove_stale_regions() -> list[str]:
+    """Regions of ours (this user's) left by gateway runs that are over: their process is gone,
+    or its pid now belongs to another run (a restarted container)."""
+    removed = []
+    pattern = re.compile(rf"{PREFIX}_(\d+)-(\d+)_")
+    uid = os.getuid()
     for path in DEV_SHM.glob(f"{PREFIX}_*"):
         match = pattern.match(path.name)
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            path.unlink(missing_ok=True)
+        try:
+            if path.stat().st_uid != uid:
+                continue  # another user's: not ours to judge
+        except OSError:
+            continue
+        pid, started = match.groups() if match else (None, None)
+        if pid is None or start_time(pid) != started:
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours after all
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
+def reserve(name: str, size: int) -> None:
+    """Allocate the region's pages now (tmpfs), so that filling it can not SIGBUS a reader or
+    writer later; ``NoRoom`` when /dev/shm can not hold it."""
+    fd = os.open(DEV_SHM / name, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        raise NoRoom(f"{DEV_SHM} has no room for {size} bytes ({error.strerror})") from None
+    finally:
+        os.close(fd)
 
 
 class SharedMemoryPool:
@@ -78,7 +123,7 @@ class SharedMemoryPool:
 
     @staticmethod
     def _name(kind: str) -> str:
-        return f"{PREFIX}_{os.getpid()}_{secrets.token_hex(8)}_{kind}"
+        return f"{PREFIX}_{RUN}_{secrets.token_hex(8)}_{kind}"
 
     async def _region(self, region: Region | None, kind: str, size: int) -> Region:
         if region is not None and region.size >= size:
@@ -97,9 +142,15 @@ class SharedMemoryPool:
         handle = shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)
         region = Region(name, size, handle)
         try:
-            await self.client.register_system_shared_memory(name, f"/{name}", size)
-        except BaseException:
+            reserve(name, size)
+        except NoRoom:
             shm.destroy_shared_memory_region(handle)
+            raise
+        try:
+            await asyncio.shield(self.client.register_system_shared_memory(name, f"/{name}", size))
+        except BaseException:
+            region.registered = True  # it may have reached Triton: unregister in the background
+            self._retire(region)
             raise
         region.registered = True
         return region
