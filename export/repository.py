@@ -31,9 +31,9 @@ from s4seg.repository import (
     ENSEMBLE,
     STEP_MODELS,
     complete_versions,
+    in_use,
     model_versions,
     read_manifest,
-    served_by_servers,
     served_version,
     version_pipeline,
 )
@@ -280,7 +280,7 @@ def prune(repo: Path, keep: int, log=print) -> list[int]:
     an older version incomplete and rollback refused it, review M2), never one a replica
     serves (it can be older than those when newer versions failed to load). Incomplete
     versions no replica serves are what a crashed publish left: removed too."""
-    served = {served_version(repo), *served_by_servers(repo).values()} - {None}
+    served = {served_version(repo), *in_use(repo)} - {None}
     kept = set(complete_versions(repo)[-keep:]) | served
     removed: set[int] = set()
     for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
@@ -332,9 +332,10 @@ def rollback(repository: str | Path = REPOSITORY, log=print, wait: float = 60.0)
 
 
 def _wait_until_not_served(repo: Path, version: int, wait: float) -> bool:
-    """True once no running replica reports ``version`` (at once when no server runs)."""
+    """True once no running replica serves, loads or keeps ``version`` (at once when no server
+    runs)."""
     deadline = time.monotonic() + wait
-    while version in served_by_servers(repo).values():
+    while version in in_use(repo):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)
@@ -342,9 +343,10 @@ def _wait_until_not_served(repo: Path, version: int, wait: float) -> bool:
 
 
 def remove_withdrawn(repo: Path, log=print) -> list[int]:
-    """Delete the files of withdrawn versions that no running server serves any more."""
+    """Delete the files of withdrawn versions that no running server serves, loads or keeps
+    any more."""
     removed = []
-    served = set(served_by_servers(repo).values())
+    served = in_use(repo)
     for folder in sorted((repo / ENSEMBLE).glob(WITHDRAWN.format(version="*"))):
         version = int(folder.name.split(".")[1])
         if version in served:

@@ -90,10 +90,34 @@ def version_pipeline(
 
 
 # -- the serving status: one file per replica ----------------------------------------------------
-# A replica rewrites its file at least this often; a file older than STALE_SECONDS is a replica
-# that is gone (killed, or on a host that is down), since another host's pid can not be checked.
+# A replica rewrites its file at least this often, from a thread of its own (a version load
+# that takes minutes does not stop it); a file older than STALE_SECONDS is a replica that is
+# gone (killed, or on a host that is down), since another host's pid can not be checked. Ages
+# are read on the volume's own clock (the files' modification times against a probe written
+# there now), never one host's clock against another's (review M1b).
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 45.0
+
+
+def pid_namespace() -> int | None:
+    """This process's pid namespace (containers of one pod share a host name, not pids)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def volume_now(folder: Path) -> float:
+    """The time on the clock of the volume ``folder`` is on: a probe file's modification time
+    (the clock that stamps every status file there), else this host's clock."""
+    probe = folder / f".clock.{socket.gethostname()}.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        return probe.stat().st_mtime
+    except OSError:
+        return time.time()
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def status_dir(repository: Path) -> Path:
@@ -114,7 +138,8 @@ def read_status(repository: Path, replica: str) -> dict[str, Any]:
 
 
 def write_status(repository: Path, replica: str, status: dict[str, Any]) -> None:
-    identity = {"replica": replica, "host": socket.gethostname(), "pid": os.getpid()}
+    identity = {"replica": replica, "host": socket.gethostname(), "pid": os.getpid(),
+                "pid_namespace": pid_namespace()}  # fmt: skip
     write_json_atomic(status_path(repository, replica), {**status, **identity, "time": time.time()})
 
 
@@ -143,23 +168,47 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def _live(status: dict[str, Any], now: float) -> bool:
-    """On this host: its process lives. Elsewhere: its heartbeat is recent."""
-    if status.get("host") == socket.gethostname() and not _alive(status.get("pid")):
-        return False
-    stamp = status.get("time")
-    return isinstance(stamp, int | float) and now - stamp < STALE_SECONDS
+def _live(status: dict[str, Any], age: float) -> bool:
+    """Where its process can be seen (this host and pid namespace): that process lives, however
+    long ago it last wrote (a load may take minutes). Elsewhere: its file is recent, by the
+    volume's clock."""
+    here = (
+        status.get("host") == socket.gethostname()
+        and status.get("pid_namespace", pid_namespace()) == pid_namespace()
+    )
+    if here:
+        return _alive(status.get("pid"))
+    return age < STALE_SECONDS
 
 
 def replica_statuses(repository: Path, live_only: bool = True) -> dict[str, dict[str, Any]]:
     """Every replica's status by name (by default only the replicas still running)."""
-    folder, now = status_dir(repository), time.time()
-    found = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    folder = status_dir(repository)
+    found: dict[str, dict[str, Any]] = {}
+    if not folder.is_dir():
+        return found
+    now = volume_now(folder)
+    for path in sorted(folder.glob("*.json")):
         status = _read_json(path)
-        if status and (not live_only or _live(status, now)):
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue
+        if status and (not live_only or _live(status, age)):
             found[str(status.get("replica", path.stem))] = status
     return found
+
+
+def in_use(repository: Path) -> set[int]:
+    """Every version a running replica serves, is switching to, or keeps loaded: what prune
+    and rollback must not delete (review M1a)."""
+    used: set[int] = set()
+    for status in replica_statuses(repository).values():
+        for key in ("served_version", "loading"):
+            if isinstance(status.get(key), int):
+                used.add(status[key])
+        used.update(v for v in status.get("loaded", []) if isinstance(v, int))
+    return used
 
 
 def served_by_servers(repository: Path) -> dict[str, int]:

@@ -115,6 +115,7 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             triton.start()
             triton.wait_live(120)
         if supervisor is not None and versions is not None:
+            versions.start_heartbeat()
             served = versions.sync()
             if served is None:
                 problems = "; ".join(f"v{v}: {r}" for v, r in versions.problems().items())

@@ -19,6 +19,7 @@ ensemble that pins it, so a broken version would take the served one down (seen 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -115,6 +116,23 @@ class VersionManager:
         self.timeout = timeout
         self.state = VersionState()
         self._lock = threading.Lock()
+        self.loading: int | None = None  # the version being switched to (status: "loading")
+        self.loaded: list[int] = []  # step versions Triton holds (status: "loaded")
+        self._stopping = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def start_heartbeat(self) -> None:
+        """Rewrite the status file every ``HEARTBEAT_SECONDS`` from a thread of its own: a
+        load that takes longer than ``STALE_SECONDS`` must not make this replica look gone to
+        prune and rollback on other hosts (review M1a)."""
+
+        def beat() -> None:
+            while not self._stopping.wait(HEARTBEAT_SECONDS):
+                with contextlib.suppress(OSError):
+                    write_status(self.repository, self.replica, self._status())
+
+        self._heartbeat = threading.Thread(target=beat, name="s4seg-heartbeat", daemon=True)
+        self._heartbeat.start()
 
     # -- Triton's repository API ----------------------------------------------------------------
     def _place(self, model: str, config: dict, versions: list[int]) -> None:
@@ -157,6 +175,7 @@ class VersionManager:
         """Triton restarted: nothing is loaded any more."""
         with self._lock:
             self.state = VersionState(failed=self.state.failed)
+            self.loaded = []
 
     def sync(self) -> int | None:
         """Serve the newest complete version that loads; returns the served version."""
@@ -208,12 +227,22 @@ class VersionManager:
             return served
 
     def _load_steps(self, loaded: list[int]) -> None:
+        self.loaded = sorted(set(self.loaded) | set(loaded))  # until every step has them
         for step, model in STEP_MODELS.items():
             config = step_config(step, self.runtime, loaded, self.segmenter_instances, self.threads)
             self._load(model, config, loaded)
+        self.loaded = sorted(loaded)
 
     def _switch(self, version: int, keep: int | None) -> None:
         self.state.drain_until = None  # this load names the versions that stay loaded
+        self.loading = version  # said before the load: prune and rollback keep its files
+        write_status(self.repository, self.replica, self._status())
+        try:
+            self._switch_to(version, keep)
+        finally:
+            self.loading = None
+
+    def _switch_to(self, version: int, keep: int | None) -> None:
         self._load_steps([version] if keep is None else [keep, version])
         for model in STEP_MODELS.values():
             if not self._ready(model, version):
@@ -282,14 +311,20 @@ class VersionManager:
         ):
             raise LoadError(f"version {version}: the gate's outputs do not fit its manifest")
 
-    def _write_status(self) -> None:
-        """This replica's file: rewritten when what it says changes, and at least every
-        ``HEARTBEAT_SECONDS`` (its age is how other hosts know the replica still runs)."""
-        status = {
+    def _status(self) -> dict:
+        return {
             "served_version": self.state.served,
+            "loading": self.loading,
+            "loaded": list(self.loaded),
             "failed": {str(v): reason for v, reason in self.problems().items()},
             "switched_at": self.state.switched_at,
         }
+
+    def _write_status(self) -> None:
+        """This replica's file: rewritten when what it says changes, and at least every
+        ``HEARTBEAT_SECONDS`` (its age is how other hosts know the replica still runs; the
+        heartbeat thread keeps it fresh during long loads)."""
+        status = self._status()
         previous = read_status(self.repository, self.replica)
         fresh = time.time() - previous.get("time", 0) < HEARTBEAT_SECONDS
         if not fresh or {k: previous.get(k) for k in status} != status:
@@ -297,6 +332,9 @@ class VersionManager:
 
     def close(self) -> None:
         """The server stops: withdraw this replica's status (rollback does not wait for it)."""
+        self._stopping.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5)
         with self._lock:
             remove_status(self.repository, self.replica)
             if self._own_view:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,9 +83,38 @@ def test_replicas_write_one_file_each_and_the_gone_ones_do_not_count(
     elsewhere = read_status(three_versions, "pod-b") | {"host": "another-node", "pid": 1}
     status_path(three_versions, "pod-b").write_text(json.dumps(elsewhere))
     assert served_by_servers(three_versions) == {"pod-a": 2, "pod-b": 3}
-    elsewhere["time"] -= STALE_SECONDS + 1  # its heartbeat stopped: the node is gone
-    status_path(three_versions, "pod-b").write_text(json.dumps(elsewhere))
+    stale = time.time() - STALE_SECONDS - 1  # its heartbeat stopped: the node is gone
+    os.utime(status_path(three_versions, "pod-b"), (stale, stale))
     assert served_by_servers(three_versions) == {"pod-a": 2}
     assert set(replica_statuses(three_versions, live_only=False)) == {"pod-a", "pod-b"}
     remove_status(three_versions, "pod-a")  # a replica that stops withdraws its file
     assert served_by_servers(three_versions) == {}
+
+
+def test_liveness_reads_the_volumes_clock_and_sees_a_long_load_through(
+    three_versions: Path,
+) -> None:
+    """Issue 32, item 8 (review M1): a replica whose load outlasted 45 s counted as gone, a host
+    whose clock ran ahead saw every other replica as gone, and containers sharing a host name
+    checked pids in the wrong namespace. Ages are the files' own (the volume's clock), a
+    process that can be seen counts while it lives, and what a replica is loading or keeps
+    loaded is in use: prune keeps it."""
+    from s4seg.repository import in_use, pid_namespace
+
+    folder = status_dir(three_versions)
+    shutil.rmtree(folder, ignore_errors=True)
+    write_status(three_versions, "here", {"served_version": 1, "loading": 2, "loaded": [1]})
+    old = time.time() - 10 * STALE_SECONDS
+    os.utime(status_path(three_versions, "here"), (old, old))  # a load of many minutes
+    assert in_use(three_versions) == {1, 2}  # this process lives: still there, still loading
+    # Another host, whose clock is an hour ahead: its file is fresh on the volume's clock.
+    skewed = read_status(three_versions, "here") | {"host": "node-b", "time": time.time() + 3600}
+    status_path(three_versions, "there").write_text(json.dumps(skewed | {"replica": "there"}))
+    assert set(served_by_servers(three_versions)) == {"here", "there"}
+    # Same host name, another pid namespace (another container of the pod): judged by age.
+    other = {"pid_namespace": (pid_namespace() or 0) + 1, "pid": dead_pid(), "replica": "sidecar"}
+    pod = read_status(three_versions, "here") | other
+    status_path(three_versions, "sidecar").write_text(json.dumps(pod))
+    assert "sidecar" in served_by_servers(three_versions)  # its pid is not ours to check
+    os.utime(status_path(three_versions, "sidecar"), (old, old))
+    assert "sidecar" not in served_by_servers(three_versions)
