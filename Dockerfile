@@ -9,9 +9,17 @@
 # With an empty /models the first start trains and publishes the demo model (s4seg quickstart).
 # Publish your own: `s4seg export ... --out exp && s4seg publish exp --repository /models
 # --runtime onnxruntime` (the running server picks it up without a restart).
-FROM nvcr.io/nvidia/tritonserver:24.12-py3
+# 25.07 or later: the releases before fixed neither the HTTP chunked-encoding overflow
+# (CVE-2025-23310/23311) nor the python backend's shared-memory chain (CVE-2025-23319/23320/
+# 23334). By tag: the digest could not be looked up from our machines (pin it where you build).
+FROM nvcr.io/nvidia/tritonserver:25.07-py3
 
 WORKDIR /opt/s4seg
+# Every package from the hashed lock (the image's Python may be newer than 3.11: the lock holds
+# the hashes of every wheel of each pinned release), then s4seg itself without dependencies.
+COPY requirements.lock ./
+RUN python3 -m pip install --no-cache-dir --break-system-packages --require-hashes --no-deps \
+    -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY s4seg ./s4seg
 COPY training ./training
@@ -19,7 +27,8 @@ COPY export ./export
 COPY serving ./serving
 COPY clients ./clients
 COPY workflows ./workflows
-RUN python3 -m pip install --no-cache-dir --break-system-packages . && s4seg --version
+RUN python3 -m pip install --no-cache-dir --break-system-packages --no-deps . \
+    && s4seg --version
 
 # The image's own tritonserver (with the onnxruntime backend), the native runtime, Triton on
 # loopback inside the container, the gateway on every interface of the container.

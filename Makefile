@@ -4,16 +4,31 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean
+.PHONY: setup lock test test-fast lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package from the lock, each checked against its sha256 (requirements-dev.lock: the
+# runtime's requirements.lock plus the test and lint tools); then s4seg itself, editable.
+$(STAMP): pyproject.toml requirements-dev.lock numpy2.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	# numpy 2 beside the serving stack's numpy<2: tests/test_doctor.py runs training on it.
-	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/numpy2 'numpy>=2,<3'
+	$(BIN)/pip install --quiet --require-hashes --no-deps --upgrade --target $(VENV)/numpy2 \
+		-r numpy2.lock
 	touch $(STAMP)
+
+# Refresh the locks from pyproject.toml's ranges (pip-tools in a throwaway venv; minutes: it
+# downloads what it hashes). Commit the three files together.
+PIP_COMPILE = .lock-tools/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	test -x .lock-tools/bin/pip-compile || ($(PYTHON) -m venv .lock-tools \
+		&& .lock-tools/bin/pip install --quiet 'pip-tools==7.6.2')
+	$(PIP_COMPILE) --upgrade -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --upgrade --extra dev -o requirements-dev.lock pyproject.toml
+	printf 'numpy>=2,<3\n' | $(PIP_COMPILE) --upgrade -o numpy2.lock -
 
 # Lint: ruff's rules, its formatter (check only) and mypy on the core, serving and clients.
 lint: setup

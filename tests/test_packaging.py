@@ -5,6 +5,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,3 +58,45 @@ def test_serving_side_modules_import_no_torch() -> None:
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def locked(path: Path) -> dict[str, tuple[str, int]]:
+    """``name -> (version, number of sha256 hashes)`` of a pip-compile lock file."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if line and not line[0].isspace() and "==" in line and not line.startswith("#"):
+            name, version = line.split(" ")[0].split("==")
+            pins[name.lower()] = (version, 0)
+        elif name and "--hash=sha256:" in line:
+            version, hashes = pins[name.lower()]
+            pins[name.lower()] = (version, hashes + 1)
+    return pins
+
+
+def test_the_locks_pin_every_requirement_with_hashes_at_or_above_its_floor() -> None:
+    """Issue 32, item 7 (review H5): everything is installed from hashed locks, and the floors
+    that keep out releases with published decoder and parser CVEs hold in them and in what is
+    installed. A lock that misses a dependency of pyproject.toml, or pins one below its floor,
+    fails here (refresh with `make lock`)."""
+    from importlib.metadata import version as installed
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = locked(ROOT / "requirements.lock"), locked(ROOT / "requirements-dev.lock")
+    everything = project["dependencies"] + project["optional-dependencies"]["dev"]
+    for pins, requirements in ((runtime, project["dependencies"]), (dev, everything)):
+        for text in requirements:
+            requirement = Requirement(text)
+            name = requirement.name.lower()
+            assert name in pins, f"{name} is not in the lock"
+            pinned, hashes = pins[name]
+            assert requirement.specifier.contains(pinned, prereleases=True), (name, pinned)
+            assert hashes > 0, f"{name} has no hash"
+    assert all(hashes for _, hashes in dev.values())
+    assert locked(ROOT / "numpy2.lock")["numpy"][0].startswith("2.")
+    floors = {"pillow": "13.0.0", "starlette": "0.49.1", "python-multipart": "0.0.27",
+              "h11": "0.16.0"}  # fmt: skip
+    for name, floor in floors.items():
+        assert Version(installed(name)) >= Version(floor), (name, installed(name))
