@@ -357,6 +357,8 @@ def run_study(args: argparse.Namespace) -> int:
         for done, cell in enumerate(todo):
             log(f"cell {cells.index(cell) + 1}/{len(cells)}: {cell.name} ({timer.left(done)})")
             run_cell(spec, cell, out, args.device, log)
+            if done + 1 < len(todo):  # the figures so far, after every cell (a study runs hours)
+                report_study(spec, out, args.device, log, quiet=True)
     report_study(spec, out, args.device, log)
     return 0
 
@@ -570,7 +572,7 @@ def table(spec: StudySpec, rows: list[dict], cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report_study(spec: StudySpec, out: Path, device: str | None, log) -> None:
+def report_study(spec: StudySpec, out: Path, device: str | None, log, quiet: bool = False) -> None:
     cells = [
         json.loads(p.read_text())
         for c in spec.cells()
@@ -583,7 +585,8 @@ def report_study(spec: StudySpec, out: Path, device: str | None, log) -> None:
     plot_study(spec, rows, out / "study.png")
     plot_curves(spec, out, out / "curves.png")
     log(f"report: {out / 'study.md'}, {out / 'study.png'}, {out / 'curves.png'}")
-    print(text)
+    if not quiet:
+        print(text)
 
 
 def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
