@@ -32,6 +32,13 @@ MAX_JPEG_SCANS = 100
 # 333-byte JPEG declaring 39 MP (its data cut short, filled in by the decoder) has 117,000 and
 # would hold 39 MP of the pixel budget for nothing (security review H2).
 MAX_PIXELS_PER_BYTE = 20_000
+# The longest side and the most elongated shape accepted: a 1 x 40,000,000 strip passes a pixel
+# cap, yet letterboxing and mapping it back cost 20-165 bytes a pixel (security review M8).
+MAX_SIDE = 16384
+MAX_ASPECT = 64
+# What decoding costs a pixel, relative to 8-bit RGB (what the gateway's pixel budget counts):
+# 16- and 32-bit images go through a wider array first (review M8: 26 against 6 bytes a pixel).
+WIDE_MODES = {"I;16": 3, "I;16B": 3, "I;16L": 3, "I;16N": 3, "I": 4, "F": 4}
 
 
 class ImageError(S4segError):
@@ -96,10 +103,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit grey: scale the full range to 8 bits rather than clipping at 255.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(values.max()), 1.0)
-        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # 16/32-bit grey: scale the full range to 8 bits rather than clipping at 255, in
+        # integers (a float64 copy cost 8 more bytes a pixel).
+        values = np.asarray(image)
+        if mode.startswith("I;16"):
+            grey = ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        else:
+            wide = np.clip(values, 0, None).astype(np.int64)
+            top = max(int(wide.max()), 1)
+            grey = ((wide * 255 + top // 2) // top).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     if mode in ("F",):
         raise ImageError("floating-point images are not supported", 415, "unsupported_mode")
@@ -180,6 +192,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         )
     if width == 0 or height == 0:
         raise ImageError("image has no pixels", 422, "empty")
+    if max(width, height) > MAX_SIDE or max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(
+            f"image is {width}x{height}: sides up to {MAX_SIDE} pixels and at most {MAX_ASPECT} "
+            "times longer than wide are accepted",
+            413 if max(width, height) > MAX_SIDE else 422,
+            "bad_shape",
+        )
     if width * height > max(1_000_000, MAX_PIXELS_PER_BYTE * len(data)):
         raise ImageError(
             f"image declares {width}x{height} pixels in {len(data)} bytes: most of its data is "
@@ -191,9 +210,11 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
 
 
 def image_pixels(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """Pixels the image declares in its header (what decoding it will cost), checked."""
-    width, height = open_image(data, max_pixels).size
-    return width * height
+    """Pixels the image declares in its header, checked, weighted by what decoding one costs
+    (``WIDE_MODES``: a 16-bit pixel counts 3): what the gateway's pixel budget holds."""
+    image = open_image(data, max_pixels)
+    width, height = image.size
+    return width * height * WIDE_MODES.get(image.mode, 1)
 
 
 def read_image_file(

@@ -130,6 +130,7 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             http=with_header_timeout(settings.header_timeout, settings.write_timeout),
             forwarded_allow_ips=settings.forwarded_allow_ips,
             timeout_graceful_shutdown=int(settings.shutdown_timeout),
+            limit_concurrency=settings.max_connections,
         )
         uvicorn.Server(config).run()
     except KeyboardInterrupt:

@@ -71,6 +71,10 @@ class ServeSettings(BaseSettings):
         30.0, gt=0, description="an answer whose client reads none of it for this long is "
         "aborted (the connection dropped)",
     )  # fmt: skip
+    max_connections: int = Field(
+        1024, ge=1, description="connections and requests at once (uvicorn's limit_concurrency); "
+        "beyond it 503",
+    )  # fmt: skip
     shutdown_timeout: float = Field(
         20.0, gt=0, description="on SIGTERM, requests in progress get this long to finish"
     )

@@ -481,16 +481,16 @@ def test_one_clients_large_images_leave_room_for_another_clients_photos(repo: Pa
 
 
 def test_an_image_that_declares_far_more_pixels_than_its_bytes_hold_is_refused() -> None:
-    """Issue 32, item 3: 333 bytes declaring 39 MP (117,000 pixels a byte) held 39 MP of the
-    budget for nothing; real images stay under 8,000 (a blank 1-bit PNG)."""
+    """Issue 32, item 3: a few hundred bytes declaring 39 MP (over 100,000 pixels a byte) held
+    39 MP of the budget for nothing; real images stay under 8,000 (a blank 1-bit PNG)."""
     from s4seg.imaging import ImageError, image_pixels
 
     header = io.BytesIO()
     Image.new("RGB", (16, 16), (90, 120, 30)).save(header, "JPEG", quality=50)
     data = bytearray(header.getvalue())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", 598, 65500)
-    with pytest.raises(ImageError, match=r"declares 65500x598 pixels in \d+ bytes") as refused:
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 4875, 8000)  # 39 MP
+    with pytest.raises(ImageError, match=r"declares 8000x4875 pixels in \d+ bytes") as refused:
         image_pixels(bytes(data))
     assert refused.value.status == 422 and refused.value.code == "too_little_data"
     blank = io.BytesIO()
@@ -641,17 +641,53 @@ def test_readiness_holds_while_the_ensemble_reloads_for_a_switch() -> None:
         ensemble.client.is_server_live = is_live
         ensemble.client.is_model_ready = is_ready
         ensemble._fetch_served_version = fetched
-        states = [await ensemble.readiness()]  # nothing known yet: not ready
+        states = [await ensemble.readiness(max_age=0)]  # nothing known yet: not ready
         config[0] = 3
         await ensemble.served_version(max_age=0)  # served 3, known
         config[0] = None  # now reloading: no config, model not ready
-        states.append(await ensemble.readiness())
+        states.append(await ensemble.readiness(max_age=0))
         live[0] = False
-        states.append(await ensemble.readiness())
+        states.append(await ensemble.readiness(max_age=0))
+        # A flood of /readyz: Triton is asked once a second (review M7).
+        asked = []
+
+        async def counted(*_):
+            asked.append(1)
+            return True
+
+        ensemble.client.is_server_live = counted
+        await asyncio.sleep(1.05)  # the last answer is older than a second
+        await asyncio.gather(*(ensemble.readiness() for _ in range(50)))
+        states.append(len(asked))
         await ensemble.close()
         return states
 
-    (first, reloading, dead) = asyncio.run(check())
+    (first, reloading, dead, asked) = asyncio.run(check())
     assert first[0] is False and "not ready" in first[1]
     assert reloading == (True, "ready (the ensemble is reloading for a version switch)")
     assert dead == (False, "Triton is not live")
+    assert asked == 1
+
+
+def test_strips_are_refused_and_wide_pixels_weigh_more() -> None:
+    """Issue 32, item 11 (review M8): a 1 x 40,000,000 strip passed the pixel cap and cost up
+    to 165 bytes a pixel to map back; a 16-bit image cost 26 bytes a pixel to decode against
+    the budget's 6. Sides over 16,384 (413) and shapes over 1:64 (422) are refused, and a 16-bit
+    pixel counts 3 in the budget."""
+    from s4seg.imaging import ImageError, decode_image, image_pixels
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    with pytest.raises(ImageError, match="1x20000: sides up to 16384") as long_side:
+        image_pixels(png(Image.new("1", (1, 20000))))
+    assert long_side.value.status == 413
+    with pytest.raises(ImageError, match="at most 64 times longer") as strip:
+        image_pixels(png(Image.new("1", (10, 1000))))
+    assert strip.value.status == 422
+    assert image_pixels(png(Image.new("RGB", (640, 20)))) == 640 * 20  # 1:32 is fine
+    deep = png(Image.fromarray(np.full((30, 40), 65535, np.uint16)))
+    assert image_pixels(deep) == 3 * 30 * 40
+    assert decode_image(deep).pixels.max() == 255  # full scale, in integers

@@ -553,7 +553,7 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
     assert max(health) < 1.5  # measured 0.5 s here
     # Refused by their pixels per byte (422) since issue 32; before, served grey where the data
     # ended, each holding 39 MP of the budget.
-    assert set(bomb_counts) <= {422, 429}, bomb_counts
+    assert set(bomb_counts) <= {413, 422, 429}, bomb_counts  # 413: 65500 px, a side too long
     # One 39 MP overlay costs about 0.7 GiB; the budget (max_pixels) lets one run at a time.
     assert peak[0] - rss_before < 1100, "40 declared-39-MP images raised the gateway's memory"
 

@@ -58,6 +58,7 @@ SERVED_VERSION_TTL = 0.5  # seconds
 # can wait its 5 s timeout. The default request deadline: a Triton really gone fails the
 # inference meanwhile (503 all the same).
 SERVED_GRACE = 30.0  # seconds
+READINESS_TTL = 1.0  # seconds a readiness answer is reused
 
 UNAVAILABLE_HINTS = (
     "unknown model", "not ready", "no available versions", "unavailable",
@@ -87,6 +88,8 @@ class TritonEnsemble:
         self.pool = SharedMemoryPool(inference, slots) if shared_memory else None
         self._served: tuple[float, int | None] = (0.0, None)
         self._fetching = asyncio.Lock()
+        self._readiness_seen: tuple[float, tuple[bool, str]] = (-READINESS_TTL, (False, ""))
+        self._readiness_lock = asyncio.Lock()
 
     async def _infer(
         self,
@@ -245,7 +248,20 @@ class TritonEnsemble:
         versions = config.get("version_policy", {}).get("specific", {}).get("versions", [])
         return int(versions[0]) if versions else None
 
-    async def readiness(self) -> tuple[bool, str]:
+    async def readiness(self, max_age: float = READINESS_TTL) -> tuple[bool, str]:
+        """``_readiness``, asked at most once a ``max_age`` (one query in flight): a flood of
+        public /readyz calls costs Triton nothing more (review M7)."""
+        checked, answer = self._readiness_seen
+        if time.monotonic() - checked < max_age:
+            return answer
+        async with self._readiness_lock:
+            if self._readiness_seen[0] > checked:
+                return self._readiness_seen[1]
+            answer = await self._readiness()
+            self._readiness_seen = (time.monotonic(), answer)
+            return answer
+
+    async def _readiness(self) -> tuple[bool, str]:
         """Ready as the segment route serves: while Triton reloads the ensemble (every version
         switch), it answers "not ready" but runs requests; within ``SERVED_GRACE`` of a known
         served version that is ready too, so that replicas switching together are not all
