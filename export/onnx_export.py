@@ -13,7 +13,7 @@ from torch import nn
 
 from s4seg.errors import S4segError, first_line
 
-OPSET = 18  # Resize with antialias (the classifier's input) needs 18; NGC Triton 24.12 and later run it.
+OPSET = 18  # Resize with antialias (the classifier's input) needs 18; NGC Triton 24.12+ runs it.
 
 
 class ExportError(S4segError):

@@ -107,6 +107,7 @@ def serve(settings: ServeSettings, first_run: FirstRun | None = None) -> int:
             threads=settings.threads_per_instance,
             view=view,
             replica=settings.replica_name,
+            admin_key=triton.settings.admin_key,
         )
     supervisor = Supervisor(triton, versions, settings.version_poll_seconds) if versions else None
     try:

@@ -12,6 +12,7 @@ import contextlib
 import ctypes.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -130,6 +131,10 @@ class TritonSettings:
     poll_seconds: float = 1.0
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    # Triton's model-repository API (load, unload, index) answers only requests that carry this
+    # key (``ADMIN_HEADER``): a new one each start, known to the version manager. Without it any
+    # local process could load a python model of its own on loopback (review M9).
+    admin_key: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def http_url(self) -> str:
@@ -143,6 +148,7 @@ class TritonSettings:
 
 
 SHM_PREFIX = "s4seg_triton_"
+ADMIN_HEADER = "s4seg-admin-key"
 DEV_SHM = Path("/dev/shm")
 
 
@@ -184,7 +190,16 @@ def triton_command(install: TritonInstall, settings: TritonSettings) -> list[str
         "--exit-timeout-secs=10",
         *([] if os.path.exists("/dev/nvidiactl") else ["--pinned-memory-pool-byte-size=0"]),
         f"--backend-config=python,shm-region-prefix-name={settings.shm_prefix}",
+        *(restricted_api(settings.admin_key) if settings.control == "explicit" else []),
         *settings.extra_args,
+    ]
+
+
+def restricted_api(key: str) -> list[str]:
+    """Triton's model-repository API, over HTTP and gRPC, for requests with the key only."""
+    return [
+        f"--http-restricted-api=model-repository:{ADMIN_HEADER}={key}",
+        f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={key}",
     ]
 
 

@@ -37,7 +37,7 @@ from s4seg import tensors as t
 from s4seg.atomic import write_atomic
 from s4seg.defaults import SEGMENTER_INSTANCES
 from s4seg.errors import first_line
-from s4seg.manifest import ManifestError
+from s4seg.manifest import ManifestError, sha256_file
 from s4seg.repository import (
     ENSEMBLE,
     HEARTBEAT_SECONDS,
@@ -49,6 +49,8 @@ from s4seg.repository import (
     write_status,
 )
 from s4seg.triton_config import ensemble_config, step_config, to_pbtxt
+
+from .triton import ADMIN_HEADER
 
 
 @dataclass
@@ -99,6 +101,7 @@ class VersionManager:
         threads: int | None = None,
         view: str | Path | None = None,
         replica: str | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
@@ -116,6 +119,8 @@ class VersionManager:
         self.timeout = timeout
         self.state = VersionState()
         self._lock = threading.Lock()
+        # the key Triton's model-repository API asks for (``TritonSettings.admin_key``)
+        self._admin = {ADMIN_HEADER: admin_key} if admin_key else {}
         self.loading: int | None = None  # the version being switched to (status: "loading")
         self.loaded: list[int] = []  # step versions Triton holds (status: "loaded")
         self._stopping = threading.Event()
@@ -154,8 +159,9 @@ class VersionManager:
     def _load(self, model: str, config: dict, versions: list[int]) -> None:
         self._place(model, config, versions)
         response = httpx.post(
-            f"{self.url}/v2/repository/models/{model}/load", json={}, timeout=self.timeout
-        )
+            f"{self.url}/v2/repository/models/{model}/load", json={}, timeout=self.timeout,
+            headers=self._admin,
+        )  # fmt: skip
         if response.status_code != 200:
             try:
                 reason = response.json().get("error", response.text)
@@ -242,7 +248,31 @@ class VersionManager:
         finally:
             self.loading = None
 
+    def _verify(self, version: int) -> None:
+        """Every network file of ``version`` is the one its manifest names (sha256), before
+        Triton loads it: the repository is shared by every replica, so a file changed after
+        publish (by mistake, or by someone with write access to one pod) is refused here
+        instead of running in all of them (review M9)."""
+        manifest = read_manifest(self.repository, version)
+        precision = (manifest.published or {}).get("precision", "fp32")
+        try:
+            graphs = manifest.variant_graphs(precision)
+        except ManifestError as error:
+            raise LoadError(f"version {version}: {error}") from None
+        for step, model in STEP_MODELS.items():
+            path = self.repository / model / str(version) / "model.onnx"
+            try:
+                digest = sha256_file(path)
+            except OSError as error:
+                raise LoadError(f"{model} version {version}: {error}") from None
+            if digest != graphs[step].sha256:
+                raise LoadError(
+                    f"{model} version {version}: model.onnx is not the file its manifest names "
+                    "(changed since publish); not loaded"
+                )
+
     def _switch_to(self, version: int, keep: int | None) -> None:
+        self._verify(version)
         self._load_steps([version] if keep is None else [keep, version])
         for model in STEP_MODELS.values():
             if not self._ready(model, version):

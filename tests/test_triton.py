@@ -21,7 +21,7 @@ from helpers import framed_batch
 from s4seg.clients.triton_pipeline import TritonPipeline
 from s4seg.export.repository import publish
 from s4seg.layouts import open_layout
-from s4seg.manifest import Manifest
+from s4seg.manifest import Manifest, sha256_file
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
 from s4seg.repository import (
     ENSEMBLE,
@@ -30,7 +30,7 @@ from s4seg.repository import (
     read_status,
     served_version,
 )
-from s4seg.serving.triton import TritonProcess, TritonSettings, free_port
+from s4seg.serving.triton import ADMIN_HEADER, TritonProcess, TritonSettings, free_port
 from s4seg.serving.versions import VersionManager
 from s4seg.triton_config import ensemble_pbtxt
 
@@ -44,8 +44,9 @@ class Server:
         self.process, self.repo = process, repo
         self.url = process.settings.http_url
         self.versions = VersionManager(
-            repo, self.url, log=lambda *_: None, view=process.settings.repository
-        )
+            repo, self.url, log=lambda *_: None, view=process.settings.repository,
+            admin_key=process.settings.admin_key,
+        )  # fmt: skip
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
 
@@ -57,7 +58,8 @@ class Server:
         return TritonPipeline(self.url, Manifest.load(self.repo / ENSEMBLE / "1"))
 
     def index(self) -> list[dict]:
-        return httpx.post(f"{self.url}/v2/repository/index", timeout=5).json()
+        key = {ADMIN_HEADER: self.process.settings.admin_key}
+        return httpx.post(f"{self.url}/v2/repository/index", timeout=5, headers=key).json()
 
     def log_tail(self) -> str:
         return "\n".join(self.process.settings.log_file.read_text().splitlines()[-30:])
@@ -90,6 +92,16 @@ def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def synth_images(root: Path, count: int = 4) -> list[np.ndarray]:
     layout = open_layout(root)
     return [np.asarray(layout.read_image(s)) for s in layout.samples("val")[:count]]
+
+
+def test_the_model_repository_api_needs_the_admin_key(server: Server) -> None:
+    """Issue 32, item 11 (review M9): any local process could load a python model of its own
+    through Triton's load API; it now answers only the version manager, which has the key."""
+    url = f"{server.url}/v2/repository/models/s4seg/load"
+    refused = httpx.post(url, json={}, timeout=10)
+    assert refused.status_code in (401, 403), refused.text
+    assert httpx.post(f"{server.url}/v2/repository/index", timeout=5).status_code in (401, 403)
+    assert isinstance(server.index(), list)  # with the key
 
 
 def test_ports_are_on_loopback_only(server: Server) -> None:
@@ -194,8 +206,9 @@ def test_second_publish_is_served_without_restart_or_failed_requests(
 
 
 def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_root) -> None:
-    """Version 3 published by hand with a truncated segmenter: Triton fails to load it and
-    version 2 keeps answering."""
+    """Version 3 published by hand with a truncated segmenter: refused before Triton sees it
+    (its file is not the one its manifest names, issue 32 item 11); with a manifest that names
+    the truncated file, Triton fails to load it. Version 2 keeps answering throughout."""
     repo = server.repo
     for model in [*STEP_MODELS.values(), ENSEMBLE]:
         shutil.copytree(repo / model / "2", repo / model / ".3.tmp")
@@ -207,6 +220,19 @@ def test_broken_version_does_not_take_the_served_one_down(server: Server, synth_
 
     deadline = time.monotonic() + 120
     while 3 not in server.versions.problems() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "changed since publish" in server.versions.problems().get(3, ""), server.log_tail()
+    assert "version 3" not in server.process.settings.log_file.read_text()  # never loaded
+    # The manifest names the truncated file now (a broken export): Triton's own refusal.
+    manifest_path = repo / ENSEMBLE / "3" / "manifest.json"
+    named = json.loads(manifest_path.read_text())
+    named["graphs"]["segmenter"]["sha256"] = sha256_file(
+        repo / "s4seg_segmenter" / "3" / "model.onnx"
+    )
+    manifest_path.write_text(json.dumps(named))
+    deadline = time.monotonic() + 120
+    while "changed since" in server.versions.problems().get(3, "changed since"):
+        assert time.monotonic() < deadline, server.versions.problems()
         time.sleep(0.5)
     assert "s4seg_segmenter" in server.versions.problems().get(3, ""), server.log_tail()
     assert server.versions.state.served == 2
@@ -257,6 +283,10 @@ def test_version_with_wrong_shapes_is_refused_before_the_switch(
     for model in [*STEP_MODELS.values(), ENSEMBLE]:
         shutil.copytree(repo / model / "2", repo / model / ".4.tmp")
     shutil.copyfile(wrong, repo / "s4seg_segmenter" / ".4.tmp" / "model.onnx")
+    manifest_path = repo / ENSEMBLE / ".4.tmp" / "manifest.json"
+    named = json.loads(manifest_path.read_text())  # the manifest names the wrong file
+    named["graphs"]["segmenter"]["sha256"] = sha256_file(wrong)
+    manifest_path.write_text(json.dumps(named))
     for model in [*STEP_MODELS.values(), ENSEMBLE]:
         (repo / model / ".4.tmp").rename(repo / model / "4")
     deadline = time.monotonic() + 120
