@@ -29,6 +29,9 @@ COPY clients ./clients
 COPY workflows ./workflows
 RUN python3 -m pip install --no-cache-dir --break-system-packages --no-deps . \
     && s4seg --version
+# Not root (review L7).
+RUN useradd --uid 10001 --user-group --home-dir /home/s4seg --create-home s4seg
+USER 10001
 
 # The image's own tritonserver (with the onnxruntime backend), the native runtime, Triton on
 # loopback inside the container, the gateway on every interface of the container.

@@ -129,7 +129,8 @@ def status_dir(repository: Path) -> Path:
 
 def status_path(repository: Path, replica: str) -> Path:
     """The file of one replica: written by that replica alone."""
-    return status_dir(repository) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', replica)}.json"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", replica).strip(".") or "replica"
+    return status_dir(repository) / f"{name}.json"
 
 
 def read_status(repository: Path, replica: str) -> dict[str, Any]:

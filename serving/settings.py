@@ -166,7 +166,10 @@ class ServeSettings(BaseSettings):
         """This replica's folder under ``log_dir``: Triton's view of the repository, its log."""
         import re
 
-        return self.log_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", self.replica_name)
+        # "." and ".." would name the log folder or its parent, which the version manager
+        # empties for Triton's view (review L8): dots are kept only inside a name.
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.replica_name).strip(".") or "replica"
+        return self.log_dir / name
 
     @property
     def triton_http(self) -> str:

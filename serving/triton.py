@@ -102,7 +102,11 @@ class TritonInstall:
                 raise TritonError(
                     f"nvidia-pytriton has no python backend stub for Python {version}"
                 )
-            shutil.copy2(source, stub)
+            # Beside it, then renamed: replicas starting on one install never run half a
+            # copy (review L11).
+            part = stub.with_name(f".{stub.name}.{os.getpid()}")
+            shutil.copy2(source, part)
+            part.replace(stub)
         if ctypes.util.find_library(f"python{version}") is None and not any(
             Path(d, f"libpython{version}.so.1.0").exists()
             for d in (

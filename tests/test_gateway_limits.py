@@ -5,6 +5,7 @@ Each test names the item of issue 19 it holds."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import socket
 import struct
@@ -691,3 +692,21 @@ def test_strips_are_refused_and_wide_pixels_weigh_more() -> None:
     deep = png(Image.fromarray(np.full((30, 40), 65535, np.uint16)))
     assert image_pixels(deep) == 3 * 30 * 40
     assert decode_image(deep).pixels.max() == 255  # full scale, in integers
+
+
+def test_a_manifest_edited_in_place_gives_503_or_the_known_one_never_500(tmp_path: Path) -> None:
+    """Issue 32, item 11 (review L2): a served manifest caught half-written gave 500 on every
+    request. The version already read keeps its manifest; one never read gets 503 (retry)."""
+    repo = write_repository(tmp_path / "repo")
+    app, _ = fake_app(repo)
+    manifest = repo / "s4seg" / "1" / "manifest.json"
+    with running(app) as url:
+        assert post(url, jpeg()).status_code == 200  # read once
+        manifest.write_text('{"half": ')  # caught mid-write
+        os.utime(manifest, (time.time() + 5, time.time() + 5))
+        known = post(url, jpeg())
+    fresh_app, _ = fake_app(repo)
+    with running(fresh_app) as url:
+        unknown = post(url, jpeg())
+    assert known.status_code == 200, known.text
+    assert unknown.status_code == 503 and unknown.json()["error"] == "unavailable", unknown.text

@@ -118,3 +118,15 @@ def test_liveness_reads_the_volumes_clock_and_sees_a_long_load_through(
     assert "sidecar" in served_by_servers(three_versions)  # its pid is not ours to check
     os.utime(status_path(three_versions, "sidecar"), (old, old))
     assert "sidecar" not in served_by_servers(three_versions)
+
+
+def test_a_replica_name_of_dots_names_no_parent_folder(tmp_path: Path) -> None:
+    """Issue 32, item 11 (review L8): S4SEG_REPLICA=".." made the replica's folder the log
+    folder's parent, which the version manager empties for Triton's view."""
+    from s4seg.serving.settings import ServeSettings
+
+    for name in (".", "..", "..."):
+        settings = ServeSettings(replica=name, log_dir=tmp_path / "logs")
+        assert settings.replica_dir.parent == tmp_path / "logs", settings.replica_dir
+        assert status_path(tmp_path / "repo", name).parent == status_dir(tmp_path / "repo")
+        assert status_path(tmp_path / "repo", name).name == "replica.json"

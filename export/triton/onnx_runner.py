@@ -79,7 +79,8 @@ class TritonPythonModel:
                 batch = {n: np.concatenate([feeds[i][n] for i in group]) for n in feeds[group[0]]}
                 results = self.session.run(self.outputs, batch)
             except Exception as error:  # one bad request must not fail the others
-                message = f"{self.name}: {str(error).strip().splitlines()[0]}"
+                lines = str(error).strip().splitlines()  # may be empty (review L9)
+                message = f"{self.name}: {lines[0] if lines else type(error).__name__}"
                 for i in group:
                     responses[live[i]] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(message)

@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 
 from s4seg import __version__
 from s4seg.imaging import ImageError
+from s4seg.manifest import ManifestError
 
 from ..settings import ServeSettings
 from .budget import Busy, PixelBudget
@@ -94,6 +95,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.exception_handler(Busy)
     async def busy(_: Request, exc: Busy) -> JSONResponse:
         return error(503, "overloaded", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(ManifestError)
+    async def unreadable(_: Request, exc: ManifestError) -> JSONResponse:
+        # A served manifest edited in place (briefly invalid) is the server's state, not the
+        # client's error: 503 to retry, never 500 (review L2). VersionGone says it its way.
+        detail = "the served version's manifest can not be read now; retry"
+        if isinstance(exc, VersionGone):
+            detail = f"{exc}; the server is switching versions"
+        return error(503, "unavailable", detail, {"Retry-After": "1"})
 
     @app.exception_handler(VersionGone)
     async def switching(_: Request, exc: VersionGone) -> JSONResponse:

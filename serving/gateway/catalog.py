@@ -37,9 +37,9 @@ class Catalog:
             try:
                 self._read[key] = (mtime, Manifest.load(path))
             except ManifestError:
-                if cached is None or path.exists():
-                    raise
-                return cached[1]  # removed while being read
+                if cached is None:
+                    raise  # 503 (app.py): nothing known of this version yet
+                return cached[1]  # removed, or rewritten in place, while being read
         return self._read[key][1]
 
     def versions(self) -> list[int]:
