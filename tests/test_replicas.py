@@ -13,6 +13,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from serve_helpers import Served, hammer, record, serving
@@ -74,6 +75,23 @@ def test_two_replicas_follow_publish_and_rollback_under_load(
             for n, r in zip(names, replicas, strict=True)
             for _ in range(PER_REPLICA)
         ]
+        # Readiness of both, as the Service sees it, every 0.2 s through the publish and the
+        # rollback (issue 32, item 9: both were unready at once during a switch).
+        readiness: list[tuple[bool, ...]] = []
+
+        def poll_readiness() -> None:
+            with httpx.Client(timeout=3) as probe:
+                while not done.is_set():
+                    states = []
+                    for replica in replicas:
+                        try:
+                            states.append(probe.get(f"{replica.url}/readyz").status_code == 200)
+                        except httpx.HTTPError:
+                            states.append(False)
+                    readiness.append(tuple(states))
+                    done.wait(0.2)
+
+        clients.append(threading.Thread(target=poll_readiness))
         for client in clients:
             client.start()
         try:
@@ -115,9 +133,13 @@ def test_two_replicas_follow_publish_and_rollback_under_load(
         "per_replica_publish": {n: round(s, 1) for n, s in switch.items()},
         "seconds_until_both_serve_after_rollback": round(max(back.values()), 1),
         "rollback_returned_after": round(rolled.get("returned", -1), 1),
+        "readiness_polls": len(readiness),
+        "polls_with_one_unready": sum(1 for states in readiness if sum(states) == 1),
+        "polls_with_both_unready": sum(1 for states in readiness if not any(states)),
     }
     record("two_replicas", figures)
     assert failures == [], figures
+    assert readiness and figures["polls_with_both_unready"] == 0, figures
     for name in names:
         # Each replica answered with the first version, the new one, then the first again.
         versions = [r[3] for r in sorted(results[name])]
