@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,8 +58,8 @@ def test_cells_go_seed_by_seed_and_add_the_classifier_for_gated_methods() -> Non
     spec = StudySpec("synthetic-quick", ["baseline", "s4gan+mlmt"], ["1/8", "12"], [0, 1])
     names = [c.name for c in spec.cells()]
     assert names[:6] == [
-        "baseline-1_8-s0", "s4gan-1_8-s0", "mlmt-1_8-s0",
-        "baseline-12-s0", "s4gan-12-s0", "mlmt-12-s0",
+        "mlmt-1_8-s0", "baseline-1_8-s0", "s4gan-1_8-s0",
+        "mlmt-12-s0", "baseline-12-s0", "s4gan-12-s0",
     ]  # fmt: skip
     assert len(names) == 12 and Cell("s4gan", "12", 1).name in names
     with pytest.raises(ConfigError, match="unknown method"):
@@ -86,7 +87,7 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
 ) -> None:
     out = tmp_path / "study"
     command = study_command(out, synth_root, methods="baseline,s4gan,s4gan+mlmt,unimatch")
-    first, second = out / "runs" / "baseline-3-s0", out / "runs" / "s4gan-3-s0"
+    first, second = out / "runs" / "mlmt-3-s0", out / "runs" / "baseline-3-s0"
     process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     # Killed while the second cell trains: the first is done, the second has a checkpoint.
@@ -118,6 +119,19 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
     assert "| 3 | 3 | s4gan |" in table and "paired vs baseline" in table
     for picture in ("study.png", "curves.png"):
         assert (out / picture).stat().st_size > 10_000
+
+    # Resumed in a session that has only the committed results (no checkpoints): a gated row
+    # still to compute trains again the cells whose checkpoints it needs, and only those.
+    for checkpoint in out.rglob("*.pt"):
+        checkpoint.unlink()
+    for cached in (out / "gated").glob("s4gan+mlmt-3-s0.json"):
+        cached.unlink()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    retrained = sorted(re.findall(r"(\S+): its checkpoint is gone", resumed.stderr))
+    assert retrained == ["mlmt-3-s0", "s4gan-3-s0"], resumed.stderr[-2000:]
+    assert "8 cells, 6 done, 2 to run" in resumed.stderr
+    assert (out / "gated" / "s4gan+mlmt-3-s0.json").is_file()
 
     # Other training settings in the same folder are refused (their cells would not compare);
     # more seeds or methods extend the study (tested by the cell counts above and below).

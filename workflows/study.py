@@ -99,10 +99,12 @@ class StudySpec:
 
     def cells(self) -> list[Cell]:
         """Seed by seed (an unfinished study still compares the methods on the same splits),
-        then budget, then trainer; the classifier when a gated method needs it."""
+        then budget, then trainer; the classifier, when a gated method needs it, first: each
+        segmenter's gated rows are computed as soon as it is trained, while both checkpoints
+        are on disk (a study that resumes in another session has only what was committed)."""
         trainers = list(dict.fromkeys(METHODS[m].segmenter for m in self.methods))
         if any(METHODS[m].gated for m in self.methods):
-            trainers.append("mlmt")
+            trainers.insert(0, "mlmt")
         return [
             Cell(trainer, budget, seed)
             for seed in self.seeds
@@ -269,7 +271,40 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, device: str | None, log) ->
         "figures": figures,
     }
     write_json_atomic(result_path, result)
+    gate_now(spec, cell, out, device)
     return result
+
+
+def gate_now(spec: StudySpec, cell: Cell, out: Path, device: str | None) -> None:
+    """The gated rows this cell completes (a segmenter after its classifier, or the reverse),
+    computed now, while the checkpoints they need are on disk; cached in ``gated/``."""
+    for method in (METHODS[m] for m in spec.methods):
+        if method.gated and cell.trainer in (method.segmenter, "mlmt"):
+            gated_row(spec, method, cell.budget, cell.seed, out, device)
+
+
+def stale_cells(spec: StudySpec, out: Path) -> list[Cell]:
+    """Finished cells to train again: a gated row still to compute whose checkpoints are gone
+    (the study resumed in a session that has only the committed results). Their results are
+    set aside (``result.stale.json``) so that they run again."""
+    stale: set[Cell] = set()
+    for method in (METHODS[m] for m in spec.methods if METHODS[m].gated):
+        for budget in spec.labels:
+            for seed in spec.seeds:
+                cached = out / "gated" / f"{method.name}-{budget_slug(budget)}-s{seed}.json"
+                if cached.is_file():
+                    continue
+                for trainer in (method.segmenter, "mlmt"):
+                    cell = Cell(trainer, budget, seed)
+                    result = out / "runs" / cell.name / "result.json"
+                    if result.is_file():
+                        checkpoint = Path(json.loads(result.read_text())["checkpoint"])
+                        if not checkpoint.is_file():
+                            stale.add(cell)
+    for cell in stale:
+        folder = out / "runs" / cell.name
+        (folder / "result.json").replace(folder / "result.stale.json")
+    return sorted(stale, key=lambda c: c.name)
 
 
 def gated_row(
@@ -348,6 +383,8 @@ def run_study(args: argparse.Namespace) -> int:
         index = parse_cell(args.cell, len(cells))
         run_cell(spec, cells[index], out, args.device, log)
         return 0
+    for cell in stale_cells(spec, out):
+        log(f"{cell.name}: its checkpoint is gone and a gated row still needs it: trained again")
     todo = [c for c in cells if not (out / "runs" / c.name / "result.json").is_file()]
     log(f"study {out}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     if args.jobs > 1:
