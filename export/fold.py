@@ -1,9 +1,10 @@
-"""The normalisation folded into each network graph, and taken out again.
+"""The normalisation folded into each network graph.
 
 Export makes the preprocess graph and each network as graphs of their own (so INT8 calibrates
 and FP16 converts the network alone, as before), then serves one graph per network: uint8 image
 in, logits or class probabilities out. Folding is ``onnx.compose``: the same operators, so the
-same numbers. One python-backend step fewer per request (BENCHMARKS: ``bench hops``).
+same numbers. One python-backend step fewer per request (docs/journal.md: three steps against
+four).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def fold_preprocess(
 ) -> onnx.ModelProto:
     """``step``'s network with its part of the preprocess graph in front: it takes the uint8
     image (``s4seg.tensors.GRAPH_IO[step]``); the normalised tensor between them keeps its
-    name, so ``split_preprocess`` can cut there again."""
+    name (tests cut the folded graph there again to check the fold is a composition)."""
     image, normalised = FOLDED_INPUTS[step]
     (output,) = GRAPH_IO[step][1]
     preprocess = _compatible(preprocess, network)
@@ -56,14 +57,3 @@ def fold_preprocess(
     pruned.graph.name = f"{step}_folded"
     onnx.checker.check_model(pruned)
     return pruned
-
-
-def split_preprocess(folded: onnx.ModelProto, step: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """A folded graph cut where it was joined: (image -> normalised, normalised -> output)."""
-    image, normalised = FOLDED_INPUTS[step]
-    (output,) = GRAPH_IO[step][1]
-    extractor = onnx.utils.Extractor(folded)
-    return (
-        extractor.extract_model([image.name], [normalised.name]),
-        extractor.extract_model([normalised.name], [output.name]),
-    )

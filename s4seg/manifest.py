@@ -22,8 +22,8 @@ from s4seg.errors import S4segError
 # /3: the preprocess graph takes the classifier's view as an input of its own (the whole image,
 # not the letterboxed canvas).
 # /4: three steps: the normalisation is folded into the segmenter and classifier graphs, which
-# take the uint8 images (BENCHMARKS: bench hops). Older exports can not be served by the
-# ensemble of this version.
+# take the uint8 images (docs/journal.md: three steps against four). Older exports can not be
+# served by the ensemble of this version.
 MANIFEST_FORMAT: Final = "s4seg-manifest/4"
 OLDER_FORMATS = ("s4seg-manifest/1", "s4seg-manifest/2", "s4seg-manifest/3")
 MANIFEST_NAME = "manifest.json"

@@ -57,13 +57,6 @@ GRAPH_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     "classifier": ((CLS_IMAGE,), (CLASS_PROBS,)),
     "gate": ((LOGITS, CLASS_PROBS, TAU), (LABELS, SUPPRESSED, SCORES)),
 }
-# The graphs export makes before folding the normalisation into the networks: step -> (its
-# inputs, its outputs); each network's input is what the preprocess graph gives it.
-PARTS_IO: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
-    "preprocess": ((IMAGE, CLS_IMAGE), (SEG_INPUT, CLS_INPUT)),
-    "segmenter": ((SEG_INPUT,), (LOGITS,)),
-    "classifier": ((CLS_INPUT,), (CLASS_PROBS,)),
-}
 # Each network's folded form: (the image it takes, the normalised input inside it).
 FOLDED_INPUTS = {"segmenter": (IMAGE, SEG_INPUT), "classifier": (CLS_IMAGE, CLS_INPUT)}
 # What the ensemble takes and answers. tau is required: Triton refuses optional inputs on

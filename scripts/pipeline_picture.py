@@ -314,7 +314,7 @@ def draw(out: Path) -> None:
         (w_bottom + w_top) / 2,
         "workflows/   the top layer, drives the stages:  the s4seg command (cli.py, commands.py)"
         "  ·  quickstart  ·  doctor\n"
-        "bench (train, export, mapback, precision, serve, hops)        "
+        "bench (train, export, mapback, precision, serve)        "
         "imports: core ← training ← export ← serving ← clients ← workflows",
         ha="center",
         va="center",

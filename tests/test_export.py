@@ -56,7 +56,15 @@ def test_folded_networks_compute_what_preprocess_then_network_computes(tiny_expo
     import onnx
     import onnxruntime as ort
 
-    from s4seg.export.fold import split_preprocess
+    from s4seg.tensors import FOLDED_INPUTS, GRAPH_IO
+
+    def split_preprocess(folded: onnx.ModelProto, step: str) -> tuple:
+        """The folded graph cut where it was joined: (image -> normalised, normalised -> out)."""
+        image, normalised = FOLDED_INPUTS[step]
+        (output,) = GRAPH_IO[step][1]
+        extractor = onnx.utils.Extractor(folded)
+        return (extractor.extract_model([image.name], [normalised.name]),
+                extractor.extract_model([normalised.name], [output.name]))  # fmt: skip
 
     def session(model: onnx.ModelProto) -> ort.InferenceSession:
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -86,13 +86,6 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench_hops(args: argparse.Namespace) -> int:
-    from .bench.hops import bench_hops
-
-    bench_hops(args)
-    return 0
-
-
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 
@@ -299,13 +292,3 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--size-repeats", type=int, default=8, help="requests per size/format")
     serve.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
     serve.set_defaults(handler=run_bench_serve)
-
-    hops = bench.add_parser(
-        "hops", help="the ensemble in four steps against three (preprocess in the networks)"
-    )
-    hops.add_argument("--repository", default=str(REPOSITORY))
-    hops.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
-    hops.add_argument("--requests", type=int, default=80, help="per layout, concurrency, round")
-    hops.add_argument("--rounds", type=int, default=4)
-    hops.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
-    hops.set_defaults(handler=run_bench_hops)
