@@ -144,7 +144,7 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
 def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"
     result = subprocess.run(
-        study_command(out, synth_root, "--cell", "4/6"), capture_output=True, text=True,
+        study_command(out, synth_root, "--cell", "5/6"), capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
