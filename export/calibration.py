@@ -23,6 +23,7 @@ from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.manifest import GATE_OFF_TAU, TauChoice
 from s4seg.metrics import confusion_matrix, scores
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.gate import class_keep_mask, gated_scores
 
 from .parity import MAX_MIOU_DIFF
@@ -86,16 +87,16 @@ def choose_tau(ungated_miou: float, sweep: list[dict[str, float]]) -> tuple[floa
 
 
 def calibration_data(
-    payload: dict, data: str, kind: str | None, max_images: int
+    checkpoint: Checkpoint, data: str, kind: str | None, max_images: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Labeled held-out images: the calibration part (``s4seg.holdout``) of the validation
     split of ``data`` (a data set folder), or with ``auto`` of the data set the segmenter was
     trained on. The reported figures use the rest."""
-    root = trained_on(payload).get("root") if data == "auto" else data
+    root = trained_on(checkpoint).get("root") if data == "auto" else data
     if not root or not Path(root).is_dir():
         raise DatasetError(f"no labeled data to calibrate tau on at {root}")
-    layout = data_layout(payload, None if data == "auto" else data, kind)
-    if list(layout.classes) != payload["classes"]:
+    layout = data_layout(checkpoint, None if data == "auto" else data, kind)
+    if list(layout.classes) != checkpoint.classes:
         raise DatasetError(f"{layout.root} has other classes than the model; cannot calibrate")
     split = layout.default_val_split
     samples = select_part(layout.samples(split), "calibration")[:max_images]
@@ -110,13 +111,13 @@ def calibration_data(
 
 def calibrate(
     pipeline: OnnxPipeline,
-    payload: dict,
+    checkpoint: Checkpoint,
     data: str,
     kind: str | None = None,
     max_images: int = DEFAULT_CALIBRATION_IMAGES,
     log: Callable[[str], None] = print,
 ) -> tuple[float, TauChoice]:
-    images, masks, source = calibration_data(payload, data, kind, max_images)
+    images, masks, source = calibration_data(checkpoint, data, kind, max_images)
     log(
         f"calibrating tau on {len(images)} {source['split']} images of {source['root']} (its "
         f"calibration part: {100 * CALIBRATION_SHARE:.0f}%, seeded; figures use the rest)"

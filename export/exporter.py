@@ -41,7 +41,7 @@ from s4seg.manifest import (
 )
 from s4seg.onnx_pipeline import MODEL_STEPS, OnnxPipeline
 from s4seg.tensors import FOLDED_INPUTS
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.models import segmenter_from_checkpoint
 from s4seg.training.models.classifier import classifier_from_checkpoint
 
@@ -66,7 +66,7 @@ SIZE_SAMPLES = 50  # validation images looked at for the default served size
 
 
 def served_size(
-    payload: dict, input_size: tuple[int, int] | None, log: Log = print
+    checkpoint: Checkpoint, input_size: tuple[int, int] | None, log: Log = print
 ) -> tuple[int, int]:
     """``input_size`` if given; else the resolution the model is evaluated at (what ``s4seg
     evaluate`` and the paper measure): the largest height and width among the training data's
@@ -75,12 +75,12 @@ def served_size(
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
     else:
-        size = evaluation_size(payload)
+        size = evaluation_size(checkpoint)
         if size is not None:
             log(f"served size {size[0]}x{size[1]}: the validation images' resolution (what "
                 "evaluate measures; --input-size H W to choose another)")  # fmt: skip
         else:
-            crop = payload.get("config", {}).get("data", {}).get("crop_size", (321, 321))
+            crop = checkpoint.config.get("data", {}).get("crop_size", (321, 321))
             size = (crop, crop) if isinstance(crop, int) else tuple(crop)
             log(f"warning: served size {size[0]}x{size[1]}, the training crop: the training data "
                 "is not here to measure the evaluation resolution (--input-size H W)")  # fmt: skip
@@ -89,11 +89,11 @@ def served_size(
     return size  # type: ignore[return-value]
 
 
-def evaluation_size(payload: dict) -> tuple[int, int] | None:
-    if not training_data_here(payload):
+def evaluation_size(checkpoint: Checkpoint) -> tuple[int, int] | None:
+    if not training_data_here(checkpoint):
         return None
     try:
-        layout = data_layout(payload)
+        layout = data_layout(checkpoint)
         samples = layout.samples(layout.default_val_split)[:SIZE_SAMPLES]
     except DatasetError:
         return None
@@ -106,59 +106,56 @@ def evaluation_size(payload: dict) -> tuple[int, int] | None:
 
 
 def parity_samples(
-    payload: dict, data: str | None, kind: str | None, count: int, workdir: Path
+    checkpoint: Checkpoint, data: str | None, kind: str | None, count: int, workdir: Path
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict]:
     """K validation images (+ masks) from ``data``, else the training data, else synthetic."""
-    if data is None and not training_data_here(payload):
+    if data is None and not training_data_here(checkpoint):
         from s4seg.training.data.synth import write_synthetic
 
         data = write_synthetic(workdir / "synth", num_train=0, num_val=count, num_unlabeled=0)
         kind = "folder"
-    layout = data_layout(payload, data, kind)
+    layout = data_layout(checkpoint, data, kind)
     samples = layout.samples(layout.default_val_split)[:count]
     if not samples:
         raise DatasetError(f"{layout.root} has no {layout.default_val_split} images for parity")
     images = [np.asarray(layout.read_image(s)) for s in samples]
-    same_classes = list(layout.classes) == payload["classes"]
+    same_classes = list(layout.classes) == checkpoint.classes
     masks = [layout.read_mask(s) for s in samples] if same_classes else None
     source = {**layout.describe(), "split": layout.default_val_split, "with_masks": same_classes}
     return images, masks, source
 
 
-def _source(path: str, payload: dict) -> Source:
+def _source(path: str, checkpoint: Checkpoint) -> Source:
     return Source(
         path=str(Path(path).resolve()),
         sha256=sha256_file(path),
-        kind=payload["kind"],
-        trainer=payload.get("trainer"),
-        iteration=payload.get("iteration"),
-        arch=payload["arch"],
+        kind=checkpoint.kind,
+        trainer=checkpoint.trainer,
+        iteration=checkpoint.iteration,
+        arch=checkpoint.arch,
     )
 
 
 def build_graphs(
-    seg_payload: dict,
-    cls_payload: dict | None,
-    segmenter: str = "segmenter",
-    classifier: str | None = "classifier",
+    seg: Checkpoint, cls: Checkpoint | None
 ) -> tuple[dict[str, torch.nn.Module], int, dict]:
     """The four torch modules of the pipeline (eval mode), the classifier's input size and
     normalisation."""
-    norm = seg_payload["normalization"]
-    if cls_payload is not None:
-        cls_size = cls_payload["arch"]["input_size"]
-        cls_norm = cls_payload["normalization"]
-        model = classifier_from_checkpoint(cls_payload, classifier or "classifier")
+    norm = seg.normalization
+    if cls is not None:
+        cls_size = cls.arch["input_size"]
+        cls_norm = cls.normalization
+        model = classifier_from_checkpoint(cls)
         cls_graph: torch.nn.Module = g.Classifier(model)
     else:
         cls_size = NO_CLASSIFIER_VIEW_SIZE
         cls_norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        cls_graph = g.NoClassifier(len(seg_payload["classes"]))
+        cls_graph = g.NoClassifier(len(seg.classes))
     graphs: dict[str, torch.nn.Module] = {
         "preprocess": g.Preprocess(norm["mean"], norm["std"], cls_norm["mean"], cls_norm["std"]),
-        "segmenter": g.Segmenter(segmenter_from_checkpoint(seg_payload, segmenter)),
+        "segmenter": g.Segmenter(segmenter_from_checkpoint(seg)),
         "classifier": cls_graph,
-        "gate": g.Gate(seg_payload["background_index"]),
+        "gate": g.Gate(seg.background_index),
     }
     return {name: module.eval() for name, module in graphs.items()}, cls_size, cls_norm
 
@@ -200,12 +197,12 @@ def add_fp16_variant(
     manifest.variants["fp16"] = Variant(graphs=graphs, parity=figures)
 
 
-def training_images(payload: dict, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+def training_images(checkpoint: Checkpoint, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Training images (labeled split first) for INT8 calibration; synthetic scenes when the
     training data is not on this machine."""
     images: list[np.ndarray] = []
-    if training_data_here(payload):
-        layout = data_layout(payload)
+    if training_data_here(checkpoint):
+        layout = data_layout(checkpoint)
         samples = layout.samples(layout.default_train_split)[:count]
         images = [np.asarray(layout.read_image(s)) for s in samples]
     if not images:
@@ -220,7 +217,7 @@ def add_int8_variant(
     manifest: Manifest,
     work: Path,
     torch_graphs: dict[str, torch.nn.Module],
-    seg_payload: dict,
+    seg: Checkpoint,
     judged: Judged,
     log: Log,
 ) -> None:
@@ -238,7 +235,7 @@ def add_int8_variant(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     framing = Framing.of(manifest)
-    images = training_images(seg_payload, INT8_CALIBRATION_IMAGES, framing.size)
+    images = training_images(seg, INT8_CALIBRATION_IMAGES, framing.size)
     preprocess = open_onnxruntime(work / PARTS / "preprocess.onnx", ["CPUExecutionProvider"])
     seg_inputs = []
     for image in images:
@@ -344,7 +341,7 @@ def add_bf16_variant(
 
 def choose_served_tau(
     pipeline: OnnxPipeline,
-    seg_payload: dict,
+    seg: Checkpoint,
     has_classifier: bool,
     tau: float | None,
     calibrate_on: str | None,
@@ -366,7 +363,7 @@ def choose_served_tau(
         reason = f"not calibrated (--calibrate off): {unmeasured}"
         return GATE_OFF_TAU, TauChoice(method="not calibrated", reason=reason)
     try:
-        return calibrate(pipeline, seg_payload, calibrate_on, calibrate_kind, calibrate_images, log)
+        return calibrate(pipeline, seg, calibrate_on, calibrate_kind, calibrate_images, log)
     except DatasetError as error:
         if calibrate_on != "auto":
             raise
@@ -384,30 +381,31 @@ def check_request(out_dir: Path, tau: float | None, overwrite: bool) -> None:
         )
 
 
-def load_payloads(segmenter: str, classifier: str | None) -> tuple[dict, dict | None]:
+def load_checkpoints(
+    segmenter: str, classifier: str | None
+) -> tuple[Checkpoint, Checkpoint | None]:
     """Both checkpoints, checked to be of the right kind and to share their classes."""
-    seg_payload = load_checkpoint(segmenter)
-    if seg_payload.get("kind") != "segmenter":
+    seg = Checkpoint.load(segmenter)
+    if seg.kind != "segmenter":
         raise CheckpointError(
-            f"--segmenter {segmenter} is a {seg_payload.get('kind')} checkpoint, not a segmenter"
+            f"--segmenter {segmenter} is a {seg.kind} checkpoint, not a segmenter"
         )
-    classes = seg_payload["classes"]
+    classes = seg.classes
     if len(classes) > 255:
         raise ExportError(f"{len(classes)} classes do not fit the UINT8 label map (at most 255)")
     if not classifier:
-        return seg_payload, None
-    cls_payload = load_checkpoint(classifier)
-    if cls_payload.get("kind") != "classifier":
+        return seg, None
+    cls = Checkpoint.load(classifier)
+    if cls.kind != "classifier":
         raise CheckpointError(
-            f"--classifier {classifier} is a {cls_payload.get('kind')} checkpoint, "
-            "not an MLMT classifier"
+            f"--classifier {classifier} is a {cls.kind} checkpoint, not an MLMT classifier"
         )
-    if cls_payload["classes"] != classes:
+    if cls.classes != classes:
         raise CheckpointError(
-            f"{classifier} was trained on classes {cls_payload['classes'][:5]}..., "
+            f"{classifier} was trained on classes {cls.classes[:5]}..., "
             f"{segmenter} on {classes[:5]}..."
         )
-    return seg_payload, cls_payload
+    return seg, cls
 
 
 def example_inputs(num_classes: int, size: tuple[int, int], cls_size: int) -> dict:
@@ -496,8 +494,8 @@ def write_graphs(torch_graphs: dict, examples: dict, work: Path, log: Log) -> di
 
 
 def build_manifest(
-    seg_payload: dict,
-    cls_payload: dict | None,
+    seg: Checkpoint,
+    cls: Checkpoint | None,
     paths: dict[str, str],
     size: tuple[int, int],
     cls_size: int,
@@ -505,19 +503,19 @@ def build_manifest(
     graph_files: dict[str, GraphFile],
 ) -> Manifest:
     """Everything the server needs to know; parity and the served tau come later."""
-    norm = seg_payload["normalization"]
-    sources = {"segmenter": _source(paths["segmenter"], seg_payload)}
-    configs = {"segmenter": seg_payload.get("config")}
-    if cls_payload is not None:
-        sources["classifier"] = _source(paths["classifier"], cls_payload)
-        configs["classifier"] = cls_payload.get("config")
+    norm = seg.normalization
+    sources = {"segmenter": _source(paths["segmenter"], seg)}
+    configs = {"segmenter": seg.config}
+    if cls is not None:
+        sources["classifier"] = _source(paths["classifier"], cls)
+        configs["classifier"] = cls.config
     return Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         s4seg_version=__version__,
-        dataset=trained_on(seg_payload),
-        classes=list(seg_payload["classes"]),
-        palette=[list(c) for c in seg_payload["palette"]],
-        background_index=seg_payload["background_index"],
+        dataset=trained_on(seg),
+        classes=list(seg.classes),
+        palette=[list(c) for c in seg.palette],
+        background_index=seg.background_index,
         input_size=list(size),
         pad_value=list(pad_colour(norm["mean"])),
         normalization=Normalization(mean=norm["mean"], std=norm["std"]),
@@ -526,7 +524,7 @@ def build_manifest(
                 size=cls_size,
                 normalization=Normalization(mean=cls_norm["mean"], std=cls_norm["std"]),
             )
-            if cls_payload is not None
+            if cls is not None
             else None
         ),
         tau=PAPER_TAU,  # the parity check gates at the paper's tau; the served one is set later
@@ -535,8 +533,8 @@ def build_manifest(
         sources=sources,
         config_digest=digest_json(configs),
         metrics={
-            "segmenter": seg_payload.get("metrics", {}),
-            **({"classifier": cls_payload.get("metrics", {})} if cls_payload else {}),
+            "segmenter": seg.metrics,
+            **({"classifier": cls.metrics} if cls else {}),
         },
     )
 
@@ -557,7 +555,7 @@ class Judged:
 
 def variant_judging(
     manifest: Manifest,
-    seg_payload: dict,
+    seg: Checkpoint,
     parity_images: list[np.ndarray],
     parity_masks: list[np.ndarray] | None,
     parity_source: dict,
@@ -569,7 +567,7 @@ def variant_judging(
     if choice is not None and choice.method == "calibrated" and choice.data:
         data = choice.data
         images, masks, source = calibration_data(
-            seg_payload, data["root"], data.get("kind") or calibrate_kind, calibrate_images
+            seg, data["root"], data.get("kind") or calibrate_kind, calibrate_images
         )
         log(f"variants: judged on the {len(images)} calibration images at the served tau")
         return Judged(images, masks, manifest.tau, source)
@@ -600,23 +598,21 @@ def export_models(
     None for the paper's 0.2). Written into a temporary folder, renamed to ``out`` when done."""
     out_dir = Path(out)
     check_request(out_dir, tau, overwrite)
-    seg_payload, cls_payload = load_payloads(segmenter, classifier)
-    size = served_size(seg_payload, input_size, log)
-    torch_graphs, cls_size, cls_norm = build_graphs(seg_payload, cls_payload, segmenter, classifier)
-    examples = example_inputs(len(seg_payload["classes"]), size, cls_size)
+    seg, cls = load_checkpoints(segmenter, classifier)
+    size = served_size(seg, input_size, log)
+    torch_graphs, cls_size, cls_norm = build_graphs(seg, cls)
+    examples = example_inputs(len(seg.classes), size, cls_size)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         graph_files = write_graphs(torch_graphs, examples, work, log)
         paths = {"segmenter": segmenter, "classifier": classifier or ""}
-        manifest = build_manifest(
-            seg_payload, cls_payload, paths, size, cls_size, cls_norm, graph_files
-        )
+        manifest = build_manifest(seg, cls, paths, size, cls_size, cls_norm, graph_files)
         manifest.save(work / MANIFEST_NAME)
 
         # Parity: the ONNX pipeline against PyTorch on real images.
-        images, masks, source = parity_samples(seg_payload, data, kind, parity_images, work)
+        images, masks, source = parity_samples(seg, data, kind, parity_images, work)
         log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
         pipeline = OnnxPipeline.from_export(work, device="cpu")
         parity = measure_parity(torch_graphs, pipeline, images, masks)
@@ -626,18 +622,18 @@ def export_models(
 
         # The served tau: explicit, calibrated on held-out labeled images, or the gate off.
         manifest.tau, manifest.tau_choice = choose_served_tau(
-            pipeline, seg_payload, cls_payload is not None, tau, calibrate_on, calibrate_kind,
+            pipeline, seg, cls is not None, tau, calibrate_on, calibrate_kind,
             calibrate_images, log,
         )  # fmt: skip
         # Lower-precision variants are judged as they will be served: at the served tau, on the
         # calibration images (the parity images when there are none).
         if fp16 or int8 or bf16:
-            judged = variant_judging(manifest, seg_payload, images, masks, source, calibrate_kind,
+            judged = variant_judging(manifest, seg, images, masks, source, calibrate_kind,
                                      calibrate_images, log)  # fmt: skip
             if fp16:
                 add_fp16_variant(manifest, work, torch_graphs, judged, log)
             if int8:
-                add_int8_variant(manifest, work, torch_graphs, seg_payload, judged, log)
+                add_int8_variant(manifest, work, torch_graphs, seg, judged, log)
             if bf16:
                 add_bf16_variant(manifest, work, torch_graphs, judged, log)
         shutil.rmtree(work / "synth", ignore_errors=True)

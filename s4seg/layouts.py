@@ -11,6 +11,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -402,26 +403,33 @@ def open_layout(root: str | Path, kind: str = "auto") -> DataLayout:
     return LAYOUTS[kind](path)
 
 
-def trained_on(payload: dict) -> dict:
+class TrainedRun(Protocol):
+    """What the core needs of a checkpoint (``s4seg.training.checkpoint.Checkpoint``): its
+    split, which names the data set it was trained on."""
+
+    split: dict[str, Any]
+
+
+def trained_on(run: TrainedRun) -> dict:
     """A checkpoint's training data set, as resolved when it trained: ``{"root", "kind"}``."""
-    return dict(payload.get("split", {}).get("dataset", {}))
+    return dict(run.split.get("dataset", {}))
 
 
 def data_layout(
-    payload: dict, data: str | Path | None = None, kind: str | None = None
+    run: TrainedRun, data: str | Path | None = None, kind: str | None = None
 ) -> DataLayout:
     """The layout of ``data`` (its kind ``kind``, else detected), or without ``data`` of the data
-    set the checkpoint ``payload`` was trained on, in the kind it was trained with. The one place
+    set the checkpoint ``run`` was trained on, in the kind it was trained with. The one place
     the "given data, else the training data" rule lives."""
     if data is not None:
         return open_layout(data, kind or "auto")
-    dataset = trained_on(payload)
+    dataset = trained_on(run)
     if not dataset.get("root"):
         raise DatasetError("the checkpoint does not name its training data: pass the data set")
     return open_layout(dataset["root"], dataset.get("kind") or "auto")
 
 
-def training_data_here(payload: dict) -> bool:
+def training_data_here(run: TrainedRun) -> bool:
     """Whether the data set the checkpoint was trained on is on this machine."""
-    root = trained_on(payload).get("root")
+    root = trained_on(run).get("root")
     return root is not None and Path(root).is_dir()

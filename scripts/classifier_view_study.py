@@ -18,15 +18,15 @@ import torch
 from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.layouts import open_layout
 from s4seg.letterbox import Framing, classifier_view, pad_colour
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.models.classifier import classifier_from_checkpoint
 from s4seg.training.multilabel_metrics import multilabel_report
 
 
 def main(checkpoint: str, data: str) -> None:
-    payload = load_checkpoint(checkpoint, kind="classifier")
-    model = classifier_from_checkpoint(payload, checkpoint).eval()
-    side = payload["arch"]["input_size"]
+    trained = Checkpoint.load(checkpoint, kind="classifier")
+    model = classifier_from_checkpoint(trained).eval()
+    side = trained.arch["input_size"]
     layout = open_layout(data)
     classes = list(layout.classes)
     samples = layout.samples(layout.default_val_split)
@@ -37,7 +37,7 @@ def main(checkpoint: str, data: str) -> None:
         ch, cw = (h, h * 3 // 4) if i % 2 else (h * 3 // 4, w)  # 3:4 portrait, 4:3 landscape
         crops.append((image[:ch, :cw], mask[:ch, :cw]))
     size = (max(c[0].shape[0] for c in crops), max(c[0].shape[1] for c in crops))
-    framing = Framing(size, pad_colour(list(payload["normalization"]["mean"])), side)
+    framing = Framing(size, pad_colour(list(trained.normalization["mean"])), side)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 

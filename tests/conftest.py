@@ -148,17 +148,17 @@ def varied_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     (three training steps teach it "background everywhere"), so gating visibly changes maps."""
     import torch
 
-    from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
     from s4seg.training.models import segmenter_from_arch
 
-    payload = load_checkpoint(tiny_checkpoint, kind="segmenter")
+    payload = Checkpoint.load(tiny_checkpoint, kind="segmenter")
     torch.manual_seed(0)
-    model = segmenter_from_arch(payload["arch"])
+    model = segmenter_from_arch(payload.arch)
     with torch.no_grad():
         for conv in model.classifier.branches:  # larger head weights: clear winners, no near-ties
             conv.weight.normal_(0, 0.3)
-    payload["model"] = model.state_dict()
-    return save_checkpoint(payload, tmp_path_factory.mktemp("varied") / "varied.pt")
+    payload.model = model.state_dict()
+    return payload.save(tmp_path_factory.mktemp("varied") / "varied.pt")
 
 
 @pytest.fixture(scope="session")

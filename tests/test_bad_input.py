@@ -116,7 +116,7 @@ def test_corrupt_image_mid_training_names_the_file_and_keeps_progress(
     from helpers import TINY_TRAINING
 
     from s4seg.training.baseline import train_baseline
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
     from s4seg.training.config import load_config
     from s4seg.training.data.sampler import ResumableSampler
 
@@ -140,8 +140,8 @@ def test_corrupt_image_mid_training_names_the_file_and_keeps_progress(
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(DatasetError, match=f"unreadable image .*{victim.name}"):
         train_baseline(cfg, log=lambda *_: None)
-    saved = load_checkpoint(tmp_path / "run" / "last.pt", kind="segmenter")
-    assert saved["iteration"] == 2
+    saved = Checkpoint.load(tmp_path / "run" / "last.pt", kind="segmenter")
+    assert saved.iteration == 2
 
 
 def test_a_png_with_a_truncated_header_chunk_is_a_clear_422() -> None:

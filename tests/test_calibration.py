@@ -14,7 +14,7 @@ from PIL import Image
 from s4seg.export.calibration import CALIBRATION_TAUS, calibrate, choose_tau
 from s4seg.manifest import GATE_OFF_TAU, Manifest
 from s4seg.onnx_pipeline import OnnxPipeline
-from s4seg.training.checkpoint import load_checkpoint, save_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.workflows.cli import main
 
 
@@ -61,7 +61,7 @@ def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Pat
                for i in images)
     )  # fmt: skip
     data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", target)
-    payload = load_checkpoint(Manifest.load(tiny_export).sources["segmenter"].path)
+    payload = Checkpoint.load(Manifest.load(tiny_export).sources["segmenter"].path)
     tau, choice = calibrate(pipeline, payload, str(data), log=lambda *_: None)
     best = max(row["miou"] for row in choice.sweep)
     assert tau != GATE_OFF_TAU and best == pytest.approx(1.0) and best > choice.ungated_miou
@@ -94,9 +94,9 @@ def test_export_serves_the_gate_off_for_a_useless_classifier(
     tmp_path: Path, capsys,
 ) -> None:  # fmt: skip
     # A classifier that says "nothing is here" for every image and class.
-    payload = load_checkpoint(tiny_classifier)
-    payload["model"]["fc.bias"].fill_(-20.0)
-    useless = save_checkpoint(payload, tmp_path / "useless.pt")
+    payload = Checkpoint.load(tiny_classifier)
+    payload.model["fc.bias"].fill_(-20.0)
+    useless = payload.save(tmp_path / "useless.pt")
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", GATE_OFF_TAU)
     out = tmp_path / "export"
@@ -123,10 +123,10 @@ def test_an_explicit_tau_wins_and_auto_falls_back_by_name(
     from s4seg.export.exporter import choose_served_tau
 
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
-    payload = load_checkpoint(Manifest.load(tiny_export).sources["segmenter"].path)
+    payload = Checkpoint.load(Manifest.load(tiny_export).sources["segmenter"].path)
     tau, choice = choose_served_tau(pipeline, payload, True, 0.3, "auto", None, 10, print)
     assert tau == 0.3 and choice.method == "explicit"
-    payload["split"]["dataset"]["root"] = str(tmp_path / "gone")  # training data not here
+    payload.split["dataset"]["root"] = str(tmp_path / "gone")  # training data not here
     tau, choice = choose_served_tau(pipeline, payload, True, None, "auto", None, 10, print)
     # Issue 20, item 3: no unmeasured 0.2; the gate is served off and the reason says so.
     assert tau == GATE_OFF_TAU and choice.method == "not calibrated" and "gone" in choice.reason

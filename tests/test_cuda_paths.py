@@ -15,7 +15,7 @@ from fake_cuda import install
 from helpers import TINY_TRAINING
 
 from s4seg.errors import ConfigError
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.runtime import resolve_device, setup_runtime
 from s4seg.workflows.cli import main
 
@@ -84,7 +84,7 @@ def test_trainers_train_validate_and_resume_on_cuda(
     assert main(["train", trainer, "--config", "synthetic-quick", "--resume",
                  str(out / "last.pt"), "--set", "train.iterations=3"]) == 0  # fmt: skip
     assert fake.load_map_locations == ["cpu"]
-    assert load_checkpoint(out / "last.pt")["iteration"] == 3
+    assert Checkpoint.load(out / "last.pt").iteration == 3
 
 
 def test_evaluate_on_cuda_runs_fp32_without_autotuning(

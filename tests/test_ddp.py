@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import TINY_TRAINING
 
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.trains  # every test here trains a model
 
@@ -44,16 +44,16 @@ def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
                     *[f"--set={s}" for s in settings])  # fmt: skip
     assert "world size 2" in done.stderr
     assert done.stderr.count("training supervised baseline") == 1  # only rank 0 logs
-    payload = load_checkpoint(out / "last.pt")
-    assert payload["iteration"] == 3
-    assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
+    payload = Checkpoint.load(out / "last.pt")
+    assert payload.iteration == 3
+    assert all(torch.isfinite(v).all() for v in payload.model.values() if v.is_floating_point())
     # DDP really ran: the ranks trained on different shards, yet hold the same weights
     # (gradients averaged); two independent processes would have drifted apart. (Batch-norm
     # running statistics are each rank's own after its last forward, as DDP leaves them.)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     weights = [k for k in ranks[0] if not k.endswith(("running_mean", "running_var", "tracked"))]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in weights)
-    assert all(torch.equal(ranks[0][k], payload["model"][k]) for k in ranks[0])
+    assert all(torch.equal(ranks[0][k], payload.model[k]) for k in ranks[0])
 
 
 # What each trainer checkpoints besides the optimiser: its networks.
@@ -75,21 +75,22 @@ def test_ddp_resume_restores_each_ranks_own_rng(
     done = torchrun("train", trainer, "--config", "synthetic-quick",
                     *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]])  # fmt: skip
     assert "world size 2" in done.stderr
-    snapshot = load_checkpoint(straight / "snapshots" / "iter_000002.pt")
-    per_rank = snapshot["rng_per_rank"]
+    snapshot = Checkpoint.load(straight / "snapshots" / "iter_000002.pt")
+    per_rank = snapshot.rng_per_rank
     assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
     torchrun("train", trainer, "--resume", str(straight / "snapshots" / "iter_000002.pt"),
              f"--set=train.out_dir={resumed}")  # fmt: skip
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    assert a["iteration"] == b["iteration"] == 4
+    a, b = Checkpoint.load(straight / "last.pt"), Checkpoint.load(resumed / "last.pt")
+    assert a.iteration == b.iteration == 4
     for key in NETWORKS[trainer]:
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), f"{key} differs"
+        mine, theirs = getattr(a, key), getattr(b, key)
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), f"{key} differs"
     # Every rank ends with the same exported network, batch-norm statistics included: the
     # gradients are averaged and, for MLMT's teacher, the statistics too before its EMA update.
     ranks = [torch.load(straight / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     if trainer == "mlmt":
         assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
-        assert all(torch.equal(ranks[0][k], a["model"][k]) for k in ranks[0])
+        assert all(torch.equal(ranks[0][k], a.model[k]) for k in ranks[0])
 
 
 def test_a_study_cell_as_an_indexed_job_under_torchrun(synth_root: Path, tmp_path: Path) -> None:
@@ -105,8 +106,8 @@ def test_a_study_cell_as_an_indexed_job_under_torchrun(synth_root: Path, tmp_pat
     assert "world size 2" in done.stderr
     results = sorted(p.parent.name for p in (out / "runs").glob("*/result.json"))
     assert results == ["s4gan-3-s0"]  # cell 1 of [baseline-3-s0, s4gan-3-s0]
-    payload = load_checkpoint(out / "runs" / "s4gan-3-s0" / "last.pt")
-    assert payload["iteration"] == 4 and len(payload["rng_per_rank"]) == 2
+    payload = Checkpoint.load(out / "runs" / "s4gan-3-s0" / "last.pt")
+    assert payload.iteration == 4 and len(payload.rng_per_rank) == 2
     log = (out / "study.log").read_text()
     assert log.count("s4gan-3-s0: training (4 iterations)") == 1  # rank 0's books only
     assert [p.name for p in (out / "splits").iterdir()] == ["3-s0.json"]

@@ -406,13 +406,13 @@ def test_served_classifier_sees_what_training_and_evaluate_see(
     from torchvision import tv_tensors
 
     from s4seg.letterbox import Framing
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
     from s4seg.training.data.classification import eval_view
     from s4seg.training.models.classifier import classifier_from_checkpoint
 
-    payload = load_checkpoint(str(tiny_classifier), kind="classifier")
-    model = classifier_from_checkpoint(payload, str(tiny_classifier)).eval()
-    view = eval_view(payload["arch"]["input_size"])
+    trained = Checkpoint.load(tiny_classifier, kind="classifier")
+    model = classifier_from_checkpoint(trained).eval()
+    view = eval_view(trained.arch["input_size"])
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     framing = Framing.of(pipeline.manifest)
     rng = np.random.default_rng(3)

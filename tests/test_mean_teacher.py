@@ -49,7 +49,7 @@ def test_teacher_bn_modes_in_the_trainer(tmp_path) -> None:
     views."""
     from helpers import TINY_TRAINING
 
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
     from s4seg.training.data.synth import write_synthetic
     from s4seg.workflows.cli import main
 
@@ -62,11 +62,11 @@ def test_teacher_bn_modes_in_the_trainer(tmp_path) -> None:
                     f"train.out_dir={tmp_path / mode}", f"mlmt.teacher_bn={mode}"]  # fmt: skip
         assert main(["train", "mlmt", "--config", "synthetic-quick",
                      *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
-        first = load_checkpoint(tmp_path / mode / "snapshots" / "iter_000001.pt")
-        last = load_checkpoint(tmp_path / mode / "last.pt")
-        key = next(k for k in last["model"] if k.endswith("running_mean"))
-        ema = 0.5 * first["student"][key] + 0.5 * last["student"][key]
-        stats[mode] = torch.allclose(last["model"][key], ema, atol=1e-6)
+        first = Checkpoint.load(tmp_path / mode / "snapshots" / "iter_000001.pt")
+        last = Checkpoint.load(tmp_path / mode / "last.pt")
+        key = next(k for k in last.model if k.endswith("running_mean"))
+        ema = 0.5 * first.student[key] + 0.5 * last.student[key]
+        stats[mode] = torch.allclose(last.model[key], ema, atol=1e-6)
     assert stats == {"ema": True, "own": False}
 
 

@@ -23,14 +23,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serve_helpers import Served, hammer, record, serving
+from serve_helpers import Served, hammer, health_probe, record, serving
 
 from s4seg.export.repository import publish
 from s4seg.imaging import DecodedImage, ImageError, decode_image
 from s4seg.workflows.bench.report import percentile
 
 QUIET = {"log": lambda *_: None}
-CONCURRENCY = 32
+# One address holds at most three quarters of the 32 admission slots (issue 32): the load
+# generator stays within its share, so every refusal it sees comes from the scenario.
+CONCURRENCY = 24
 
 
 def rss_mib(pid: int) -> float:
@@ -77,8 +79,13 @@ def mixed_inputs(synth_root: Path) -> list[tuple[str, bytes, int]]:
     return valid * 3 + bad  # 3 valid for each bad one
 
 
-def run_load(stack: Served, bodies, until: Callable[[list], bool], during=None) -> list:
+def run_load(
+    stack: Served, bodies, until: Callable[[list], bool], during=None, limit: float = 300
+) -> list:
+    """Load from CONCURRENCY clients until ``until(results)``; past ``limit`` seconds the
+    test fails with what came back instead of hanging."""
     results: list = []
+    deadline = time.monotonic() + limit
     done = threading.Event()
     workers = [
         threading.Thread(target=hammer, args=(stack.url, bodies, done.is_set, results))
@@ -90,6 +97,9 @@ def run_load(stack: Served, bodies, until: Callable[[list], bool], during=None) 
         if during is not None:
             during(results)
         while not until(results):
+            if time.monotonic() > deadline:
+                statuses = Counter(f"{r[2]} {r[4]}" for r in results)
+                pytest.fail(f"not done after {limit:.0f} s: {len(results)} answers {statuses}")
             time.sleep(0.2)
     finally:
         done.set()
@@ -255,7 +265,7 @@ def test_training_sigkill_then_resume_equals_uninterrupted(synth_root: Path, tmp
     import torch
     from helpers import TINY_TRAINING
 
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
 
     base = [sys.executable, "-m", "s4seg", "train", "baseline", "--config", "synthetic-quick"]
     sets = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=6",
@@ -273,17 +283,17 @@ def test_training_sigkill_then_resume_equals_uninterrupted(synth_root: Path, tmp
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         last = killed / "last.pt"
-        if last.is_file() and load_checkpoint(last)["iteration"] >= 2:
+        if last.is_file() and Checkpoint.load(last).iteration >= 2:
             break
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    at_kill = load_checkpoint(killed / "last.pt")["iteration"]
+    at_kill = Checkpoint.load(killed / "last.pt").iteration
     subprocess.run([*command(killed), "--resume", "auto"], check=True, capture_output=True)
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
-    assert a["iteration"] == b["iteration"] == 6
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    a, b = Checkpoint.load(straight / "last.pt"), Checkpoint.load(killed / "last.pt")
+    assert a.iteration == b.iteration == 6
+    for name, tensor in a.model.items():
+        assert torch.equal(tensor, b.model[name]), name
     # A checkpoint cut short on disk is refused by name, never loaded half.
     truncated = tmp_path / "truncated.pt"
     data = (killed / "last.pt").read_bytes()
@@ -495,23 +505,8 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
     JPEGs that each declare 39 MP, as overlays (refused for their pixels per byte since issue
     32; before, decoded at full size)."""
     body = sorted((synth_root / "images" / "val").iterdir())[0].read_bytes()
-    health: list[float] = []
-    stop = threading.Event()
-
-    def probe() -> None:
-        while not stop.is_set():
-            start = time.monotonic()
-            assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200
-            health.append(time.monotonic() - start)
-            time.sleep(0.05)
-
-    prober = threading.Thread(target=probe)
-    prober.start()
-    try:
+    with health_probe(stack.url) as health:
         results = flood(stack.url, body, 200)
-    finally:
-        stop.set()
-        prober.join()
     counts = Counter(status for status, _ in results)
     accepted = [seconds for status, seconds in results if status == 200]
     refused = [seconds for status, seconds in results if status in (429, 503)]
@@ -549,8 +544,11 @@ def test_a_flood_past_the_bound_gets_200_or_503_and_health_stays_fast(
     # One client: at most three quarters of the uploads (48 of 64) and of the slots (24 of 32)
     # are its own (429 beyond them, issue 32); the rest of the flood is refused at once.
     assert set(counts) <= {200, 429, 503} and counts[200] >= 24, counts
-    assert pct(refused, 99) < 1.0  # refused at once, not after a queue
-    assert max(health) < 1.5  # measured 0.5 s here
+    # Refused at once, not after a queue (queued behind the flood, p99 was 7.2 s): 0.25 s on
+    # a quiet machine, 1.05 s once on CI's, with 200 connections opening on two cores.
+    assert pct(refused, 99) < 2.5
+    # Half the liveness probe's timeout (deploy/kubernetes: 5 s, three times); 0.5-1.2 s here.
+    assert health and max(health) < 2.5
     # Refused by their pixels per byte (422) since issue 32; before, served grey where the data
     # ended, each holding 39 MP of the budget.
     assert set(bomb_counts) <= {413, 422, 429}, bomb_counts  # 413: 65500 px, a side too long

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import TINY_TRAINING
 
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.workflows.cli import main
 
 pytestmark = pytest.mark.trains  # every test here trains a model
@@ -43,7 +43,7 @@ def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(
     straight = tmp_path / "straight"
     _train(trainer, [f"--set={s}" for s in settings] + [f"--set=train.out_dir={straight}"])
     snapshot = straight / "snapshots" / "iter_000002.pt"
-    assert load_checkpoint(snapshot)["iteration"] == 2
+    assert Checkpoint.load(snapshot).iteration == 2
 
     # Continue from iteration 2 elsewhere, now with a loader worker process: same augmentations.
     resumed = tmp_path / "resumed"
@@ -51,20 +51,18 @@ def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(
         trainer,
         ["--resume", str(snapshot), f"--set=train.out_dir={resumed}", "--set=data.num_workers=1"],
     )
-    a = load_checkpoint(straight / "last.pt")
-    b = load_checkpoint(resumed / "last.pt")
-    assert a["iteration"] == b["iteration"] == 5
-    assert b["split"] == a["split"]
+    a = Checkpoint.load(straight / "last.pt")
+    b = Checkpoint.load(resumed / "last.pt")
+    assert a.iteration == b.iteration == 5
+    assert b.split == a.split
     for key in STATE[trainer]:
-        assert _equal(a[key], b[key]), f"{trainer}: {key} differs after resume"
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-    for index, state in a["optimizer"]["state"].items():
-        assert torch.equal(
-            state["momentum_buffer"], b["optimizer"]["state"][index]["momentum_buffer"]
-        )
+        assert _equal(getattr(a, key), getattr(b, key)), f"{trainer}: {key} differs after resume"
+    assert a.optimizer["state"].keys() == b.optimizer["state"].keys()
+    for index, state in a.optimizer["state"].items():
+        assert torch.equal(state["momentum_buffer"], b.optimizer["state"][index]["momentum_buffer"])
     # And the run really moved: the weights differ from those at iteration 2.
-    two = load_checkpoint(snapshot)["model"]
-    assert not _equal(two, a["model"])
+    two = Checkpoint.load(snapshot).model
+    assert not _equal(two, a.model)
 
 
 def test_resume_auto_continues_the_run_in_out_dir(synth_root: Path, tmp_path: Path, capsys) -> None:
@@ -72,16 +70,16 @@ def test_resume_auto_continues_the_run_in_out_dir(synth_root: Path, tmp_path: Pa
                 f"train.out_dir={tmp_path}"]  # fmt: skip
     args = [f"--set={s}" for s in settings]
     _train("baseline", [*args, "--set=train.iterations=2", "--resume", "auto"])  # nothing yet
-    at_two = load_checkpoint(tmp_path / "last.pt")
-    assert at_two["iteration"] == 2
+    at_two = Checkpoint.load(tmp_path / "last.pt")
+    assert at_two.iteration == 2
     # A finished run extended on resume: the poly schedule is recomputed for 3 iterations, so
     # the learning rate is no longer 0 and the extra iteration moves the weights.
     _train("baseline", ["--set=train.iterations=3", "--resume", "auto", *args])
     assert "resumed from iteration 2" in capsys.readouterr().err
-    at_three = load_checkpoint(tmp_path / "last.pt")
-    assert at_three["iteration"] == 3
+    at_three = Checkpoint.load(tmp_path / "last.pt")
+    assert at_three.iteration == 3
     head = "classifier.branches.0.weight"  # a weight, not a BN statistic (those move at lr 0)
-    assert not torch.equal(at_two["model"][head], at_three["model"][head])
+    assert not torch.equal(at_two.model[head], at_three.model[head])
 
 
 # Where a Ctrl-C lands in the middle of a step: between s4GAN's S and D updates, and inside
@@ -116,9 +114,11 @@ def test_ctrl_c_in_the_middle_of_a_step_saves_a_whole_iteration(
     stopped = tmp_path / "stopped"
     args = [f"--set={s}" for s in settings] + [f"--set=train.out_dir={stopped}"]
     assert main(["train", trainer, "--config", "synthetic-quick", *args]) == 130
-    assert load_checkpoint(stopped / "last.pt")["iteration"] == 3  # the step was finished
+    assert Checkpoint.load(stopped / "last.pt").iteration == 3  # the step was finished
     monkeypatch.setattr(module, MID_STEP[trainer], real)
     _train(trainer, ["--resume", str(stopped / "last.pt"), f"--set=train.out_dir={stopped}"])
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(stopped / "last.pt")
+    a, b = Checkpoint.load(straight / "last.pt"), Checkpoint.load(stopped / "last.pt")
     for key in STATE[trainer]:
-        assert _equal(a[key], b[key]), f"{trainer}: {key} differs after an interrupted step"
+        assert _equal(getattr(a, key), getattr(b, key)), (
+            f"{trainer}: {key} differs after an interrupted step"
+        )

@@ -8,7 +8,7 @@ import pytest
 from helpers import TINY_TRAINING
 from PIL import Image
 
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.workflows.cli import main
 
 pytestmark = pytest.mark.trains  # every test here trains a model
@@ -19,13 +19,13 @@ def _run(trainer: str, root: Path, out: Path, *extra: str) -> dict:
                 f"train.out_dir={out}", *extra]  # fmt: skip
     assert main(["train", trainer, "--config", "synthetic-quick",
                  *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
-    return load_checkpoint(out / "last.pt")
+    return Checkpoint.load(out / "last.pt")
 
 
 def test_s4gan_logs_losses_d_scores_and_writes_the_plot(synth_root: Path, tmp_path: Path) -> None:
     payload = _run("s4gan", synth_root, tmp_path / "gan")
-    assert payload["kind"] == "segmenter" and payload["trainer"] == "s4gan"
-    assert {"discriminator", "optimizer_d", "scheduler_d"} <= payload.keys()
+    assert payload.kind == "segmenter" and payload.trainer == "s4gan"
+    assert payload.discriminator and payload.optimizer_d and payload.scheduler_d
     rows = list(csv.DictReader((tmp_path / "gan" / "d_scores.csv").read_text().splitlines()))
     assert len(rows) == 4
     assert all(0.0 <= float(r["d_real"]) <= 1.0 and 0.0 <= float(r["d_fake"]) <= 1.0 for r in rows)
@@ -45,13 +45,13 @@ def test_s4gan_with_every_image_labeled_uses_them_all_as_unlabeled(
     data = build_training_data(cfg.data)
     assert len(data.unlabeled) == len(data.labeled) == 8
     payload = _run("s4gan", voc_root, tmp_path / "full", *full)
-    assert payload["trainer"] == "s4gan"
+    assert payload.trainer == "s4gan"
 
 
 def test_s4gan_ablation_ce_only_leaves_d_untrained(synth_root: Path, tmp_path: Path) -> None:
 
     payload = _run("s4gan", synth_root, tmp_path / "ce", "gan.losses=ce")
-    assert payload["optimizer_d"]["state"] == {}  # D never stepped
+    assert payload.optimizer_d["state"] == {}  # D never stepped
     assert "loss_fm" not in (tmp_path / "ce" / "d_scores.csv").read_text()
 
 
@@ -60,7 +60,8 @@ def _weights_after_one_step(trainer: str, root: Path, out: Path, *extra: str) ->
                 f"train.out_dir={out}", *extra]  # fmt: skip
     assert main(["train", trainer, "--config", "synthetic-quick",
                  *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
-    return load_checkpoint(out / "last.pt")["model" if trainer != "mlmt" else "student"]
+    trained = Checkpoint.load(out / "last.pt")
+    return trained.student if trainer == "mlmt" else trained.model
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -96,9 +97,9 @@ def test_the_mlmt_step_sends_the_consistency_term_to_the_student(
 
 def test_mlmt_reports_map_and_roc(synth_root: Path, tmp_path: Path) -> None:
     payload = _run("mlmt", synth_root, tmp_path / "mlmt")
-    assert payload["kind"] == "classifier" and payload["arch"]["depth"] == 18
-    assert 0.0 <= payload["metrics"]["teacher_map"] <= 1.0
-    assert set(payload["metrics"]["teacher_per_class_ap"]) == set(payload["classes"])
+    assert payload.kind == "classifier" and payload.arch["depth"] == 18
+    assert 0.0 <= payload.metrics["teacher_map"] <= 1.0
+    assert set(payload.metrics["teacher_per_class_ap"]) == set(payload.classes)
     assert Image.open(tmp_path / "mlmt" / "roc.png").format == "PNG"
 
 
@@ -106,7 +107,7 @@ def test_mlmt_weak_label_mode(synth_root: Path, tmp_path: Path) -> None:
     labels = tmp_path / "weak.json"
     labels.write_text(json.dumps({"unlabeled/unlabeled_00000": ["background", "disc"]}))
     payload = _run("mlmt", synth_root, tmp_path / "weak", f"mlmt.weak_labels={labels}")
-    assert payload["config"]["mlmt"]["weak_labels"] == str(labels)
+    assert payload.config["mlmt"]["weak_labels"] == str(labels)
 
 
 def test_evaluate_gated_and_ungated(synth_root: Path, tmp_path: Path, capsys) -> None:

@@ -115,7 +115,7 @@ def test_ensemble_equals_onnx_runtime_and_pytorch(
 ) -> None:
     from s4seg.export.exporter import build_graphs
     from s4seg.export.parity import torch_pipeline
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
 
     images = np.stack(synth_images(synth_root))
     local_pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
@@ -125,7 +125,7 @@ def test_ensemble_equals_onnx_runtime_and_pytorch(
     np.testing.assert_array_equal(remote.labels, local.labels)
     np.testing.assert_allclose(remote.class_probs, local.class_probs, atol=1e-6)
     graphs, _, _ = build_graphs(
-        load_checkpoint(varied_checkpoint), load_checkpoint(tiny_classifier)
+        Checkpoint.load(varied_checkpoint), Checkpoint.load(tiny_classifier)
     )
     reference = torch_pipeline(graphs, images, views, 0.2)
     assert (remote.labels == reference["labels"]).mean() >= 0.999

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import TINY_TRAINING
 
-from s4seg.training.checkpoint import load_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.config import UniMatchConfig
 from s4seg.training.models import DeepLabV2, DeepLabV3Plus
 from s4seg.training.unimatch import confident_ce, cutmix_box, strong_views
@@ -73,7 +73,7 @@ def _one_step(root: Path, out: Path, *extra: str) -> dict:
                 "model.architecture=deeplabv3plus", f"train.out_dir={out}", *extra]  # fmt: skip
     assert main(["train", "unimatch", "--config", "synthetic-quick",
                  *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
-    return load_checkpoint(out / "last.pt")["model"]
+    return Checkpoint.load(out / "last.pt").model
 
 
 @pytest.mark.trains

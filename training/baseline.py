@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from s4seg import IGNORE_INDEX
 
+from .checkpoint import Checkpoint
 from .config import Config
 from .models import upsample_logits
 from .run_support import Log, log_to_stderr, runtime_for
@@ -19,7 +20,9 @@ from .segmenter_run import SegmenterRun
 from .training_run import Scalars
 
 
-def train_baseline(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
+def train_baseline(
+    cfg: Config, resumed: Checkpoint | None = None, log: Log = log_to_stderr
+) -> Path:
     """Train (continuing ``resumed``, a loaded checkpoint, if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
         run = SegmenterRun(cfg, runtime, "baseline", resumed, log)

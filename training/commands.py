@@ -11,7 +11,7 @@ from pathlib import Path
 
 from s4seg.manifest import PAPER_TAU
 
-from .config import apply_overrides, build_config, load_config
+from .config import load_config
 from .trainers import TRAINERS
 
 
@@ -59,23 +59,14 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-
     trainer = TRAINERS[args.trainer]
     cfg = load_config(args.config, args.overrides)
     if cfg.train.out_dir is None:
         cfg.train.out_dir = f"runs/{Path(args.config).stem}-{args.trainer}"
-    resumed = None
-    if args.resume:
-        path = Path(cfg.train.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
-        if args.resume != "auto" or path.is_file():
-            resumed = load_checkpoint(path, kind=trainer.produces)
-            # The run continues with the configuration it started with; --set still applies
-            # (e.g. more iterations).
-            cfg = build_config(apply_overrides(resumed["config"], args.overrides))
-    last = trainer.train(cfg, resumed)
+    # A continued run keeps the configuration it started with; --set still applies.
+    last, trained = trainer.run(cfg, args.resume, args.overrides)
     if last.is_file():
-        print(f"checkpoint: {last}")
+        print(f"checkpoint: {last}" + ("" if trained else " (already complete)"))
     return 0
 
 

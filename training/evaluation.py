@@ -17,7 +17,7 @@ from s4seg.layouts import data_layout
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.visualize import colorize, panel
 
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint
 from .data.dataset import SegmentationDataset
 from .data.transforms import eval_transform
 from .gate import DEFAULT_TAU, gated_argmax
@@ -107,14 +107,14 @@ def evaluate_checkpoint(
 
     Returns the report (figures, confusion matrix) and a readable table.
     """
-    payload = load_checkpoint(checkpoint, kind="segmenter")
-    model = segmenter_from_checkpoint(payload, checkpoint)
-    layout = data_layout(payload, data_root, kind)
+    trained = Checkpoint.load(checkpoint, kind="segmenter")
+    model = segmenter_from_checkpoint(trained)
+    layout = data_layout(trained, data_root, kind)
     classes = list(layout.classes)
-    if classes != payload["classes"]:
+    if classes != trained.classes:
         raise DatasetError(
             f"{layout.root} has classes {classes[:6]}... but {checkpoint} was trained on "
-            f"{payload['classes'][:6]}..."
+            f"{trained.classes[:6]}..."
         )
     runtime = setup_runtime(
         device, amp="off", channels_last="off", fixed_shapes=False, distributed=False
@@ -124,19 +124,19 @@ def evaluate_checkpoint(
     if classifier:
         from .data.classification import eval_view
 
-        cls_payload = load_checkpoint(classifier, kind="classifier")
-        if cls_payload["classes"] != classes:
+        gating = Checkpoint.load(classifier, kind="classifier")
+        if gating.classes != classes:
             raise CheckpointError(f"{classifier} was trained on other classes than {checkpoint}")
-        gate_model = classifier_from_checkpoint(cls_payload, classifier).to(runtime.device).eval()
-        cls_view = eval_view(cls_payload["arch"]["input_size"])
+        gate_model = classifier_from_checkpoint(gating).to(runtime.device).eval()
+        cls_view = eval_view(gating.arch["input_size"])
     split, part, samples = evaluation_samples(layout, split, part, max_images)
-    norm = payload["normalization"]
+    norm = trained.normalization
     seg_view = eval_transform(norm["mean"], norm["std"])
     taus = sorted({tau, *TAU_SWEEP}) if (tau_sweep and gate_model is not None) else [tau]
     num_classes = len(classes)
     ungated_cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     gated_cm = {t: np.zeros_like(ungated_cm) for t in taus}
-    background = payload["background_index"]
+    background = trained.background_index
     out = Path(out_dir) if out_dir else None
     for index, sample in enumerate(tqdm(samples, desc="evaluate", leave=False, disable=None)):
         image = layout.read_image(sample)
@@ -157,7 +157,7 @@ def evaluate_checkpoint(
                     shown = labels
         if out is not None and index < save_predictions:
             name = sample.id.replace("/", "_")
-            palette = payload["palette"]
+            palette = trained.palette
             (out / "predictions").mkdir(parents=True, exist_ok=True)
             colorize(shown, palette).save(out / "predictions" / f"{name}.png")
             pictures = [image, colorize(truth, palette), colorize(prediction, palette)]
@@ -172,7 +172,7 @@ def evaluate_checkpoint(
         "split": split,
         "part": part,
         "images": len(samples),
-        "iteration": payload.get("iteration"),
+        "iteration": trained.iteration,
         "protocol": "single scale, no flip",
     }
     ungated = scores(ungated_cm)

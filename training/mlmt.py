@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
-from s4seg.errors import S4segError
+from s4seg.errors import CheckpointError, S4segError
 
+from .checkpoint import Checkpoint
 from .config import Config
 from .data.classification import MultiLabelDataset, read_weak_labels
 from .data.setup import open_data, resolve_split
@@ -77,14 +78,14 @@ class MlmtRun(TrainingRun):
 
     kind = "classifier"
 
-    def __init__(self, cfg: Config, runtime: Runtime, resumed: dict | None, log: Log) -> None:
+    def __init__(self, cfg: Config, runtime: Runtime, resumed: Checkpoint | None, log: Log) -> None:
         super().__init__(cfg, runtime, "mlmt", resumed, log)
         m = cfg.mlmt
 
         # Data: labeled images with multi-hot targets from their masks (plus weak labels, if
         # given), every training image as unlabeled, val with targets for mAP.
         layout = self.layout = open_data(cfg.data)
-        split = self.split = resolve_split(cfg.data, layout, resumed["split"] if resumed else None)
+        split = self.split = resolve_split(cfg.data, layout, resumed.split if resumed else None)
         train_samples = layout.samples(split.train_split)
         labeled = select(train_samples, split.labeled, "labeled")
         unlabeled = select(train_samples, split.unlabeled, "unlabeled") + select(
@@ -132,8 +133,10 @@ class MlmtRun(TrainingRun):
         )  # fmt: skip
         self.scheduler = cosine(self.optimizer, cfg.train.iterations, m.lr, m.lr_min)
         if resumed:
-            self.student.load_state_dict(resumed["student"])
-            self.model.load_state_dict(resumed["model"])
+            if resumed.student is None:
+                raise CheckpointError(f"{resumed.source} holds no student to continue with")
+            self.student.load_state_dict(resumed.student)
+            self.model.load_state_dict(resumed.model)
             self.restore_progress()
         self.extra_state = lambda: {"student": self.student.state_dict()}
 
@@ -174,7 +177,7 @@ class MlmtRun(TrainingRun):
         )
 
 
-def train_mlmt(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
+def train_mlmt(cfg: Config, resumed: Checkpoint | None = None, log: Log = log_to_stderr) -> Path:
     """Train the MLMT classifier (continuing ``resumed`` if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
         run = MlmtRun(cfg, runtime, resumed, log)

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from s4seg import IGNORE_INDEX
+from s4seg.errors import CheckpointError
 
+from .checkpoint import Checkpoint
 from .config import Config, GanConfig
 from .losses import (
     discriminator_loss,
@@ -45,7 +47,7 @@ HISTORY_FIELDS = ("iteration", "d_real", "d_fake", "st_selected", "st_batch")
 class S4ganRun(SegmenterRun):
     """The shared segmenter run plus the discriminator, its optimiser and the D-score history."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, resumed: dict | None, log: Log) -> None:
+    def __init__(self, cfg: Config, runtime: Runtime, resumed: Checkpoint | None, log: Log) -> None:
         super().__init__(cfg, runtime, "s4gan", resumed, log)
         gan = cfg.gan
         self.discriminator = Discriminator(
@@ -56,11 +58,13 @@ class S4ganRun(SegmenterRun):
         )
         self.scheduler_d = poly(self.optimizer_d, cfg.train.iterations, cfg.optim.poly_power)
         if resumed:
-            self.discriminator.load_state_dict(resumed["discriminator"])
-            self.optimizer_d.load_state_dict(resumed["optimizer_d"])
-            self.scheduler_d.load_state_dict(resumed["scheduler_d"])
+            if resumed.discriminator is None or resumed.optimizer_d is None:
+                raise CheckpointError(f"{resumed.source} holds no discriminator to continue with")
+            self.discriminator.load_state_dict(resumed.discriminator)
+            self.optimizer_d.load_state_dict(resumed.optimizer_d)
+            self.scheduler_d.load_state_dict(resumed.scheduler_d or {})
             resync(self.scheduler_d)
-        self._history: list[dict] = list(resumed.get("d_history", [])) if resumed else []
+        self._history: list[dict] = list(resumed.d_history or []) if resumed else []
         self._window: list[dict] = []
         self.extra_state = lambda: {
             "discriminator": self.discriminator.state_dict(),
@@ -169,7 +173,7 @@ def segmenter_gan_terms(
     return GanTerms(loss, scalars)
 
 
-def train_s4gan(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
+def train_s4gan(cfg: Config, resumed: Checkpoint | None = None, log: Log = log_to_stderr) -> Path:
     """Train s4GAN (continuing ``resumed`` if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
         run = S4ganRun(cfg, runtime, resumed, log)

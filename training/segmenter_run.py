@@ -10,6 +10,7 @@ import torch
 
 from s4seg.metrics import scores
 
+from .checkpoint import Checkpoint
 from .config import Config
 from .data.setup import build_training_data
 from .evaluation import evaluate_segmenter
@@ -30,13 +31,13 @@ class SegmenterRun(TrainingRun):
     audits_pseudo_labels = False  # a trainer that logs its pseudo-labels' accuracy sets it
 
     def __init__(
-        self, cfg: Config, runtime: Runtime, trainer: str, resumed: dict | None, log: Log
+        self, cfg: Config, runtime: Runtime, trainer: str, resumed: Checkpoint | None, log: Log
     ) -> None:
         super().__init__(cfg, runtime, trainer, resumed, log)
         # The split is recorded in the checkpoint, so a resumed run uses the very same one.
         self.data = build_training_data(
             cfg.data,
-            resumed["split"] if resumed else None,
+            resumed.split if resumed else None,
             audit_unlabeled=self.audits_pseudo_labels,
         )
         self.layout, self.split = self.data.layout, self.data.split
@@ -60,7 +61,7 @@ class SegmenterRun(TrainingRun):
         )
         self.scheduler = poly(self.optimizer, cfg.train.iterations, cfg.optim.poly_power)
         if resumed:
-            self.model.load_state_dict(resumed["model"])
+            self.model.load_state_dict(resumed.model)
             self.restore_progress()
         self.best_miou = self.metrics.get("best_miou", -1.0)
 

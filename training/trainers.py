@@ -3,10 +3,13 @@ line, quickstart, doctor and the benchmarks all pick a trainer here, by name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 Train = Callable[..., Path]  # (cfg, resumed=None, log=print) -> the last checkpoint
 
@@ -42,18 +45,34 @@ class Trainer:
     produces: Literal["segmenter", "classifier"]  # the checkpoint's kind
     _load: Callable[[], Train]  # imported when it runs: `s4seg --help` never imports torch
 
-    def train(self, cfg: Any, resumed: dict | None = None, **options: Any) -> Path:
+    def train(self, cfg: Any, resumed: Checkpoint | None = None, **options: Any) -> Path:
         return self._load()(cfg, resumed, **options)
 
-    def run(self, cfg: Any, **options: Any) -> tuple[Path, bool]:
-        """Train in ``cfg.train.out_dir``, continuing from its ``last.pt`` when there is one:
-        the last checkpoint, and whether anything was trained (False: it was complete)."""
-        from .checkpoint import load_checkpoint
+    def run(
+        self,
+        cfg: Any,
+        resume: str | Path | None = "auto",
+        overrides: Sequence[str] | None = None,
+        **options: Any,
+    ) -> tuple[Path, bool]:
+        """Train in ``cfg.train.out_dir``: the one way a run starts or continues (the command
+        line, studies, doctor). ``resume``: ``"auto"`` continues from the folder's ``last.pt``
+        when there is one, a path from that checkpoint, None starts afresh. A continued run
+        keeps the configuration it started with, ``overrides`` applied on top (more
+        iterations, say); without overrides, ``cfg`` as given. Returns the last checkpoint and
+        whether anything was trained (False: it was already complete)."""
+        from .checkpoint import Checkpoint
+        from .config import apply_overrides, build_config
 
         last = Path(cfg.train.out_dir) / "last.pt"
-        resumed = load_checkpoint(last, kind=self.produces) if last.is_file() else None
-        if resumed is not None and resumed["iteration"] >= cfg.train.iterations:
-            return last, False
+        path = last if resume == "auto" else (Path(resume) if resume else None)
+        resumed = None
+        if path is not None and (resume != "auto" or path.is_file()):
+            resumed = Checkpoint.load(path, kind=self.produces)
+            if overrides is not None:
+                cfg = build_config(apply_overrides(resumed.config, list(overrides)))
+            if resumed.iteration >= cfg.train.iterations:
+                return path, False
         return self.train(cfg, resumed, **options), True
 
 

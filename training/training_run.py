@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from s4seg.errors import CheckpointError, S4segError
 from s4seg.layouts import DataLayout
 
-from .checkpoint import restore_rng_state, rng_state, save_checkpoint
+from .checkpoint import Checkpoint, restore_rng_state, rng_state
 from .config import Config
 from .data.sampler import ResumableSampler
 from .data.split import Split
@@ -88,11 +88,11 @@ class TrainingRun:
     normalization: dict
 
     def __init__(
-        self, cfg: Config, runtime: Runtime, trainer: str, resumed: dict | None, log: Log
+        self, cfg: Config, runtime: Runtime, trainer: str, resumed: Checkpoint | None, log: Log
     ) -> None:
-        if resumed is not None and resumed.get("trainer") != trainer:
+        if resumed is not None and resumed.trainer != trainer:
             raise CheckpointError(
-                f"checkpoint was written by the {resumed.get('trainer')} trainer, not {trainer}"
+                f"checkpoint was written by the {resumed.trainer} trainer, not {trainer}"
             )
         self.cfg, self.runtime, self.trainer, self.resumed, self.log = (
             cfg, runtime, trainer, resumed, log
@@ -106,20 +106,19 @@ class TrainingRun:
 
     # -- building and resuming (called by the subclass's __init__) -------------------------------
     def check_resumed_arch(self) -> None:
-        if self.resumed and self.resumed["arch"] != self.arch:
+        if self.resumed and self.resumed.arch != self.arch:
             raise CheckpointError(
-                f"checkpoint architecture {self.resumed['arch']} differs from the config's "
-                f"{self.arch}"
+                f"checkpoint architecture {self.resumed.arch} differs from the config's {self.arch}"
             )
 
     def restore_progress(self) -> None:
         """Optimiser, schedule, iteration and metrics of the resumed run (its weights are the
         subclass's to load, first)."""
         assert self.resumed is not None
-        self.optimizer.load_state_dict(self.resumed["optimizer"])
-        self.scheduler.load_state_dict(self.resumed["scheduler"])
+        self.optimizer.load_state_dict(self.resumed.optimizer)
+        self.scheduler.load_state_dict(self.resumed.scheduler)
         resync(self.scheduler)
-        self.start, self.metrics = self.resumed["iteration"], self.resumed.get("metrics", {})
+        self.start, self.metrics = self.resumed.iteration, dict(self.resumed.metrics)
 
     # -- helpers for the trainers ---------------------------------------------------------------
     def log_main(self, message: str) -> None:
@@ -193,32 +192,32 @@ class TrainingRun:
         """Hook for trainers that keep their own history (s4GAN's D-score curves)."""
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def payload(self, iteration: int, rng_per_rank: list[dict] | None = None) -> dict:
+    def checkpoint(self, iteration: int, rng_per_rank: list[dict] | None = None) -> Checkpoint:
         layout = self.layout
-        return {
-            "kind": self.kind,
-            "trainer": self.trainer,
-            "arch": self.arch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "iteration": iteration,
-            "rng": rng_state(),
+        return Checkpoint(
+            kind=self.kind,
+            trainer=self.trainer,
+            arch=self.arch,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            iteration=iteration,
+            rng=rng_state(),
             # Under torchrun each rank draws its own numbers (seeded seed + rank): every rank's
             # state, so that each resumes its own (world size checked on resume).
-            **({"rng_per_rank": rng_per_rank} if rng_per_rank else {}),
-            "config": self.cfg.to_dict(),
-            "split": self.split.as_dict(),
-            "classes": list(layout.classes),
-            "palette": [list(c) for c in layout.palette],
-            "background_index": layout.background_index,
-            "normalization": self.normalization,
-            "metrics": self.metrics,
+            rng_per_rank=rng_per_rank or None,
+            config=self.cfg.to_dict(),
+            split=self.split.as_dict(),
+            classes=list(layout.classes),
+            palette=[list(c) for c in layout.palette],
+            background_index=layout.background_index,
+            normalization=self.normalization,
+            metrics=self.metrics,
             **self.extra_state(),
-        }
+        )
 
     def save(self, name: str, iteration: int, rng_per_rank: list[dict] | None = None) -> Path:
-        return save_checkpoint(self.payload(iteration, rng_per_rank), self.out_dir / name)
+        return self.checkpoint(iteration, rng_per_rank).save(self.out_dir / name)
 
     def gather_rng(self) -> list[dict] | None:
         """Every rank's RNG state on every rank (a collective: all ranks call it together)."""
@@ -280,7 +279,7 @@ class TrainingRun:
         if self.resumed:
             # Last, after every module and stream is built: the RNG continues exactly where it
             # was saved, each rank's its own.
-            per_rank = self.resumed.get("rng_per_rank")
+            per_rank = self.resumed.rng_per_rank
             rank, world = self.runtime.rank, self.runtime.world_size
             if per_rank and len(per_rank) == world:
                 restore_rng_state(per_rank[rank])
@@ -290,7 +289,7 @@ class TrainingRun:
                         f"the checkpoint holds the RNG of {len(per_rank or [1])} rank(s), this "
                         f"run has {world}: ranks continue from rank 0's state (not exact)"
                     )
-                restore_rng_state(self.resumed["rng"])
+                restore_rng_state(self.resumed.rng)
             self.log_main(f"resumed from iteration {self.start}")
 
     def _open_outputs(self) -> None:

@@ -32,6 +32,7 @@ from torchvision.transforms import v2
 from s4seg import IGNORE_INDEX
 from s4seg.errors import ConfigError
 
+from .checkpoint import Checkpoint
 from .config import Config, UniMatchConfig
 from .losses import ohem_cross_entropy
 from .models import upsample_logits
@@ -159,7 +160,9 @@ def pseudo_label_scalars(
     return scalars
 
 
-def train_unimatch(cfg: Config, resumed: dict | None = None, log: Log = log_to_stderr) -> Path:
+def train_unimatch(
+    cfg: Config, resumed: Checkpoint | None = None, log: Log = log_to_stderr
+) -> Path:
     """Train UniMatch (continuing ``resumed`` if given); return the last checkpoint."""
     with runtime_for(cfg) as runtime:
         run = UniMatchRun(cfg, runtime, "unimatch", resumed, log)

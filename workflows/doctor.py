@@ -158,33 +158,34 @@ class Smoke:
         return "synthetic set: 16 train, 4 val, 4 unlabeled images of 64x64"
 
     def train(self, trainer: str) -> str:
-        from s4seg.training.checkpoint import load_checkpoint
+        from s4seg.training.checkpoint import Checkpoint
         from s4seg.training.trainers import TRAINERS
 
         cfg = self.config(trainer)
-        last = TRAINERS[trainer].train(cfg, log=_quiet)
-        payload = load_checkpoint(last)
+        last, _ = TRAINERS[trainer].run(cfg, resume=None, log=_quiet)
+        trained = Checkpoint.load(last)
         self.outputs[trainer] = last
-        metrics = payload.get("metrics", {})
+        metrics = trained.metrics
         figure = (
             f"teacher mAP {100 * metrics['teacher_map']:.1f}"
             if "teacher_map" in metrics
             else f"val mIoU {100 * metrics['val_miou']:.1f}"
         )
-        return f"{payload['iteration']} iterations on {_device_of(cfg)}, {figure}"
+        return f"{trained.iteration} iterations on {_device_of(cfg)}, {figure}"
 
     def resume(self) -> str:
-        from s4seg.training.baseline import train_baseline
-        from s4seg.training.checkpoint import load_checkpoint
-        from s4seg.training.config import apply_overrides, build_config
+        from s4seg.training.checkpoint import Checkpoint
+        from s4seg.training.trainers import TRAINERS
 
-        resumed = load_checkpoint(self.outputs["baseline"], kind="segmenter")
-        cfg = build_config(apply_overrides(resumed["config"], ["train.iterations=6"]))
-        last = train_baseline(cfg, resumed, log=_quiet)
-        done = load_checkpoint(last)["iteration"]
+        before = Checkpoint.load(self.outputs["baseline"], kind="segmenter").iteration
+        cfg = self.config("baseline")
+        last, _ = TRAINERS["baseline"].run(
+            cfg, self.outputs["baseline"], ["train.iterations=6"], log=_quiet
+        )
+        done = Checkpoint.load(last).iteration
         if done != 6:
             raise RuntimeError(f"resumed run ended at iteration {done}, expected 6")
-        return f"continued from iteration {resumed['iteration']} to {done}"
+        return f"continued from iteration {before} to {done}"
 
     def evaluate(self) -> str:
         from s4seg.training.evaluation import evaluate_checkpoint

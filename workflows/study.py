@@ -227,7 +227,7 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, device: str | None, log) ->
         return json.loads(result_path.read_text())
     import torch
 
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
     from s4seg.training.data.split import Split
     from s4seg.training.trainers import TRAINERS
 
@@ -237,10 +237,10 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, device: str | None, log) ->
     last, _ = TRAINERS[cell.trainer].run(cfg, log=lambda m: log(f"  {cell.name}: {m}"))
     if torchrun_rank() > 0:
         return {}  # rank 0 evaluates and writes the result
-    payload = load_checkpoint(last)
+    trained = Checkpoint.load(last)
     figures: dict[str, Any]
     if cell.trainer == "mlmt":
-        metrics = payload.get("metrics", {})
+        metrics = trained.metrics
         figures = {
             "teacher_map": metrics.get("teacher_map"),
             "student_map": metrics.get("student_map"),
@@ -264,7 +264,7 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, device: str | None, log) ->
         "pretrained": cfg.mlmt.pretrained_backbone
         if cell.trainer == "mlmt"
         else cfg.model.pretrained_backbone,
-        "iterations": payload.get("iteration"),
+        "iterations": trained.iteration,
         "wall_seconds": round(time.monotonic() - started, 1),  # this session's share
         "versions": {"s4seg": __version__, "torch": torch.__version__},
         "checkpoint": str(last),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s4seg.errors import CheckpointError, first_line
 
@@ -19,6 +19,10 @@ __all__ = [
     "segmenter_from_checkpoint",
     "upsample_logits",
 ]
+
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 
 def segmenter_arch(model_cfg: Any, num_classes: int) -> dict:
@@ -54,14 +58,15 @@ def segmenter_from_arch(arch: dict) -> Segmenter:
     raise CheckpointError(f"unknown segmenter architecture {arch.get('name')!r}")
 
 
-def segmenter_from_checkpoint(payload: dict, source: str = "checkpoint") -> Segmenter:
+def segmenter_from_checkpoint(checkpoint: Checkpoint) -> Segmenter:
     """Rebuild the segmenter a checkpoint describes and load its weights (strictly)."""
-    if payload.get("kind") != "segmenter":
-        raise CheckpointError(f"{source} is a {payload.get('kind')} checkpoint, not a segmenter")
-    model = segmenter_from_arch(payload["arch"])
+    source = checkpoint.source
+    if checkpoint.kind != "segmenter":
+        raise CheckpointError(f"{source} is a {checkpoint.kind} checkpoint, not a segmenter")
+    model = segmenter_from_arch(checkpoint.arch)
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(checkpoint.model)
     except RuntimeError as error:
         detail = first_line(error)
-        raise CheckpointError(f"{source}: weights do not fit {payload['arch']}: {detail}") from None
+        raise CheckpointError(f"{source}: weights do not fit {checkpoint.arch}: {detail}") from None
     return model

@@ -11,6 +11,7 @@ from torchvision.models import resnet
 from s4seg.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:  # only for the hint: models stay free of the config (export imports them)
+    from ..checkpoint import Checkpoint
     from ..config import MlmtConfig
 
 DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
@@ -37,14 +38,15 @@ def classifier_arch(mlmt_cfg: MlmtConfig, num_classes: int) -> dict:
     }
 
 
-def classifier_from_checkpoint(payload: dict, source: str = "checkpoint") -> nn.Module:
+def classifier_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     """The teacher of an MLMT checkpoint (what evaluation and export use)."""
-    if payload.get("kind") != "classifier":
-        raise CheckpointError(f"{source} is a {payload.get('kind')} checkpoint, not a classifier")
-    arch = payload["arch"]
+    source = checkpoint.source
+    if checkpoint.kind != "classifier":
+        raise CheckpointError(f"{source} is a {checkpoint.kind} checkpoint, not a classifier")
+    arch = checkpoint.arch
     model = multilabel_resnet(arch["num_classes"], arch["depth"])
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(checkpoint.model)
     except RuntimeError as error:
         raise CheckpointError(f"{source}: weights do not fit {arch}: {first_line(error)}") from None
     return model

@@ -26,7 +26,7 @@ from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.export.exporter import export_models
 from s4seg.letterbox import Framing, Placement
 from s4seg.onnx_pipeline import OnnxPipeline
-from s4seg.training.checkpoint import save_checkpoint
+from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.models import segmenter_from_arch
 from s4seg.training.models.classifier import multilabel_resnet
 
@@ -51,36 +51,30 @@ def random_checkpoints(folder: Path, depth: int, cls_depth: int, cls_size: int) 
         "aspp_rates": [6, 12, 18, 24],
         "freeze_bn_affine": True,
     }
-    segmenter = save_checkpoint(
-        {
-            **common,
-            "kind": "segmenter",
-            "trainer": "bench",
-            "arch": arch,
-            "model": segmenter_from_arch(arch).state_dict(),
-            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "config": {"data": {"crop_size": [321, 321]}},
-        },
-        folder / "segmenter.pt",
-    )
+    segmenter = Checkpoint(
+        **common,
+        kind="segmenter",
+        trainer="bench",
+        arch=arch,
+        model=segmenter_from_arch(arch).state_dict(),
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        config={"data": {"crop_size": [321, 321]}},
+    ).save(folder / "segmenter.pt")
     cls_arch = {
         "name": "resnet-multilabel",
         "depth": cls_depth,
         "num_classes": len(classes),
         "input_size": cls_size,
     }
-    classifier = save_checkpoint(
-        {
-            **common,
-            "kind": "classifier",
-            "trainer": "bench",
-            "arch": cls_arch,
-            "model": multilabel_resnet(len(classes), cls_depth).state_dict(),
-            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "config": {},
-        },
-        folder / "classifier.pt",
-    )
+    classifier = Checkpoint(
+        **common,
+        kind="classifier",
+        trainer="bench",
+        arch=cls_arch,
+        model=multilabel_resnet(len(classes), cls_depth).state_dict(),
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        config={},
+    ).save(folder / "classifier.pt")
     return str(segmenter), str(classifier)
 
 

@@ -28,12 +28,12 @@ def create_app(export: str | None = None) -> FastAPI:
     import torch  # here, so that importing this module (bench serve does) costs nothing
 
     from s4seg.export.exporter import build_graphs
-    from s4seg.training.checkpoint import load_checkpoint
+    from s4seg.training.checkpoint import Checkpoint
 
     manifest = Manifest.load(export or os.environ.get(EXPORT_VARIABLE, "."))
     graphs, _, _ = build_graphs(
-        load_checkpoint(manifest.sources["segmenter"].path),
-        load_checkpoint(manifest.sources["classifier"].path)
+        Checkpoint.load(manifest.sources["segmenter"].path),
+        Checkpoint.load(manifest.sources["classifier"].path)
         if "classifier" in manifest.sources
         else None,
     )
