@@ -9,6 +9,7 @@ between client addresses)."""
 from __future__ import annotations
 
 import io
+import os
 import signal
 import socket
 import threading
@@ -29,6 +30,9 @@ from s4seg.workflows.bench.report import percentile
 
 pytestmark = pytest.mark.slow
 QUIET = {"log": lambda *_: None}
+# How long each attack lasts: 20 s holds every scenario's figures in CI's budget;
+# RELIABILITY's were made with S4SEG_HOSTILE_SECONDS=60 (30 for the trickle and the hog).
+SECONDS = float(os.environ.get("S4SEG_HOSTILE_SECONDS", "20"))
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -90,9 +94,9 @@ def stack(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield server
 
 
-def test_many_scan_jpegs_for_a_minute_leave_threads_and_memory_flat(stack: Served) -> None:
+def test_many_scan_jpegs_leave_threads_and_memory_flat(stack: Served) -> None:
     """Item 1 (C1): three clients send JPEGs of 1,000 progressive scans (13 s of decoding each
-    before) for a minute beside an ordinary client."""
+    before) for SECONDS beside an ordinary client."""
     crafted = many_scan_jpeg(1000)
     stop = threading.Event()
     statuses: Counter[int] = Counter()
@@ -113,14 +117,14 @@ def test_many_scan_jpegs_for_a_minute_leave_threads_and_memory_flat(stack: Serve
                                 daemon=True)]  # fmt: skip
     for thread in threads[3:]:
         thread.start()
-    time.sleep(60)
+    time.sleep(SECONDS)
     stop.set()
     for thread in threads:
         thread.join(30)
     threads_seen = [s["Threads"] for s in samples]
     rss = [s["VmRSS"] / 1024 for s in samples]
     figures = {
-        "seconds": 60,
+        "seconds": SECONDS,
         "crafted_by_status": {str(k): v for k, v in sorted(statuses.items())},
         "crafted_p99_s": round(percentile(seconds, 0.99), 3),
         "gateway_threads_min_max": [min(threads_seen), max(threads_seen)],
@@ -199,7 +203,7 @@ def trickle(url: str, stop: threading.Event, outcomes: list) -> None:
 
 def test_trickling_uploads_do_not_keep_a_photo_out(stack: Served) -> None:
     """Item 2 (H1): 32 connections trickling a byte every 9 s (admitted, they held every slot
-    for 30 s each), beside an ordinary client, for 30 s."""
+    for 30 s each), beside an ordinary client, for SECONDS / 2 (at least 10 s)."""
     stop = threading.Event()
     outcomes: list[tuple[str, float]] = []
     answers: list[tuple[int, float]] = []
@@ -207,7 +211,7 @@ def test_trickling_uploads_do_not_keep_a_photo_out(stack: Served) -> None:
     time.sleep(1)
     photos = threading.Thread(target=ordinary, args=(stack.url, stop, answers), daemon=True)
     photos.start()
-    time.sleep(30)
+    time.sleep(max(10, SECONDS / 2))
     stop.set()
     for thread in [*threads, photos]:
         thread.join(30)
@@ -226,7 +230,7 @@ def test_trickling_uploads_do_not_keep_a_photo_out(stack: Served) -> None:
 
 def test_one_clients_pixel_hogs_do_not_keep_another_clients_photos_out(stack: Served) -> None:
     """Item 3 (H2): one client keeps 20 uploads of a 39 MP image (a 12 KB flat JPEG) in
-    flight, as overlays; another client's photos, for 30 s."""
+    flight, as overlays; another client's photos, for SECONDS / 2 (at least 10 s)."""
     hog = io.BytesIO()
     Image.new("RGB", (7800, 5000), (90, 120, 30)).save(hog, "JPEG", quality=50)
     hog_bytes = hog.getvalue()
@@ -243,7 +247,7 @@ def test_one_clients_pixel_hogs_do_not_keep_another_clients_photos_out(stack: Se
     time.sleep(2)
     photos = threading.Thread(target=ordinary, args=(stack.url, stop, answers), daemon=True)
     photos.start()
-    time.sleep(30)
+    time.sleep(max(10, SECONDS / 2))
     stop.set()
     for thread in [*threads, photos]:
         thread.join(120)
