@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
 
-from s4seg.workflows.study import scalar_curve
+from s4seg.workflows.study.plots import scalar_curve
 
 
 def draw(out: Path, studies: dict[str, Path]) -> None:

@@ -135,7 +135,8 @@ def test_job_counts_match_what_the_commands_expect(overlay) -> None:
     """The predict Job's shard count is its completions; the study Job has one pod per cell of
     its preset; torchrun starts one process per GPU the pod gets."""
     from s4seg.workflows.cli import build_parser
-    from s4seg.workflows.study import load_spec, spec_from_args
+    from s4seg.workflows.commands import study_request
+    from s4seg.workflows.study import load_spec, resolve_spec
 
     name, objects = overlay
     predict = find(objects, "Job", "s4seg-predict")
@@ -146,7 +147,9 @@ def test_job_counts_match_what_the_commands_expect(overlay) -> None:
     study = find(objects, "Job", "s4seg-study-cell")
     args = build_parser().parse_args(s4seg_argv(container(study)["command"]))
     assert args.cell == "auto" and load_spec(args.preset)
-    cells = spec_from_args(args, Path("/nonexistent")).cells()
+    request = study_request(args)
+    cells = resolve_spec(Path("/nonexistent"), request.preset, request.config, request.methods,
+                         request.labels, request.seeds, request.overrides).cells()  # fmt: skip
     assert study["spec"]["completionMode"] == "Indexed"
     assert study["spec"]["completions"] == len(cells)
 

@@ -169,6 +169,8 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "6 cells" in dry.stdout and "s4seg train s4gan --config synthetic-quick" in dry.stdout
     assert "s/iteration" in dry.stdout and not (tmp_path / "dry").exists()
+    assert "timed on cpu" in dry.stdout  # what it timed, where, and how far it is
+    assert "dry run: timing s4gan's step (2/3): ResNet-18" in dry.stderr
 
 
 @pytest.mark.parametrize(
@@ -186,13 +188,20 @@ def test_the_study_presets_list_their_cells(
 ) -> None:
     """The GPU presets' dry runs (the step timing is bench train's, tested above on a tiny
     model; here it is stubbed: a ResNet-101 step takes a minute on these CPUs)."""
-    from s4seg.workflows import study
+    from s4seg.workflows.study import runner
 
-    monkeypatch.setattr(study, "step_seconds", lambda cfg, device: {"baseline": 0.5})
+    monkeypatch.setattr(runner, "step_seconds", lambda cfg, device: {"baseline": 0.5})
     assert main(["study", "--preset", preset, "--out", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"{cells} cells" in out and out.count("s4seg train ") == cells
     assert not (tmp_path / "s").exists()
+    # Recorded step times (bench train's, for the device the study will run on): nothing timed.
+    monkeypatch.setattr(runner, "step_seconds", None)
+    given = "baseline=0.5,s4gan=1,unimatch=1.25"
+    argv = ["study", "--preset", preset, "--out", str(tmp_path / "s"), "--dry-run"]
+    assert main([*argv, "--step-seconds", given]) == 0
+    out = capsys.readouterr().out
+    assert "baseline 0.50 s/iteration" in out and "(given)" in out
 
 
 def test_cpu_presets_train_batch_norm_and_old_studies_keep_their_settings() -> None:

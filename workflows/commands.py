@@ -6,11 +6,16 @@ code when it runs, so ``s4seg --help`` and the serving commands never import tor
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from s4seg.defaults import REPOSITORY
 from s4seg.holdout import PARTS
 from s4seg.manifest import PAPER_TAU
 from s4seg.serving.commands import add_serve_arguments, settings_from
+
+if TYPE_CHECKING:
+    from .study import StudyRequest
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
@@ -45,10 +50,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_export(args)
 
 
+def study_request(args: argparse.Namespace) -> StudyRequest:
+    """``s4seg study``'s flags as the study's request (the one place its flags are read)."""
+    from .study import StudyRequest
+
+    split = lambda text: text.split(",") if text else None  # noqa: E731
+    return StudyRequest(
+        out=Path(args.out), preset=args.preset, config=args.config, methods=split(args.methods),
+        labels=split(args.labels),
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        overrides=args.overrides, jobs=args.jobs, cell=args.cell, device=args.device,
+        dry_run=args.dry_run, report=args.report, step_seconds=args.step_seconds,
+    )  # fmt: skip
+
+
+def step_times(text: str) -> dict[str, float]:
+    """``baseline=0.21,s4gan=0.45``: seconds per iteration by trainer."""
+    try:
+        pairs = (item.split("=") for item in text.split(","))
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give TRAINER=SECONDS pairs, e.g. baseline=0.21,s4gan=0.45, not {text!r}"
+        ) from None
+
+
 def run_study(args: argparse.Namespace) -> int:
     from .study import run_study as study
 
-    return study(args)
+    return study(study_request(args))
 
 
 def run_bench_train(args: argparse.Namespace) -> int:
@@ -201,6 +231,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument(
         "--dry-run", action="store_true", help="print the cells, their commands and a time estimate"
     )
+    study.add_argument(
+        "--step-seconds", type=step_times, metavar="TRAINER=S,...",
+        help="the dry run's seconds per iteration (e.g. bench train's figures for the GPU the "
+        "study will run on) instead of timing the steps here",
+    )  # fmt: skip
     study.add_argument(
         "--report", action="store_true",
         help="write study.json/md/png and curves.png from the finished cells; train nothing",

@@ -193,27 +193,32 @@ def time_case(
     trainer: str,
     depth: int,
     precision: str,
-    args: argparse.Namespace,
+    *,
+    device: str,
+    batch_size: int,
+    crop: int,
+    warmup: int,
+    iterations: int,
     compile_model: bool = False,
 ) -> dict:
     amp, channels_last = PRECISIONS[precision]
-    runtime = setup_runtime(args.device, amp, channels_last)
+    runtime = setup_runtime(device, amp, channels_last)
     torch.manual_seed(0)
-    step = STEPS[trainer](runtime, depth, args.batch_size, args.crop)
+    step = STEPS[trainer](runtime, depth, batch_size, crop)
     if compile_model:
         step = torch.compile(step)
     if runtime.on_cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(runtime.device)
     # Warm-up outside the window: cuDNN autotuning (benchmark mode), torch.compile, allocator.
-    time_calls(step, 0, args.warmup, synchronize=runtime.synchronize)
+    time_calls(step, 0, warmup, synchronize=runtime.synchronize)
     flops = count_flops(step) if not compile_model else None
     runtime.synchronize()
-    times = time_calls(step, args.iterations, synchronize=runtime.synchronize)
+    times = time_calls(step, iterations, synchronize=runtime.synchronize)
     median = statistics.median(times)
     deciles = statistics.quantiles(times, n=10) if len(times) >= 2 else [median] * 9
     peak = peak_flops(runtime)
-    images = args.batch_size * (2 if trainer in ("s4gan", "unimatch") else 1)
+    images = batch_size * (2 if trainer in ("s4gan", "unimatch") else 1)
     return {
         "trainer": trainer,
         "depth": depth,
@@ -256,7 +261,9 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     for depth, precision, compiled in default_cases(args, on_cuda):
         label = f"{args.trainer} ResNet-{depth} {precision}{' + compile' if compiled else ''}"
         print(f"bench train: {label} ...", file=sys.stderr, flush=True)
-        row = time_case(args.trainer, depth, precision, args, compiled)
+        row = time_case(args.trainer, depth, precision, device=args.device,
+                        batch_size=args.batch_size, crop=args.crop, warmup=args.warmup,
+                        iterations=args.iterations, compile_model=compiled)  # fmt: skip
         rows.append(row)
         print(
             f"  median {1000 * row['median_s']:.1f} ms/it (p10 {1000 * row['p10_s']:.1f}, "
