@@ -8,7 +8,8 @@ from s4seg.errors import S4segError
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import PipelineOutput, check_batch
 from s4seg.repository import ENSEMBLE
-from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, LABELS, SCORES, SUPPRESSED, TAU
+from s4seg.tensors import CLASS_PROBS, LABELS, SCORES, SUPPRESSED
+from s4seg.triton_request import ensemble_inputs
 
 
 class TritonPipeline:
@@ -37,13 +38,7 @@ class TritonPipeline:
         """As ``OnnxPipeline.run``: canvases and the classifier's views."""
         check_batch(images, views, self.manifest.classifier_view_size)
         tau = self.manifest.request_tau(tau)
-        image = self._http.InferInput(IMAGE.name, list(images.shape), IMAGE.wire_type)
-        image.set_data_from_numpy(np.ascontiguousarray(images))
-        view = self._http.InferInput(CLS_IMAGE.name, list(views.shape), CLS_IMAGE.wire_type)
-        view.set_data_from_numpy(np.ascontiguousarray(views))
-        taus = self._http.InferInput(TAU.name, [len(images), 1], TAU.wire_type)
-        taus.set_data_from_numpy(np.full((len(images), 1), tau, dtype=TAU.dtype))
-        result = self.client.infer(ENSEMBLE, [image, view, taus])
+        result = self.client.infer(ENSEMBLE, ensemble_inputs(self._http, images, views, tau))
         self.last_version = result.get_response().get("model_version")
         return PipelineOutput(
             result.as_numpy(LABELS.name),

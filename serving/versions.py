@@ -49,6 +49,7 @@ from s4seg.repository import (
     write_status,
 )
 from s4seg.triton_config import ensemble_config, step_config, to_pbtxt
+from s4seg.triton_request import infer_input
 
 from .triton import ADMIN_HEADER
 
@@ -289,11 +290,10 @@ class VersionManager:
 
         client = http.InferenceServerClient(self.url.removeprefix("http://"))
         try:
-            tensors = []
-            for name, value in inputs.items():
-                tensor = http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-                tensor.set_data_from_numpy(value)
-                tensors.append(tensor)
+            tensors = [
+                infer_input(http, name, value.shape, np_to_triton_dtype(value.dtype), value)
+                for name, value in inputs.items()
+            ]
             result = client.infer(model, tensors, model_version=str(version))
             return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
         except InferenceServerException as error:

@@ -19,7 +19,8 @@ import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from s4seg.repository import ENSEMBLE
-from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, MAP_BACK_OUTPUTS, SCORES, SUPPRESSED, TAU
+from s4seg.tensors import CLASS_PROBS, IMAGE, SCORES, SUPPRESSED
+from s4seg.triton_request import ensemble_inputs, map_back_outputs
 
 from .metrics import TRITON_ERRORS
 from .shared_memory import NoRoom, NoSlot, SharedMemoryPool
@@ -105,15 +106,10 @@ class TritonEnsemble:
         of the deadline as the request's timeout, so its queues drop the request when nobody
         waits for it any more (the steps' queue policy allows the override). The classifier's
         view is small (s x s x 3 bytes) and always goes inline."""
-        kind = self.kind
-        batch = canvas[None].astype(IMAGE.dtype, copy=False)
-        image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
-        views = view[None].astype(CLS_IMAGE.dtype, copy=False)
-        view_in = kind.InferInput(CLS_IMAGE.name, list(views.shape), CLS_IMAGE.wire_type)
-        view_in.set_data_from_numpy(views)
-        taus = kind.InferInput(TAU.name, [1, 1], TAU.wire_type)
-        taus.set_data_from_numpy(np.array([[tau]], dtype=TAU.dtype))
-        outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
+        batch = np.ascontiguousarray(canvas[None], dtype=IMAGE.dtype)
+        inputs = ensemble_inputs(self.kind, batch, view[None], tau, inline_image=not via_shm)
+        image = inputs[0]
+        outputs = map_back_outputs(self.kind)
         client = self.grpc if self.grpc is not None else self.client
         until = time.monotonic() + wait
 
@@ -123,7 +119,7 @@ class TritonEnsemble:
             extra = {"client_timeout": left} if self.grpc is not None else {}
             return client.infer(
                 ENSEMBLE,
-                [image, view_in, taus],
+                inputs,
                 model_version=version,  # the version it was framed for ("": the served one)
                 outputs=outputs,
                 timeout=int(left * 1e6),
@@ -131,7 +127,8 @@ class TritonEnsemble:
             )
 
         if not via_shm or self.pool is None:
-            image.set_data_from_numpy(batch)
+            if via_shm:  # asked for, but there is no pool: inline after all
+                image.set_data_from_numpy(batch)
             result = await infer()
             return self._unpack(result, result.as_numpy(SCORES.name))
         scores_bytes = 4 * classes * canvas.shape[0] * canvas.shape[1]

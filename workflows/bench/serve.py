@@ -47,7 +47,8 @@ from s4seg.repository import (
     version_pipeline,
 )
 from s4seg.serving.triton import free_port
-from s4seg.tensors import CLS_IMAGE, IMAGE, MAP_BACK_OUTPUTS, SCORES, TAU
+from s4seg.tensors import CLS_IMAGE, IMAGE, SCORES
+from s4seg.triton_request import ensemble_inputs, map_back_outputs
 
 from . import cpu_time, naive_endpoint
 from .limits import network_flops, peak_gflops
@@ -240,16 +241,7 @@ def hop_callers(triton_url: str, grpc_url: str, framed: Framed, tau: float) -> d
     local = threading.local()
     regions: list[tuple] = []
     lock = threading.Lock()
-    taus = np.array([[tau]], dtype=TAU.dtype)
     canvas, batch, views = framed.canvas, framed.canvas[None], framed.view[None]
-
-    def tensors(kind):
-        image = kind.InferInput(IMAGE.name, list(batch.shape), IMAGE.wire_type)
-        view = kind.InferInput(CLS_IMAGE.name, list(views.shape), CLS_IMAGE.wire_type)
-        view.set_data_from_numpy(views)
-        tau_in = kind.InferInput(TAU.name, [1, 1], TAU.wire_type)
-        tau_in.set_data_from_numpy(taus)
-        return image, view, tau_in
 
     def inline(kind, url: str) -> Callable[[bytes], np.ndarray]:
         """Tensors in the request and response bodies, one client per thread."""
@@ -258,10 +250,8 @@ def hop_callers(triton_url: str, grpc_url: str, framed: Framed, tau: float) -> d
             clients = local.__dict__.setdefault("inline", {})
             if kind not in clients:
                 clients[kind] = kind.InferenceServerClient(url)
-            image, view, tau_in = tensors(kind)
-            image.set_data_from_numpy(batch)
-            outputs = [kind.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
-            result = clients[kind].infer(ENSEMBLE, [image, view, tau_in], outputs=outputs)
+            inputs = ensemble_inputs(kind, batch, views, tau)
+            result = clients[kind].infer(ENSEMBLE, inputs, outputs=map_back_outputs(kind))
             return result.as_numpy(SCORES.name)
 
         return call
@@ -283,11 +273,11 @@ def hop_callers(triton_url: str, grpc_url: str, framed: Framed, tau: float) -> d
             local.shm = (client, name, handles, out_bytes)
         client, name, (handle_in, handle_out), out_bytes = local.shm
         shm.set_shared_memory_region(handle_in, [batch])
-        image, view, tau_in = tensors(httpclient)
-        image.set_shared_memory(f"{name}_in", batch.nbytes)
-        outputs = [httpclient.InferRequestedOutput(t.name) for t in MAP_BACK_OUTPUTS]
+        inputs = ensemble_inputs(httpclient, batch, views, tau, inline_image=False)
+        inputs[0].set_shared_memory(f"{name}_in", batch.nbytes)
+        outputs = map_back_outputs(httpclient)
         outputs[0].set_shared_memory(f"{name}_out", out_bytes)  # the scores; the rest inline
-        result = client.infer(ENSEMBLE, [image, view, tau_in], outputs=outputs)
+        result = client.infer(ENSEMBLE, inputs, outputs=outputs)
         shape = result.get_output(SCORES.name)["shape"]
         return shm.get_contents_as_numpy(handle_out, np.float32, shape).copy()
 
