@@ -9,10 +9,15 @@ four).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from onnx import compose
 
+from s4seg.manifest import GraphFile, sha256_file
 from s4seg.tensors import FOLDED_INPUTS, GRAPH_IO
+
+from .onnx_export import signature
 
 PREFIX = "pre_"
 
@@ -57,3 +62,25 @@ def fold_preprocess(
     pruned.graph.name = f"{step}_folded"
     onnx.checker.check_model(pruned)
     return pruned
+
+
+# Inside the work folder while exporting: the preprocess graph and the networks alone, before
+# folding (INT8 calibrates and FP16 converts the network alone); removed when export is done.
+PARTS = "parts"
+
+
+def graph_file(path: Path, precision: str = "fp32") -> GraphFile:
+    return GraphFile(
+        file=path.name, sha256=sha256_file(path), precision=precision, **signature(path)
+    )  # type: ignore[arg-type]
+
+
+def fold_network(
+    work: Path, step: str, network: Path, name: str, precision: str = "fp32"
+) -> GraphFile:
+    """``work/<name>.onnx``: the preprocess part for ``step`` folded into ``network``."""
+    preprocess = onnx.load(str(work / PARTS / "preprocess.onnx"))
+    path = work / f"{name}.onnx"
+    onnx.save(fold_preprocess(preprocess, onnx.load(str(network)), step), str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return graph_file(path, precision)

@@ -294,7 +294,7 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
 ) -> None:  # fmt: skip
     import onnx
 
-    from s4seg.export import exporter
+    from s4seg.export import exporter, variants
     from s4seg.export.repository import PublishError, publish
     from s4seg.repository import version_pipeline
 
@@ -312,8 +312,8 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     assert parity.judged_on["ids"] == manifest.tau_choice.data["ids"]
     assert parity.gated_miou_drop is not None
     assert parity.passed == (
-        parity.label_agreement >= exporter.INT8_MIN_LABEL_AGREEMENT
-        and parity.gated_miou_drop <= exporter.INT8_MAX_MIOU_DROP
+        parity.label_agreement >= variants.INT8_MIN_LABEL_AGREEMENT
+        and parity.gated_miou_drop <= variants.INT8_MAX_MIOU_DROP
     )
     if parity.passed:
         # OpenVINO runs the same QDQ graph with its own kernels: judged again, by the same rule
@@ -334,7 +334,7 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
         assert out.labels.shape == (1, 64, 64) and out.scores.shape == (1, 7, 64, 64)
 
     # A rule no quantized model can meet: the variant is refused, the reason kept, no file.
-    monkeypatch.setattr(exporter, "INT8_MIN_LABEL_AGREEMENT", 1.01)
+    monkeypatch.setattr(variants, "INT8_MIN_LABEL_AGREEMENT", 1.01)
     refused = exporter.export_models(
         str(varied_checkpoint), None, str(tmp_path / "refused"), input_size=(64, 64),
         data=str(synth_root), parity_images=2, int8=True, log=lambda *_: None,
