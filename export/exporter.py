@@ -325,7 +325,7 @@ def build_manifest(
     )
 
 
-def export_models(
+def export_models(  # noqa: PLR0913 (the export flags one by one; a request object is next)
     segmenter: str,
     classifier: str | None,
     out: str,

@@ -115,7 +115,7 @@ def compare_classes(new: Manifest, served: Manifest) -> str | None:
     return None
 
 
-def publish(
+def publish(  # noqa: PLR0913 (the publish flags one by one; a request object is next)
     export_dir: str | Path,
     repository: str | Path = REPOSITORY,
     runtime: str = "python",

@@ -31,7 +31,7 @@ class Pipeline(Protocol):
     ) -> PipelineOutput: ...
 
 
-def evaluate_pipeline(
+def evaluate_pipeline(  # noqa: PLR0913 (what to evaluate and how, by keyword)
     pipeline: Pipeline,
     data: str,
     kind: str | None = None,

@@ -91,7 +91,7 @@ class LoadError(Exception):
 
 
 class VersionManager:
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the manager's settings, by keyword)
         self,
         repository: str | Path,
         triton_url: str,

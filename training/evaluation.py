@@ -88,7 +88,7 @@ def format_comparison(class_names: list[str], ungated, gated, tau: float) -> str
     return "\n".join(rows)
 
 
-def evaluate_checkpoint(
+def evaluate_checkpoint(  # noqa: PLR0913, PLR0915 (gated and sweep evaluation in one pass)
     checkpoint: str,
     data_root: str | None = None,
     kind: str | None = None,

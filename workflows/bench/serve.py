@@ -404,7 +404,7 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
     return statistics.median(latencies) * 1000, percentile(latencies, 0.99) * 1000
 
 
-def bench_serve(args: argparse.Namespace) -> str:
+def bench_serve(args: argparse.Namespace) -> str:  # noqa: C901, PLR0912, PLR0915 (to be split like study)
     repository = Path(args.repository)
     version = served_version(repository)
     if version is None:

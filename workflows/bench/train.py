@@ -189,7 +189,7 @@ def count_flops(step: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def time_case(
+def time_case(  # noqa: PLR0913 (one benchmark case, by keyword)
     trainer: str,
     depth: int,
     precision: str,

@@ -45,7 +45,7 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
+def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:  # noqa: C901, PLR0912 (one panel a question, in one figure)
     """The training curves behind the figures: every segmenter's validation mIoU (whether a
     run was still rising); for s4GAN, D(real), D(fake) and the share of unlabeled samples
     self-trained on; for UniMatch, the share of unlabeled pixels above the confidence

@@ -98,7 +98,7 @@ async def read_image_bytes(request: Request) -> bytes:
         504: {"description": "no answer within the request deadline"},
     },
 )
-async def segment(
+async def segment(  # noqa: PLR0913 (a route: its query parameters and dependencies)
     request: Request,
     settings: SettingsDep,
     triton: TritonDep,
