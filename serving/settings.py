@@ -19,9 +19,9 @@ class ServeSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="gateway address (0.0.0.0 to serve other hosts)")
     port: int = Field(8080, description="gateway port")
     triton_host: str = Field("127.0.0.1", description="Triton's ports bind here (keep loopback)")
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
+    triton_http_port: int = Field(8000, description="Triton's HTTP port (when started here)")
+    triton_grpc_port: int = Field(8001, description="Triton's gRPC port (when started here)")
+    triton_metrics_port: int = Field(8002, description="Triton's metrics port (when started here)")
     triton_url: str | None = Field(None, description="use a Triton already running here instead")
     triton_grpc_url: str | None = Field(
         None, description="its gRPC address (with triton_url; without it requests use HTTP)"

@@ -100,3 +100,17 @@ def test_the_locks_pin_every_requirement_with_hashes_at_or_above_its_floor() -> 
               "h11": "0.16.0"}  # fmt: skip
     for name, floor in floors.items():
         assert Version(installed(name)) >= Version(floor), (name, installed(name))
+
+
+def test_the_settings_table_in_the_docs_is_made_from_serve_settings() -> None:
+    """docs/serving.md's table of S4SEG_* settings is generated (scripts/settings_table.py)
+    from ServeSettings, its one source: a setting added, renamed or given another default
+    without regenerating it fails here."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from settings_table import DOC, settings_table, with_table
+    finally:
+        sys.path.pop(0)
+    text = DOC.read_text()
+    assert with_table(text) == text, "run: python scripts/settings_table.py"
+    assert "| `S4SEG_MAX_IN_FLIGHT` | 32 |" in settings_table()
