@@ -13,7 +13,8 @@ from PIL import Image
 
 from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
-from s4seg.workflows.bench.serve import SIZES, model_alone, size_images
+from s4seg.workflows.bench.serve_alone import model_alone
+from s4seg.workflows.bench.serve_callers import SIZES, size_images
 
 
 def test_model_alone_tries_every_engine_and_layout_and_counts_images(

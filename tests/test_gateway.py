@@ -160,7 +160,7 @@ def test_the_hop_alone_by_http_grpc_and_shared_memory_gives_the_same_scores(
     (the shared-memory regions are registered, used, then unregistered and removed)."""
     from s4seg.letterbox import Framing
     from s4seg.onnx_pipeline import OnnxPipeline
-    from s4seg.workflows.bench.serve import hop_callers
+    from s4seg.workflows.bench.serve_callers import hop_callers
 
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)

@@ -110,9 +110,15 @@ def run_bench_mapback(args: argparse.Namespace) -> int:
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:
-    from .bench.serve import bench_serve
+    from .bench.serve import ServeBenchRequest, bench_serve
 
-    bench_serve(args)
+    request = ServeBenchRequest(
+        repository=Path(args.repository), images=args.images, requests=args.requests,
+        concurrency=args.concurrency, hop_concurrency=args.hop_concurrency,
+        size_repeats=args.size_repeats, variants=args.variants, window=args.window,
+        windows=args.windows, log_dir=Path(args.log_dir), write=args.write,
+    )  # fmt: skip
+    bench_serve(request)
     return 0
 
 
