@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args) or 0
+        return workflow_commands.dispatch(args)
     except S4segError as error:
         print(f"s4seg: error: {first_line(error)}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ code when it runs, so ``s4seg --help`` and the serving commands never import tor
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from s4seg.defaults import REPOSITORY
 from s4seg.holdout import PARTS
@@ -18,16 +19,34 @@ if TYPE_CHECKING:
     from .study import StudyRequest
 
 
-def run_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import run_quickstart as quickstart
+T = TypeVar("T")
 
-    return quickstart(args)
+
+def request_of(cls: type[T], args: argparse.Namespace) -> T:
+    """A command's typed request (a dataclass) from its flags, field by field by name; the
+    one place below the parser where flags are read."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """The parsed command's handler (every stage's ``add_parsers`` sets one)."""
+    return args.handler(args) or 0
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import quickstart
+
+    quickstart(
+        Path(args.data), Path(args.runs), Path(args.repository), args.iterations, args.force,
+        args.runtime,
+    )  # fmt: skip
+    return 0
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_doctor as doctor
+    from .doctor import doctor
 
-    return doctor(args)
+    return doctor(args.env_only, Path(args.out) if args.out else None, args.device)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -82,30 +101,30 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def run_bench_train(args: argparse.Namespace) -> int:
-    from .bench.train import bench_train
+    from .bench.train import TrainBenchRequest, bench_train
 
-    bench_train(args)
+    bench_train(request_of(TrainBenchRequest, args))
     return 0
 
 
 def run_bench_export(args: argparse.Namespace) -> int:
-    from .bench.export import bench_export
+    from .bench.export import ExportBenchRequest, bench_export
 
-    bench_export(args)
+    bench_export(request_of(ExportBenchRequest, args))
     return 0
 
 
 def run_bench_precision(args: argparse.Namespace) -> int:
-    from .bench.export import bench_precision
+    from .bench.export import PrecisionBenchRequest, bench_precision
 
-    bench_precision(args)
+    bench_precision(request_of(PrecisionBenchRequest, args))
     return 0
 
 
 def run_bench_mapback(args: argparse.Namespace) -> int:
-    from .bench.export import bench_mapback
+    from .bench.export import MapbackBenchRequest, bench_mapback
 
-    bench_mapback(args)
+    bench_mapback(request_of(MapbackBenchRequest, args))
     return 0
 
 

@@ -12,7 +12,6 @@ asks about tritonserver without importing the serving stage.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -277,23 +276,25 @@ def format_table(results: list[StageResult]) -> str:
     return "\n".join(lines)
 
 
-def run_doctor(args: argparse.Namespace) -> int:
+def doctor(env_only: bool, out: Path | None, device: str) -> int:
+    """The environment, then (unless ``env_only``) the smoke test of every stage on
+    ``device``, in ``out`` (kept) or a temporary folder."""
     env = environment()
     width = max(len(k) for k in env)
     print("environment")
     for key, value in env.items():
         print(f"  {key:<{width}}  {value}")
-    if args.env_only:
+    if env_only:
         return 0
-    keep = Path(args.out) if args.out else None
+    keep = out
     work = keep or Path(tempfile.mkdtemp(prefix="s4seg-doctor-"))
     if keep is not None:
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir(parents=True)
-    print(f"\nsmoke test on device '{args.device}' (work folder {work}):", flush=True)
+    print(f"\nsmoke test on device '{device}' (work folder {work}):", flush=True)
     start = time.perf_counter()
     try:
-        results = Smoke(args.device, work).all()
+        results = Smoke(device, work).all()
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -306,7 +307,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     if keep is not None:
         report = {
             "environment": env,
-            "device": args.device,
+            "device": device,
             "seconds": total,
             "stages": [asdict(r) for r in results],
         }

@@ -8,7 +8,6 @@ starts with a line saying how long the whole demo has left: the steps' costs mea
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 import time
@@ -124,14 +123,6 @@ def quickstart(
     version = publish(out, repository, runtime=runtime, precision=precision, log=log)
     log(f"done in {clock(time.monotonic() - start)}: version {version} in {repository}")
     return version
-
-
-def run_quickstart(args: argparse.Namespace) -> int:
-    quickstart(
-        Path(args.data), Path(args.runs), Path(args.repository), args.iterations, args.force,
-        args.runtime,
-    )  # fmt: skip
-    return 0
 
 
 def _first_run_child(repository: Path, runtime: str) -> None:

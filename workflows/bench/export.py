@@ -7,11 +7,11 @@ the weights.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,13 +102,53 @@ def step_latencies(
     return {name: time_calls(call, repeats, warmup) for name, call in calls.items()}
 
 
-def bench_export(args: argparse.Namespace) -> str:
+@dataclass
+class ExportBenchRequest:
+    """``s4seg bench export``'s options."""
+
+    segmenter: str | None
+    classifier: str | None
+    depth: int
+    classifier_depth: int
+    classifier_size: int
+    input_size: list[int] | None
+    parity_images: int
+    device: str
+    batch_sizes: list[int]
+    repeats: int
+    warmup: int
+    write: str | None
+
+
+@dataclass
+class MapbackBenchRequest:
+    """``s4seg bench mapback``'s options."""
+
+    model: str
+    size: int
+    images: int
+    seed: int
+    write: str | None
+
+
+@dataclass
+class PrecisionBenchRequest:
+    """``s4seg bench precision``'s options."""
+
+    model: str
+    batch_sizes: list[int]
+    repeats: int
+    warmup: int
+    write: str | None
+
+
+def bench_export(request: ExportBenchRequest) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        segmenter, classifier = args.segmenter, args.classifier
+        segmenter, classifier = request.segmenter, request.classifier
         if segmenter is None:
             segmenter, classifier = random_checkpoints(
-                folder, args.depth, args.classifier_depth, args.classifier_size
+                folder, request.depth, request.classifier_depth, request.classifier_size
             )
         print("bench export: exporting ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -116,8 +156,8 @@ def bench_export(args: argparse.Namespace) -> str:
             segmenter,
             classifier,
             str(folder / "export"),
-            input_size=tuple(args.input_size) if args.input_size else None,
-            parity_images=args.parity_images,
+            input_size=tuple(request.input_size) if request.input_size else None,
+            parity_images=request.parity_images,
             log=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
         )
         export_seconds = time.perf_counter() - start
@@ -125,11 +165,11 @@ def bench_export(args: argparse.Namespace) -> str:
             s: (folder / "export" / g.file).stat().st_size / 2**20
             for s, g in manifest.graphs.items()
         }
-        pipeline = OnnxPipeline.from_export(folder / "export", device=args.device)
+        pipeline = OnnxPipeline.from_export(folder / "export", device=request.device)
         rows = []
-        for batch in args.batch_sizes:
+        for batch in request.batch_sizes:
             print(f"bench export: latency at batch {batch} ...", file=sys.stderr, flush=True)
-            times = step_latencies(pipeline, batch, args.repeats, args.warmup)
+            times = step_latencies(pipeline, batch, request.repeats, request.warmup)
             rows += [(batch, name, values) for name, values in times.items()]
     seg = manifest.sources["segmenter"].arch
     h, w = manifest.input_size
@@ -140,8 +180,8 @@ def bench_export(args: argparse.Namespace) -> str:
         f"Models: DeepLabv2 ResNet-{seg['backbone_depth']} ({len(manifest.classes)} classes) + "
         f"MLMT ResNet-{manifest.sources['classifier'].arch['depth'] if classifier else '-'} "
         f"({manifest.classifier.size if manifest.classifier else '-'} px); served input "
-        f"{h}x{w}; execution provider {pipeline.providers[0]}; {args.warmup} warm-up + "
-        f"{args.repeats} timed calls per row.",
+        f"{h}x{w}; execution provider {pipeline.providers[0]}; {request.warmup} warm-up + "
+        f"{request.repeats} timed calls per row.",
         "",
         f"Export (4 graphs, onnx.checker, parity on {parity_images} images): "
         f"**{export_seconds:.1f} s**; files: "
@@ -156,8 +196,8 @@ def bench_export(args: argparse.Namespace) -> str:
         lines.append(f"| {batch} | {name} | {median:.1f} | {p90:.1f} | {median / batch:.1f} |")
     table = "\n".join(lines)
     print(table)
-    if args.write:
-        update_section(Path(args.write), "export-cpu", table)
+    if request.write:
+        update_section(Path(request.write), "export-cpu", table)
     return table
 
 
@@ -191,7 +231,7 @@ def served_size_truth(truth: np.ndarray, placement, size: tuple[int, int], n: in
     return scores
 
 
-def bench_mapback(args: argparse.Namespace) -> str:
+def bench_mapback(request: MapbackBenchRequest) -> str:
     """Label maps at the photo's resolution against the served-size labels blown up with
     nearest neighbour: mIoU against masks drawn at full resolution, and the cost of each.
 
@@ -201,7 +241,7 @@ def bench_mapback(args: argparse.Namespace) -> str:
     from s4seg.metrics import confusion_matrix, scores
     from s4seg.training.data.synth import render_sample
 
-    pipeline = OnnxPipeline.from_export(args.model, device="cpu")
+    pipeline = OnnxPipeline.from_export(request.model, device="cpu")
     manifest = pipeline.manifest
     framing = Framing.of(manifest)
     size = framing.size
@@ -209,11 +249,11 @@ def bench_mapback(args: argparse.Namespace) -> str:
     names = ("nearest", "bilinear", "truth nearest", "truth bilinear")
     confusion = {name: np.zeros((n, n), np.int64) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
-    tolerances = (2, round(0.0075 * args.size * 2**0.5))  # 2 px; 0.75% of the diagonal
+    tolerances = (2, round(0.0075 * request.size * 2**0.5))  # 2 px; 0.75% of the diagonal
     edges = {name: {tol: np.zeros(4, np.int64) for tol in tolerances} for name in confusion}
-    rng = np.random.default_rng(args.seed)
-    for i in range(args.images):
-        image, truth = render_sample(rng, args.size)
+    rng = np.random.default_rng(request.seed)
+    for i in range(request.images):
+        image, truth = render_sample(rng, request.size)
         framed = framing.frame(image)
         placement = framed.placement
         out = pipeline.run(framed.canvas[None], framed.view[None])
@@ -230,12 +270,13 @@ def bench_mapback(args: argparse.Namespace) -> str:
             confusion[name] += confusion_matrix(truth, labels, n)
             for tol in tolerances:
                 edges[name][tol] += boundary_counts(truth, labels, tol)
-        print(f"bench mapback: {i + 1}/{args.images}", file=sys.stderr, end="\r")
+        print(f"bench mapback: {i + 1}/{request.images}", file=sys.stderr, end="\r")
     h, w = size
     lines = [
         *provenance(cpu_description()),
-        f"Model: {args.model} (served {h}x{w}); {args.images} synthetic scenes rendered at "
-        f"{args.size}x{args.size} with their masks (seed {args.seed}); gated at the served tau. "
+        f"Model: {request.model} (served {h}x{w}); {request.images} synthetic scenes rendered at "
+        f"{request.size}x{request.size} with their masks (seed {request.seed}); gated at the "
+        "served tau. "
         "Boundary F: label edges of prediction and truth matched within a tolerance (any class "
         "change; precision and recall summed over the images).",
         "",
@@ -256,7 +297,7 @@ def bench_mapback(args: argparse.Namespace) -> str:
             f"| {label} | {100 * result.miou:.2f} | {100 * result.pixel_accuracy:.2f} | "
             f"{boundaries} | {1000 * statistics.median(times[name]):.1f} |"
         )
-    return report("\n".join(lines), args.write, "mapback-cpu")
+    return report("\n".join(lines), request.write, "mapback-cpu")
 
 
 def cpu_int8_support() -> str:
@@ -273,7 +314,7 @@ def cpu_int8_support() -> str:
     return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
-def bench_precision(args: argparse.Namespace) -> str:
+def bench_precision(request: PrecisionBenchRequest) -> str:
     """The networks of an export in every runtime and precision it can run in here (ONNX
     Runtime and OpenVINO; FP32, and INT8 / FP16 / BF16 where the export has them accepted; the
     candidates of ``publish --precision auto``), the segmenter alone and the whole pipeline, on
@@ -282,7 +323,7 @@ def bench_precision(args: argparse.Namespace) -> str:
     from s4seg.export.engine_choice import Candidate, candidates
     from s4seg.manifest import Manifest
 
-    folder = Path(args.model)
+    folder = Path(request.model)
     manifest = Manifest.load(folder)
     found, left_out = candidates(manifest)
     if "fp16" in manifest.variants and manifest.variants["fp16"].graphs:
@@ -291,7 +332,7 @@ def bench_precision(args: argparse.Namespace) -> str:
     photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
     framed = Framing.of(manifest).frame(photo)
     rows = []
-    for batch in args.batch_sizes:
+    for batch in request.batch_sizes:
         images = np.repeat(framed.canvas[None], batch, axis=0)
         views = np.repeat(framed.view[None], batch, axis=0)
         for candidate in found:
@@ -304,7 +345,7 @@ def bench_precision(args: argparse.Namespace) -> str:
                 "pipeline": lambda p=pipeline, x=images, v=views: p.run(x, v),
             }
             for what, call in calls.items():
-                times = time_calls(call, args.repeats, args.warmup, per=batch)
+                times = time_calls(call, request.repeats, request.warmup, per=batch)
                 rows.append((batch, what, candidate, times))
                 median = 1000 * statistics.median(times)
                 print(f"bench precision: batch {batch} {what} {candidate.name}: {median:.1f} "
@@ -324,7 +365,8 @@ def bench_precision(args: argparse.Namespace) -> str:
         ),
         f"Model: {folder} (DeepLabv2 ResNet-"
         f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}); "
-        f"{args.warmup} warm-up + {args.repeats} timed calls per row, one session per network "
+        f"{request.warmup} warm-up + {request.repeats} timed calls per row, one session per "
+        "network "
         "with the runtime's default threads. Parity: each variant's figures from the manifest "
         "(label agreement with PyTorch and gated mIoU lost, on the calibration images at the "
         "served tau).",
@@ -357,4 +399,4 @@ def bench_precision(args: argparse.Namespace) -> str:
             f"{1000 * median:.1f} | {1000 * p10:.1f}-{1000 * p90:.1f} | "
             f"{reference[(batch, what)] / median:.2f}x |"
         )
-    return report("\n".join(lines), args.write, "precision-cpu")
+    return report("\n".join(lines), request.write, "precision-cpu")

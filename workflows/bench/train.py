@@ -8,10 +8,10 @@ over one step, against the card's dense peak for that precision).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -236,14 +236,30 @@ def time_case(  # noqa: PLR0913 (one benchmark case, by keyword)
     }
 
 
-def default_cases(args: argparse.Namespace, on_cuda: bool) -> list[tuple[int, str, bool]]:
-    depths = args.depths or ([101] if on_cuda else [18, 50, 101])
-    precisions = args.precisions or (list(PRECISIONS) if on_cuda else ["fp32"])
+@dataclass
+class TrainBenchRequest:
+    """``s4seg bench train``'s options."""
+
+    trainer: str
+    depths: list[int] | None
+    precisions: list[str] | None
+    compile: bool
+    batch_size: int
+    crop: int
+    iterations: int | None
+    warmup: int | None
+    device: str
+    write: str | None
+
+
+def default_cases(request: TrainBenchRequest, on_cuda: bool) -> list[tuple[int, str, bool]]:
+    depths = request.depths or ([101] if on_cuda else [18, 50, 101])
+    precisions = request.precisions or (list(PRECISIONS) if on_cuda else ["fp32"])
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise ConfigError(f"unknown precision {unknown}: choose from {', '.join(PRECISIONS)}")
     cases = [(depth, precision, False) for depth in depths for precision in precisions]
-    if args.compile:
+    if request.compile:
         cases += [(depth, precision, True) for depth in depths for precision in precisions]
     return cases
 
@@ -252,18 +268,18 @@ def _cell(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def bench_train(args: argparse.Namespace) -> list[dict]:
-    runtime = setup_runtime(args.device, "off", "off")
+def bench_train(request: TrainBenchRequest) -> list[dict]:
+    runtime = setup_runtime(request.device, "off", "off")
     on_cuda = runtime.on_cuda
-    args.iterations = args.iterations or (50 if on_cuda else 3)
-    args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
+    request.iterations = request.iterations or (50 if on_cuda else 3)
+    request.warmup = request.warmup if request.warmup is not None else (10 if on_cuda else 1)
     rows = []
-    for depth, precision, compiled in default_cases(args, on_cuda):
-        label = f"{args.trainer} ResNet-{depth} {precision}{' + compile' if compiled else ''}"
+    for depth, precision, compiled in default_cases(request, on_cuda):
+        label = f"{request.trainer} ResNet-{depth} {precision}{' + compile' if compiled else ''}"
         print(f"bench train: {label} ...", file=sys.stderr, flush=True)
-        row = time_case(args.trainer, depth, precision, device=args.device,
-                        batch_size=args.batch_size, crop=args.crop, warmup=args.warmup,
-                        iterations=args.iterations, compile_model=compiled)  # fmt: skip
+        row = time_case(request.trainer, depth, precision, device=request.device,
+                        batch_size=request.batch_size, crop=request.crop, warmup=request.warmup,
+                        iterations=request.iterations, compile_model=compiled)  # fmt: skip
         rows.append(row)
         print(
             f"  median {1000 * row['median_s']:.1f} ms/it (p10 {1000 * row['p10_s']:.1f}, "
@@ -272,16 +288,18 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
             flush=True,
         )
     baseline = {r["depth"]: r for r in rows if r["precision"] == "fp32"}
+    s4gan = request.trainer == "s4gan"
     what = (
         "s4GAN step (S on labeled + unlabeled batch in one forward, CE + FM + ST, D step)"
-        if args.trainer == "s4gan"
+        if s4gan
         else "DeepLabv2 step (forward, CE, backward, SGD)"
     )
     lines = [
         *provenance(machine_description()),
-        f"Setting: {what}, {args.crop}x{args.crop}, batch {args.batch_size}"
-        f"{' labeled + ' + str(args.batch_size) + ' unlabeled' if args.trainer == 's4gan' else ''}"
-        f"; {args.warmup} warm-up + {args.iterations} timed iterations per row, each timed on "
+        f"Setting: {what}, {request.crop}x{request.crop}, batch {request.batch_size}"
+        f"{' labeled + ' + str(request.batch_size) + ' unlabeled' if s4gan else ''}"
+        f"; {request.warmup} warm-up + {request.iterations} timed iterations per row, each timed "
+        "on "
         "its own; on a GPU, cuDNN benchmark mode is on (as in training).",
         "",
         "| backbone | device | precision | median ms/it | p10-p90 ms | images/s "
@@ -301,8 +319,8 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         )
     table = "\n".join(lines)
     print(table)
-    if args.write:
+    if request.write:
         device_tag = "gpu" if on_cuda else "cpu"
-        name = f"train-{device_tag}" + ("-s4gan" if args.trainer == "s4gan" else "")
-        update_section(Path(args.write), name, table)
+        name = f"train-{device_tag}" + ("-s4gan" if request.trainer == "s4gan" else "")
+        update_section(Path(request.write), name, table)
     return rows
