@@ -18,7 +18,7 @@ from s4seg.imaging import read_image_file
 from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.outputs import overlay_image
-from s4seg.workflows.bench.export import nearest_map_back
+from s4seg.workflows.bench.mapback import nearest_map_back
 
 WIDTH, HEIGHT = 4000, 3000
 CROP = 700  # pixels of the full-resolution crop

@@ -89,7 +89,7 @@ def test_photos_larger_than_the_served_size_get_edges_at_their_own_resolution(
     from s4seg.imaging import decode_image
     from s4seg.letterbox import Framing, classifier_view, labels_from_scores
     from s4seg.onnx_pipeline import OnnxPipeline
-    from s4seg.workflows.bench.export import nearest_map_back
+    from s4seg.workflows.bench.mapback import nearest_map_back
 
     data = encode(photo.resize((1200, 900), Image.Resampling.BICUBIC), "JPEG", quality=92)
     response = served.post(data, "image/jpeg")

@@ -15,7 +15,7 @@ from s4seg.imaging import decode_image
 from s4seg.letterbox import labels_from_scores, letterbox
 from s4seg.tensors import SUPPRESSED_SCORE
 from s4seg.training.gate import gated_scores
-from s4seg.workflows.bench.export import nearest_map_back
+from s4seg.workflows.bench.mapback import nearest_map_back
 
 
 def smooth_scores(classes: int, size: int, seed: int) -> np.ndarray:

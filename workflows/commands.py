@@ -6,6 +6,8 @@ code when it runs, so ``s4seg --help`` and the serving commands never import tor
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -100,32 +102,16 @@ def run_study(args: argparse.Namespace) -> int:
     return study(study_request(args))
 
 
-def run_bench_train(args: argparse.Namespace) -> int:
-    from .bench.train import TrainBenchRequest, bench_train
+def bench_handler(module: str, request: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """The handler of ``s4seg bench <module>``: its typed request from the flags, then the run
+    (imported when run: the benchmarks import torch and onnxruntime)."""
 
-    bench_train(request_of(TrainBenchRequest, args))
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        bench = importlib.import_module(f"{__package__}.bench.{module}")
+        getattr(bench, function)(request_of(getattr(bench, request), args))
+        return 0
 
-
-def run_bench_export(args: argparse.Namespace) -> int:
-    from .bench.export import ExportBenchRequest, bench_export
-
-    bench_export(request_of(ExportBenchRequest, args))
-    return 0
-
-
-def run_bench_precision(args: argparse.Namespace) -> int:
-    from .bench.export import PrecisionBenchRequest, bench_precision
-
-    bench_precision(request_of(PrecisionBenchRequest, args))
-    return 0
-
-
-def run_bench_mapback(args: argparse.Namespace) -> int:
-    from .bench.export import MapbackBenchRequest, bench_mapback
-
-    bench_mapback(request_of(MapbackBenchRequest, args))
-    return 0
+    return run
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:
@@ -298,7 +284,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: PLR0915 
     )
     train.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     train.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
-    train.set_defaults(handler=run_bench_train)
+    train.set_defaults(handler=bench_handler("train", "TrainBenchRequest", "bench_train"))
 
     export = bench.add_parser("export", help="export time and latency of each ONNX step")
     export.add_argument("--segmenter", help="checkpoint (default: random weights, paper scale)")
@@ -313,7 +299,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: PLR0915 
     export.add_argument("--parity-images", type=int, default=4)
     export.add_argument("--device", default="auto", help="auto|cpu|cuda")
     export.add_argument("--write", metavar="MD", help="update this markdown file (BENCHMARKS.md)")
-    export.set_defaults(handler=run_bench_export)
+    export.set_defaults(handler=bench_handler("export", "ExportBenchRequest", "bench_export"))
 
     mapback = bench.add_parser(
         "mapback", help="full-resolution mIoU: scores resized then argmax vs nearest labels"
@@ -323,7 +309,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: PLR0915 
     mapback.add_argument("--images", type=int, default=50)
     mapback.add_argument("--seed", type=int, default=7)
     mapback.add_argument("--write", metavar="MD", help="update this markdown file")
-    mapback.set_defaults(handler=run_bench_mapback)
+    mapback.set_defaults(handler=bench_handler("mapback", "MapbackBenchRequest", "bench_mapback"))
 
     precision = bench.add_parser(
         "precision",
@@ -335,7 +321,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # noqa: PLR0915 
     precision.add_argument("--repeats", type=int, default=30)
     precision.add_argument("--warmup", type=int, default=5)
     precision.add_argument("--write", metavar="MD", help="update this markdown file")
-    precision.set_defaults(handler=run_bench_precision)
+    precision.set_defaults(
+        handler=bench_handler("precision", "PrecisionBenchRequest", "bench_precision")
+    )
 
     serve = bench.add_parser("serve", help="gateway vs in-process ONNX Runtime vs naive PyTorch")
     serve.add_argument("--repository", default=str(REPOSITORY))
