@@ -115,7 +115,8 @@ def bench_handler(module: str, request: str, function: str) -> Callable[[argpars
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:
-    from .bench.serve import ServeBenchRequest, bench_serve
+    from .bench.serve import bench_serve
+    from .bench.serve_results import ServeBenchRequest
 
     request = ServeBenchRequest(
         repository=Path(args.repository), images=args.images, requests=args.requests,

@@ -17,12 +17,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from s4seg.errors import S4segError
-from s4seg.export.engine_choice import Candidate
 from s4seg.imaging import decode_image
 from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.outputs import label_png
@@ -35,7 +32,7 @@ from s4seg.serving.triton import free_port
 from . import cpu_time, naive_endpoint
 from .limits import network_flops
 from .report import report
-from .serve_alone import ModelAlone, model_alone, served_engines
+from .serve_alone import model_alone, served_engines
 from .serve_callers import (
     GATEWAY_VARIANTS,
     IN_PROCESS,
@@ -50,42 +47,7 @@ from .serve_callers import (
     triton_step_stats,
     wait_http,
 )
-
-
-@dataclass
-class ServeBenchRequest:
-    """``s4seg bench serve``'s options (workflows/commands.py builds it from the flags)."""
-
-    repository: Path
-    images: int
-    requests: int
-    concurrency: list[int]
-    hop_concurrency: int
-    size_repeats: int
-    variants: int
-    window: float
-    windows: int
-    log_dir: Path
-    write: str | None = None
-
-
-@dataclass
-class ServeResults:
-    """What one run measured; ``render`` turns it into BENCHMARKS' section."""
-
-    request: ServeBenchRequest
-    version: int
-    manifest: Any
-    images: int
-    alone: list[ModelAlone]
-    served_engine: Candidate
-    flops: dict[str, float]
-    default: str
-    rows: list[tuple[str, int, float, list[float]]] = field(default_factory=list)
-    cpu: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
-    hops: list[tuple[str, float, list[float]]] = field(default_factory=list)
-    by_size: list[tuple] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+from .serve_results import ServeBenchRequest, ServeResults
 
 
 def bench_serve(request: ServeBenchRequest) -> str:

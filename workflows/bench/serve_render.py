@@ -6,8 +6,8 @@ import statistics
 
 from .limits import peak_gflops
 from .report import cpu_description, percentile, provenance
-from .serve import ServeResults
 from .serve_callers import IN_PROCESS
+from .serve_results import ServeResults
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
