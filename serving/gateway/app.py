@@ -6,33 +6,23 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
+from fastapi import FastAPI
 
 from s4seg import __version__
-from s4seg.imaging import ImageError
-from s4seg.manifest import ManifestError
 
 from ..settings import ServeSettings
-from .budget import Busy, PixelBudget
-from .catalog import Catalog, VersionGone
-from .dependencies import Unauthorized
+from .budget import PixelBudget
+from .catalog import Catalog
+from .errors import install as install_error_answers
 from .limits import Admission, BodyLimits, HeaderLimits
 from .metrics import RequestMetrics
 from .reception import Reception
 from .routers import health, models, page, segment
 from .security import Hardening
-from .triton_client import TritonEnsemble, TritonFailed, TritonUnavailable
+from .triton_client import TritonEnsemble
 from .work import Workers
 
 log = logging.getLogger("s4seg.gateway")
-
-
-def error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -73,62 +63,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(page.router)
     app.mount("/static", page.static_files, name="static")
 
-    @app.exception_handler(ImageError)
-    async def bad_image(_: Request, exc: ImageError) -> JSONResponse:
-        return error(exc.status, exc.code, str(exc))
-
-    @app.exception_handler(ClientDisconnect)
-    async def disconnected(_: Request, exc: ClientDisconnect) -> JSONResponse:
-        # The client went away, or BodyLimits already answered 413/408: nothing to say.
-        return error(499, "client_disconnected", "the client closed the request")
-
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
-        return error(
-            401, "unauthorized", "missing or wrong X-API-Key", {"WWW-Authenticate": "ApiKey"}
-        )
-
-    @app.exception_handler(TritonUnavailable)
-    async def unavailable(_: Request, exc: TritonUnavailable) -> JSONResponse:
-        return error(503, "unavailable", str(exc), {"Retry-After": "1"})
-
-    @app.exception_handler(Busy)
-    async def busy(_: Request, exc: Busy) -> JSONResponse:
-        return error(503, "overloaded", str(exc), {"Retry-After": "1"})
-
-    @app.exception_handler(ManifestError)
-    async def unreadable(_: Request, exc: ManifestError) -> JSONResponse:
-        # A served manifest edited in place (briefly invalid) is the server's state, not the
-        # client's error: 503 to retry, never 500 (review L2). VersionGone says it its way.
-        detail = "the served version's manifest can not be read now; retry"
-        if isinstance(exc, VersionGone):
-            detail = f"{exc}; the server is switching versions"
-        return error(503, "unavailable", detail, {"Retry-After": "1"})
-
-    @app.exception_handler(VersionGone)
-    async def switching(_: Request, exc: VersionGone) -> JSONResponse:
-        detail = f"{exc}; the server is switching versions"
-        return error(503, "unavailable", detail, {"Retry-After": "1"})
-
-    @app.exception_handler(TritonFailed)
-    async def failed(_: Request, exc: TritonFailed) -> JSONResponse:
-        return error(exc.status, "model_error" if exc.status == 502 else "timeout", str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error(422, "invalid_parameter", f"{where}: {first.get('msg')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, "http_error", str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged with its type only: request bodies and keys never reach the logs.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error(500, "internal", f"unexpected {type(exc).__name__}")
+    install_error_answers(app)
 
     # Pure ASGI, outermost first: metrics see every answer, oversized URLs and headers are
     # refused (414/431), the security headers (and the key,
