@@ -4,9 +4,11 @@ Each test names the item of issue 19 it holds."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import select
 import socket
 import struct
 import threading
@@ -379,27 +381,25 @@ def test_health_stays_fast_while_text_bombs_arrive(repo: Path) -> None:
 
 def trickle(url: str, seconds_between: float, stop: threading.Event) -> list[bytes]:
     """A segment upload that declares 1 MB and sends a byte every ``seconds_between`` s; what
-    the server answered (empty when it closed without a word)."""
+    the server answered (empty when it closed without a word). The answer is read before each
+    byte is sent, and after a send fails: a byte sent after the server answered and closed
+    makes its kernel reset the connection, which must not hide the answer."""
     sock = raw(url)
     sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                  b"Content-Length: 1000000\r\n\r\n")  # fmt: skip
     answer = b""
     try:
         while not stop.is_set():
-            sock.sendall(b"\x89")
-            sock.settimeout(seconds_between)
-            try:
+            if select.select([sock], [], [], seconds_between)[0]:
                 chunk = sock.recv(4096)
-            except TimeoutError:
-                continue
-            if not chunk:
+                if chunk:
+                    answer += chunk + closed_after(sock, 5)[1]  # until the server closes
                 break
-            answer += chunk
-            rest = closed_after(sock, 5)[1]  # the rest of the answer, until the server closes
-            answer += rest
-            break
+            sock.sendall(b"\x89")
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            sock.settimeout(1)
+            answer += sock.recv(4096)
     finally:
         sock.close()
     return [answer]
@@ -421,11 +421,16 @@ def test_trickling_uploads_hold_no_slot_and_are_dropped_for_their_rate(repo: Pat
         photo = post(url, jpeg())
         for thread in tricklers:
             thread.join(15)
+        held = [thread.is_alive() for thread in tricklers]
         stop.set()
     assert photo.status_code == 200, photo.text
-    assert len(answers) == 3
-    for (answer,) in answers:
-        assert answer.startswith(b"HTTP/1.1 408") and b"body_too_slow" in answer, answer[:300]
+    assert held == [False] * 3, answers  # each dropped by the server within 15 s
+    # 408 body_too_slow; or, when a byte crosses the answer on its way out, the server's close
+    # resets the connection and the client's kernel drops the answer unread (no lingering
+    # close: about one trickler in twenty here).
+    said = [answer for (answer,) in answers if answer]
+    assert said, answers
+    assert all(a.startswith(b"HTTP/1.1 408") and b"body_too_slow" in a for a in said), answers
     assert ensemble.calls == 1
 
 
