@@ -34,7 +34,7 @@ lock:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python scripts/typecheck.py s4seg s4seg.serving s4seg.clients s4seg.workflows.study
+	$(BIN)/python scripts/typecheck.py
 
 test: setup lint
 	$(BIN)/pytest

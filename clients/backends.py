@@ -12,12 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from s4seg.errors import S4segError
 from s4seg.imaging import DEFAULT_MAX_PIXELS, read_image_file
 from s4seg.letterbox import Framing, labels_from_scores
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
-from s4seg.outputs import label_png, overlay_bytes, segmentation_json
+from s4seg.outputs import Answer, label_png, overlay_bytes, segmentation_json
+from s4seg.quality import answer_quality
 
 Segment = Callable[[Path], bytes]
 
@@ -28,22 +31,22 @@ class OutputFormat:
     encoding: str | None = None  # overlay only: png (None), jpeg or webp
 
 
-def encode_output(
-    pixels, labels, class_probs, suppressed, manifest: Manifest, version: str,
-    fmt: OutputFormat, tau,
-) -> bytes:  # fmt: skip
+def encode_output(pixels: np.ndarray, answer: Answer, fmt: OutputFormat) -> bytes:
     if fmt.format == "json":
-        body = segmentation_json(labels, class_probs, suppressed, manifest, version, tau)
-        return (json.dumps(body) + "\n").encode()
+        return (json.dumps(segmentation_json(answer)) + "\n").encode()
     if fmt.format == "overlay":
-        return overlay_bytes(pixels, labels, manifest, fmt.encoding or "png")
-    return label_png(labels, manifest)
+        return overlay_bytes(pixels, answer.labels, answer.manifest, fmt.encoding or "png")
+    return label_png(answer.labels, answer.manifest)
 
 
 def pipeline_segmenter(
-    run: Callable, manifest: Manifest, version: Callable[[], str], fmt: OutputFormat, tau,
+    run: Callable,
+    manifest: Manifest,
+    version: Callable[[], str],
+    fmt: OutputFormat,
+    tau,
     gate: bool,
-) -> Segment:  # fmt: skip
+) -> Segment:
     """Decode, frame (canvas and classifier view), run (a pipeline's ``run``), map back,
     encode: as the gateway does."""
     used = manifest.request_tau(tau, gate)
@@ -54,11 +57,19 @@ def pipeline_segmenter(
         decoded = read_image_file(path, DEFAULT_MAX_PIXELS, fit)
         framed = framing.frame(decoded.pixels, decoded.size)
         out = run(framed.canvas[None], framed.view[None], used)
-        labels = labels_from_scores(out.scores[0], framed.placement)
-        return encode_output(
-            decoded.pixels, labels, out.class_probs[0], out.suppressed[0], manifest, version(),
-            fmt, None if used == UNGATED_TAU else used,  # gate=false, or served "gate off"
-        )  # fmt: skip
+        scores, placement = out.scores[0], framed.placement
+        answer = Answer(
+            labels_from_scores(scores, placement),
+            out.class_probs[0],
+            out.suppressed[0],
+            manifest,
+            version(),
+            None if used == UNGATED_TAU else used,  # gate=false, or served "gate off"
+            answer_quality(scores, placement, out.class_probs[0], manifest)
+            if fmt.format == "json"
+            else None,
+        )
+        return encode_output(decoded.pixels, answer, fmt)
 
     return segment
 
@@ -89,9 +100,13 @@ def triton_segmenter(url: str, repository: Path, fmt: OutputFormat, tau, gate: b
 
     TritonPipeline(url, manifest).close()  # fail early when Triton is not there
     return pipeline_segmenter(
-        lambda images, views, t: client().run(images, views, t), manifest,
-        lambda: client().last_version or "", fmt, tau, gate,
-    )  # fmt: skip
+        lambda images, views, t: client().run(images, views, t),
+        manifest,
+        lambda: client().last_version or "",
+        fmt,
+        tau,
+        gate,
+    )
 
 
 def local_version(model: str | None, repository: Path) -> int | None:
@@ -108,9 +123,14 @@ def local_version(model: str | None, repository: Path) -> int | None:
 
 
 def local_segmenter(
-    model: str | None, repository: Path, fmt: OutputFormat, tau, gate: bool, device: str,
+    model: str | None,
+    repository: Path,
+    fmt: OutputFormat,
+    tau,
+    gate: bool,
+    device: str,
     threads: int | None = None,
-) -> Segment:  # fmt: skip
+) -> Segment:
     """The exported pipeline in-process: an export folder, else the repository's served one;
     ``threads``: each network's intra-op threads (None: the runtime's default)."""
     served = local_version(model, repository)

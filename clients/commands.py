@@ -73,10 +73,18 @@ def run_predict(args: argparse.Namespace) -> int:
     if workers < 1:
         raise S4segError(f"--concurrency must be at least 1, not {workers}")
     backend = Backend(
-        args.via, output_format, args.tau, not args.no_gate, url=args.url, api_key=args.api_key,
-        triton_url=args.triton_url, repository=Path(args.repository), model=args.model,
-        device=args.device, threads=max(1, cpus // workers) if local else None,
-    )  # fmt: skip
+        args.via,
+        output_format,
+        args.tau,
+        not args.no_gate,
+        url=args.url,
+        api_key=args.api_key,
+        triton_url=args.triton_url,
+        repository=Path(args.repository),
+        model=args.model,
+        device=args.device,
+        threads=max(1, cpus // workers) if local else None,
+    )
     backend.check()
     print(
         f"predict: {len(jobs)} images via {args.via}, {workers} worker processes, "
@@ -84,9 +92,14 @@ def run_predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     report = run_jobs(
-        jobs, output, args.format, backend, workers, args.deadline,
+        jobs,
+        output,
+        args.format,
+        backend,
+        workers,
+        args.deadline,
         encoding=output_format.encoding,
-    )  # fmt: skip
+    )
     report.failures = rejected + report.failures
     write_failures(report, output)
     print(summary(report, output))
@@ -103,9 +116,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--format", choices=["png", "overlay", "json"], default="png")
     segment.add_argument("--out", default=".", help="folder for the outputs")
     segment.add_argument(
-        "--overlay-encoding", choices=list(OVERLAY_ENCODINGS), default="png",
+        "--overlay-encoding",
+        choices=list(OVERLAY_ENCODINGS),
+        default="png",
         help="--format overlay: png, or jpeg/webp (smaller and much faster on photos)",
-    )  # fmt: skip
+    )
     segment.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
     segment.add_argument("--no-gate", action="store_true", help="do not gate classes")
     segment.add_argument("--api-key", help="X-API-Key (default: env S4SEG_API_KEY)")
@@ -118,19 +133,25 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--via", choices=["gateway", "triton", "local"], default="local")
     predict.add_argument("--format", choices=["png", "overlay", "json"], default="png")
     predict.add_argument(
-        "--concurrency", type=int,
+        "--concurrency",
+        type=int,
         help="worker processes, one image each (default: --via local one per core, at most 4; "
         "gateway/triton 4 requests in flight)",
-    )  # fmt: skip
+    )
     predict.add_argument(
-        "--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
         help="the most an image may take; past it the image fails (listed with the reason), its "
         f"worker is replaced, and the run goes on (default {DEFAULT_DEADLINE:g})",
-    )  # fmt: skip
+    )
     predict.add_argument(
-        "--overlay-encoding", choices=list(OVERLAY_ENCODINGS), default="png",
+        "--overlay-encoding",
+        choices=list(OVERLAY_ENCODINGS),
+        default="png",
         help="--format overlay: png, or jpeg/webp (smaller and much faster on photos)",
-    )  # fmt: skip
+    )
     predict.add_argument(
         "--shard",
         help="i/n: this worker's share of the sorted inputs; auto: i from a Kubernetes Indexed "

@@ -124,8 +124,11 @@ def list_jobs(source: str, shard: tuple[int, int]) -> tuple[list[Job], list[tupl
         raise S4segError(f"--input {source} is neither a folder nor a list file")
     index, count = shard
     outputs = output_names([r for _, r in entries])
-    jobs = [Job(p, o) for i, ((p, _), o) in enumerate(zip(entries, outputs, strict=True))
-            if i % count == index]  # fmt: skip
+    jobs = [
+        Job(p, o)
+        for i, ((p, _), o) in enumerate(zip(entries, outputs, strict=True))
+        if i % count == index
+    ]
     return jobs, rejected
 
 
@@ -231,14 +234,19 @@ def run_in_pool(
                 report.failures.append((str(job.source), str(error)))
             except TimeoutError:
                 report.failures.append(
-                    (str(job.source), f"stopped: not done within the {deadline:g} s deadline "
-                     "(--deadline); its worker was killed and replaced")
-                )  # fmt: skip
+                    (
+                        str(job.source),
+                        f"stopped: not done within the {deadline:g} s deadline "
+                        "(--deadline); its worker was killed and replaced",
+                    )
+                )
             except ProcessExpired as error:
                 report.failures.append(
-                    (str(job.source), f"its worker process died ({error}, exit code "
-                     f"{error.exitcode}); replaced")
-                )  # fmt: skip
+                    (
+                        str(job.source),
+                        f"its worker process died ({error}, exit code {error.exitcode}); replaced",
+                    )
+                )
             except OSError as error:  # writing the output
                 report.failures.append((str(job.source), f"writing {target}: {error}"))
             advance(1)

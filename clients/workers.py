@@ -20,9 +20,14 @@ from pebble import ProcessExpired, ProcessPool
 from s4seg.errors import S4segError
 
 __all__ = [
-    "ImageFailed", "ProcessExpired", "ProcessPool", "SegmenterFactory", "WorkerLoadError",
-    "segment_in_worker", "start_pool",
-]  # fmt: skip
+    "ImageFailed",
+    "ProcessExpired",
+    "ProcessPool",
+    "SegmenterFactory",
+    "WorkerLoadError",
+    "segment_in_worker",
+    "start_pool",
+]
 
 
 class SegmenterFactory(Protocol):

@@ -27,9 +27,9 @@ from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.gate import class_keep_mask, gated_scores
 
 from .parity import MAX_MIOU_DIFF
+from .requests import DEFAULT_CALIBRATION_IMAGES
 
 CALIBRATION_TAUS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_CALIBRATION_IMAGES = 300  # enough to rank taus; bounds the export time on a CPU
 # A gain below the parity tolerance (0.1 mIoU point) is noise, not a reason to gate: on the
 # synthetic set a classifier gave +0.02 at tau 0.05 and -1.0 at the paper's 0.2.
 MIN_GAIN = MAX_MIOU_DIFF
@@ -54,11 +54,13 @@ def sweep_tau(
     for start in range(0, len(images), batch):
         canvases, views, placed = framing.batch(images[start : start + batch])
         out = pipeline.run(canvases, views, GATE_OFF_TAU, True)
-        logits, probs = torch.from_numpy(out.logits), torch.from_numpy(out.class_probs)
+        scores_np = out.logits
+        assert scores_np is not None  # asked for (keep_logits)
+        logits, probs = torch.from_numpy(scores_np), torch.from_numpy(out.class_probs)
         for i, placement in enumerate(placed):
             truth = masks[start + i]
             by_kept: dict[tuple[bool, ...], np.ndarray] = {}
-            ungated += confusion_matrix(truth, labels_from_scores(out.logits[i], placement), n)
+            ungated += confusion_matrix(truth, labels_from_scores(scores_np[i], placement), n)
             for tau in taus:
                 kept = tuple(class_keep_mask(probs[i : i + 1], tau, background)[0].tolist())
                 if kept not in by_kept:
@@ -87,11 +89,15 @@ def choose_tau(ungated_miou: float, sweep: list[dict[str, float]]) -> tuple[floa
 
 
 def calibration_data(
-    checkpoint: Checkpoint, data: str, kind: str | None, max_images: int
+    checkpoint: Checkpoint,
+    data: str,
+    kind: str | None,
+    max_images: int,
+    part: str = "calibration",
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Labeled held-out images: the calibration part (``s4seg.holdout``) of the validation
     split of ``data`` (a data set folder), or with ``auto`` of the data set the segmenter was
-    trained on. The reported figures use the rest."""
+    trained on. The reported figures use the rest (``part="report"``)."""
     root = trained_on(checkpoint).get("root") if data == "auto" else data
     if not root or not Path(root).is_dir():
         raise DatasetError(f"no labeled data to calibrate tau on at {root}")
@@ -99,14 +105,17 @@ def calibration_data(
     if list(layout.classes) != checkpoint.classes:
         raise DatasetError(f"{layout.root} has other classes than the model; cannot calibrate")
     split = layout.default_val_split
-    samples = select_part(layout.samples(split), "calibration")[:max_images]
+    samples = select_part(layout.samples(split), part)[:max_images]
     if not samples:
         raise DatasetError(f"{layout.root} has no {split} images to calibrate tau on")
     images = [np.asarray(layout.read_image(s)) for s in samples]
     masks = [layout.read_mask(s) for s in samples]
-    part = {"part": "calibration", "share": CALIBRATION_SHARE, "seed": CALIBRATION_SEED}
-    return images, masks, {**layout.describe(), "split": split, **part,
-                           "ids": [s.id for s in samples]}  # fmt: skip
+    held_out = {"part": part, "share": CALIBRATION_SHARE, "seed": CALIBRATION_SEED}
+    return (
+        images,
+        masks,
+        {**layout.describe(), "split": split, **held_out, "ids": [s.id for s in samples]},
+    )
 
 
 def calibrate(

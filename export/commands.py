@@ -7,30 +7,39 @@ import argparse
 import sys
 from pathlib import Path
 
+from s4seg.confidence import DEFAULT_COVERAGE
 from s4seg.defaults import REPOSITORY
+
+from .requests import (
+    DEFAULT_CALIBRATION_IMAGES,
+    PRECISIONS,
+    ExportRequest,
+    PromotionGate,
+    PublishRequest,
+)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from .exporter import export_models
 
-    manifest = export_models(
-        args.segmenter,
-        args.classifier,
-        args.out,
-        input_size=tuple(args.input_size) if args.input_size else None,
+    variants = frozenset(v for v in PRECISIONS if getattr(args, v))
+    request = ExportRequest(
+        segmenter=args.segmenter,
+        classifier=args.classifier,
+        out=args.out,
+        input_size=(args.input_size[0], args.input_size[1]) if args.input_size else None,
         tau=args.tau,
         data=args.parity_data,
         kind=args.parity_kind,
         parity_images=args.parity_images,
         overwrite=args.overwrite,
-        fp16=args.fp16,
-        int8=args.int8,
-        bf16=args.bf16,
-        log=lambda message: print(message, file=sys.stderr),
+        variants=variants,
         calibrate_on=args.calibrate,
         calibrate_kind=args.calibrate_kind,
         calibrate_images=args.calibrate_images,
+        coverage=args.coverage,
     )
+    manifest = export_models(request, log=_log)
     out = Path(args.out)
     p = manifest.parity
     assert p is not None  # export measures it or fails
@@ -62,19 +71,15 @@ def _log(message: str) -> None:
 def run_publish(args: argparse.Namespace) -> int:
     from .repository import publish
 
-    version = publish(
-        args.export_dir,
-        args.repository,
-        runtime=args.runtime,
-        precision=args.precision,
-        keep=args.keep,
-        force=args.force,
-        eval_data=args.eval_data,
-        eval_kind=args.eval_kind,
-        eval_images=args.eval_images,
-        max_drop=args.max_drop,
-        log=_log,
+    gate = (
+        PromotionGate(args.eval_data, args.eval_kind, args.eval_images, args.max_drop)
+        if args.eval_data
+        else None
     )
+    request = PublishRequest(
+        args.export_dir, args.repository, args.runtime, args.precision, args.keep, args.force, gate
+    )
+    version = publish(request, log=_log)
     print(version)
     return 0
 
@@ -90,6 +95,11 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
+    add_export_parser(commands)
+    add_publish_parsers(commands)
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export", help="checkpoints -> ONNX graphs + manifest.json, checked against PyTorch"
     )
@@ -116,7 +126,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--calibrate-kind", default=None, help="layout of --calibrate (auto)")
     export.add_argument(
-        "--calibrate-images", type=int, default=300, help="at most N images for calibration"
+        "--calibrate-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="at most N images for calibration",
+    )
+    export.add_argument(
+        "--coverage",
+        type=float,
+        default=DEFAULT_COVERAGE,
+        help="the prediction sets' target coverage, fitted with the temperature on the "
+        "calibration part (default: %(default)s)",
     )
     export.add_argument(
         "--parity-data", help="images for the parity check (default: training data)"
@@ -128,16 +148,22 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--fp16", action="store_true", help="also write FP16 segmenter/classifier (GPU serving)"
     )
     export.add_argument(
-        "--int8", action="store_true",
+        "--int8",
+        action="store_true",
         help="also write an INT8 segmenter (static QDQ, calibrated on training images; refused "
         "below 99%% label agreement or above 0.5 mIoU lost)",
-    )  # fmt: skip
+    )
     export.add_argument(
-        "--bf16", action="store_true",
+        "--bf16",
+        action="store_true",
         help="also judge the FP32 segmenter/classifier run by OpenVINO at bf16, on a CPU with "
         "BF16 instructions (the rule of --int8)",
-    )  # fmt: skip
+    )
+    export.set_defaults(handler=run_export)
 
+
+def add_publish_parsers(commands: argparse._SubParsersAction) -> None:
+    """``publish`` and ``rollback``."""
     publish = commands.add_parser(
         "publish", help="publish an export as the next version of a Triton model repository"
     )
@@ -169,6 +195,5 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     rollback = commands.add_parser("rollback", help="remove the newest published version")
     rollback.add_argument("--repository", default=str(REPOSITORY))
-    export.set_defaults(handler=run_export)
     publish.set_defaults(handler=run_publish)
     rollback.set_defaults(handler=run_rollback)

@@ -26,6 +26,7 @@ from s4seg.manifest import (
     NO_CLASSIFIER_VIEW_SIZE,
     PAPER_TAU,
     ClassifierInput,
+    Confidence,
     GraphFile,
     Manifest,
     Normalization,
@@ -41,10 +42,12 @@ from s4seg.training.models import segmenter_from_checkpoint
 from s4seg.training.models.classifier import classifier_from_checkpoint
 
 from . import graphs as g
-from .calibration import DEFAULT_CALIBRATION_IMAGES, calibrate
+from .calibration import calibrate
+from .confidence_fit import fit_confidence
 from .fold import PARTS, fold_network, graph_file
 from .onnx_export import OPSET, ExportError, export_onnx
 from .parity import describe_failure, measure_parity
+from .requests import ExportRequest
 from .variants import add_bf16_variant, add_fp16_variant, add_int8_variant, variant_judging
 
 Log = Callable[[str], None]
@@ -61,21 +64,24 @@ def served_size(
     evaluate`` and the paper measure): the largest height and width among the training data's
     validation images, at most ``MAX_SERVED_SIDE``; the training crop only when that data is
     not here. Larger photos are scaled down into it, as before."""
-    if input_size is not None:
-        size = tuple(int(v) for v in input_size)
-    else:
+    size = input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
+    if size is None:
         size = evaluation_size(checkpoint)
         if size is not None:
-            log(f"served size {size[0]}x{size[1]}: the validation images' resolution (what "
-                "evaluate measures; --input-size H W to choose another)")  # fmt: skip
-        else:
-            crop = checkpoint.config.get("data", {}).get("crop_size", (321, 321))
-            size = (crop, crop) if isinstance(crop, int) else tuple(crop)
-            log(f"warning: served size {size[0]}x{size[1]}, the training crop: the training data "
-                "is not here to measure the evaluation resolution (--input-size H W)")  # fmt: skip
-    if len(size) != 2 or min(size) < 16:
+            log(
+                f"served size {size[0]}x{size[1]}: the validation images' resolution (what "
+                "evaluate measures; --input-size H W to choose another)"
+            )
+    if size is None:
+        crop = checkpoint.config.get("data", {}).get("crop_size", (321, 321))
+        size = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[-1]))
+        log(
+            f"warning: served size {size[0]}x{size[1]}, the training crop: the training data "
+            "is not here to measure the evaluation resolution (--input-size H W)"
+        )
+    if min(size) < 16:
         raise ExportError(f"input size must be two sides of at least 16 pixels, not {size}")
-    return size  # type: ignore[return-value]
+    return size
 
 
 def evaluation_size(checkpoint: Checkpoint) -> tuple[int, int] | None:
@@ -101,7 +107,7 @@ def parity_samples(
     if data is None and not training_data_here(checkpoint):
         from s4seg.training.data.synth import write_synthetic
 
-        data = write_synthetic(workdir / "synth", num_train=0, num_val=count, num_unlabeled=0)
+        data = str(write_synthetic(workdir / "synth", num_train=0, num_val=count, num_unlabeled=0))
         kind = "folder"
     layout = data_layout(checkpoint, data, kind)
     samples = layout.samples(layout.default_val_split)[:count]
@@ -149,6 +155,30 @@ def build_graphs(
     return {name: module.eval() for name, module in graphs.items()}, cls_size, cls_norm
 
 
+def served_confidence(
+    pipeline: OnnxPipeline, seg: Checkpoint, request: ExportRequest, log: Log
+) -> Confidence | None:
+    """Calibrated confidence fitted on the calibration data (``--calibrate``); none without
+    labeled data (said, and the manifest says so by its absence)."""
+    if not request.calibrate_on or request.calibrate_on == "off":
+        return None
+    try:
+        return fit_confidence(
+            pipeline,
+            seg,
+            request.calibrate_on,
+            request.calibrate_kind,
+            request.calibrate_images,
+            request.coverage,
+            log,
+        )
+    except DatasetError as error:
+        if request.calibrate_on != "auto":
+            raise
+        log(f"warning: confidence not calibrated: {error} (pass --calibrate DATA)")
+        return None
+
+
 def choose_served_tau(
     pipeline: OnnxPipeline,
     seg: Checkpoint,
@@ -182,10 +212,13 @@ def choose_served_tau(
         return GATE_OFF_TAU, TauChoice(method="not calibrated", reason=reason)
 
 
-def check_request(out_dir: Path, tau: float | None, overwrite: bool) -> None:
+def check_request(request: ExportRequest) -> None:
+    tau, out_dir = request.tau, Path(request.out)
     if tau is not None and not (0.0 <= tau <= 1.0 or tau == GATE_OFF_TAU):
         raise ExportError(f"--tau {tau:g}: a gate threshold is in [0, 1], or -1 for the gate off")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    if not 0.0 < request.coverage < 1.0:
+        raise ExportError(f"--coverage {request.coverage:g}: a share of pixels, in (0, 1)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not request.overwrite:
         raise ExportError(
             f"{out_dir} exists and is not empty (choose another --out or --overwrite)"
         )
@@ -325,31 +358,16 @@ def build_manifest(
     )
 
 
-def export_models(  # noqa: PLR0913 (the export flags one by one; a request object is next)
-    segmenter: str,
-    classifier: str | None,
-    out: str,
-    input_size: tuple[int, int] | None = None,
-    tau: float | None = None,
-    data: str | None = None,
-    kind: str | None = None,
-    parity_images: int = 8,
-    overwrite: bool = False,
-    fp16: bool = False,
-    int8: bool = False,
-    bf16: bool = False,
-    log: Log = print,
-    calibrate_on: str | None = "auto",
-    calibrate_kind: str | None = None,
-    calibrate_images: int = DEFAULT_CALIBRATION_IMAGES,
-) -> Manifest:
-    """Export, prove parity, choose the served tau (``tau`` explicit, else calibrated on
-    ``calibrate_on``: a labeled data set, ``auto`` for the training data's validation split,
-    None for the paper's 0.2). Written into a temporary folder, renamed to ``out`` when done."""
-    out_dir = Path(out)
-    check_request(out_dir, tau, overwrite)
-    seg, cls = load_checkpoints(segmenter, classifier)
-    size = served_size(seg, input_size, log)
+def export_models(request: ExportRequest, log: Log = print) -> Manifest:
+    """Export, prove parity, choose the served tau (``request.tau`` explicit, else calibrated on
+    ``request.calibrate_on``: a labeled data set, ``auto`` for the training data's validation
+    split, None for the paper's 0.2). Written into a temporary folder, renamed to ``out`` when
+    done."""
+    r = request
+    out_dir = Path(r.out)
+    check_request(r)
+    seg, cls = load_checkpoints(r.segmenter, r.classifier)
+    size = served_size(seg, r.input_size, log)
     torch_graphs, cls_size, cls_norm = build_graphs(seg, cls)
     examples = example_inputs(len(seg.classes), size, cls_size)
 
@@ -357,12 +375,12 @@ def export_models(  # noqa: PLR0913 (the export flags one by one; a request obje
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         graph_files = write_graphs(torch_graphs, examples, work, log)
-        paths = {"segmenter": segmenter, "classifier": classifier or ""}
+        paths = {"segmenter": r.segmenter, "classifier": r.classifier or ""}
         manifest = build_manifest(seg, cls, paths, size, cls_size, cls_norm, graph_files)
         manifest.save(work / MANIFEST_NAME)
 
         # Parity: the ONNX pipeline against PyTorch on real images.
-        images, masks, source = parity_samples(seg, data, kind, parity_images, work)
+        images, masks, source = parity_samples(seg, r.data, r.kind, r.parity_images, work)
         log(f"parity: ONNX Runtime against PyTorch on {len(images)} images from {source['root']}")
         pipeline = OnnxPipeline.from_export(work, device="cpu")
         parity = measure_parity(torch_graphs, pipeline, images, masks)
@@ -372,19 +390,27 @@ def export_models(  # noqa: PLR0913 (the export flags one by one; a request obje
 
         # The served tau: explicit, calibrated on held-out labeled images, or the gate off.
         manifest.tau, manifest.tau_choice = choose_served_tau(
-            pipeline, seg, cls is not None, tau, calibrate_on, calibrate_kind,
-            calibrate_images, log,
-        )  # fmt: skip
+            pipeline,
+            seg,
+            cls is not None,
+            r.tau,
+            r.calibrate_on,
+            r.calibrate_kind,
+            r.calibrate_images,
+            log,
+        )
+        manifest.confidence = served_confidence(pipeline, seg, r, log)
         # Lower-precision variants are judged as they will be served: at the served tau, on the
         # calibration images (the parity images when there are none).
-        if fp16 or int8 or bf16:
-            judged = variant_judging(manifest, seg, images, masks, source, calibrate_kind,
-                                     calibrate_images, log)  # fmt: skip
-            if fp16:
+        if r.variants:
+            judged = variant_judging(
+                manifest, seg, images, masks, source, r.calibrate_kind, r.calibrate_images, log
+            )
+            if "fp16" in r.variants:
                 add_fp16_variant(manifest, work, torch_graphs, judged, log)
-            if int8:
+            if "int8" in r.variants:
                 add_int8_variant(manifest, work, torch_graphs, seg, judged, log)
-            if bf16:
+            if "bf16" in r.variants:
                 add_bf16_variant(manifest, work, torch_graphs, judged, log)
         shutil.rmtree(work / "synth", ignore_errors=True)
         shutil.rmtree(work / PARTS)

@@ -72,7 +72,7 @@ PARTS = "parts"
 def graph_file(path: Path, precision: str = "fp32") -> GraphFile:
     return GraphFile(
         file=path.name, sha256=sha256_file(path), precision=precision, **signature(path)
-    )  # type: ignore[arg-type]
+    )
 
 
 def fold_network(

@@ -29,6 +29,11 @@ class Preprocess(nn.Module):
     image, as training's ``Resize((size, size))`` makes it, and not from the letterboxed canvas,
     whose pad bars the classifier never saw in training."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    cls_mean: torch.Tensor
+    cls_std: torch.Tensor
+
     def __init__(
         self,
         mean: list[float],

@@ -58,6 +58,8 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
+            if program is None:  # only the old (non-dynamo) exporter returns nothing
+                raise ExportError(f"{path.name}: torch.onnx.export returned no program")
             program.save(str(path))
     except Exception as error:
         detail = first_line(error)

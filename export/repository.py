@@ -14,7 +14,7 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,10 @@ from s4seg.repository import (
 )
 from s4seg.triton_config import RUNTIMES, ensemble_pbtxt, step_pbtxt
 
+from .requests import PromotionGate, PublishRequest
+
 RUNNER = Path(__file__).with_name("triton") / "onnx_runner.py"
+Log = Callable[[str], None]
 MIN_KEEP = 2  # the served version and the one before: what Triton keeps loaded
 
 
@@ -115,21 +118,10 @@ def compare_classes(new: Manifest, served: Manifest) -> str | None:
     return None
 
 
-def publish(  # noqa: PLR0913 (the publish flags one by one; a request object is next)
-    export_dir: str | Path,
-    repository: str | Path = REPOSITORY,
-    runtime: str = "python",
-    precision: str = "fp32",
-    keep: int | None = None,
-    force: bool = False,
-    eval_data: str | None = None,
-    eval_kind: str | None = None,
-    eval_images: int | None = None,
-    max_drop: float = 1.0,
-    log=print,
-) -> int:
-    """Publish ``export_dir`` as the next version; returns the version number."""
-    folder, repo = Path(export_dir), Path(repository)
+def publish(request: PublishRequest, log: Log = print) -> int:
+    """Publish ``request.export_dir`` as the next version; returns the version number."""
+    folder, repo = Path(request.export_dir), Path(request.repository)
+    runtime, precision, keep = request.runtime, request.precision, request.keep
     if runtime not in RUNTIMES:
         raise PublishError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if keep is not None and keep < MIN_KEEP:
@@ -146,17 +138,15 @@ def publish(  # noqa: PLR0913 (the publish flags one by one; a request object is
         if served is not None:
             old = read_manifest(repo, served)
             problem = compare_classes(manifest, old)
-            if problem and not force:
+            if problem and not request.force:
                 raise PublishError(
                     f"{problem}; clients expect the served classes (--force to replace)"
                 )
-            if eval_data:
+            if request.gate is not None:
                 pipeline = OnnxPipeline(
                     manifest, files, runtime=engine["runtime"], precision=precision
                 )
-                promotion_gate(
-                    pipeline, repo, served, eval_data, eval_kind, eval_images, max_drop, log
-                )
+                promotion_gate(pipeline, repo, served, request.gate, log)
         version = next_version(repo)
         for step, model in STEP_MODELS.items():
             model_dir = repo / model
@@ -217,7 +207,7 @@ def next_version(repo: Path) -> int:
     return max(found, default=0) + 1
 
 
-def served_engine(folder: Path, runtime: str, precision: str, log=print) -> dict[str, Any]:
+def served_engine(folder: Path, runtime: str, precision: str, log: Log = print) -> dict[str, Any]:
     """How the networks will run: ``auto`` measures here (``engine_choice``), among the engines
     the step runtime can run (python: any; native backends: their own); otherwise ONNX Runtime
     (OpenVINO under ``--runtime openvino``), and bf16 in OpenVINO inside the python runner."""
@@ -247,23 +237,20 @@ def served_engine(folder: Path, runtime: str, precision: str, log=print) -> dict
 
 
 def promotion_gate(
-    new_pipeline: OnnxPipeline,
-    repo: Path,
-    served: int,
-    data: str,
-    kind: str | None,
-    max_images: int | None,
-    max_drop: float,
-    log,
+    new_pipeline: OnnxPipeline, repo: Path, served: int, gate: PromotionGate, log: Log
 ) -> None:
-    """Refuse a version whose gated mIoU is more than ``max_drop`` points below the served one.
-    Both are measured as they are (to be) served: the very files published (the precision
+    """Refuse a version whose gated mIoU is more than ``gate.max_drop`` points below the served
+    one. Both are measured as they are (to be) served: the very files published (the precision
     chosen), each image letterboxed into the served size and mapped back as the gateway does,
     on the reported part of the validation split."""
+    data, max_drop = gate.data, gate.max_drop
     log(f"promotion gate: gated mIoU of the new export and of served version {served} on {data}")
-    run = {"max_images": max_images, "served_path": True}
-    new, _ = evaluate_pipeline(new_pipeline, data, kind, **run)
-    old, _ = evaluate_pipeline(version_pipeline(repo, served), data, kind, **run)
+    new, _ = evaluate_pipeline(
+        new_pipeline, data, gate.kind, max_images=gate.images, served_path=True
+    )
+    old, _ = evaluate_pipeline(
+        version_pipeline(repo, served), data, gate.kind, max_images=gate.images, served_path=True
+    )
     new_miou, old_miou = 100 * new["miou"], 100 * old["miou"]
     log(f"promotion gate: new {new_miou:.2f} mIoU, served (v{served}) {old_miou:.2f} mIoU")
     log(f"promotion gate: new version serves {new_pipeline.manifest.describe_tau()}")
@@ -274,13 +261,13 @@ def promotion_gate(
         )
 
 
-def prune(repo: Path, keep: int, log=print) -> list[int]:
+def prune(repo: Path, keep: int, log: Log = print) -> list[int]:
     """Remove all but the ``keep`` newest complete versions, as whole versions (the ensemble's
     folder and every step's: pruned step by step, a crashed publish's extra step folders made
     an older version incomplete and rollback refused it, review M2), never one a replica
     serves (it can be older than those when newer versions failed to load). Incomplete
     versions no replica serves are what a crashed publish left: removed too."""
-    served = {served_version(repo), *in_use(repo)} - {None}
+    served = {v for v in (served_version(repo), *in_use(repo)) if v is not None}
     kept = set(complete_versions(repo)[-keep:]) | served
     removed: set[int] = set()
     for model in [ENSEMBLE, *STEP_MODELS.values()]:  # the ensemble first: it uses the steps
@@ -299,7 +286,7 @@ def prune(repo: Path, keep: int, log=print) -> list[int]:
 WITHDRAWN = ".{version}.withdrawn"  # an ensemble version folder out of service (Triton ignores it)
 
 
-def rollback(repository: str | Path = REPOSITORY, log=print, wait: float = 60.0) -> int:
+def rollback(repository: str | Path = REPOSITORY, log: Log = print, wait: float = 60.0) -> int:
     """Serve the previous version again and remove the newest; returns the version now served.
 
     Switch first, delete after: the newest version is withdrawn (its ensemble folder renamed,
@@ -325,9 +312,11 @@ def rollback(repository: str | Path = REPOSITORY, log=print, wait: float = 60.0)
             remove_withdrawn(repo, log)
         log(f"rolled back {repo}: version {newest} removed, version {previous} served")
     else:
-        log(f"rolled back {repo}: version {previous} is the newest; a running server still "
+        log(
+            f"rolled back {repo}: version {previous} is the newest; a running server still "
             f"serves {newest} after {wait:g} s, so its files stay until the next rollback or "
-            "publish")  # fmt: skip
+            "publish"
+        )
     return previous
 
 
@@ -342,7 +331,7 @@ def _wait_until_not_served(repo: Path, version: int, wait: float) -> bool:
     return True
 
 
-def remove_withdrawn(repo: Path, log=print) -> list[int]:
+def remove_withdrawn(repo: Path, log: Log = print) -> list[int]:
     """Delete the files of withdrawn versions that no running server serves, loads or keeps
     any more."""
     removed = []

@@ -165,9 +165,14 @@ def add_int8_variant(
     log(f"int8: calibrating the segmenter on {len(seg_inputs)} training images")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     quantize_static(
-        str(prepared), str(part), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
+        str(prepared),
+        str(part),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     prepared.unlink()
     graphs = {"segmenter": fold_network(work, "segmenter", part, "segmenter_int8", "int8")}
     path = work / graphs["segmenter"].file
@@ -188,9 +193,12 @@ def add_int8_variant(
 
 
 def int8_in_openvino(
-    manifest: Manifest, files: dict[str, Path], torch_graphs: dict[str, torch.nn.Module],
-    judged: Judged, log: Log,
-) -> dict[str, Parity]:  # fmt: skip
+    manifest: Manifest,
+    files: dict[str, Path],
+    torch_graphs: dict[str, torch.nn.Module],
+    judged: Judged,
+    log: Log,
+) -> dict[str, Parity]:
     """The INT8 graph run by OpenVINO (its own int8 kernels, its own rounding), judged by the
     same rule; nothing where OpenVINO is not installed (then only ONNX Runtime runs INT8)."""
     try:
@@ -224,9 +232,12 @@ def lossy_rule(measured: Parity, **extra: Any) -> Parity:
 
 
 def add_bf16_variant(
-    manifest: Manifest, work: Path, torch_graphs: dict[str, torch.nn.Module], judged: Judged,
+    manifest: Manifest,
+    work: Path,
+    torch_graphs: dict[str, torch.nn.Module],
+    judged: Judged,
     log: Log,
-) -> None:  # fmt: skip
+) -> None:
     """BF16: the FP32 segmenter and classifier run by OpenVINO at bf16, where this CPU computes
     in bf16 (``s4seg.engines``), judged on ``judged`` by the rule of INT8 (``lossy_rule``).
     Refused with its figures when it does not pass; not made on a CPU without BF16."""

@@ -34,9 +34,14 @@ def boundary_counts(truth: np.ndarray, labels: np.ndarray, tolerance: int) -> np
     predicted edge, true edge pixels]: sums of these give the boundary F-score of a data set."""
     pred, true = boundary(labels), boundary(truth)
     return np.array(
-        [(pred & near(true, tolerance)).sum(), pred.sum(), (true & near(pred, tolerance)).sum(),
-         true.sum()], dtype=np.int64,
-    )  # fmt: skip
+        [
+            (pred & near(true, tolerance)).sum(),
+            pred.sum(),
+            (true & near(pred, tolerance)).sum(),
+            true.sum(),
+        ],
+        dtype=np.int64,
+    )
 
 
 def f_score(counts: np.ndarray) -> float:

@@ -121,8 +121,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
     except (ValueError, OSError) as error:
-        raise ImageError(f"image mode {mode} can not be converted to RGB: {error}", 415,
-                         "unsupported_mode") from None  # fmt: skip
+        raise ImageError(
+            f"image mode {mode} can not be converted to RGB: {error}", 415, "unsupported_mode"
+        ) from None
 
 
 def decode_image(
@@ -164,8 +165,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(f"not an image in a supported format (send {SUPPORTED})", 415,
-                         "not_an_image") from None  # fmt: skip
+        raise ImageError(
+            f"not an image in a supported format (send {SUPPORTED})", 415, "not_an_image"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"image too large: {error}", 413, "too_many_pixels") from None
     except (OSError, SyntaxError, ValueError) as error:

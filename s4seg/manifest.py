@@ -95,6 +95,33 @@ class TauChoice(_Strict):
     sweep: list[dict[str, float]] = []  # [{"tau": t, "miou": gated mIoU at t}]
 
 
+class ConfidenceReport(_Strict):
+    """The calibration measured on images it was not fitted on (the report part)."""
+
+    images: int
+    pixels: int
+    accuracy: float
+    ece_before: float  # raw softmax
+    ece_after: float  # temperature-scaled
+    coverage: float  # share of pixels whose prediction set holds the true class
+    mean_set_size: float
+    multiple_share: float  # share of pixels whose set holds more than one class
+
+
+class Confidence(_Strict):
+    """How far the segmenter's probabilities can be trusted (``s4seg.confidence``), fitted at
+    export on the calibration part: softmax(logits / temperature) and prediction sets of every
+    class whose calibrated probability reaches ``threshold``."""
+
+    temperature: list[float] = Field(min_length=1, description="one (global) or one per class")
+    scope: Literal["global", "per class"]
+    scope_reason: str
+    coverage: float = Field(gt=0.0, lt=1.0, description="the prediction sets' target coverage")
+    threshold: float = Field(ge=0.0, le=1.0)
+    fitted_on: dict[str, Any]  # data, part, images, pixels
+    report: ConfidenceReport
+
+
 class Parity(_Strict):
     """The ONNX graphs against the PyTorch modules on the same framed images
     (``export/parity.py``): what export and publish require, and what each variant was judged
@@ -156,6 +183,9 @@ class Manifest(_Strict):
     )
     tau: float = Field(ge=GATE_OFF_TAU, le=1.0, description="served gate threshold; -1: gate off")
     tau_choice: TauChoice | None = None
+    confidence: Confidence | None = Field(
+        default=None, description="calibrated confidence, when export had labeled data for it"
+    )
     opset: int
     graphs: dict[str, GraphFile]
     sources: dict[str, Source]
@@ -180,6 +210,12 @@ class Manifest(_Strict):
         missing = [step for step in STEPS if step not in self.graphs]
         if missing:
             raise ValueError(f"graphs lacks {', '.join(missing)}")
+        temperatures = len(self.confidence.temperature) if self.confidence else 1
+        if temperatures not in (1, len(self.classes)):
+            raise ValueError(
+                f"confidence has {temperatures} temperatures: one, or one per class "
+                f"({len(self.classes)})"
+            )
         return self
 
     def variant_graphs(self, precision: str = "fp32") -> dict[str, GraphFile]:

@@ -4,12 +4,14 @@ JSON + COCO RLE (shared by the gateway, `s4seg segment` and `s4seg predict`)."""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 from s4seg.manifest import Manifest
+from s4seg.quality import Quality
 from s4seg.visualize import colorize
 
 # Overlay encodings: PNG is lossless and slow on photos (a 12 MP overlay: about 1 s and 18 MiB
@@ -60,14 +62,22 @@ def rle(binary: np.ndarray) -> dict:
     return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
-def segmentation_json(
-    labels: np.ndarray,
-    class_probs: np.ndarray,
-    suppressed: np.ndarray,
-    manifest: Manifest,
-    version: str,
-    tau: float | None,
-) -> dict:
+@dataclass(frozen=True)
+class Answer:
+    """One image's answer, mapped back to the image's size: what the JSON answer is made of."""
+
+    labels: np.ndarray  # (H, W) uint8
+    class_probs: np.ndarray  # (C,)
+    suppressed: np.ndarray  # (C,) bool
+    manifest: Manifest
+    version: str
+    tau: float | None  # the gate threshold applied; None: ungated
+    quality: Quality | None = None
+
+
+def segmentation_json(answer: Answer) -> dict:
+    labels, manifest, tau = answer.labels, answer.manifest, answer.tau
+    class_probs, suppressed = answer.class_probs, answer.suppressed
     counts = np.bincount(labels.ravel(), minlength=manifest.num_classes)
     present = [
         {
@@ -81,7 +91,7 @@ def segmentation_json(
     return {
         "width": int(labels.shape[1]),
         "height": int(labels.shape[0]),
-        "model_version": version,
+        "model_version": answer.version,
         "gated": tau is not None,
         "tau": tau,
         "classes": present,
@@ -92,4 +102,5 @@ def segmentation_json(
         ),
         "suppressed": [manifest.classes[i] for i in np.flatnonzero(suppressed)],
         "mask_encoding": "COCO RLE (pycocotools), one binary mask per class present",
+        "quality": None if answer.quality is None else answer.quality.rounded(),
     }

@@ -139,8 +139,12 @@ def read_status(repository: Path, replica: str) -> dict[str, Any]:
 
 
 def write_status(repository: Path, replica: str, status: dict[str, Any]) -> None:
-    identity = {"replica": replica, "host": socket.gethostname(), "pid": os.getpid(),
-                "pid_namespace": pid_namespace()}  # fmt: skip
+    identity = {
+        "replica": replica,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_namespace": pid_namespace(),
+    }
     write_json_atomic(status_path(repository, replica), {**status, **identity, "time": time.time()})
 
 

@@ -38,11 +38,12 @@ def ensemble_inputs(
     small = np.ascontiguousarray(views, dtype=CLS_IMAGE.dtype)
     taus = np.full((len(images), 1), tau, dtype=TAU.dtype)
     return [
-        infer_input(kind, IMAGE.name, images.shape, IMAGE.wire_type,
-                    images if inline_image else None),
+        infer_input(
+            kind, IMAGE.name, images.shape, IMAGE.wire_type, images if inline_image else None
+        ),
         infer_input(kind, CLS_IMAGE.name, small.shape, CLS_IMAGE.wire_type, small),
         infer_input(kind, TAU.name, taus.shape, TAU.wire_type, taus),
-    ]  # fmt: skip
+    ]
 
 
 def map_back_outputs(kind: ModuleType) -> list[Any]:

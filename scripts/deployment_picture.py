@@ -34,24 +34,45 @@ COLOURS = {
 def box(ax: Axes, x: float, y: float, w: float, h: float, colour: str, dashed=False) -> None:
     ax.add_patch(
         FancyBboxPatch(
-            (x, y), w, h, boxstyle="round,pad=0,rounding_size=0.08", facecolor=colour,
-            edgecolor=INK, linewidth=1.2, linestyle="--" if dashed else "-",
+            (x, y),
+            w,
+            h,
+            boxstyle="round,pad=0,rounding_size=0.08",
+            facecolor=colour,
+            edgecolor=INK,
+            linewidth=1.2,
+            linestyle="--" if dashed else "-",
         )
-    )  # fmt: skip
+    )
 
 
 def arrow(ax: Axes, start, end, colour: str = INK, dashed: bool = False, both=False) -> None:
     ax.add_patch(
         FancyArrowPatch(
-            start, end, arrowstyle="<|-|>" if both else "-|>", mutation_scale=13, color=colour,
-            linewidth=1.4, linestyle="--" if dashed else "-", shrinkA=0, shrinkB=0,
+            start,
+            end,
+            arrowstyle="<|-|>" if both else "-|>",
+            mutation_scale=13,
+            color=colour,
+            linewidth=1.4,
+            linestyle="--" if dashed else "-",
+            shrinkA=0,
+            shrinkB=0,
         )
-    )  # fmt: skip
+    )
 
 
 def text(ax: Axes, x: float, y: float, words: str, size: float = 10, **options) -> None:
-    ax.text(x, y, words, fontsize=size, color=options.pop("color", INK), va="center",
-            ha=options.pop("ha", "center"), **options)  # fmt: skip
+    ax.text(
+        x,
+        y,
+        words,
+        fontsize=size,
+        color=options.pop("color", INK),
+        va="center",
+        ha=options.pop("ha", "center"),
+        **options,
+    )
 
 
 def draw(path: Path) -> Path:
@@ -60,8 +81,14 @@ def draw(path: Path) -> Path:
     ax.set_xlim(0, WIDTH)
     ax.set_ylim(0, HEIGHT)
     ax.axis("off")
-    text(ax, WIDTH / 2, 6.3, "deploy/kubernetes: serving replicas and batch Jobs on one model "
-         "repository", 13, weight="bold")  # fmt: skip
+    text(
+        ax,
+        WIDTH / 2,
+        6.3,
+        "deploy/kubernetes: serving replicas and batch Jobs on one model repository",
+        13,
+        weight="bold",
+    )
 
     # Clients -> Service -> replicas.
     box(ax, 0.3, 3.4, 1.6, 1.0, COLOURS["client"])
@@ -76,8 +103,14 @@ def draw(path: Path) -> Path:
     pod_x, pod_w = 4.7, 3.6
     for i, y in enumerate((4.35, 2.35)):
         box(ax, pod_x, y, pod_w, 1.6, COLOURS["pod"])
-        text(ax, pod_x + pod_w / 2, y + 1.35, f"replica {i + 1}: pod of Deployment s4seg-serving",
-             9.5, weight="bold")  # fmt: skip
+        text(
+            ax,
+            pod_x + pod_w / 2,
+            y + 1.35,
+            f"replica {i + 1}: pod of Deployment s4seg-serving",
+            9.5,
+            weight="bold",
+        )
         box(ax, pod_x + 0.15, y + 0.15, 1.45, 0.95, "#ffffff")
         text(ax, pod_x + 0.875, y + 0.8, "gateway :8080", 9)
         text(ax, pod_x + 0.875, y + 0.45, "/readyz /healthz", 9, color=GREY)
@@ -125,8 +158,15 @@ def draw(path: Path) -> Path:
     text(ax, 1.625, 0.6, "pod i: shard i of n", 9, color=GREY)
     text(ax, 4.475, 0.6, "--resume auto, 1 proc/GPU", 9, color=GREY)
     text(ax, 7.325, 0.6, "pod i: cell i", 9, color=GREY)
-    text(ax, 0.3, 1.95, "on PVC s4seg-work (RWX): data, runs, studies, outputs; predict reads "
-         "/models", 9.5, ha="left", color=GREY)  # fmt: skip
+    text(
+        ax,
+        0.3,
+        1.95,
+        "on PVC s4seg-work (RWX): data, runs, studies, outputs; predict reads /models",
+        9.5,
+        ha="left",
+        color=GREY,
+    )
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)

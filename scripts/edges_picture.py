@@ -57,9 +57,15 @@ def main(photo: str, export: str, out: str) -> None:
         shown = overlay_image(pixels, labels, manifest)
         whole = shown.resize((CROP * WIDTH // HEIGHT, CROP), Image.BILINEAR)
         ImageDraw.Draw(whole).rectangle(
-            [x * CROP // HEIGHT, y * CROP // HEIGHT, (x + CROP) * CROP // HEIGHT,
-             (y + CROP) * CROP // HEIGHT], outline=(255, 255, 0), width=3,
-        )  # fmt: skip
+            [
+                x * CROP // HEIGHT,
+                y * CROP // HEIGHT,
+                (x + CROP) * CROP // HEIGHT,
+                (y + CROP) * CROP // HEIGHT,
+            ],
+            outline=(255, 255, 0),
+            width=3,
+        )
         crop = shown.crop((x, y, x + CROP, y + CROP))
         row = Image.new("RGB", (whole.width + CROP + 10, CROP + 30), (255, 255, 255))
         row.paste(whole, (0, 30))

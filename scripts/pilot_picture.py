@@ -29,8 +29,14 @@ def draw(out: Path, studies: dict[str, Path]) -> None:
                 continue
             budget = run.name.split("-")[1]
             steps = sorted(curve)
-            axis.plot(steps, [100 * curve[s] for s in steps], style, marker="o", markersize=3,
-                      label=f"{label}, {budget} labels")  # fmt: skip
+            axis.plot(
+                steps,
+                [100 * curve[s] for s in steps],
+                style,
+                marker="o",
+                markersize=3,
+                label=f"{label}, {budget} labels",
+            )
     axis.set_xlabel("iteration")
     axis.set_ylabel("val mIoU during training, %")
     axis.set_title("baseline-only pilot (seed 0)")

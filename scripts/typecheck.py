@@ -1,5 +1,5 @@
-"""Type-check the packages named on the command line with mypy (``make lint``: the core, serving
-and clients). The stages install as ``s4seg.<stage>`` from their own folders through an import
+"""Type-check the packages named on the command line with mypy (``make lint``: the core and
+every stage). The stages install as ``s4seg.<stage>`` from their own folders through an import
 hook mypy cannot follow, so mypy reads a tree of links laid out as installed (``.venv/typecheck``,
 rebuilt each run from pyproject's package-dir)."""
 
@@ -12,6 +12,13 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGES = [
+    "s4seg.training",
+    "s4seg.export",
+    "s4seg.serving",
+    "s4seg.clients",
+    "s4seg.workflows",
+]
 
 
 def link_tree(target: Path) -> None:
@@ -52,4 +59,4 @@ def main(packages: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or ["s4seg", "s4seg.serving", "s4seg.clients"]))
+    sys.exit(main(sys.argv[1:] or ["s4seg", *STAGES]))

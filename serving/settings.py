@@ -63,18 +63,23 @@ class ServeSettings(BaseSettings):
         "2.5 x max_pixels, 100 MP: a few large photos at once)",
     )
     max_in_flight_per_client: int | None = Field(
-        None, ge=1, description="of those, from one client address, then 429 (default: three "
+        None,
+        ge=1,
+        description="of those, from one client address, then 429 (default: three "
         "quarters: other clients always find a quarter)",
-    )  # fmt: skip
+    )
     header_timeout: float = Field(5.0, gt=0, description="seconds for a request's headers")
     write_timeout: float = Field(
-        30.0, gt=0, description="an answer whose client reads none of it for this long is "
+        30.0,
+        gt=0,
+        description="an answer whose client reads none of it for this long is "
         "aborted (the connection dropped)",
-    )  # fmt: skip
+    )
     max_connections: int = Field(
-        1024, ge=1, description="connections and requests at once (uvicorn's limit_concurrency); "
-        "beyond it 503",
-    )  # fmt: skip
+        1024,
+        ge=1,
+        description="connections and requests at once (uvicorn's limit_concurrency); beyond it 503",
+    )
     shutdown_timeout: float = Field(
         20.0, gt=0, description="on SIGTERM, requests in progress get this long to finish"
     )
@@ -85,21 +90,27 @@ class ServeSettings(BaseSettings):
         60.0, gt=0, description="a segment request's body must be complete within this (408)"
     )
     min_body_rate: float = Field(
-        16384.0, gt=0,
+        16384.0,
+        gt=0,
         description="bytes/s a segment request's body must average after its first 2 s (408)",
-    )  # fmt: skip
+    )
     max_receiving: int = Field(
-        64, ge=1, description="segment request bodies arriving at once (then 503); a body is "
+        64,
+        ge=1,
+        description="segment request bodies arriving at once (then 503); a body is "
         "received whole before its request is admitted",
-    )  # fmt: skip
+    )
     max_uploads_per_client: int | None = Field(
-        None, ge=1, description="of those, from one client address, then 429 (default: three "
-        "quarters)",
-    )  # fmt: skip
+        None,
+        ge=1,
+        description="of those, from one client address, then 429 (default: three quarters)",
+    )
     max_pixels_per_client: int | None = Field(
-        None, ge=1, description="decoded pixels in flight of one client address (default: "
+        None,
+        ge=1,
+        description="decoded pixels in flight of one client address (default: "
         "three quarters of max_pixels_in_flight, at least max_pixels)",
-    )  # fmt: skip
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description="proxies whose X-Forwarded-For names the client (uvicorn's setting): behind "

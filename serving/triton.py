@@ -226,8 +226,11 @@ class TritonProcess:
         if not Path(self.settings.repository).is_dir():
             raise TritonError(f"model repository not found: {self.settings.repository}")
         settings = self.settings
-        ports = {"http": settings.http_port, "grpc": settings.grpc_port,
-                 "metrics": settings.metrics_port}  # fmt: skip
+        ports = {
+            "http": settings.http_port,
+            "grpc": settings.grpc_port,
+            "metrics": settings.metrics_port,
+        }
         check_ports_free(settings.host, ports)
         remove_shm_leftovers(self.settings.shm_prefix)  # of a Triton of ours that was killed
         out: int | BinaryIO = subprocess.DEVNULL

@@ -90,6 +90,64 @@ class LoadError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class OnDisk:
+    """What ``sync`` reads from the shared repository."""
+
+    complete: list[int]  # complete versions, newest first
+    fingerprints: dict[int, float]  # of the complete versions newer than the served one
+    steps_present: bool  # the served version's step folders are all still there
+
+
+def read_disk(repository: Path, served: int | None) -> OnDisk:
+    complete = complete_versions(repository)[::-1]
+    newer = [v for v in complete if served is None or v > served or served not in complete]
+    steps = [repository / m / str(served) for m in STEP_MODELS.values()]
+    return OnDisk(
+        complete=complete,
+        fingerprints={v: fingerprint(repository, v) for v in newer},
+        steps_present=served is not None and all(step.is_dir() for step in steps),
+    )
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What one ``sync`` does, decided from data alone (``plan_sync``)."""
+
+    serving: int | None  # served now and still published (None: nothing, or withdrawn)
+    candidates: list[int]  # to try in order, newest first, until one loads
+    keep: int | None  # stays loaded beside the one tried (requests in flight need it)
+    withdrawn: int | None  # served but withdrawn, its steps still loadable
+    removed: bool = False  # served but withdrawn and its steps' files gone
+
+
+def plan_sync(state: VersionState, disk: OnDisk) -> SyncPlan:
+    """Rolled back (withdrawn) or removed: switch to the newest left, keeping the old one loaded
+    until the ensemble has switched when its steps' files are still there. Otherwise try every
+    newer complete version, newest first, except those that failed and have not changed since
+    (their fingerprint)."""
+    served, withdrawn, removed = state.served, None, False
+    if served is not None and served not in disk.complete:
+        withdrawn = served if disk.steps_present else None
+        removed = withdrawn is None
+        served = None
+    candidates = []
+    for version in disk.complete:
+        if served is not None and version <= served:
+            break
+        failure = state.failed.get(version)
+        if failure is None or failure.fingerprint != disk.fingerprints.get(version):
+            candidates.append(version)
+    keep = served if withdrawn is None else withdrawn
+    return SyncPlan(served, candidates, keep, withdrawn, removed)
+
+
+def drain_due(state: VersionState, now: float) -> bool:
+    """A withdrawn version's steps may be unloaded: the requests the old ensemble config took
+    in have had ``DRAIN_SECONDS`` to finish."""
+    return state.drain_until is not None and now >= state.drain_until
+
+
 class VersionManager:
     def __init__(  # noqa: PLR0913 (the manager's settings, by keyword)
         self,
@@ -160,9 +218,11 @@ class VersionManager:
     def _load(self, model: str, config: dict, versions: list[int]) -> None:
         self._place(model, config, versions)
         response = httpx.post(
-            f"{self.url}/v2/repository/models/{model}/load", json={}, timeout=self.timeout,
+            f"{self.url}/v2/repository/models/{model}/load",
+            json={},
+            timeout=self.timeout,
             headers=self._admin,
-        )  # fmt: skip
+        )
         if response.status_code != 200:
             try:
                 reason = response.json().get("error", response.text)
@@ -187,43 +247,29 @@ class VersionManager:
     def sync(self) -> int | None:
         """Serve the newest complete version that loads; returns the served version."""
         with self._lock:
-            on_disk = complete_versions(self.repository)[::-1]  # newest first
-            served = self.state.served
-            # Rolled back (withdrawn) or removed: switch to the newest left, keeping the old one
-            # loaded until the ensemble has switched when its steps' files are still there.
-            keep = withdrawn = None
-            if served is not None and served not in on_disk:
-                self.log(f"version {served} is withdrawn from {self.repository}")
-                steps = [self.repository / m / str(served) for m in STEP_MODELS.values()]
-                keep = withdrawn = served if all(step.is_dir() for step in steps) else None
-                served = None
-            else:
-                keep = served
-            for version in on_disk:
-                if served is not None and version <= served:
-                    break
-                failure = self.state.failed.get(version)
-                stamp = fingerprint(self.repository, version)
-                if failure is not None and failure.fingerprint == stamp:
-                    continue
+            disk = read_disk(self.repository, self.state.served)
+            plan = plan_sync(self.state, disk)
+            if plan.withdrawn is not None or plan.removed:
+                self.log(f"version {self.state.served} is withdrawn from {self.repository}")
+            served = plan.serving
+            for version in plan.candidates:
                 try:
-                    self._switch(version, keep=keep)
+                    self._switch(version, keep=plan.keep)
                 except LoadError as error:
-                    self.state.failed[version] = Failure(str(error), stamp)
+                    self.state.failed[version] = Failure(str(error), disk.fingerprints[version])
                     self.log(f"version {version} does not load, still serving {served}: {error}")
                     continue
                 self.state.failed.pop(version, None)
-                was = served or withdrawn
+                was = served or plan.withdrawn
                 self.log(f"serving version {version}" + (f" (was {was})" if was else ""))
-                if withdrawn is not None:  # the ensemble has moved: unload the withdrawn steps
+                if plan.withdrawn is not None:  # the ensemble has moved: unload its steps later
                     self.state.drain_until = time.monotonic() + DRAIN_SECONDS
                 served = version
                 self.state.switched_at = time.time()
                 break
-            if served is None and withdrawn is not None:
-                served = withdrawn  # nothing else loads: keep serving it while its files last
-            drain = self.state.drain_until
-            if served is not None and drain is not None and time.monotonic() >= drain:
+            if served is None:
+                served = plan.withdrawn  # nothing else loads: keep it while its files last
+            if served is not None and drain_due(self.state, time.monotonic()):
                 try:  # the requests in flight are done: only the served version stays loaded
                     self._load_steps([served])
                     self.state.drain_until = None

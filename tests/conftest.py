@@ -11,14 +11,19 @@ from pathlib import Path
 import pytest
 from helpers import striped_mask, write_mask, write_rgb
 
+from s4seg.export.requests import ExportRequest
 from s4seg.training.data.synth import write_synthetic
 
 # Fixtures that start a real tritonserver (with the gateway) or a browser, and fixtures that
 # train (the others build on them).
 STACK_FIXTURES = {"served", "server", "stack", "browser", "page"}
 TRAINED_FIXTURES = {
-    "tiny_checkpoint", "tiny_classifier", "varied_checkpoint", "tiny_export", "unimatch_export",
-}  # fmt: skip
+    "tiny_checkpoint",
+    "tiny_classifier",
+    "varied_checkpoint",
+    "tiny_export",
+    "unimatch_export",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -116,13 +121,29 @@ def unimatch_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     from s4seg.training.trainers import TRAINERS
 
     out = tmp_path_factory.mktemp("unimatch")
-    cfg = load_config("synthetic-quick", [
-        *TINY_TRAINING, f"data.root={synth_root}", "train.iterations=3", "train.val_every=100",
-        "model.architecture=deeplabv3plus", f"train.out_dir={out / 'run'}",
-    ])  # fmt: skip
+    cfg = load_config(
+        "synthetic-quick",
+        [
+            *TINY_TRAINING,
+            f"data.root={synth_root}",
+            "train.iterations=3",
+            "train.val_every=100",
+            "model.architecture=deeplabv3plus",
+            f"train.out_dir={out / 'run'}",
+        ],
+    )
     checkpoint = TRAINERS["unimatch"].train(cfg, log=lambda *_: None)
-    export_models(str(checkpoint), None, str(out / "export"), input_size=(64, 64),
-                  data=str(synth_root), parity_images=2, log=lambda *_: None)  # fmt: skip
+    export_models(
+        ExportRequest(
+            str(checkpoint),
+            None,
+            str(out / "export"),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+        ),
+        log=lambda *_: None,
+    )
     return out / "export"
 
 
@@ -170,15 +191,16 @@ def tiny_export(
 
     out = tmp_path_factory.mktemp("export") / "export"
     export_models(
-        str(varied_checkpoint),
-        str(tiny_classifier),
-        str(out),
-        input_size=(64, 64),
-        data=str(synth_root),
-        parity_images=4,
+        ExportRequest(
+            str(varied_checkpoint),
+            str(tiny_classifier),
+            str(out),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=4,
+            tau=0.2,
+        ),
         log=lambda *_: None,
-        tau=0.2,  # the paper's tau, explicitly: the tests of the gate need it on (calibration:
-        # tests/test_calibration.py)
     )
     return out
 

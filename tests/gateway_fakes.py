@@ -112,9 +112,12 @@ def running(app, header_timeout: float = 5.0, write_timeout: float = 30.0) -> It
     """The app under a real uvicorn (our protocol class) on a free port, in a thread."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning",
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
         http=with_header_timeout(header_timeout, write_timeout),
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -134,10 +134,15 @@ def hammer(
             )
             body = response.json() if response.status_code != 200 else {}
             results.append(
-                (time.monotonic(), kind, response.status_code,
-                 response.headers.get("x-model-version", ""), body.get("error", ""),
-                 str(body.get("detail", ""))[:200])
-            )  # fmt: skip
+                (
+                    time.monotonic(),
+                    kind,
+                    response.status_code,
+                    response.headers.get("x-model-version", ""),
+                    body.get("error", ""),
+                    str(body.get("detail", ""))[:200],
+                )
+            )
 
 
 HEALTH_PROBE = """

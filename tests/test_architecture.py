@@ -174,3 +174,43 @@ def test_the_checker_sees_a_backward_import(tmp_path: Path) -> None:
     found = imports("s4seg.training.bad", path)
     assert "s4seg.export.repository" in found
     assert PACKAGES[stage("s4seg.export.repository")][1] > PACKAGES["s4seg.training"][1]
+
+
+# Sizes the product keeps (issue 33): ruff holds branches (PLR0912, 15) and arguments
+# (PLR0913); lines it does not count. A function over the line limit is named here with why, so
+# the list only shrinks.
+MAX_FUNCTION_LINES = 80
+LONG_FUNCTIONS: dict[str, str] = {}
+MAX_WORKFLOWS_FILE_LINES = 350
+
+
+def long_functions(root: Path) -> dict[str, int]:
+    """``path:name`` -> lines of each function longer than the limit, in the product's folders."""
+    found = {}
+    for folder, _ in PACKAGES.values():
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        found[f"{path.relative_to(root)}:{node.name}"] = lines
+    return found
+
+
+def test_no_function_is_longer_than_the_limit_unless_named_with_why() -> None:
+    found = long_functions(ROOT)
+    assert set(found) <= set(LONG_FUNCTIONS), {k: v for k, v in found.items()}
+    assert not set(LONG_FUNCTIONS) - set(found), "a named function is short now: remove it"
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "workflows").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_WORKFLOWS_FILE_LINES
+    }
+    assert not big, f"workflows files over {MAX_WORKFLOWS_FILE_LINES} lines: {big}"
+
+
+def test_the_length_checker_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "s4seg").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "s4seg" / "long.py").write_text(f"def long():\n{body}\n")
+    assert long_functions(tmp_path) == {"s4seg/long.py:long": MAX_FUNCTION_LINES + 1}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from s4seg.export.requests import PublishRequest
 from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.workflows.bench.serve_alone import model_alone
@@ -25,7 +26,7 @@ def test_model_alone_tries_every_engine_and_layout_and_counts_images(
     from s4seg.workflows.bench.limits import network_flops, peak_gflops
 
     repo = tmp_path / "repo"
-    version = publish(tiny_export, repo, log=lambda *_: None)
+    version = publish(PublishRequest(tiny_export, repo), log=lambda *_: None)
     pipeline = version_pipeline(repo, version, device="cpu")
     framed = Framing.of(pipeline.manifest).frame(np.zeros((64, 64, 3), np.uint8))
     rows = model_alone(repo, version, pipeline, framed, window=0.3, windows=2)
@@ -99,3 +100,45 @@ def test_peak_counts_zen5_avx512_at_full_width(monkeypatch: pytest.MonkeyPatch) 
     assert peaks["25"][0] == 2 * 2.0 * 32 and "256-bit" in peaks["25"][1]
     assert peaks["26"][0] == 2 * 2.0 * 64 and "512-bit" in peaks["26"][1]
     assert peaks["6"][0] == 2 * 2.0 * 64
+
+
+def test_render_compares_each_target_with_in_process_and_the_model_alone() -> None:
+    """The section is rendered from the measured results alone (measure apart from render):
+    each request row is divided by in-process at its concurrency and by the served engine's
+    best model-alone rate; sections not measured are left out."""
+    from types import SimpleNamespace
+
+    from s4seg.export.engine_choice import Candidate
+    from s4seg.workflows.bench.serve_alone import ModelAlone
+    from s4seg.workflows.bench.serve_callers import IN_PROCESS
+    from s4seg.workflows.bench.serve_render import render
+    from s4seg.workflows.bench.serve_results import ServeBenchRequest, ServeResults
+
+    served, other = Candidate("onnxruntime", "fp32"), Candidate("openvino", "fp32")
+    manifest = SimpleNamespace(
+        input_size=[64, 64],
+        num_classes=7,
+        sources={"segmenter": SimpleNamespace(arch={"backbone_depth": 18})},
+    )
+    request = ServeBenchRequest(Path("repo"), 4, 10, [1], 8, 2, 1, 1.0, 3, Path("logs"))
+    results = ServeResults(
+        request=request,
+        version=3,
+        manifest=manifest,
+        images=4,
+        alone=[ModelAlone(served, 1, 2, 1, [20.0]), ModelAlone(other, 1, 2, 1, [40.0])],
+        served_engine=served,
+        flops={"segmenter": 2e9, "classifier": 1e9},
+        default="gateway",
+        rows=[(IN_PROCESS, 1, 10.0, [0.1, 0.1]), ("gateway", 1, 5.0, [0.2, 0.4])],
+        quality_seconds=0.002,
+    )
+    text = render(results)
+    assert "| onnxruntime | fp32 | 1 x 2 | 1 | 20.0 **served best** |" in text
+    assert "| openvino | fp32 | 1 x 2 | 1 | 40.0 **limit** |" in text
+    gateway = next(line for line in text.splitlines() if line.startswith("| gateway | 1 |"))
+    assert gateway.endswith("| 0.50x | 0.25x | 0.12x |"), gateway
+    assert "FLOPs per image 3.00 G" in text
+    assert "2.00 ms, timed alone, 2.0% of an in-process request" in text
+    for absent in ("Where the CPU goes", "The hop alone", "Latency by input size", "Triton, per"):
+        assert absent not in text

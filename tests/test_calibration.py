@@ -55,11 +55,16 @@ def test_calibration_picks_the_tau_that_helps(tiny_export: Path, synth_root: Pat
     images = [np.asarray(Image.open(s.image).convert("RGB")) for s in held]
     # The smallest tau of the sweep at which the gate changes some map: the truth to find.
     target = next(
-        t for t in CALIBRATION_TAUS
-        if any((segment_like_the_server(pipeline, i, t).labels
-                != segment_like_the_server(pipeline, i, GATE_OFF_TAU).labels).any()
-               for i in images)
-    )  # fmt: skip
+        t
+        for t in CALIBRATION_TAUS
+        if any(
+            (
+                segment_like_the_server(pipeline, i, t).labels
+                != segment_like_the_server(pipeline, i, GATE_OFF_TAU).labels
+            ).any()
+            for i in images
+        )
+    )
     data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", target)
     payload = Checkpoint.load(Manifest.load(tiny_export).sources["segmenter"].path)
     tau, choice = calibrate(pipeline, payload, str(data), log=lambda *_: None)
@@ -90,9 +95,13 @@ def test_tau_is_chosen_on_images_no_reported_figure_uses(tiny_export: Path, synt
 
 
 def test_export_serves_the_gate_off_for_a_useless_classifier(
-    tiny_export: Path, varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path,
-    tmp_path: Path, capsys,
-) -> None:  # fmt: skip
+    tiny_export: Path,
+    varied_checkpoint: Path,
+    tiny_classifier: Path,
+    synth_root: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
     # A classifier that says "nothing is here" for every image and class.
     payload = Checkpoint.load(tiny_classifier)
     payload.model["fc.bias"].fill_(-20.0)
@@ -100,9 +109,29 @@ def test_export_serves_the_gate_off_for_a_useless_classifier(
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     data = _data_labeled_by(pipeline, synth_root, tmp_path / "truth", GATE_OFF_TAU)
     out = tmp_path / "export"
-    assert main(["export", "--segmenter", str(varied_checkpoint), "--classifier", str(useless),
-                 "--out", str(out), "--input-size", "64", "64", "--parity-data", str(synth_root),
-                 "--parity-images", "2", "--calibrate", str(data)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--segmenter",
+                str(varied_checkpoint),
+                "--classifier",
+                str(useless),
+                "--out",
+                str(out),
+                "--input-size",
+                "64",
+                "64",
+                "--parity-data",
+                str(synth_root),
+                "--parity-images",
+                "2",
+                "--calibrate",
+                str(data),
+            ]
+        )
+        == 0
+    )
     manifest = Manifest.load(out)
     assert manifest.tau == GATE_OFF_TAU and not manifest.gate_on
     choice = manifest.tau_choice
@@ -134,7 +163,16 @@ def test_an_explicit_tau_wins_and_auto_falls_back_by_name(
 
 
 def test_a_tau_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
-    code = main(["export", "--segmenter", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o"),
-                 "--tau", "1.5"])  # fmt: skip
+    code = main(
+        [
+            "export",
+            "--segmenter",
+            str(tmp_path / "none.pt"),
+            "--out",
+            str(tmp_path / "o"),
+            "--tau",
+            "1.5",
+        ]
+    )
     assert code == 2 and "--tau 1.5: a gate threshold is in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -62,11 +62,18 @@ def test_device_errors_name_the_problem(monkeypatch) -> None:
 
 
 def _train(trainer: str, root: Path, out: Path, iterations: int, *extra: str) -> int:
-    settings = [*TINY_TRAINING, f"data.root={root}", f"train.iterations={iterations}",
-                "train.val_every=2", "train.device=cuda", f"train.out_dir={out}",
-                *extra]  # fmt: skip
-    return main(["train", trainer, "--config", "synthetic-quick",
-                 *[f"--set={s}" for s in settings]])  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={root}",
+        f"train.iterations={iterations}",
+        "train.val_every=2",
+        "train.device=cuda",
+        f"train.out_dir={out}",
+        *extra,
+    ]
+    return main(
+        ["train", trainer, "--config", "synthetic-quick", *[f"--set={s}" for s in settings]]
+    )
 
 
 @pytest.mark.parametrize("trainer", ["baseline", "s4gan", "mlmt"])
@@ -81,8 +88,21 @@ def test_trainers_train_validate_and_resume_on_cuda(
     assert ("cuda", torch.bfloat16) in fake.autocasts  # the train.amp=auto default on a GPU
     # Resume: the checkpoint is read onto the CPU first (it may come from another machine).
     fake.load_map_locations.clear()
-    assert main(["train", trainer, "--config", "synthetic-quick", "--resume",
-                 str(out / "last.pt"), "--set", "train.iterations=3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                trainer,
+                "--config",
+                "synthetic-quick",
+                "--resume",
+                str(out / "last.pt"),
+                "--set",
+                "train.iterations=3",
+            ]
+        )
+        == 0
+    )
     assert fake.load_map_locations == ["cpu"]
     assert Checkpoint.load(out / "last.pt").iteration == 3
 
@@ -91,8 +111,19 @@ def test_evaluate_on_cuda_runs_fp32_without_autotuning(
     monkeypatch, tiny_checkpoint: Path, tiny_classifier: Path, tmp_path: Path
 ) -> None:
     fake = install(monkeypatch)
-    code = main(["evaluate", "--segmenter", str(tiny_checkpoint), "--classifier",
-                 str(tiny_classifier), "--device", "cuda", "--out", str(tmp_path)])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--segmenter",
+            str(tiny_checkpoint),
+            "--classifier",
+            str(tiny_classifier),
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert fake.cuda_indices() == {0}
     assert not torch.backends.cudnn.benchmark  # images of many sizes: no per-shape autotuning
@@ -102,9 +133,28 @@ def test_evaluate_on_cuda_runs_fp32_without_autotuning(
 def test_bench_train_times_every_precision_on_cuda(monkeypatch, tmp_path: Path) -> None:
     fake = install(monkeypatch)
     out = tmp_path / "BENCH.md"
-    code = main(["bench", "train", "--device", "cuda", "--trainer", "s4gan", "--depths", "18",
-                 "--crop", "32", "--batch-size", "2", "--iterations", "2", "--warmup", "1",
-                 "--write", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "train",
+            "--device",
+            "cuda",
+            "--trainer",
+            "s4gan",
+            "--depths",
+            "18",
+            "--crop",
+            "32",
+            "--batch-size",
+            "2",
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+            "--write",
+            str(out),
+        ]
+    )
     assert code == 0
     text = out.read_text()
     assert "<!-- bench:train-gpu-s4gan -->" in text

@@ -40,8 +40,9 @@ def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
         "train.val_every=100",
         f"train.out_dir={out}",
     ]
-    done = torchrun("train", "baseline", "--config", "synthetic-quick",
-                    *[f"--set={s}" for s in settings])  # fmt: skip
+    done = torchrun(
+        "train", "baseline", "--config", "synthetic-quick", *[f"--set={s}" for s in settings]
+    )
     assert "world size 2" in done.stderr
     assert done.stderr.count("training supervised baseline") == 1  # only rank 0 logs
     payload = Checkpoint.load(out / "last.pt")
@@ -57,8 +58,11 @@ def test_two_process_ddp_on_cpu(synth_root: Path, tmp_path: Path) -> None:
 
 
 # What each trainer checkpoints besides the optimiser: its networks.
-NETWORKS = {"s4gan": ("model", "discriminator"), "unimatch": ("model",),
-            "mlmt": ("model", "student")}  # fmt: skip
+NETWORKS = {
+    "s4gan": ("model", "discriminator"),
+    "unimatch": ("model",),
+    "mlmt": ("model", "student"),
+}
 
 
 @pytest.mark.parametrize("trainer", sorted(NETWORKS))
@@ -69,17 +73,32 @@ def test_ddp_resume_restores_each_ranks_own_rng(
     s4GAN's discriminator dropout, UniMatch's CutMix boxes and feature dropout); a resumed
     world-size-2 run ends with the weights of the uninterrupted one only if every rank gets its
     own RNG back."""
-    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=4",
-                "train.val_every=100", "train.snapshot_every=2"]  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.iterations=4",
+        "train.val_every=100",
+        "train.snapshot_every=2",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    done = torchrun("train", trainer, "--config", "synthetic-quick",
-                    *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]])  # fmt: skip
+    done = torchrun(
+        "train",
+        trainer,
+        "--config",
+        "synthetic-quick",
+        *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]],
+    )
     assert "world size 2" in done.stderr
     snapshot = Checkpoint.load(straight / "snapshots" / "iter_000002.pt")
     per_rank = snapshot.rng_per_rank
     assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
-    torchrun("train", trainer, "--resume", str(straight / "snapshots" / "iter_000002.pt"),
-             f"--set=train.out_dir={resumed}")  # fmt: skip
+    torchrun(
+        "train",
+        trainer,
+        "--resume",
+        str(straight / "snapshots" / "iter_000002.pt"),
+        f"--set=train.out_dir={resumed}",
+    )
     a, b = Checkpoint.load(straight / "last.pt"), Checkpoint.load(resumed / "last.pt")
     assert a.iteration == b.iteration == 4
     for key in NETWORKS[trainer]:
@@ -97,12 +116,24 @@ def test_a_study_cell_as_an_indexed_job_under_torchrun(synth_root: Path, tmp_pat
     """Issue 24: a study cell is a torchrun job (pod ``$JOB_COMPLETION_INDEX`` of an Indexed
     Job): both ranks train, rank 0 evaluates and keeps the study's books."""
     out = tmp_path / "study"
-    sets = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=4",
-            "train.val_every=100"]  # fmt: skip
-    done = torchrun("study", "--out", str(out), "--config", "synthetic-quick",
-                    "--methods", "baseline,s4gan", "--labels", "3", "--seeds", "0",
-                    "--cell", "auto", *[f"--set={s}" for s in sets],
-                    env={"JOB_COMPLETION_INDEX": "1"})  # fmt: skip
+    sets = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=4", "train.val_every=100"]
+    done = torchrun(
+        "study",
+        "--out",
+        str(out),
+        "--config",
+        "synthetic-quick",
+        "--methods",
+        "baseline,s4gan",
+        "--labels",
+        "3",
+        "--seeds",
+        "0",
+        "--cell",
+        "auto",
+        *[f"--set={s}" for s in sets],
+        env={"JOB_COMPLETION_INDEX": "1"},
+    )
     assert "world size 2" in done.stderr
     results = sorted(p.parent.name for p in (out / "runs").glob("*/result.json"))
     assert results == ["s4gan-3-s0"]  # cell 1 of [baseline-3-s0, s4gan-3-s0]

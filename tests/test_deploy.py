@@ -65,8 +65,14 @@ def test_every_object_validates_against_the_kubernetes_schemas(overlay) -> None:
 
     _, objects = overlay
     kinds = {o["kind"] for o in objects}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "Job", "PersistentVolumeClaim"} <= kinds  # fmt: skip
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Job",
+        "PersistentVolumeClaim",
+    } <= kinds
     for obj in objects:
         # strict: a misspelt or misplaced field is an error, not silently ignored
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -148,8 +154,15 @@ def test_job_counts_match_what_the_commands_expect(overlay) -> None:
     args = build_parser().parse_args(s4seg_argv(container(study)["command"]))
     assert args.cell == "auto" and load_spec(args.preset)
     request = study_request(args)
-    cells = resolve_spec(Path("/nonexistent"), request.preset, request.config, request.methods,
-                         request.labels, request.seeds, request.overrides).cells()  # fmt: skip
+    cells = resolve_spec(
+        Path("/nonexistent"),
+        request.preset,
+        request.config,
+        request.methods,
+        request.labels,
+        request.seeds,
+        request.overrides,
+    ).cells()
     assert study["spec"]["completionMode"] == "Indexed"
     assert study["spec"]["completions"] == len(cells)
 

@@ -15,8 +15,16 @@ from s4seg.workflows.cli import main
 
 pytestmark = pytest.mark.trains  # every test here trains a model
 
-STAGES = ["data", "train baseline", "train s4gan", "train mlmt", "resume", "evaluate", "export",
-          "onnx pipeline"]  # fmt: skip
+STAGES = [
+    "data",
+    "train baseline",
+    "train s4gan",
+    "train mlmt",
+    "resume",
+    "evaluate",
+    "export",
+    "onnx pipeline",
+]
 NUMPY2 = Path(sys.prefix) / "numpy2"  # `make setup` puts numpy 2 there (pyproject.toml: why)
 
 
@@ -25,8 +33,11 @@ def test_doctor_passes_every_stage_on_the_cpu_with_numpy_2(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(NUMPY2)}
     done = subprocess.run(
         [sys.executable, "-m", "s4seg", "doctor", "--device", "cpu", "--out", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "doctor.json").read_text())
     assert report["environment"]["numpy"].startswith("2."), report["environment"]["numpy"]

@@ -28,11 +28,12 @@ def conv_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
         helper.make_node("Conv", ["r", "w2"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "conv",
+        nodes,
+        "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h", "w"])],
         initializer=[w1, w2],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     path = tmp_path_factory.mktemp("engines") / "conv.onnx"
     onnx.save(model, path)
@@ -88,8 +89,10 @@ def probe(mode: str, graph: Path, timeout: float = 60) -> subprocess.CompletedPr
     try:
         return subprocess.run(
             [sys.executable, str(PROBE), mode, str(graph)],
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return None
 

@@ -18,6 +18,7 @@ from PIL import Image
 from s4seg.errors import CheckpointError
 from s4seg.export.graphs import Gate, Preprocess
 from s4seg.export.onnx_export import ExportError, export_onnx
+from s4seg.export.requests import ExportRequest, PublishRequest
 from s4seg.letterbox import classifier_view
 from s4seg.manifest import STEPS, Manifest, ManifestError, sha256_file
 from s4seg.onnx_pipeline import OnnxPipeline
@@ -63,8 +64,10 @@ def test_folded_networks_compute_what_preprocess_then_network_computes(tiny_expo
         image, normalised = FOLDED_INPUTS[step]
         (output,) = GRAPH_IO[step][1]
         extractor = onnx.utils.Extractor(folded)
-        return (extractor.extract_model([image.name], [normalised.name]),
-                extractor.extract_model([normalised.name], [output.name]))  # fmt: skip
+        return (
+            extractor.extract_model([image.name], [normalised.name]),
+            extractor.extract_model([normalised.name], [output.name]),
+        )
 
     def session(model: onnx.ModelProto) -> ort.InferenceSession:
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -187,12 +190,23 @@ def test_wrong_checkpoint_kind_is_refused_by_name(
     with pytest.raises(CheckpointError, match="is a classifier checkpoint, not a segmenter"):
         from s4seg.export.exporter import export_models
 
-        export_models(str(tiny_classifier), None, str(tmp_path / "out"))
+        export_models(ExportRequest(str(tiny_classifier), None, str(tmp_path / "out")))
     result = subprocess.run(
-        [sys.executable, "-m", "s4seg", "export", "--segmenter", str(tiny_checkpoint),
-         "--classifier", str(tiny_checkpoint), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "s4seg",
+            "export",
+            "--segmenter",
+            str(tiny_checkpoint),
+            "--classifier",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "is a segmenter checkpoint, not an MLMT classifier" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -206,9 +220,16 @@ def test_failed_parity_leaves_nothing_behind(
     monkeypatch.setattr(parity, "MIN_LABEL_AGREEMENT", 1.01)  # no export can pass this
     with pytest.raises(ExportError, match="ONNX differs from PyTorch: label agreement"):
         exporter.export_models(
-            str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
-            data=str(synth_root), parity_images=2, log=lambda *_: None,
-        )  # fmt: skip
+            ExportRequest(
+                str(tiny_checkpoint),
+                None,
+                str(tmp_path / "out"),
+                input_size=(64, 64),
+                data=str(synth_root),
+                parity_images=2,
+            ),
+            log=lambda *_: None,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -218,16 +239,23 @@ def test_export_without_classifier_keeps_every_class(
     from s4seg.export.exporter import export_models
 
     manifest = export_models(
-        str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
-        data=str(synth_root), parity_images=2, log=lambda *_: None,
-    )  # fmt: skip
+        ExportRequest(
+            str(tiny_checkpoint),
+            None,
+            str(tmp_path / "out"),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+        ),
+        log=lambda *_: None,
+    )
     assert manifest.classifier is None and "classifier" not in manifest.sources
     pipeline = OnnxPipeline.from_export(tmp_path / "out", device="cpu")
     out = pipeline.run(*framed_batch(pipeline, np.zeros((2, 64, 64, 3), np.uint8)), tau=0.99)
     assert (out.class_probs == 1).all() and not out.suppressed.any()
     # An existing, non-empty folder is not overwritten by accident.
     with pytest.raises(ExportError, match="exists and is not empty"):
-        export_models(str(tiny_checkpoint), None, str(tmp_path / "out"))
+        export_models(ExportRequest(str(tiny_checkpoint), None, str(tmp_path / "out")))
 
 
 def test_evaluate_onnx_agrees_with_pytorch(
@@ -236,10 +264,20 @@ def test_evaluate_onnx_agrees_with_pytorch(
     def run(*args: str) -> dict:
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         subprocess.run(
-            [sys.executable, "-m", "s4seg", "evaluate", *args, "--data", str(synth_root),
-             "--out", str(out)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "s4seg",
+                "evaluate",
+                *args,
+                "--data",
+                str(synth_root),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
         return json.loads((out / "report.json").read_text())
 
     torch_report = run("--segmenter", str(varied_checkpoint), "--classifier", str(tiny_classifier))
@@ -273,15 +311,23 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
     from s4seg.repository import version_pipeline
 
     manifest = export_models(
-        str(tiny_checkpoint), None, str(tmp_path / "out"), input_size=(64, 64),
-        data=str(synth_root), parity_images=2, fp16=True, log=lambda *_: None,
-    )  # fmt: skip
+        ExportRequest(
+            str(tiny_checkpoint),
+            None,
+            str(tmp_path / "out"),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+            variants=frozenset({"fp16"}),
+        ),
+        log=lambda *_: None,
+    )
     fp16 = manifest.variants["fp16"]
     assert set(fp16.graphs) == {"segmenter", "classifier"}
     assert fp16.parity.passed
     assert fp16.parity.max_abs_prob_diff > 0  # really computed in half precision
     repo = tmp_path / "repo"
-    publish(tmp_path / "out", repo, precision="fp16", log=lambda *_: None)
+    publish(PublishRequest(tmp_path / "out", repo, precision="fp16"), log=lambda *_: None)
     served = version_pipeline(repo, 1, device="cpu")
     assert served.manifest.published["precision"] == "fp16"
     onnx_file = repo / "s4seg_segmenter" / "1" / "model.onnx"
@@ -289,9 +335,12 @@ def test_fp16_variant_has_its_own_parity_and_publishes(
 
 
 def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
-    varied_checkpoint: Path, tiny_classifier: Path, synth_root: Path, tmp_path: Path,
+    varied_checkpoint: Path,
+    tiny_classifier: Path,
+    synth_root: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     import onnx
 
     from s4seg.export import exporter, variants
@@ -299,9 +348,17 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     from s4seg.repository import version_pipeline
 
     manifest = exporter.export_models(
-        str(varied_checkpoint), str(tiny_classifier), str(tmp_path / "out"), input_size=(64, 64),
-        data=str(synth_root), parity_images=4, int8=True, log=lambda *_: None,
-    )  # fmt: skip
+        ExportRequest(
+            str(varied_checkpoint),
+            str(tiny_classifier),
+            str(tmp_path / "out"),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=4,
+            variants=frozenset({"int8"}),
+        ),
+        log=lambda *_: None,
+    )
     int8 = manifest.variants["int8"]
     parity = int8.parity
     assert parity.calibration_images is not None and parity.calibration_images > 0
@@ -327,7 +384,7 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
         assert {"QuantizeLinear", "DequantizeLinear"} <= kinds  # really quantized (QDQ)
         assert parity.max_abs_prob_diff > 1e-4  # and it shows in the probabilities
         repo = tmp_path / "repo"
-        publish(tmp_path / "out", repo, precision="int8", log=lambda *_: None)
+        publish(PublishRequest(tmp_path / "out", repo, precision="int8"), log=lambda *_: None)
         served = version_pipeline(repo, 1, device="cpu")
         assert served.manifest.published["precision"] == "int8"
         out = served.run(*framed_batch(served, np.zeros((1, 64, 64, 3), np.uint8)))
@@ -336,15 +393,26 @@ def test_int8_variant_is_quantized_checked_and_refused_by_its_rule(
     # A rule no quantized model can meet: the variant is refused, the reason kept, no file.
     monkeypatch.setattr(variants, "INT8_MIN_LABEL_AGREEMENT", 1.01)
     refused = exporter.export_models(
-        str(varied_checkpoint), None, str(tmp_path / "refused"), input_size=(64, 64),
-        data=str(synth_root), parity_images=2, int8=True, log=lambda *_: None,
-    )  # fmt: skip
+        ExportRequest(
+            str(varied_checkpoint),
+            None,
+            str(tmp_path / "refused"),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+            variants=frozenset({"int8"}),
+        ),
+        log=lambda *_: None,
+    )
     assert refused.variants["int8"].graphs == {} and refused.variants["int8"].parity.passed is False
     assert refused.variants["int8"].runtime_parity == {}
     assert "label agreement >= 101%" in (refused.variants["int8"].parity.rule or "")
     assert not (tmp_path / "refused" / "segmenter_int8.onnx").exists()
     with pytest.raises(PublishError, match="no INT8 variant"):
-        publish(tmp_path / "refused", tmp_path / "repo2", precision="int8", log=lambda *_: None)
+        publish(
+            PublishRequest(tmp_path / "refused", tmp_path / "repo2", precision="int8"),
+            log=lambda *_: None,
+        )
 
 
 def non_square_copy(root: Path, out: Path, size: tuple[int, int]) -> Path:
@@ -359,6 +427,7 @@ def non_square_copy(root: Path, out: Path, size: tuple[int, int]) -> Path:
     return out
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("layout", ["folder", "cityscapes"])
 def test_served_at_the_evaluation_resolution_and_equal_to_evaluate(
     layout: str, synth_root: Path, cityscapes_root: Path, tmp_path: Path
@@ -375,24 +444,38 @@ def test_served_at_the_evaluation_resolution_and_equal_to_evaluate(
     from s4seg.pipeline_evaluation import evaluate_pipeline
     from s4seg.training.baseline import train_baseline
     from s4seg.training.config import load_config
-    from s4seg.training.evaluation import evaluate_checkpoint
+    from s4seg.training.evaluation import EvaluationRequest, evaluate_checkpoint
 
     if layout == "folder":
         root, expected = non_square_copy(synth_root, tmp_path / "wide", (80, 48)), [48, 80]
     else:
         root, expected = cityscapes_root, [16, 32]  # 64x32 halved
-    cfg = load_config("synthetic-quick", [
-        *TINY_TRAINING, f"data.root={root}", f"data.kind={layout}", "train.iterations=3",
-        "train.val_every=100", f"train.out_dir={tmp_path / 'run'}", "data.labeled_ratio=full",
-    ])  # fmt: skip
+    cfg = load_config(
+        "synthetic-quick",
+        [
+            *TINY_TRAINING,
+            f"data.root={root}",
+            f"data.kind={layout}",
+            "train.iterations=3",
+            "train.val_every=100",
+            f"train.out_dir={tmp_path / 'run'}",
+            "data.labeled_ratio=full",
+        ],
+    )
     checkpoint = train_baseline(cfg, log=lambda *_: None)
     export = tmp_path / "export"
-    manifest = export_models(str(checkpoint), None, str(export), parity_images=2,
-                             log=lambda *_: None)  # fmt: skip
+    manifest = export_models(
+        ExportRequest(str(checkpoint), None, str(export), parity_images=2), log=lambda *_: None
+    )
     assert manifest.input_size == expected  # not the 48x48 training crop
-    evaluated, _ = evaluate_checkpoint(str(checkpoint), part="all", device="cpu")
-    served, _ = evaluate_pipeline(OnnxPipeline.from_export(export, device="cpu"), str(root),
-                                  layout, part="all", served_path=True)  # fmt: skip
+    evaluated, _ = evaluate_checkpoint(EvaluationRequest(str(checkpoint), part="all", device="cpu"))
+    served, _ = evaluate_pipeline(
+        OnnxPipeline.from_export(export, device="cpu"),
+        str(root),
+        layout,
+        part="all",
+        served_path=True,
+    )
     assert served["images"] == evaluated["images"] > 0
     assert abs(served["miou"] - evaluated["miou"]) <= MAX_MIOU_DIFF
 
@@ -433,6 +516,7 @@ def test_served_classifier_sees_what_training_and_evaluate_see(
     assert max(canvas_gap[:2] + canvas_gap[3:]) > 5 * max(served_gap)  # pad bars do matter
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("trainer", ["baseline", "s4gan", "unimatch"])
 def test_deeplabv3plus_exports_with_parity_for_every_trainer(
     trainer: str, synth_root: Path, tmp_path: Path
@@ -445,15 +529,29 @@ def test_deeplabv3plus_exports_with_parity_for_every_trainer(
     from s4seg.training.config import load_config
     from s4seg.training.trainers import TRAINERS
 
-    cfg = load_config("synthetic-quick", [
-        *TINY_TRAINING, f"data.root={synth_root}", "train.iterations=2", "train.val_every=100",
-        "model.architecture=deeplabv3plus", f"train.out_dir={tmp_path / 'run'}",
-    ])  # fmt: skip
+    cfg = load_config(
+        "synthetic-quick",
+        [
+            *TINY_TRAINING,
+            f"data.root={synth_root}",
+            "train.iterations=2",
+            "train.val_every=100",
+            "model.architecture=deeplabv3plus",
+            f"train.out_dir={tmp_path / 'run'}",
+        ],
+    )
     checkpoint = TRAINERS[trainer].train(cfg, log=lambda *_: None)
     manifest = export_models(
-        str(checkpoint), None, str(tmp_path / "export"), input_size=(48, 64),
-        data=str(synth_root), parity_images=2, log=lambda *_: None,
-    )  # fmt: skip
+        ExportRequest(
+            str(checkpoint),
+            None,
+            str(tmp_path / "export"),
+            input_size=(48, 64),
+            data=str(synth_root),
+            parity_images=2,
+        ),
+        log=lambda *_: None,
+    )
     assert manifest.sources["segmenter"].arch["name"] == "deeplabv3plus"
     assert manifest.parity is not None and manifest.parity.passed
     assert manifest.parity.label_agreement >= 0.999

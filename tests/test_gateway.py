@@ -22,6 +22,7 @@ from PIL import Image
 from serve_helpers import Served, serving, start_serve
 
 from s4seg.export.repository import publish
+from s4seg.export.requests import PublishRequest
 
 QUIET = {"log": lambda *_: None}
 
@@ -35,7 +36,7 @@ def pids_matching(pattern: str) -> list[int]:
 def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("serve")
     repo = root / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     with serving(repo, root) as server:
         yield server
     # Nothing left behind: no tritonserver, no python backend stub for this repository.
@@ -136,9 +137,12 @@ def test_a_second_gateway_on_the_same_triton_answers_as_over_grpc(
     process, url = start_serve(served.repo, tmp_path / "second.log", env)
     try:
         response = httpx.post(
-            f"{url}/v1/segment", content=data, headers={"Content-Type": "image/png"},
-            params={"format": "json"}, timeout=60,
-        )  # fmt: skip
+            f"{url}/v1/segment",
+            content=data,
+            headers={"Content-Type": "image/png"},
+            params={"format": "json"},
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         assert response.json() == over_grpc
         assert response.headers["x-model-version"] == "1"
@@ -231,26 +235,54 @@ def test_segment_cli_and_predict_through_every_path(
 ) -> None:
     images = sorted((synth_root / "images" / "val").iterdir())
     cli = subprocess.run(
-        [sys.executable, "-m", "s4seg", "segment", *map(str, images[:2]), "--url", served.url,
-         "--format", "json", "--out", str(tmp_path / "seg")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "s4seg",
+            "segment",
+            *map(str, images[:2]),
+            "--url",
+            served.url,
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path / "seg"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 0, cli.stderr
     assert "(model version 1)" in cli.stdout and "background" in cli.stdout
     assert json.loads((tmp_path / "seg" / f"{images[0].stem}.json").read_text())["classes"]
     outputs = {}
     for via, extra in (
         ("gateway", ["--url", served.url]),
-        ("triton", ["--triton-url", f"127.0.0.1:{served.triton_port}",
-                    "--repository", str(served.repo)]),
+        (
+            "triton",
+            ["--triton-url", f"127.0.0.1:{served.triton_port}", "--repository", str(served.repo)],
+        ),
         ("local", ["--model", str(tiny_export)]),
-    ):  # fmt: skip
+    ):
         out, val = tmp_path / via, str(synth_root / "images" / "val")
         run = subprocess.run(
-            [sys.executable, "-m", "s4seg", "predict", "--input", val,
-             "--output", str(out), "--via", via, "--concurrency", "3", *extra],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "s4seg",
+                "predict",
+                "--input",
+                val,
+                "--output",
+                str(out),
+                "--via",
+                via,
+                "--concurrency",
+                "3",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "4 written" in run.stdout and "images/s" in run.stdout
         outputs[via] = [np.asarray(Image.open(out / p.name)) for p in images]
@@ -263,8 +295,11 @@ def keep_segmenting(served: Served, data: bytes, stop: threading.Event, record) 
     """POST ``data`` until ``stop``; ``record(response)`` for each answer."""
     with httpx.Client(timeout=60) as client:
         while not stop.is_set():
-            record(client.post(f"{served.url}/v1/segment", content=data,
-                               headers={"Content-Type": "image/png"}))  # fmt: skip
+            record(
+                client.post(
+                    f"{served.url}/v1/segment", content=data, headers={"Content-Type": "image/png"}
+                )
+            )
 
 
 def test_rollback_during_traffic_fails_no_request(
@@ -276,7 +311,7 @@ def test_rollback_during_traffic_fails_no_request(
     from s4seg.export.repository import rollback
 
     if httpx.get(f"{served.url}/v1/models").json()["served_version"] == 1:
-        publish(unimatch_export, served.repo, **QUIET)
+        publish(PublishRequest(unimatch_export, served.repo), **QUIET)
     deadline = time.monotonic() + 120
     while httpx.get(f"{served.url}/v1/models").json()["served_version"] != 2:
         assert time.monotonic() < deadline, "version 2 was never served"

@@ -188,6 +188,11 @@ def test_multipart_json_and_overlay(
     assert body["model_version"] == "1"
     assert sum(c["pixels"] for c in body["classes"]) == photo.size[0] * photo.size[1]
     assert body["class_probabilities"] is None  # no classifier in the fake manifest
+    # the fake scores are 0 and 1: softmax says 0.7311 everywhere; no calibration, no classifier
+    quality = {"mean_confidence": 0.7311, "calibrated": False, "uncertain_share": None}
+    assert body["quality"] == {**quality, "disagreeing": None}
+    metrics = client.get("/metrics").text
+    assert 's4seg_answer_confidence_count{version="1"}' in metrics
     for present in body["classes"]:
         rle = {"size": present["rle"]["size"], "counts": present["rle"]["counts"].encode()}
         assert coco_mask.decode(rle).sum() == present["pixels"]
@@ -256,9 +261,11 @@ def test_upload_limit_holds_for_streamed_bodies_without_length(repo: Path) -> No
 
     with running(app) as url:
         response = httpx.post(
-            f"{url}/v1/segment", content=chunks(), headers={"Content-Type": "image/png"},
+            f"{url}/v1/segment",
+            content=chunks(),
+            headers={"Content-Type": "image/png"},
             timeout=60,
-        )  # fmt: skip
+        )
         assert httpx.get(f"{url}/healthz").status_code == 200
     assert response.status_code == 413 and response.json()["error"] == "too_large"
     assert "content-length" not in response.request.headers  # it really was streamed
@@ -365,8 +372,10 @@ def test_the_api_key_never_reaches_the_serve_log(repo: Path, tmp_path: Path) -> 
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "s4seg", "serve", "--repository", str(repo), "--no-quickstart"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -400,7 +409,10 @@ def test_the_api_key_never_reaches_the_serve_log(repo: Path, tmp_path: Path) -> 
 def test_bad_settings_give_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "s4seg", "serve", "--repository", str(tmp_path)],
-        env={**os.environ, "S4SEG_PORT": "eighty"}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env={**os.environ, "S4SEG_PORT": "eighty"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "S4SEG_PORT" in result.stderr

@@ -50,9 +50,12 @@ def repo(tmp_path: Path) -> Path:
 
 def post(url: str, data: bytes, **params) -> httpx.Response:
     return httpx.post(
-        f"{url}/v1/segment", content=data, headers={"Content-Type": "image/jpeg"},
-        params=params, timeout=30,
-    )  # fmt: skip
+        f"{url}/v1/segment",
+        content=data,
+        headers={"Content-Type": "image/jpeg"},
+        params=params,
+        timeout=30,
+    )
 
 
 def test_photo_with_a_damaged_exif_tag_is_served_upright(repo: Path) -> None:
@@ -254,8 +257,13 @@ def test_a_request_let_in_too_late_to_finish_is_refused_not_timed_out(repo: Path
     """Waiting for room ends with a quarter of the deadline left for the work: 503 at once,
     not admitted only to be cut off in the model (504). Room for one image; the first holds it
     3.5 s of a 4 s deadline."""
-    app, _ = fake_app(repo, FakeEnsemble(delay=3.5), request_timeout=4.0, max_pixels=10_000,
-                      max_pixels_in_flight=10_000)  # fmt: skip
+    app, _ = fake_app(
+        repo,
+        FakeEnsemble(delay=3.5),
+        request_timeout=4.0,
+        max_pixels=10_000,
+        max_pixels_in_flight=10_000,
+    )
     statuses: dict[str, int] = {}
     with running(app) as url:
         image = jpeg((100, 100))
@@ -301,8 +309,9 @@ def test_work_past_the_deadline_keeps_its_slot_pixels_and_thread_until_it_ends(
         workers = app.state.workers
         start = time.monotonic()
         answers = []
-        waves = [threading.Thread(target=lambda: answers.append(post(url, image)))
-                 for _ in range(5)]  # fmt: skip
+        waves = [
+            threading.Thread(target=lambda: answers.append(post(url, image))) for _ in range(5)
+        ]
         for wave in waves:
             wave.start()
         for wave in waves:
@@ -385,8 +394,10 @@ def trickle(url: str, seconds_between: float, stop: threading.Event) -> list[byt
     byte is sent, and after a send fails: a byte sent after the server answered and closed
     makes its kernel reset the connection, which must not hide the answer."""
     sock = raw(url)
-    sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 1000000\r\n\r\n")  # fmt: skip
+    sock.sendall(
+        b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )
     answer = b""
     try:
         while not stop.is_set():
@@ -413,8 +424,10 @@ def test_trickling_uploads_hold_no_slot_and_are_dropped_for_their_rate(repo: Pat
     stop = threading.Event()
     answers: list[list[bytes]] = []
     with running(app) as url:
-        tricklers = [threading.Thread(target=lambda: answers.append(trickle(url, 0.5, stop)))
-                     for _ in range(3)]  # fmt: skip
+        tricklers = [
+            threading.Thread(target=lambda: answers.append(trickle(url, 0.5, stop)))
+            for _ in range(3)
+        ]
         for thread in tricklers:
             thread.start()
         time.sleep(1.0)  # all three are sending
@@ -439,8 +452,10 @@ def test_with_a_key_an_upload_without_it_is_refused_before_its_body(repo: Path) 
     app, _ = fake_app(repo, api_key="s3cret")
     with running(app) as url:
         sock = raw(url)
-        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 1000000\r\n\r\n")  # fmt: skip
+        sock.sendall(
+            b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 1000000\r\n\r\n"
+        )
         seconds, answer = closed_after(sock, 5)
         sock.close()
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
@@ -457,16 +472,22 @@ def test_one_clients_large_images_leave_room_for_another_clients_photos(repo: Pa
     quarters of the budget, and waiters are served in arrival order."""
     big = io.BytesIO()
     Image.new("RGB", (2500, 1960), (200, 30, 30)).save(big, "JPEG")  # 4.9 MP, a real file
-    app, _ = fake_app(repo, FakeEnsemble(delay=1.0), max_pixels=5_000_000,
-                      max_pixels_in_flight=10_000_000, request_timeout=8)  # fmt: skip
+    app, _ = fake_app(
+        repo,
+        FakeEnsemble(delay=1.0),
+        max_pixels=5_000_000,
+        max_pixels_in_flight=10_000_000,
+        request_timeout=8,
+    )
     hog_answers: list[int] = []
     photo_answers: list[tuple[int, float]] = []
     with running(app) as url:
         hog, other = from_address("127.0.0.1"), from_address("127.0.0.2")
 
         def hogging() -> None:
-            answer = hog.post(f"{url}/v1/segment", content=big.getvalue(),
-                              headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            answer = hog.post(
+                f"{url}/v1/segment", content=big.getvalue(), headers={"Content-Type": "image/jpeg"}
+            )
             hog_answers.append(answer.status_code)
 
         hogs = [threading.Thread(target=hogging) for _ in range(12)]
@@ -475,8 +496,11 @@ def test_one_clients_large_images_leave_room_for_another_clients_photos(repo: Pa
         time.sleep(0.5)
         for _ in range(4):
             start = time.monotonic()
-            answer = other.post(f"{url}/v1/segment", content=jpeg((1000, 1000)),
-                                headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            answer = other.post(
+                f"{url}/v1/segment",
+                content=jpeg((1000, 1000)),
+                headers={"Content-Type": "image/jpeg"},
+            )
             photo_answers.append((answer.status_code, time.monotonic() - start))
         for thread in hogs:
             thread.join()
@@ -518,8 +542,9 @@ def test_oversized_urls_and_headers_are_refused(repo: Path) -> None:
 
     with running(app) as url:
         long_url = status(url, b"GET /healthz?x=" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-        big_header = status(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
-                            + b"b" * 65536 + b"\r\n\r\n")  # fmt: skip
+        big_header = status(
+            url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"b" * 65536 + b"\r\n\r\n"
+        )
         fine = post(url, jpeg())
     assert long_url.startswith(b"HTTP/1.1 414") and b"uri_too_long" in long_url, long_url[:200]
     assert big_header.startswith(b"HTTP/1.1 431") and b"headers_too_large" in big_header
@@ -547,8 +572,10 @@ def test_a_client_that_never_reads_its_answer_is_dropped(repo: Path) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         host, port = url.removeprefix("http://").split(":")
         sock.connect((host, int(port)))
-        sock.sendall(b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(image) + image)  # fmt: skip
+        sock.sendall(
+            b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(image) + image
+        )
         admission, budget = None, app.state.budget
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # the request is in, its answer stuck
@@ -574,9 +601,10 @@ def test_a_client_that_never_reads_its_answer_is_dropped(repo: Path) -> None:
         # A slow reader (256 KiB every 0.3 s) is not dropped.
         slow = socket.create_connection((host, int(port)), timeout=10)
         small = noisy_jpeg((900, 700))
-        slow.sendall(b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     b"image/jpeg\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                     % len(small) + small)  # fmt: skip
+        slow.sendall(
+            b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"image/jpeg\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(small) + small
+        )
         answer = b""
         while chunk := slow.recv(256 * 1024):
             answer += chunk

@@ -19,8 +19,11 @@ def test_gpu_check_runs_the_assembled_package(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--device", "cpu", "--quick"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     doctor = (tmp_path / "doctor.txt").read_text()
     # The copy assembled by the script was imported, not this checkout's editable install.

@@ -26,6 +26,7 @@ from PIL import Image
 from serve_helpers import Served, record, serving
 
 from s4seg.export.repository import publish
+from s4seg.export.requests import PublishRequest
 from s4seg.workflows.bench.report import percentile
 
 pytestmark = pytest.mark.slow
@@ -59,8 +60,12 @@ def client(address: str = "127.0.0.1") -> httpx.Client:
 
 
 def post(session: httpx.Client, url: str, body: bytes, **params) -> httpx.Response:
-    return session.post(f"{url}/v1/segment", content=body, params=params,
-                        headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    return session.post(
+        f"{url}/v1/segment",
+        content=body,
+        params=params,
+        headers={"Content-Type": "application/octet-stream"},
+    )
 
 
 def in_threads(count: int, work: Callable[[int], None]) -> list[threading.Thread]:
@@ -89,7 +94,7 @@ def sampler(pid: int, stop: threading.Event, samples: list) -> None:
 def stack(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("hostile")
     repo = root / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     with serving(repo, root) as server:
         yield server
 
@@ -111,10 +116,11 @@ def test_many_scan_jpegs_leave_threads_and_memory_flat(stack: Served) -> None:
                 statuses[post(session, stack.url, crafted).status_code] += 1
                 seconds.append(time.monotonic() - start)
 
-    threads = [*in_threads(3, attack),
-               threading.Thread(target=ordinary, args=(stack.url, stop, answers), daemon=True),
-               threading.Thread(target=sampler, args=(stack.process.pid, stop, samples),
-                                daemon=True)]  # fmt: skip
+    threads = [
+        *in_threads(3, attack),
+        threading.Thread(target=ordinary, args=(stack.url, stop, answers), daemon=True),
+        threading.Thread(target=sampler, args=(stack.process.pid, stop, samples), daemon=True),
+    ]
     for thread in threads[3:]:
         thread.start()
     time.sleep(SECONDS)
@@ -183,8 +189,10 @@ def trickle(url: str, stop: threading.Event, outcomes: list) -> None:
         started = time.monotonic()
         try:
             with socket.create_connection((host, int(port)), timeout=12) as sock:
-                sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                             b"image/png\r\nContent-Length: 1000000\r\n\r\n")  # fmt: skip
+                sock.sendall(
+                    b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                    b"image/png\r\nContent-Length: 1000000\r\n\r\n"
+                )
                 answer = b""
                 while not stop.is_set():
                     sock.sendall(b"\x89")
@@ -271,12 +279,14 @@ def test_clients_that_never_read_are_dropped_and_shutdown_is_bounded(
     a 5 s write timeout; the gateway's memory until all are dropped, then SIGTERM with a
     ninth still connected."""
     repo = tmp_path / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     photo = jpeg((3000, 2000), seed=3, quality=30)
     with serving(repo, tmp_path, S4SEG_WRITE_TIMEOUT="5", S4SEG_SHUTDOWN_TIMEOUT="5") as server:
         host, port = server.url.removeprefix("http://").split(":")
-        request = (b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                   b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(photo)) + photo  # fmt: skip
+        request = (
+            b"POST /v1/segment?format=overlay HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(photo)
+        ) + photo
 
         def never_reading() -> socket.socket:
             sock = socket.socket()

@@ -59,10 +59,16 @@ def test_cache_location_follows_torch_home(torch_home: OfflineHome) -> None:
 def test_offline_without_the_file_says_which_file_from_where_and_where(
     torch_home: OfflineHome, synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=1",
-                f"train.out_dir={tmp_path / 'run'}", IMAGENET_SEGMENTER]  # fmt: skip
-    code = main(["train", "baseline", "--config", "synthetic-quick",
-                 *[f"--set={s}" for s in settings]])  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.iterations=1",
+        f"train.out_dir={tmp_path / 'run'}",
+        IMAGENET_SEGMENTER,
+    ]
+    code = main(
+        ["train", "baseline", "--config", "synthetic-quick", *[f"--set={s}" for s in settings]]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     target = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
@@ -88,11 +94,21 @@ def test_both_trainers_start_from_cached_imagenet_weights(
     torch.manual_seed(4)
     plant(resnet18(weights=None), torch_home)
     for trainer in ("baseline", "mlmt"):
-        settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=1",
-                    "train.val_every=1", f"train.out_dir={tmp_path / trainer}",
-                    IMAGENET_SEGMENTER, IMAGENET_CLASSIFIER]  # fmt: skip
-        assert main(["train", trainer, "--config", "synthetic-quick",
-                     *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+        settings = [
+            *TINY_TRAINING,
+            f"data.root={synth_root}",
+            "train.iterations=1",
+            "train.val_every=1",
+            f"train.out_dir={tmp_path / trainer}",
+            IMAGENET_SEGMENTER,
+            IMAGENET_CLASSIFIER,
+        ]
+        assert (
+            main(
+                ["train", trainer, "--config", "synthetic-quick", *[f"--set={s}" for s in settings]]
+            )
+            == 0
+        )
         out = capsys.readouterr()
         said = out.out + out.err
         assert "resnet18-f37072fd.pth: " in said and "tensors loaded" in said

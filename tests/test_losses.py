@@ -105,8 +105,16 @@ def test_discriminator_architecture() -> None:
     assert convs[0].in_channels == 21 + 3
     dropouts = [m for m in discriminator.modules() if isinstance(m, torch.nn.Dropout2d)]
     assert len(dropouts) == 4 and all(d.p == 0.5 for d in dropouts)
-    assert len([m for m in Discriminator(21, dropout_after_last=False).modules()
-                if isinstance(m, torch.nn.Dropout2d)]) == 3  # fmt: skip
+    assert (
+        len(
+            [
+                m
+                for m in Discriminator(21, dropout_after_last=False).modules()
+                if isinstance(m, torch.nn.Dropout2d)
+            ]
+        )
+        == 3
+    )
     logit, features = discriminator(torch.zeros(2, 21, 64, 64), torch.zeros(2, 3, 64, 64))
     assert logit.shape == (2,) and features.shape == (2, 512)
 
@@ -201,11 +209,19 @@ def test_d_sees_padding_as_real_maps_show_it_only_with_zero(
         return forward(self, maps, images01)
 
     monkeypatch.setattr(Discriminator, "forward", recording)
-    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=1",
-                "train.val_every=100", "data.scale_range=[0.5, 0.5]",  # 32 px in a 48 crop
-                f"gan.d_ignore={d_ignore}", f"train.out_dir={tmp_path}"]  # fmt: skip
-    assert main(["train", "s4gan", "--config", "synthetic-quick",
-                 *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.iterations=1",
+        "train.val_every=100",
+        "data.scale_range=[0.5, 0.5]",  # 32 px in a 48 crop
+        f"gan.d_ignore={d_ignore}",
+        f"train.out_dir={tmp_path}",
+    ]
+    assert (
+        main(["train", "s4gan", "--config", "synthetic-quick", *[f"--set={s}" for s in settings]])
+        == 0
+    )
     fake = seen[-1][:2]  # the D step: fake (2 unlabeled) then real maps
     real = seen[-1][2:]
     zero_real = (real.sum(1) == 0).float().mean()

@@ -53,15 +53,26 @@ def test_teacher_bn_modes_in_the_trainer(tmp_path) -> None:
     from s4seg.training.data.synth import write_synthetic
     from s4seg.workflows.cli import main
 
-    root = write_synthetic(tmp_path / "synth", seed=1, num_train=16, num_val=2, num_unlabeled=2,
-                           size=48)  # fmt: skip
+    root = write_synthetic(
+        tmp_path / "synth", seed=1, num_train=16, num_val=2, num_unlabeled=2, size=48
+    )
     stats = {}
     for mode in ("ema", "own"):
-        settings = [*TINY_TRAINING, f"data.root={root}", "train.iterations=2",
-                    "train.snapshot_every=1", "train.val_every=100",
-                    f"train.out_dir={tmp_path / mode}", f"mlmt.teacher_bn={mode}"]  # fmt: skip
-        assert main(["train", "mlmt", "--config", "synthetic-quick",
-                     *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+        settings = [
+            *TINY_TRAINING,
+            f"data.root={root}",
+            "train.iterations=2",
+            "train.snapshot_every=1",
+            "train.val_every=100",
+            f"train.out_dir={tmp_path / mode}",
+            f"mlmt.teacher_bn={mode}",
+        ]
+        assert (
+            main(
+                ["train", "mlmt", "--config", "synthetic-quick", *[f"--set={s}" for s in settings]]
+            )
+            == 0
+        )
         first = Checkpoint.load(tmp_path / mode / "snapshots" / "iter_000001.pt")
         last = Checkpoint.load(tmp_path / mode / "last.pt")
         key = next(k for k in last.model if k.endswith("running_mean"))

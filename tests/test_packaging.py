@@ -31,9 +31,10 @@ def test_shared_core_imports_neither_torch_nor_fastapi() -> None:
     """Every module of the core (data-set layouts, pipeline evaluation, boundary metrics
     included: the later stages use them), and the command line's parser."""
     core = sorted(
-        f"s4seg.{path.stem}" for path in (ROOT / "s4seg").glob("*.py")
+        f"s4seg.{path.stem}"
+        for path in (ROOT / "s4seg").glob("*.py")
         if path.stem not in ("__init__", "__main__")
-    )  # fmt: skip
+    )
     assert {"s4seg.layouts", "s4seg.pipeline_evaluation", "s4seg.boundaries"} <= set(core)
     code = (
         f"import sys, s4seg, s4seg.workflows.cli, {', '.join(core)}; "
@@ -96,8 +97,12 @@ def test_the_locks_pin_every_requirement_with_hashes_at_or_above_its_floor() -> 
             assert hashes > 0, f"{name} has no hash"
     assert all(hashes for _, hashes in dev.values())
     assert locked(ROOT / "numpy2.lock")["numpy"][0].startswith("2.")
-    floors = {"pillow": "13.0.0", "starlette": "0.49.1", "python-multipart": "0.0.27",
-              "h11": "0.16.0"}  # fmt: skip
+    floors = {
+        "pillow": "13.0.0",
+        "starlette": "0.49.1",
+        "python-multipart": "0.0.27",
+        "h11": "0.16.0",
+    }
     for name, floor in floors.items():
         assert Version(installed(name)) >= Version(floor), (name, installed(name))
 

@@ -17,6 +17,7 @@ import pytest
 from serve_helpers import Served, serving
 
 from s4seg.export.repository import publish
+from s4seg.export.requests import PublishRequest
 
 CHROMIUM = Path(os.environ.get("S4SEG_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
@@ -24,9 +25,14 @@ KEY = "page-test-key"
 # What the probe of our machines found Chromium needs here: no sandbox as root, and no
 # background connections to a network that refuses them.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def real_photo() -> Path:
@@ -60,7 +66,7 @@ def browser() -> Iterator:
 def served(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("page")
     repo = root / "repo"
-    publish(tiny_export, repo, log=lambda *_: None)
+    publish(PublishRequest(tiny_export, repo), log=lambda *_: None)
     with serving(repo, root, S4SEG_API_KEY=KEY) as server:
         yield server
 

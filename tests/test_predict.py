@@ -43,8 +43,9 @@ def test_predict_writes_resumes_and_lists_failures(
     # ~10 s of decoding (400 progressive scans over 16 MP): refused before it is decoded.
     (inputs / "scans.jpg").write_bytes(many_scan_jpeg(400))
     out = tmp_path / "out"
-    first = predict("--input", str(inputs), "--output", str(out), "--model", str(tiny_export),
-                    "--deadline", "3")  # fmt: skip
+    first = predict(
+        "--input", str(inputs), "--output", str(out), "--model", str(tiny_export), "--deadline", "3"
+    )
     assert first.returncode == 1  # failures make the exit code non-zero
     assert "5 written, 0 already there (skipped), 3 failed" in first.stdout, first.stdout
     assert "scans.jpg: JPEG with 406 scans, more than the limit of 100" in first.stdout
@@ -56,8 +57,13 @@ def test_predict_writes_resumes_and_lists_failures(
     failures = json.loads((out / "failures.json").read_text())
     assert {Path(f["input"]).name for f in failures} == {"broken.jpg", "notes.png", "scans.jpg"}
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert written == ["a/val_00000.png", "a/val_00001.png", "a/val_00002.png", "a/val_00003.png",
-                       "b.png"]  # fmt: skip
+    assert written == [
+        "a/val_00000.png",
+        "a/val_00001.png",
+        "a/val_00002.png",
+        "a/val_00003.png",
+        "b.png",
+    ]
     mask = Image.open(out / "b.png")
     assert mask.mode == "P" and mask.size == Image.open(inputs / "b.png").size
     # Interrupted runs: a lost output is redone, existing ones are skipped, nothing half-written.
@@ -105,15 +111,25 @@ def test_indexed_job_pods_share_the_work_and_a_rerun_does_only_what_is_missing(
     """Issue 24: three pods of an Indexed Job (the environment Kubernetes gives them) write
     every output once; a pod that failed part-way, rerun, writes only what it had not."""
     out = tmp_path / "out"
-    args = ["--input", str(inputs), "--output", str(out), "--model", str(tiny_export),
-            "--shard", "auto"]  # fmt: skip
+    args = [
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--model",
+        str(tiny_export),
+        "--shard",
+        "auto",
+    ]
 
     def pod(index: int) -> subprocess.CompletedProcess:
         env = {**os.environ, "JOB_COMPLETION_INDEX": str(index), "S4SEG_SHARD_COUNT": "3"}
         done = subprocess.run(
             [sys.executable, "-m", "s4seg", "predict", "--via", "local", *args],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done
 
@@ -157,12 +173,24 @@ def test_predict_local_equals_the_pipeline(tiny_export: Path, inputs: Path, tmp_
     map-back to each image's size is what is compared, against the server's own."""
     from s4seg.onnx_pipeline import OnnxPipeline
 
-    for path, size in zip(sorted((inputs / "a").iterdir()), [(150, 90), (70, 130)] * 2,
-                          strict=True):  # fmt: skip
+    for path, size in zip(
+        sorted((inputs / "a").iterdir()), [(150, 90), (70, 130)] * 2, strict=True
+    ):
         Image.open(path).convert("RGB").resize(size).save(path)
     out = tmp_path / "out"
-    assert predict("--input", str(inputs / "a"), "--output", str(out), "--model",
-                   str(tiny_export), "--concurrency", "2").returncode == 0  # fmt: skip
+    assert (
+        predict(
+            "--input",
+            str(inputs / "a"),
+            "--output",
+            str(out),
+            "--model",
+            str(tiny_export),
+            "--concurrency",
+            "2",
+        ).returncode
+        == 0
+    )
     pipeline = OnnxPipeline.from_export(tiny_export, device="cpu")
     for path in sorted((inputs / "a").iterdir()):
         image = np.asarray(Image.open(path).convert("RGB"))
@@ -209,8 +237,10 @@ def test_inputs_that_share_a_name_get_outputs_of_their_own(tmp_path: Path) -> No
     (source / "d").mkdir(parents=True)
     for name in ("a.jpg", "a.png", "b.png", "d/a.png"):
         (source / name).write_bytes(name.encode())
-    names = {j.source.name + ("" if j.source.parent == source else "@d"): j.relative.as_posix()
-             for j in list_jobs(str(source), (0, 1))[0]}  # fmt: skip
+    names = {
+        j.source.name + ("" if j.source.parent == source else "@d"): j.relative.as_posix()
+        for j in list_jobs(str(source), (0, 1))[0]
+    }
     assert names == {"a.jpg": "a.jpg", "a.png": "a.png", "b.png": "b", "a.png@d": "d/a"}
     shards = {j.relative.as_posix() for i in range(3) for j in list_jobs(str(source), (i, 3))[0]}
     assert shards == set(names.values())
@@ -224,5 +254,10 @@ def test_inputs_that_share_a_name_get_outputs_of_their_own(tmp_path: Path) -> No
     assert (out / "a.jpg.png").read_bytes() == b"a.jpg" and (
         out / "a.png.png"
     ).read_bytes() == b"a.png"
-    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "a.jpg.png", "a.png.png",
-                                                     "b.png", "d"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".notes.tmp",
+        "a.jpg.png",
+        "a.png.png",
+        "b.png",
+        "d",
+    ]

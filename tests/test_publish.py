@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from s4seg.export.repository import PublishError, publish, rollback
+from s4seg.export.requests import ExportRequest, PromotionGate, PublishRequest
 from s4seg.manifest import Manifest
 from s4seg.repository import ENSEMBLE, STEP_MODELS, served_version, version_pipeline
 from s4seg.repository import model_versions as versions
@@ -29,8 +30,8 @@ def test_committed_configs_are_what_publish_writes() -> None:
 
 def test_publish_writes_complete_numbered_versions(tiny_export: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    assert publish(tiny_export, repo, **QUIET) == 1
-    assert publish(tiny_export, repo, **QUIET) == 2
+    assert publish(PublishRequest(tiny_export, repo), **QUIET) == 1
+    assert publish(PublishRequest(tiny_export, repo), **QUIET) == 2
     for model in STEP_MODELS.values():
         assert versions(repo / model) == [1, 2]
         assert sorted(p.name for p in (repo / model / "2").iterdir()) == ["model.onnx", "model.py"]
@@ -46,7 +47,7 @@ def test_publish_writes_complete_numbered_versions(tiny_export: Path, tmp_path: 
 def test_rollback_serves_the_previous_version(tiny_export: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     for _ in range(3):
-        publish(tiny_export, repo, **QUIET)
+        publish(PublishRequest(tiny_export, repo), **QUIET)
     assert rollback(repo, **QUIET) == 2
     assert served_version(repo) == 2
     assert "model_version: 2" in (repo / ENSEMBLE / "config.pbtxt").read_text()
@@ -59,15 +60,15 @@ def test_rollback_serves_the_previous_version(tiny_export: Path, tmp_path: Path)
 def test_keep_prunes_old_versions(tiny_export: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     for _ in range(4):
-        publish(tiny_export, repo, keep=2, **QUIET)
+        publish(PublishRequest(tiny_export, repo, keep=2), **QUIET)
     assert all(versions(repo / m) == [3, 4] for m in [ENSEMBLE, *STEP_MODELS.values()])
     with pytest.raises(PublishError, match="at least 2"):
-        publish(tiny_export, repo, keep=1, **QUIET)
+        publish(PublishRequest(tiny_export, repo, keep=1), **QUIET)
 
 
 def test_onnxruntime_runtime_writes_native_configs(tiny_export: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    publish(tiny_export, repo, runtime="onnxruntime", **QUIET)
+    publish(PublishRequest(tiny_export, repo, runtime="onnxruntime"), **QUIET)
     config = (repo / "s4seg_segmenter" / "config.pbtxt").read_text()
     assert 'backend: "onnxruntime"' in config and 'backend: "python"' not in config
     assert [p.name for p in (repo / "s4seg_segmenter" / "1").iterdir()] == ["model.onnx"]
@@ -85,7 +86,7 @@ def test_every_written_config_is_a_valid_triton_model_config(
 
     for runtime in RUNTIMES:
         repo = tmp_path / runtime
-        publish(tiny_export, repo, runtime=runtime, **QUIET)
+        publish(PublishRequest(tiny_export, repo, runtime=runtime), **QUIET)
         for model in [*STEP_MODELS.values(), ENSEMBLE]:
             text_format.Parse(
                 (repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
@@ -112,7 +113,7 @@ def test_openvino_runtime_puts_the_networks_on_tritons_openvino_backend(
     from s4seg.repository import read_manifest
 
     repo = tmp_path / "repo"
-    version = publish(tiny_export, repo, runtime="openvino", **QUIET)
+    version = publish(PublishRequest(tiny_export, repo, runtime="openvino"), **QUIET)
     configs = {}
     for step, model in STEP_MODELS.items():
         configs[step] = text_format.Parse(
@@ -132,22 +133,22 @@ def test_openvino_runtime_puts_the_networks_on_tritons_openvino_backend(
     served = version_pipeline(repo, version, device="cpu")  # promotion gate, predict --via local
     assert served.runtime == "openvino"
     with pytest.raises(PublishError, match="sets bf16 per model"):
-        publish(tiny_export, repo, runtime="openvino", precision="bf16", **QUIET)
+        publish(PublishRequest(tiny_export, repo, runtime="openvino", precision="bf16"), **QUIET)
     with pytest.raises(PublishError, match="serves fp32 or int8, not fp16"):
-        publish(tiny_export, repo, runtime="openvino", precision="fp16", **QUIET)
+        publish(PublishRequest(tiny_export, repo, runtime="openvino", precision="fp16"), **QUIET)
 
 
 def test_other_classes_are_refused_unless_forced(tiny_export: Path, tmp_path: Path) -> None:
     repo, other = tmp_path / "repo", tmp_path / "other"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     shutil.copytree(tiny_export, other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["classes"][1] = "plate"
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PublishError, match="differ from the served"):
-        publish(other, repo, **QUIET)
+        publish(PublishRequest(other, repo), **QUIET)
     assert served_version(repo) == 1
-    assert publish(other, repo, force=True, **QUIET) == 2
+    assert publish(PublishRequest(other, repo, force=True), **QUIET) == 2
 
 
 def test_changed_or_corrupt_export_is_refused(tiny_export: Path, tmp_path: Path) -> None:
@@ -156,7 +157,7 @@ def test_changed_or_corrupt_export_is_refused(tiny_export: Path, tmp_path: Path)
     onnx = bad / "segmenter.onnx"
     onnx.write_bytes(onnx.read_bytes()[:1000])
     with pytest.raises(PublishError, match="does not match the sha256"):
-        publish(bad, repo, **QUIET)
+        publish(PublishRequest(bad, repo), **QUIET)
     assert served_version(repo) is None
     assert not any((repo / m).exists() and versions(repo / m) for m in STEP_MODELS.values())
 
@@ -165,9 +166,18 @@ def test_promotion_gate_prints_both_figures_and_refuses(
     tiny_export: Path, synth_root: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    publish(tiny_export, repo, **QUIET)
-    command = [sys.executable, "-m", "s4seg", "publish", str(tiny_export), "--repository",
-               str(repo), "--eval-data", str(synth_root)]  # fmt: skip
+    publish(PublishRequest(tiny_export, repo), **QUIET)
+    command = [
+        sys.executable,
+        "-m",
+        "s4seg",
+        "publish",
+        str(tiny_export),
+        "--repository",
+        str(repo),
+        "--eval-data",
+        str(synth_root),
+    ]
     accepted = subprocess.run([*command, "--max-drop", "1"], capture_output=True, text=True)
     assert accepted.returncode == 0, accepted.stderr
     assert "promotion gate: new" in accepted.stderr and "served (v1)" in accepted.stderr
@@ -241,9 +251,13 @@ def test_rollback_switches_first_and_deletes_after(tmp_path: Path) -> None:
 
 
 def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
-    varied_checkpoint: Path, tiny_checkpoint: Path, tiny_classifier: Path, synth_root: Path,
-    tiny_export: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    varied_checkpoint: Path,
+    tiny_checkpoint: Path,
+    tiny_classifier: Path,
+    synth_root: Path,
+    tiny_export: Path,
+    tmp_path: Path,
+) -> None:
     """Issue 20, item 4: ``publish --precision fp16`` is gated on the FP16 files, letterboxed
     and mapped back as served. Here the FP16 segmenter is another model's (hashes updated), so
     only a gate that measures it sees the difference."""
@@ -255,12 +269,19 @@ def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
     from s4seg.pipeline_evaluation import evaluate_pipeline
 
     # Served at 96x72, not the 64x64 of the images: the served path differs from native.
-    quiet = {"input_size": (96, 72), "data": str(synth_root), "parity_images": 2, "tau": -1.0,
-             "log": lambda *_: None}  # fmt: skip
-    new = tmp_path / "new"
-    export_models(str(tiny_checkpoint), str(tiny_classifier), str(new), fp16=True, **quiet)
-    other = tmp_path / "other"  # (tiny_checkpoint answers background everywhere, varied not)
-    export_models(str(varied_checkpoint), str(tiny_classifier), str(other), **quiet)
+    served = {"input_size": (96, 72), "data": str(synth_root), "parity_images": 2, "tau": -1.0}
+    new, other = tmp_path / "new", tmp_path / "other"
+    fp16 = frozenset({"fp16"})
+    export_models(
+        ExportRequest(
+            str(tiny_checkpoint), str(tiny_classifier), str(new), variants=fp16, **served
+        ),
+        **QUIET,
+    )
+    # (tiny_checkpoint answers background everywhere, varied not)
+    export_models(
+        ExportRequest(str(varied_checkpoint), str(tiny_classifier), str(other), **served), **QUIET
+    )
     manifest = Manifest.load(new)
     swapped = new / manifest.variants["fp16"].graphs["segmenter"].file
     shutil.copyfile(other / "segmenter.onnx", swapped)
@@ -268,9 +289,14 @@ def test_promotion_gate_measures_the_files_published_as_the_server_runs_them(
     manifest.save(new / "manifest.json")
 
     repo = tmp_path / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     lines: list[str] = []
-    publish(new, repo, precision="fp16", eval_data=str(synth_root), max_drop=100, log=lines.append)
+    publish(
+        PublishRequest(
+            new, repo, precision="fp16", gate=PromotionGate(data=str(synth_root), max_drop=100)
+        ),
+        log=lines.append,
+    )
     logged = next(line for line in lines if line.startswith("promotion gate: new "))
     measured = float(re.search(r"new ([\d.]+) mIoU", logged).group(1))
 
@@ -291,9 +317,19 @@ def cpu_variants(
     from s4seg.export.exporter import export_models
 
     out = tmp_path_factory.mktemp("cpu-variants") / "export"
-    export_models(str(varied_checkpoint), str(tiny_classifier), str(out), input_size=(64, 64),
-                  data=str(synth_root), parity_images=2, tau=0.2, int8=True, bf16=True,
-                  log=lambda *_: None)  # fmt: skip
+    export_models(
+        ExportRequest(
+            str(varied_checkpoint),
+            str(tiny_classifier),
+            str(out),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+            tau=0.2,
+            variants=frozenset({"int8", "bf16"}),
+        ),
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -303,15 +339,33 @@ def test_bench_precision_times_every_runtime_and_precision(cpu_variants: Path) -
     from s4seg.engines import bf16_capable
 
     done = subprocess.run(
-        [sys.executable, "-m", "s4seg", "bench", "precision", "--model", str(cpu_variants),
-         "--batch-sizes", "1", "--repeats", "2", "--warmup", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "s4seg",
+            "bench",
+            "precision",
+            "--model",
+            str(cpu_variants),
+            "--batch-sizes",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 |")]
     engines = {tuple(cell.strip() for cell in row.split("|")[2:5]) for row in rows}
-    expected = {("segmenter", "onnxruntime", "fp32"), ("segmenter", "openvino", "fp32"),
-                ("pipeline", "openvino", "fp32")}  # fmt: skip
+    expected = {
+        ("segmenter", "onnxruntime", "fp32"),
+        ("segmenter", "openvino", "fp32"),
+        ("pipeline", "openvino", "fp32"),
+    }
     if bf16_capable() and Manifest.load(cpu_variants).variants["bf16"].graphs:
         expected.add(("segmenter", "openvino", "bf16"))
     assert expected <= engines, engines
@@ -376,7 +430,7 @@ def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
         }
     lines: list[str] = []
     repo = tmp_path / "repo"
-    version = publish(out, repo, precision="auto", log=lines.append)
+    version = publish(PublishRequest(out, repo, precision="auto"), log=lines.append)
     engine = read_manifest(repo, version).published["engine"]
     measured = engine["measured"]
     expected = {"onnxruntime fp32", "openvino fp32"}
@@ -400,14 +454,15 @@ def test_bf16_is_judged_at_export_and_auto_publishes_the_fastest_that_passed(
         written = repo / model / str(version) / ENGINE_FILE
         if step in ("segmenter", "classifier") and engine["runtime"] == "openvino":
             assert json.loads(written.read_text()) == {
-                "runtime": engine["runtime"], "precision": engine["precision"]
-            }  # fmt: skip
+                "runtime": engine["runtime"],
+                "precision": engine["precision"],
+            }
         else:
             assert not written.exists()
     served = version_pipeline(repo, version, device="cpu")
     assert (served.runtime, served.precision) == (engine["runtime"], engine["precision"])
     with pytest.raises(PublishError, match="native ONNX Runtime backend has no bf16"):
-        publish(out, repo, runtime="onnxruntime", precision="bf16", **QUIET)
+        publish(PublishRequest(out, repo, runtime="onnxruntime", precision="bf16"), **QUIET)
 
 
 def test_auto_judges_each_engine_by_its_least_disturbed_round_and_says_how_sure() -> None:
@@ -443,13 +498,16 @@ def test_version_numbers_only_grow_and_prune_keeps_whole_versions(
     (steps-only version) made ``--keep 2`` prune an older version's steps but not its manifest,
     and rollback refused it; prune now works on whole versions and removes the leftover."""
     repo = tmp_path / "repo"
-    numbers = [publish(tiny_export, repo, **QUIET), publish(tiny_export, repo, **QUIET)]
+    numbers = [
+        publish(PublishRequest(tiny_export, repo), **QUIET),
+        publish(PublishRequest(tiny_export, repo), **QUIET),
+    ]
     rollback(repo, **QUIET)
-    numbers.append(publish(tiny_export, repo, **QUIET))
+    numbers.append(publish(PublishRequest(tiny_export, repo), **QUIET))
     assert numbers == [1, 2, 3] and served_version(repo) == 3
     # A crashed publish of 4: its steps are placed, its ensemble folder is not.
     for model in STEP_MODELS.values():
         shutil.copytree(repo / model / "3", repo / model / "4")
-    assert publish(tiny_export, repo, keep=2, **QUIET) == 5
+    assert publish(PublishRequest(tiny_export, repo, keep=2), **QUIET) == 5
     assert all(versions(repo / m) == [3, 5] for m in [ENSEMBLE, *STEP_MODELS.values()])
     assert rollback(repo, **QUIET) == 3 and served_version(repo) == 3

@@ -20,10 +20,24 @@ pytestmark = pytest.mark.trains  # every test here trains a model
 
 def quickstart(data: Path, runs: Path, repo: Path) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", "s4seg", "quickstart", "--data", str(data), "--runs", str(runs),
-         "--repository", str(repo), "--iterations", "2"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "s4seg",
+            "quickstart",
+            "--data",
+            str(data),
+            "--runs",
+            str(runs),
+            "--repository",
+            str(repo),
+            "--iterations",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -26,6 +26,7 @@ from PIL import Image
 from serve_helpers import Served, hammer, health_probe, record, serving
 
 from s4seg.export.repository import publish
+from s4seg.export.requests import PublishRequest
 from s4seg.imaging import DecodedImage, ImageError, decode_image
 from s4seg.workflows.bench.report import percentile
 
@@ -61,7 +62,7 @@ def png(image: Image.Image, fmt: str = "PNG") -> bytes:
 def stack(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("reliability")
     repo = root / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     with serving(repo, root) as server:
         yield server
 
@@ -114,8 +115,9 @@ def test_load_with_bad_input_mixed_in(stack: Served, synth_root: Path) -> None:
     expected = {kind: status for kind, _, status in bodies}
     with httpx.Client(timeout=60) as client:  # warm up: every stub started, every region made
         for _, body, _ in bodies[:20]:
-            client.post(f"{stack.url}/v1/segment", content=body,
-                        headers={"Content-Type": "image/png"})  # fmt: skip
+            client.post(
+                f"{stack.url}/v1/segment", content=body, headers={"Content-Type": "image/png"}
+            )
     time.sleep(3)
     stubs_before = len(pids(f"triton_python_backend_stub.*{stack.repo.parent}"))
     shm_before = shm_regions()
@@ -138,7 +140,7 @@ def test_load_with_bad_input_mixed_in(stack: Served, synth_root: Path) -> None:
         "gateway_rss_mib_after": round(rss_after, 1),
         "python_backend_stubs_before_after": [stubs_before, stubs_after],
         "triton_shm_regions_before_after": [len(shm_before), len(shm_regions())],
-    }  # fmt: skip
+    }
     record("load", figures)
     assert unexpected == [], unexpected[:5]
     assert rss_after - rss_before < 200, "gateway memory grew by more than 200 MiB"
@@ -155,7 +157,7 @@ def test_version_swap_under_load(stack: Served, synth_root: Path, tiny_export: P
     def swap(results: list) -> None:
         time.sleep(2)
         published["at"] = time.monotonic()
-        published["version"] = str(publish(tiny_export, stack.repo, **QUIET))
+        published["version"] = str(publish(PublishRequest(tiny_export, stack.repo), **QUIET))
 
     def switched(results: list) -> bool:
         new = [r for r in results if published and r[3] == published["version"]]
@@ -241,8 +243,20 @@ def test_predict_killed_mid_run_then_completes(tiny_export: Path, tmp_path: Path
     root = write_synthetic(tmp_path / "synth", num_train=0, num_val=120, num_unlabeled=0, size=64)
     images = root / "images" / "val"
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "s4seg", "predict", "--via", "local", "--model",
-               str(tiny_export), "--input", str(images), "--output", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "s4seg",
+        "predict",
+        "--via",
+        "local",
+        "--model",
+        str(tiny_export),
+        "--input",
+        str(images),
+        "--output",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(out.rglob("*.png"))) < 20 and time.monotonic() < deadline:
@@ -256,8 +270,14 @@ def test_predict_killed_mid_run_then_completes(tiny_export: Path, tmp_path: Path
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert len(list(out.rglob("val_*.png"))) == 120
     assert not list(out.rglob(".*.tmp"))
-    record("predict_sigkill", {"written_before_kill": partial, "total": 120,
-                               "rerun": rerun.stdout.strip().splitlines()[0]})  # fmt: skip
+    record(
+        "predict_sigkill",
+        {
+            "written_before_kill": partial,
+            "total": 120,
+            "rerun": rerun.stdout.strip().splitlines()[0],
+        },
+    )
 
 
 @pytest.mark.slow
@@ -268,8 +288,13 @@ def test_training_sigkill_then_resume_equals_uninterrupted(synth_root: Path, tmp
     from s4seg.training.checkpoint import Checkpoint
 
     base = [sys.executable, "-m", "s4seg", "train", "baseline", "--config", "synthetic-quick"]
-    sets = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=6",
-            "train.checkpoint_every=2", "train.val_every=100"]  # fmt: skip
+    sets = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.iterations=6",
+        "train.checkpoint_every=2",
+        "train.val_every=100",
+    ]
 
     def command(out: Path) -> list[str]:
         return [*base, *(a for s in [*sets, f"train.out_dir={out}"] for a in ("--set", s))]
@@ -298,11 +323,13 @@ def test_training_sigkill_then_resume_equals_uninterrupted(synth_root: Path, tmp
     truncated = tmp_path / "truncated.pt"
     data = (killed / "last.pt").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    result = subprocess.run([*command(killed), "--resume", str(truncated)], capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        [*command(killed), "--resume", str(truncated)], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "unreadable (truncated or corrupt?)" in result.stderr
-    record("training_sigkill", {"killed_at_iteration": at_kill, "resumed_to": 6,
-                                "weights_equal": True})  # fmt: skip
+    record(
+        "training_sigkill", {"killed_at_iteration": at_kill, "resumed_to": 6, "weights_equal": True}
+    )
 
 
 # -- fuzzing -------------------------------------------------------------------------------------
@@ -377,8 +404,9 @@ def test_gateway_fuzzed_from_its_openapi_schema(stack: Served) -> None:
     assert any(op.path == "/v1/segment" for op in operations)
     for operation in operations:
 
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)  # fmt: skip
+        @settings(
+            max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         @given(case=operation.as_strategy())
         def fuzz(case) -> None:
             cases[f"{case.method} {case.path}"] += 1
@@ -425,7 +453,7 @@ def test_a_timed_out_request_never_hands_its_scores_to_the_next(
     step is made slow on purpose so that it times out while Triton still works on it: the
     requests after it answer with their own scores, and never in its regions."""
     repo = tmp_path / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     step = repo / "s4seg_segmenter" / "1"
     (step / "model.py").rename(step / "real_runner.py")
     (step / "model.py").write_text(SLOW_RUNNER.replace("SECONDS", "3.0"))
@@ -480,8 +508,12 @@ def flood(url: str, body: bytes, count: int, params: dict | None = None) -> list
         with httpx.Client(timeout=120) as client:
             gate.wait()
             start = time.monotonic()
-            r = client.post(f"{url}/v1/segment", content=body, params=params or {},
-                            headers={"Content-Type": "image/jpeg"})  # fmt: skip
+            r = client.post(
+                f"{url}/v1/segment",
+                content=body,
+                params=params or {},
+                headers={"Content-Type": "image/jpeg"},
+            )
             results.append((r.status_code, time.monotonic() - start))
 
     threads = [threading.Thread(target=one) for _ in range(count)]
@@ -584,8 +616,10 @@ def test_slow_clients_are_dropped(stack: Served) -> None:
     def stall() -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         start = time.monotonic()
-        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 100000\r\n\r\n12345678")  # fmt: skip
+        sock.sendall(
+            b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n12345678"
+        )
         answer = b""
         while chunk := sock.recv(4096):
             answer += chunk

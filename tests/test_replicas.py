@@ -19,6 +19,7 @@ import yaml
 from serve_helpers import Served, hammer, record, serving
 
 from s4seg.export.repository import publish, rollback
+from s4seg.export.requests import PublishRequest
 from s4seg.repository import served_by_servers, status_dir
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -54,7 +55,7 @@ def test_two_replicas_follow_publish_and_rollback_under_load(
     tiny_export: Path, synth_root: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "models" / "model_repository"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     command, env, ready = serving_container()
     env = {k: v for k, v in env.items() if k not in LOCAL}
     bodies = [
@@ -64,10 +65,19 @@ def test_two_replicas_follow_publish_and_rollback_under_load(
     with ExitStack() as stack:
         replicas: list[Served] = []
         for name in names:  # one log folder for both, as two pods of one Deployment could share
-            replicas.append(stack.enter_context(serving(
-                repo, tmp_path, command=[*command, "--repository", str(repo)], ready_path=ready,
-                log_name=f"{name}.log", S4SEG_REPLICA=name, **env,
-            )))  # fmt: skip
+            replicas.append(
+                stack.enter_context(
+                    serving(
+                        repo,
+                        tmp_path,
+                        command=[*command, "--repository", str(repo)],
+                        ready_path=ready,
+                        log_name=f"{name}.log",
+                        S4SEG_REPLICA=name,
+                        **env,
+                    )
+                )
+            )
         results: dict[str, list] = {name: [] for name in names}
         done = threading.Event()
         clients = [
@@ -98,7 +108,7 @@ def test_two_replicas_follow_publish_and_rollback_under_load(
             time.sleep(3)
             assert served_by_servers(repo) == {"replica-a": 1, "replica-b": 1}
             published_at = time.monotonic()
-            new = str(publish(tiny_export, repo, **QUIET))
+            new = str(publish(PublishRequest(tiny_export, repo), **QUIET))
             switch = wait_for_both(results, new, published_at)
             rolled_at = time.monotonic()
             rolled: dict[str, float] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from s4seg.export.repository import publish
+from s4seg.export.requests import PublishRequest
 from s4seg.repository import (
     STALE_SECONDS,
     complete_versions,
@@ -33,7 +34,7 @@ QUIET = {"log": lambda *_: None}
 def three_versions(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("contract") / "repo"
     for _ in range(3):
-        publish(tiny_export, repo, **QUIET)
+        publish(PublishRequest(tiny_export, repo), **QUIET)
     return repo
 
 

@@ -66,8 +66,12 @@ def test_resumed_run_ends_with_the_weights_of_the_uninterrupted_run(
 
 
 def test_resume_auto_continues_the_run_in_out_dir(synth_root: Path, tmp_path: Path, capsys) -> None:
-    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.val_every=100",
-                f"train.out_dir={tmp_path}"]  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.val_every=100",
+        f"train.out_dir={tmp_path}",
+    ]
     args = [f"--set={s}" for s in settings]
     _train("baseline", [*args, "--set=train.iterations=2", "--resume", "auto"])  # nothing yet
     at_two = Checkpoint.load(tmp_path / "last.pt")
@@ -95,8 +99,12 @@ def test_ctrl_c_in_the_middle_of_a_step_saves_a_whole_iteration(
     import os
     import signal
 
-    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=5",
-                "train.val_every=100"]  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.iterations=5",
+        "train.val_every=100",
+    ]
     straight = tmp_path / "straight"
     _train(trainer, [f"--set={s}" for s in settings] + [f"--set=train.out_dir={straight}"])
 

@@ -58,27 +58,54 @@ def test_cells_go_seed_by_seed_and_add_the_classifier_for_gated_methods() -> Non
     spec = StudySpec("synthetic-quick", ["baseline", "s4gan+mlmt"], ["1/8", "12"], [0, 1])
     names = [c.name for c in spec.cells()]
     assert names[:6] == [
-        "mlmt-1_8-s0", "baseline-1_8-s0", "s4gan-1_8-s0",
-        "mlmt-12-s0", "baseline-12-s0", "s4gan-12-s0",
-    ]  # fmt: skip
+        "mlmt-1_8-s0",
+        "baseline-1_8-s0",
+        "s4gan-1_8-s0",
+        "mlmt-12-s0",
+        "baseline-12-s0",
+        "s4gan-12-s0",
+    ]
     assert len(names) == 12 and Cell("s4gan", "12", 1).name in names
     with pytest.raises(ConfigError, match="unknown method"):
         StudySpec("synthetic-quick", ["s5gan"], ["1/8"], [0]).check()
 
 
 def study_command(
-    out: Path, data: Path, *extra: str, seeds: str = "0",
-    methods: str = "baseline,s4gan,s4gan+mlmt", labels: str = "3,1/4",
-) -> list[str]:  # fmt: skip
+    out: Path,
+    data: Path,
+    *extra: str,
+    seeds: str = "0",
+    methods: str = "baseline,s4gan,s4gan+mlmt",
+    labels: str = "3,1/4",
+) -> list[str]:
     sets = [
-        *TINY_TRAINING, f"data.root={data}", "train.iterations=6", "train.checkpoint_every=2",
-        "train.val_every=100", "gan.log_history_every=2",
-    ]  # fmt: skip
+        *TINY_TRAINING,
+        f"data.root={data}",
+        "train.iterations=6",
+        "train.checkpoint_every=2",
+        "train.val_every=100",
+        "gan.log_history_every=2",
+    ]
     return [
-        sys.executable, "-m", "s4seg", "study", "--out", str(out), "--config", "synthetic-quick",
-        "--methods", methods, "--labels", labels, "--seeds", seeds,
-        "--device", "cpu", *[a for s in sets for a in ("--set", s)], *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "s4seg",
+        "study",
+        "--out",
+        str(out),
+        "--config",
+        "synthetic-quick",
+        "--methods",
+        methods,
+        "--labels",
+        labels,
+        "--seeds",
+        seeds,
+        "--device",
+        "cpu",
+        *[a for s in sets for a in ("--set", s)],
+        *extra,
+    ]
 
 
 @pytest.mark.trains
@@ -144,28 +171,40 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
 def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"
     result = subprocess.run(
-        study_command(out, synth_root, "--cell", "5/6"), capture_output=True, text=True,
+        study_command(out, synth_root, "--cell", "5/6"),
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.parent.name for p in (out / "runs").glob("*/result.json")) == ["s4gan-1_4-s0"]
-    wrong = subprocess.run(study_command(out, synth_root, "--cell", "1/5"), capture_output=True,
-                           text=True)  # fmt: skip
+    wrong = subprocess.run(
+        study_command(out, synth_root, "--cell", "1/5"), capture_output=True, text=True
+    )
     assert wrong.returncode == 2 and "this study has 6 cells" in wrong.stderr
     # A narrower study in the same folder reuses the finished cell (known by trainer, budget,
     # seed), and reports it.
-    narrow = subprocess.run(study_command(out, synth_root, methods="s4gan", labels="1/4"),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    narrow = subprocess.run(
+        study_command(out, synth_root, methods="s4gan", labels="1/4"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert narrow.returncode == 0, narrow.stderr[-2000:]
     assert "1 cells, 1 done, 0 to run" in narrow.stderr and "| 1/4 |" in narrow.stdout
     # --report: the table from the finished cells of the full spec, nothing trained.
-    report = subprocess.run(study_command(out, synth_root, "--report"), capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    report = subprocess.run(
+        study_command(out, synth_root, "--report"), capture_output=True, text=True, timeout=300
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "| 1/4 | " in report.stdout and "training" not in report.stderr
     assert len(list((out / "runs").glob("*/result.json"))) == 1
-    dry = subprocess.run(study_command(tmp_path / "dry", synth_root, "--dry-run"),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    dry = subprocess.run(
+        study_command(tmp_path / "dry", synth_root, "--dry-run"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "6 cells" in dry.stdout and "s4seg train s4gan --config synthetic-quick" in dry.stdout
     assert "s/iteration" in dry.stdout and not (tmp_path / "dry").exists()

@@ -15,10 +15,18 @@ pytestmark = pytest.mark.trains  # every test here trains a model
 
 
 def _run(trainer: str, root: Path, out: Path, *extra: str) -> dict:
-    settings = [*TINY_TRAINING, f"data.root={root}", "train.iterations=4", "train.val_every=4",
-                f"train.out_dir={out}", *extra]  # fmt: skip
-    assert main(["train", trainer, "--config", "synthetic-quick",
-                 *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={root}",
+        "train.iterations=4",
+        "train.val_every=4",
+        f"train.out_dir={out}",
+        *extra,
+    ]
+    assert (
+        main(["train", trainer, "--config", "synthetic-quick", *[f"--set={s}" for s in settings]])
+        == 0
+    )
     return Checkpoint.load(out / "last.pt")
 
 
@@ -56,10 +64,18 @@ def test_s4gan_ablation_ce_only_leaves_d_untrained(synth_root: Path, tmp_path: P
 
 
 def _weights_after_one_step(trainer: str, root: Path, out: Path, *extra: str) -> dict:
-    settings = [*TINY_TRAINING, f"data.root={root}", "train.iterations=1", "train.val_every=100",
-                f"train.out_dir={out}", *extra]  # fmt: skip
-    assert main(["train", trainer, "--config", "synthetic-quick",
-                 *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={root}",
+        "train.iterations=1",
+        "train.val_every=100",
+        f"train.out_dir={out}",
+        *extra,
+    ]
+    assert (
+        main(["train", trainer, "--config", "synthetic-quick", *[f"--set={s}" for s in settings]])
+        == 0
+    )
     trained = Checkpoint.load(out / "last.pt")
     return trained.student if trainer == "mlmt" else trained.model
 
@@ -114,9 +130,18 @@ def test_evaluate_gated_and_ungated(synth_root: Path, tmp_path: Path, capsys) ->
     _run("baseline", synth_root, tmp_path / "seg")
     _run("mlmt", synth_root, tmp_path / "cls")
     out = tmp_path / "eval"
-    code = main(["evaluate", "--segmenter", str(tmp_path / "seg" / "last.pt"),
-                 "--classifier", str(tmp_path / "cls" / "last.pt"), "--tau-sweep",
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--segmenter",
+            str(tmp_path / "seg" / "last.pt"),
+            "--classifier",
+            str(tmp_path / "cls" / "last.pt"),
+            "--tau-sweep",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "gated(tau=0.2)" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
@@ -127,8 +152,9 @@ def test_evaluate_gated_and_ungated(synth_root: Path, tmp_path: Path, capsys) ->
     assert sum(map(sum, confusion)) == sum(map(sum, report["ungated"]["confusion_matrix"]))
 
 
-def test_classifier_checkpoint_is_refused_as_segmenter(synth_root: Path, tmp_path: Path,
-                                                       capsys) -> None:  # fmt: skip
+def test_classifier_checkpoint_is_refused_as_segmenter(
+    synth_root: Path, tmp_path: Path, capsys
+) -> None:
     _run("mlmt", synth_root, tmp_path / "cls")
     assert main(["evaluate", "--segmenter", str(tmp_path / "cls" / "last.pt")]) == 2
     assert "is a classifier checkpoint, expected segmenter" in capsys.readouterr().err

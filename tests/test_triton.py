@@ -20,6 +20,7 @@ from helpers import framed_batch
 
 from s4seg.clients.triton_pipeline import TritonPipeline
 from s4seg.export.repository import publish
+from s4seg.export.requests import ExportRequest, PublishRequest
 from s4seg.layouts import open_layout
 from s4seg.manifest import Manifest, sha256_file
 from s4seg.onnx_pipeline import UNGATED_TAU, OnnxPipeline
@@ -44,9 +45,12 @@ class Server:
         self.process, self.repo = process, repo
         self.url = process.settings.http_url
         self.versions = VersionManager(
-            repo, self.url, log=lambda *_: None, view=process.settings.repository,
+            repo,
+            self.url,
+            log=lambda *_: None,
+            view=process.settings.repository,
             admin_key=process.settings.admin_key,
-        )  # fmt: skip
+        )
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
 
@@ -69,11 +73,15 @@ class Server:
 def server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("triton")
     repo = root / "repo"
-    publish(tiny_export, repo, **QUIET)
+    publish(PublishRequest(tiny_export, repo), **QUIET)
     settings = TritonSettings(
-        root / "view", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        poll_seconds=1, log_file=root / "triton.log",
-    )  # fmt: skip
+        root / "view",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        poll_seconds=1,
+        log_file=root / "triton.log",
+    )
     process = TritonProcess(settings)
     try:
         server = Server(process, repo)  # makes the view Triton serves
@@ -159,10 +167,20 @@ def test_evaluate_through_triton_matches_onnx(
         ("onnx", ["--onnx", str(tiny_export)]),
     ):
         subprocess.run(
-            [sys.executable, "-m", "s4seg", "evaluate", *args, "--data", str(synth_root),
-             "--out", str(tmp_path / name)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "s4seg",
+                "evaluate",
+                *args,
+                "--data",
+                str(synth_root),
+                "--out",
+                str(tmp_path / name),
+            ],
+            check=True,
+            capture_output=True,
+        )
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
     assert reports["triton"]["confusion_matrix"] == reports["onnx"]["confusion_matrix"]
 
@@ -190,7 +208,7 @@ def test_second_publish_is_served_without_restart_or_failed_requests(
     worker.start()
     try:
         time.sleep(1)
-        assert publish(tiny_export, server.repo, **QUIET) == 2
+        assert publish(PublishRequest(tiny_export, server.repo), **QUIET) == 2
         deadline = time.monotonic() + 120
         while "2" not in seen[-3:] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -325,12 +343,22 @@ def test_a_version_in_openvino_at_bf16_answers_like_the_in_process_one(
     if not bf16_capable():
         pytest.skip("this CPU has no BF16 instructions")
     out = tmp_path / "bf16"
-    export_models(str(varied_checkpoint), str(tiny_classifier), str(out), input_size=(64, 64),
-                  data=str(synth_root), parity_images=2, tau=0.2, bf16=True,
-                  log=lambda *_: None)  # fmt: skip
+    export_models(
+        ExportRequest(
+            str(varied_checkpoint),
+            str(tiny_classifier),
+            str(out),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+            tau=0.2,
+            variants=frozenset({"bf16"}),
+        ),
+        log=lambda *_: None,
+    )
     if not Manifest.load(out).variants["bf16"].graphs:
         pytest.skip("the bf16 variant was refused on this export (its parity is in the manifest)")
-    version = publish(out, server.repo, precision="bf16", **QUIET)
+    version = publish(PublishRequest(out, server.repo, precision="bf16"), **QUIET)
     deadline = time.monotonic() + 120
     while server.versions.state.served != version and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -356,15 +384,21 @@ def test_triton_dies_with_serve_and_a_held_port_is_named() -> None:
     from s4seg.serving.triton import TritonError, check_ports_free
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import subprocess, sys, time\n"
-            "from s4seg.serving import triton\n"
-            "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
-            "                         preexec_fn=triton._own_session_dying_with_parent)\n"
-            "print(child.pid, flush=True)\n"
-            "time.sleep(300)\n")],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            (
+                "import subprocess, sys, time\n"
+                "from s4seg.serving import triton\n"
+                "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
+                "                         preexec_fn=triton._own_session_dying_with_parent)\n"
+                "print(child.pid, flush=True)\n"
+                "time.sleep(300)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()

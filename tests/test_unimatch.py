@@ -69,10 +69,21 @@ def test_the_perturbed_branch_shares_the_weights_and_drops_features(model) -> No
 
 
 def _one_step(root: Path, out: Path, *extra: str) -> dict:
-    settings = [*TINY_TRAINING, f"data.root={root}", "train.iterations=1", "train.val_every=100",
-                "model.architecture=deeplabv3plus", f"train.out_dir={out}", *extra]  # fmt: skip
-    assert main(["train", "unimatch", "--config", "synthetic-quick",
-                 *[f"--set={s}" for s in settings]]) == 0  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={root}",
+        "train.iterations=1",
+        "train.val_every=100",
+        "model.architecture=deeplabv3plus",
+        f"train.out_dir={out}",
+        *extra,
+    ]
+    assert (
+        main(
+            ["train", "unimatch", "--config", "synthetic-quick", *[f"--set={s}" for s in settings]]
+        )
+        == 0
+    )
     return Checkpoint.load(out / "last.pt").model
 
 
@@ -95,8 +106,14 @@ def test_the_unimatch_step_sends_each_term_with_its_weight(
     assert all(torch.equal(full[k], again[k]) for k in full)
     # The Cityscapes recipe's OHEM labeled loss is the one the step uses when asked for.
     # (At initialisation every pixel is hard at 0.7: a low threshold drops some.)
-    ohem = _one_step(synth_root, tmp_path / "ohem", *base, "unimatch.labeled_loss=ohem",
-                     "unimatch.ohem_threshold=0.12", "unimatch.ohem_min_kept=100")  # fmt: skip
+    ohem = _one_step(
+        synth_root,
+        tmp_path / "ohem",
+        *base,
+        "unimatch.labeled_loss=ohem",
+        "unimatch.ohem_threshold=0.12",
+        "unimatch.ohem_min_kept=100",
+    )
     assert any(not torch.equal(full[k], ohem[k]) for k in full)
 
 
@@ -109,8 +126,10 @@ def test_pseudo_label_logs_count_foreground_and_its_recall() -> None:
     confidence = torch.tensor([[[0.99, 0.99, 0.5, 0.99, 0.99]]])
     pad = torch.tensor([[[False, False, False, False, True]]])
     truth = torch.tensor([[[0, 2, 1, 0, 255]]])
-    got = {k: float(v) for k, v in pseudo_label_scalars(labels, confidence, pad, truth, 0.95, 0)
-           .items()}  # fmt: skip
+    got = {
+        k: float(v)
+        for k, v in pseudo_label_scalars(labels, confidence, pad, truth, 0.95, 0).items()
+    }
     assert got["confident"] == pytest.approx(3 / 4)  # the padded pixel counts nowhere
     assert got["confident_fg"] == pytest.approx(1 / 3)  # of the 3 confident, one foreground
     assert got["pl_accuracy"] == pytest.approx(3 / 4)
@@ -152,14 +171,31 @@ def test_two_forwards_keep_strong_views_out_of_the_labeled_batch_norm(
 
     monkeypatch.setattr(DeepLabV2, "forward", recording)
     sizes = ["train.batch_size=2", "unimatch.unlabeled_batch_size=3"]
-    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=1",
-                "train.val_every=100", *sizes]  # fmt: skip
+    settings = [
+        *TINY_TRAINING,
+        f"data.root={synth_root}",
+        "train.iterations=1",
+        "train.val_every=100",
+        *sizes,
+    ]
     for order, expected in (("two", [(2 + 3, 2 + 3), (3 + 3, 0)]), ("one", [(3 + 2 + 6, 3)])):
         calls.clear()
         out = tmp_path / order
-        assert main(["train", "unimatch", "--config", "synthetic-quick",
-                     *[f"--set={s}" for s in [*settings, f"unimatch.forward={order}",
-                                              f"train.out_dir={out}"]]]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "unimatch",
+                    "--config",
+                    "synthetic-quick",
+                    *[
+                        f"--set={s}"
+                        for s in [*settings, f"unimatch.forward={order}", f"train.out_dir={out}"]
+                    ],
+                ]
+            )
+            == 0
+        )
         assert calls == expected, (order, calls)
 
 
@@ -171,9 +207,15 @@ def test_loss_scale_scales_the_whole_update(synth_root: Path, tmp_path: Path) ->
     start = _one_step(synth_root, tmp_path / "zero", *base, "optim.lr=1e-12")
     half = _one_step(synth_root, tmp_path / "half", *base, "unimatch.loss_scale=0.5")
     full = _one_step(synth_root, tmp_path / "full", *base, "unimatch.loss_scale=1.0")
-    moved = [k for k in start if start[k].is_floating_point() and "running" not in k
-             and not torch.equal(half[k], start[k])]  # fmt: skip
+    moved = [
+        k
+        for k in start
+        if start[k].is_floating_point()
+        and "running" not in k
+        and not torch.equal(half[k], start[k])
+    ]
     assert moved
     for key in moved:
-        torch.testing.assert_close(full[key] - start[key], 2 * (half[key] - start[key]),
-                                   rtol=1e-3, atol=1e-6)  # fmt: skip
+        torch.testing.assert_close(
+            full[key] - start[key], 2 * (half[key] - start[key]), rtol=1e-3, atol=1e-6
+        )

@@ -51,3 +51,34 @@ def test_a_withdrawn_versions_steps_drain_before_they_unload(
     loads.clear()
     now[0] += v.DRAIN_SECONDS
     assert manager.sync() == 1 and loads == []  # once
+
+
+def test_the_plan_tries_newer_versions_newest_first_skipping_unchanged_failures() -> None:
+    """``plan_sync`` from data: nothing patched, no Triton, no disk."""
+    disk = v.OnDisk(
+        complete=[5, 4, 3, 2], fingerprints={5: 1.0, 4: 7.0, 3: 1.0}, steps_present=True
+    )
+    state = v.VersionState(served=2, failed={4: v.Failure("bad shapes", 7.0)})
+    plan = v.plan_sync(state, disk)
+    assert plan.candidates == [5, 3] and plan.keep == 2 and plan.serving == 2
+    assert plan.withdrawn is None and not plan.removed
+    changed = v.OnDisk(disk.complete, {**disk.fingerprints, 4: 8.0}, True)  # version 4 fixed
+    assert v.plan_sync(state, changed).candidates == [5, 4, 3]
+    assert v.plan_sync(v.VersionState(served=5), disk).candidates == []  # newest served
+
+
+def test_the_plan_for_a_withdrawn_version_keeps_it_while_its_steps_are_there() -> None:
+    state = v.VersionState(served=3)
+    rolled_back = v.OnDisk(complete=[2, 1], fingerprints={2: 1.0, 1: 1.0}, steps_present=True)
+    plan = v.plan_sync(state, rolled_back)
+    assert (plan.serving, plan.withdrawn, plan.keep, plan.removed) == (None, 3, 3, False)
+    assert plan.candidates == [2, 1]
+    gone = v.OnDisk(complete=[2, 1], fingerprints={2: 1.0, 1: 1.0}, steps_present=False)
+    plan = v.plan_sync(state, gone)
+    assert (plan.serving, plan.withdrawn, plan.keep, plan.removed) == (None, None, None, True)
+
+
+def test_drain_is_due_only_after_its_time() -> None:
+    assert not v.drain_due(v.VersionState(), 10.0)
+    assert not v.drain_due(v.VersionState(drain_until=11.0), 10.0)
+    assert v.drain_due(v.VersionState(drain_until=10.0), 10.0)

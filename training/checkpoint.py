@@ -20,15 +20,13 @@ from s4seg.atomic import atomic_file
 from s4seg.errors import CheckpointError, first_line
 
 CHECKPOINT_FORMAT = "s4seg-checkpoint/1"
+CheckpointKind = Literal["segmenter", "classifier"]
 
 
 def rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": list(np.random.get_state(legacy=True)),
-        "torch": torch.get_rng_state(),
-    }
-    state["numpy"][1] = state["numpy"][1].tolist()  # an ndarray would need unsafe unpickling
+    numpy_state: list[Any] = list(np.random.get_state(legacy=True))
+    numpy_state[1] = numpy_state[1].tolist()  # an ndarray would need unsafe unpickling
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -52,7 +50,7 @@ class Checkpoint:
     On disk: a dict of these fields (the ones set) with ``format``; a file with a field this
     class does not know, or without one it needs, is refused by name."""
 
-    kind: Literal["segmenter", "classifier"]
+    kind: CheckpointKind
     trainer: str
     arch: dict[str, Any]
     model: dict[str, torch.Tensor]

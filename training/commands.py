@@ -71,22 +71,23 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_checkpoint
+    from .evaluation import EvaluationRequest, evaluate_checkpoint
 
-    report, table = evaluate_checkpoint(
-        args.segmenter,
-        args.data,
-        args.kind,
-        args.split,
-        args.out,
-        args.save_predictions,
-        args.max_images,
-        args.device,
-        args.classifier,
-        PAPER_TAU if args.tau is None else args.tau,
-        args.tau_sweep,
-        args.part,
+    request = EvaluationRequest(
+        checkpoint=args.segmenter,
+        data_root=args.data,
+        kind=args.kind,
+        split=args.split,
+        out_dir=args.out,
+        save_predictions=args.save_predictions,
+        max_images=args.max_images,
+        device=args.device,
+        classifier=args.classifier,
+        tau=PAPER_TAU if args.tau is None else args.tau,
+        tau_sweep=args.tau_sweep,
+        part=args.part,
     )
+    report, table = evaluate_checkpoint(request)
     print(table)
     if args.out:
         print(f"report: {Path(args.out) / 'report.json'}")
@@ -111,9 +112,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--num-unlabeled", type=int, default=200)
     synth.add_argument("--size", type=int, default=128, help="image side in pixels")
     synth.add_argument(
-        "--style", choices=["sparse", "dense"], default="sparse",
+        "--style",
+        choices=["sparse", "dense"],
+        default="sparse",
         help="sparse: 1-3 objects (~14%% foreground); dense: 3-5 larger ones (~a third)",
-    )  # fmt: skip
+    )
 
     split = sub.add_parser("split", help="seeded labeled/unlabeled split of a training set")
     split.add_argument("--data", required=True, help="data set folder")

@@ -178,9 +178,15 @@ class Config(Section):
 
 
 PRESETS = (
-    "voc", "cityscapes", "context", "synthetic-quick", "quickstart", "voc-unimatch",
-    "cityscapes-unimatch", "synthetic-dense",
-)  # fmt: skip
+    "voc",
+    "cityscapes",
+    "context",
+    "synthetic-quick",
+    "quickstart",
+    "voc-unimatch",
+    "cityscapes-unimatch",
+    "synthetic-dense",
+)
 
 
 def _preset_text(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from tqdm import tqdm
 
 from s4seg.errors import CheckpointError, DatasetError
 from s4seg.holdout import evaluation_samples
-from s4seg.layouts import data_layout
+from s4seg.layouts import DataLayout, Sample, data_layout
 from s4seg.metrics import confusion_matrix, format_table, scores, write_report
 from s4seg.visualize import colorize, panel
 
@@ -88,113 +90,169 @@ def format_comparison(class_names: list[str], ungated, gated, tau: float) -> str
     return "\n".join(rows)
 
 
-def evaluate_checkpoint(  # noqa: PLR0913, PLR0915 (gated and sweep evaluation in one pass)
-    checkpoint: str,
-    data_root: str | None = None,
-    kind: str | None = None,
-    split: str | None = None,
-    out_dir: str | None = None,
-    save_predictions: int = 0,
-    max_images: int | None = None,
-    device: str = "auto",
-    classifier: str | None = None,
-    tau: float = DEFAULT_TAU,
-    tau_sweep: bool = False,
-    part: str = "report",
-) -> tuple[dict, str]:
-    """Evaluate a segmenter checkpoint, gated by a classifier checkpoint if given, on ``part``
-    of the validation split (``s4seg.holdout``: by default not the images tau is chosen on).
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """A segmenter checkpoint, gated by a classifier checkpoint if given, on ``part`` of the
+    validation split (``s4seg.holdout``: by default not the images tau is chosen on)."""
 
-    Returns the report (figures, confusion matrix) and a readable table.
-    """
-    trained = Checkpoint.load(checkpoint, kind="segmenter")
-    model = segmenter_from_checkpoint(trained)
-    layout = data_layout(trained, data_root, kind)
+    checkpoint: str
+    data_root: str | None = None  # None: the data the checkpoint was trained on
+    kind: str | None = None
+    split: str | None = None
+    out_dir: str | None = None  # report.json (+ predictions) written here when given
+    save_predictions: int = 0
+    max_images: int | None = None
+    device: str = "auto"
+    classifier: str | None = None
+    tau: float = DEFAULT_TAU
+    tau_sweep: bool = False
+    part: str = "report"
+
+
+@dataclass
+class Models:
+    """What one evaluation runs: the segmenter and its gate, on one device."""
+
+    trained: Checkpoint
+    segmenter: nn.Module
+    runtime: Runtime
+    gate: nn.Module | None = None
+    gate_view: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def load_models(request: EvaluationRequest, trained: Checkpoint, layout: DataLayout) -> Models:
     classes = list(layout.classes)
     if classes != trained.classes:
         raise DatasetError(
-            f"{layout.root} has classes {classes[:6]}... but {checkpoint} was trained on "
+            f"{layout.root} has classes {classes[:6]}... but {request.checkpoint} was trained on "
             f"{trained.classes[:6]}..."
         )
     runtime = setup_runtime(
-        device, amp="off", channels_last="off", fixed_shapes=False, distributed=False
+        request.device, amp="off", channels_last="off", fixed_shapes=False, distributed=False
     )
-    model.to(runtime.device).eval()
-    gate_model = cls_view = None
-    if classifier:
+    models = Models(trained, segmenter_from_checkpoint(trained).to(runtime.device).eval(), runtime)
+    if request.classifier:
         from .data.classification import eval_view
 
-        gating = Checkpoint.load(classifier, kind="classifier")
+        gating = Checkpoint.load(request.classifier, kind="classifier")
         if gating.classes != classes:
-            raise CheckpointError(f"{classifier} was trained on other classes than {checkpoint}")
-        gate_model = classifier_from_checkpoint(gating).to(runtime.device).eval()
-        cls_view = eval_view(gating.arch["input_size"])
-    split, part, samples = evaluation_samples(layout, split, part, max_images)
-    norm = trained.normalization
-    seg_view = eval_transform(norm["mean"], norm["std"])
-    taus = sorted({tau, *TAU_SWEEP}) if (tau_sweep and gate_model is not None) else [tau]
-    num_classes = len(classes)
-    ungated_cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    gated_cm = {t: np.zeros_like(ungated_cm) for t in taus}
-    background = trained.background_index
-    out = Path(out_dir) if out_dir else None
-    for index, sample in enumerate(tqdm(samples, desc="evaluate", leave=False, disable=None)):
-        image = layout.read_image(sample)
-        truth = layout.read_mask(sample)
-        pixels = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
-        probabilities = predict_probabilities(model, seg_view(pixels)[None], runtime)
-        prediction = probabilities.argmax(1)[0].cpu().numpy()
-        ungated_cm += confusion_matrix(truth, prediction, num_classes)
-        shown = prediction
-        if gate_model is not None:
-            with torch.no_grad():
-                class_probs = torch.sigmoid(gate_model(cls_view(pixels)[None].to(runtime.device)))
-            for t in taus:
-                labels, _ = gated_argmax(probabilities, class_probs, t, background)
-                labels = labels[0].cpu().numpy()
-                gated_cm[t] += confusion_matrix(truth, labels, num_classes)
-                if t == tau:
-                    shown = labels
-        if out is not None and index < save_predictions:
-            name = sample.id.replace("/", "_")
-            palette = trained.palette
-            (out / "predictions").mkdir(parents=True, exist_ok=True)
-            colorize(shown, palette).save(out / "predictions" / f"{name}.png")
-            pictures = [image, colorize(truth, palette), colorize(prediction, palette)]
-            if gate_model is not None:
-                pictures.append(colorize(shown, palette))
-            panel(pictures).save(out / "predictions" / f"{name}_panel.png")
+            raise CheckpointError(
+                f"{request.classifier} was trained on other classes than {request.checkpoint}"
+            )
+        models.gate = classifier_from_checkpoint(gating).to(runtime.device).eval()
+        models.gate_view = eval_view(gating.arch["input_size"])
+    return models
 
+
+def evaluate_checkpoint(request: EvaluationRequest) -> tuple[dict, str]:
+    """Evaluate as ``request`` says. Returns the report (figures, confusion matrix) and a
+    readable table."""
+    trained = Checkpoint.load(request.checkpoint, kind="segmenter")
+    layout = data_layout(trained, request.data_root, request.kind)
+    classes = list(layout.classes)
+    models = load_models(request, trained, layout)
+    split, part, samples = evaluation_samples(
+        layout, request.split, request.part, request.max_images
+    )
+    taus = [request.tau]
+    if request.tau_sweep and models.gate is not None:
+        taus = sorted({request.tau, *TAU_SWEEP})
+    ungated, gated = confusions(request, models, layout, samples, taus)
     extra = {
-        "checkpoint": str(checkpoint),
-        "classifier": classifier,
+        "checkpoint": str(request.checkpoint),
+        "classifier": request.classifier,
         "data": layout.describe(),
         "split": split,
         "part": part,
         "images": len(samples),
-        "iteration": trained.iteration,
+        "iteration": models.trained.iteration,
         "protocol": "single scale, no flip",
     }
-    ungated = scores(ungated_cm)
-    if gate_model is None:
-        report = {**extra, **ungated.as_dict(classes), "confusion_matrix": ungated_cm.tolist()}
-        table = format_table(classes, ungated)
-    else:
-        gated = scores(gated_cm[tau])
-        report = {
-            **extra,
-            "tau": tau,
-            **gated.as_dict(classes),
-            "confusion_matrix": gated_cm[tau].tolist(),
-            "ungated": {**ungated.as_dict(classes), "confusion_matrix": ungated_cm.tolist()},
-        }
-        if tau_sweep:
-            report["tau_sweep"] = [{"tau": t, "miou": scores(gated_cm[t]).miou} for t in taus]
-        table = format_comparison(classes, ungated, gated, tau)
-        if tau_sweep:
-            table += "\n\ntau sweep (gated mIoU): " + ", ".join(
-                f"{t:g}: {100 * scores(gated_cm[t]).miou:.2f}" for t in taus
+    report, table = describe(request, classes, extra, ungated, gated)
+    if request.out_dir:
+        write_report(Path(request.out_dir), classes, report)
+    return report, table
+
+
+def confusions(
+    request: EvaluationRequest,
+    models: Models,
+    layout: DataLayout,
+    samples: list[Sample],
+    taus: list[float],
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """The ungated confusion matrix and one per tau (gated; none without a classifier);
+    the first ``save_predictions`` images are drawn as they go."""
+    num_classes = len(layout.classes)
+    ungated = np.zeros((num_classes, num_classes), dtype=np.int64)
+    gated = {t: np.zeros_like(ungated) for t in taus} if models.gate is not None else {}
+    norm = models.trained.normalization
+    seg_view = eval_transform(norm["mean"], norm["std"])
+    background = models.trained.background_index
+    for index, sample in enumerate(tqdm(samples, desc="evaluate", leave=False, disable=None)):
+        image = layout.read_image(sample)
+        truth = layout.read_mask(sample)
+        pixels = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        probabilities = predict_probabilities(
+            models.segmenter, seg_view(pixels)[None], models.runtime
+        )
+        prediction = probabilities.argmax(1)[0].cpu().numpy()
+        ungated += confusion_matrix(truth, prediction, num_classes)
+        shown = prediction
+        if models.gate is not None and models.gate_view is not None:
+            with torch.no_grad():
+                view = models.gate_view(pixels)[None].to(models.runtime.device)
+                class_probs = torch.sigmoid(models.gate(view))
+            for t in taus:
+                labels = gated_argmax(probabilities, class_probs, t, background)[0][0].cpu().numpy()
+                gated[t] += confusion_matrix(truth, labels, num_classes)
+                if t == request.tau:
+                    shown = labels
+        if request.out_dir and index < request.save_predictions:
+            draw_prediction(
+                Path(request.out_dir) / "predictions",
+                sample.id.replace("/", "_"),
+                models.trained.palette,
+                [image, truth, prediction, *([shown] if models.gate is not None else [])],
             )
-    if out is not None:
-        write_report(out, classes, report)
+    return ungated, gated
+
+
+def draw_prediction(folder: Path, name: str, palette: list[list[int]], pictures: list) -> None:
+    """``{name}.png``: the answer shown (gated when gated); ``{name}_panel.png``: the image,
+    the truth, the ungated answer and the gated one side by side."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image, *masks = pictures
+    colorize(masks[-1], palette).save(folder / f"{name}.png")
+    panel([image, *(colorize(m, palette) for m in masks)]).save(folder / f"{name}_panel.png")
+
+
+def describe(
+    request: EvaluationRequest,
+    classes: list[str],
+    extra: dict,
+    ungated_cm: np.ndarray,
+    gated_cm: dict[float, np.ndarray],
+) -> tuple[dict, str]:
+    """The report and its table: ungated alone, or gated at ``tau`` beside ungated (and the
+    sweep when asked)."""
+    ungated = scores(ungated_cm)
+    if not gated_cm:
+        report = {**extra, **ungated.as_dict(classes), "confusion_matrix": ungated_cm.tolist()}
+        return report, format_table(classes, ungated)
+    tau = request.tau
+    gated = scores(gated_cm[tau])
+    report = {
+        **extra,
+        "tau": tau,
+        **gated.as_dict(classes),
+        "confusion_matrix": gated_cm[tau].tolist(),
+        "ungated": {**ungated.as_dict(classes), "confusion_matrix": ungated_cm.tolist()},
+    }
+    table = format_comparison(classes, ungated, gated, tau)
+    if request.tau_sweep:
+        report["tau_sweep"] = [{"tau": t, "miou": scores(cm).miou} for t, cm in gated_cm.items()]
+        table += "\n\ntau sweep (gated mIoU): " + ", ".join(
+            f"{t:g}: {100 * scores(cm).miou:.2f}" for t, cm in gated_cm.items()
+        )
     return report, table

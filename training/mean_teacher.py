@@ -31,11 +31,11 @@ def update_teacher(
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
     if buffers == "own":
         return
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        if buffers == "ema" and t.is_floating_point():
-            t.mul_(decay).add_(s, alpha=1.0 - decay)
+    for tb, sb in zip(teacher.buffers(), student.buffers(), strict=True):
+        if buffers == "ema" and tb.is_floating_point():
+            tb.mul_(decay).add_(sb, alpha=1.0 - decay)
         else:
-            t.copy_(s)
+            tb.copy_(sb)
 
 
 def sigmoid_rampup(progress: float) -> float:

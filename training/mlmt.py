@@ -128,9 +128,12 @@ class MlmtRun(TrainingRun):
         # otherwise batch statistics of the weak views (validation switches modes and back).
         self.model.train(m.teacher_bn != "ema")
         self.optimizer = torch.optim.SGD(
-            self.student.parameters(), lr=m.lr, momentum=m.momentum, nesterov=True,
+            self.student.parameters(),
+            lr=m.lr,
+            momentum=m.momentum,
+            nesterov=True,
             weight_decay=m.weight_decay,
-        )  # fmt: skip
+        )
         self.scheduler = cosine(self.optimizer, cfg.train.iterations, m.lr, m.lr_min)
         if resumed:
             if resumed.student is None:

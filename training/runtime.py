@@ -6,13 +6,18 @@ import contextlib
 import os
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from s4seg.errors import ConfigError
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class Runtime:
 
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def place(self, module: M) -> M:
+        """``module`` on this device, in this memory format."""
+        module.to(self.device)
+        return module.to(memory_format=self.memory_format())
 
     def varying_shapes(self) -> contextlib.AbstractContextManager:
         """For whole images of many sizes (evaluation): no cuDNN autotuning per new shape."""

@@ -157,7 +157,7 @@ def segmenter_gan_terms(
         discriminator.requires_grad_(True)
     fake_logit, fake_features = d_logit[:count], d_features[:count]
     loss = logits_u.new_zeros(())
-    scalars: dict[str, float] = {}
+    scalars: dict[str, torch.Tensor] = {}
     if "fm" in gan.losses:
         loss_fm = feature_matching_loss(d_features[count:], fake_features)
         loss = loss + gan.lambda_fm * loss_fm
@@ -192,7 +192,12 @@ def train_s4gan(cfg: Config, resumed: Checkpoint | None = None, log: Log = log_t
             y_l = batch_l["mask"].to(runtime.device, non_blocking=True)
             y_r = batch_r["mask"].to(runtime.device, non_blocking=True)
             scalars: Scalars = {}
-            record = {"d_real": 0.0, "d_fake": 0.0, "st_selected": 0.0, "st_batch": len(x_u)}
+            record: Scalars = {
+                "d_real": 0.0,
+                "d_fake": 0.0,
+                "st_selected": 0.0,
+                "st_batch": len(x_u),
+            }
 
             # --- S step (eq. 4). One forward for the labeled and unlabeled images (a module
             # under DistributedDataParallel may run forward once per backward).

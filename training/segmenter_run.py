@@ -51,7 +51,7 @@ class SegmenterRun(TrainingRun):
                 self.model.backbone, cfg.model.pretrained_backbone, cfg.model.backbone_depth
             )
             self.log_main(report.summary())
-        self.model.to(runtime.device, memory_format=runtime.memory_format())
+        runtime.place(self.model)
         # The paper's optimiser: SGD, head at 10x, poly(0.9) per iteration.
         self.optimizer = torch.optim.SGD(
             self.model.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult),

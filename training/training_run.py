@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -21,14 +22,17 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from s4seg.errors import CheckpointError, S4segError
 from s4seg.layouts import DataLayout
 
-from .checkpoint import Checkpoint, restore_rng_state, rng_state
+from .checkpoint import Checkpoint, CheckpointKind, restore_rng_state, rng_state
 from .config import Config
+from .data.classification import MultiLabelDataset
+from .data.dataset import SegmentationDataset
 from .data.sampler import ResumableSampler
 from .data.split import Split
 from .progress import LoaderClock, Progress
@@ -47,7 +51,7 @@ class InterruptAtBoundary:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
 
     def __enter__(self) -> InterruptAtBoundary:
         if threading.current_thread() is threading.main_thread():
@@ -77,12 +81,12 @@ class TrainingRun:
     """One training run of one trainer; ``extra_state`` adds the trainer's own checkpoint
     entries."""
 
-    kind: str  # the checkpoint's kind: "segmenter" or "classifier"
+    kind: CheckpointKind
     # Set by the subclass before ``loop``:
     arch: dict  # what rebuilds the model (checked on resume)
     model: nn.Module  # what the checkpoint's "model" holds: the network that is exported
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: LambdaLR
     layout: DataLayout
     split: Split
     normalization: dict
@@ -95,12 +99,17 @@ class TrainingRun:
                 f"checkpoint was written by the {resumed.trainer} trainer, not {trainer}"
             )
         self.cfg, self.runtime, self.trainer, self.resumed, self.log = (
-            cfg, runtime, trainer, resumed, log
-        )  # fmt: skip
+            cfg,
+            runtime,
+            trainer,
+            resumed,
+            log,
+        )
         self.out_dir = Path(cfg.train.out_dir or f"runs/{trainer}")
         self.extra_state: Callable[[], dict[str, Any]] = dict
         seed_everything(cfg.train.seed + runtime.rank)
-        self.start, self.metrics = 0, {}
+        self.start = 0
+        self.metrics: dict[str, Any] = {}
         self.writer: SummaryWriter | None = None
         self.loader_clock = LoaderClock()
 
@@ -150,7 +159,9 @@ class TrainingRun:
             buffer.copy_(flat[offset : offset + count].view_as(buffer))
             offset += count
 
-    def batches(self, dataset: Dataset, stream: int, batch_size: int) -> Iterator[dict]:
+    def batches(
+        self, dataset: SegmentationDataset | MultiLabelDataset, stream: int, batch_size: int
+    ) -> Iterator[dict]:
         """Endless batches of one data stream, continuing where the run stopped.
 
         Each stream (labeled, unlabeled, the second labeled stream of s4GAN) has its own
@@ -286,8 +297,9 @@ class TrainingRun:
             else:
                 if world > 1:
                     self.log_main(
-                        f"the checkpoint holds the RNG of {len(per_rank or [1])} rank(s), this "
-                        f"run has {world}: ranks continue from rank 0's state (not exact)"
+                        f"the checkpoint holds the RNG of {len(per_rank) if per_rank else 1} "
+                        f"rank(s), this run has {world}: ranks continue from rank 0's state "
+                        "(not exact)"
                     )
                 restore_rng_state(self.resumed.rng)
             self.log_main(f"resumed from iteration {self.start}")
@@ -306,7 +318,7 @@ class TrainingRun:
     def _after_step(self, done: int, step_scalars: Scalars) -> None:
         cfg = self.cfg.train
         checkpoint = done % cfg.checkpoint_every == 0 or done == cfg.iterations
-        snapshot = bool(cfg.snapshot_every) and done % cfg.snapshot_every == 0
+        snapshot = bool(cfg.snapshot_every and done % cfg.snapshot_every == 0)
         rng = self.gather_rng() if checkpoint or snapshot else None  # every rank takes part
         if not self.runtime.is_main:
             return

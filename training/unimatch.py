@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms import v2
 
 from s4seg import IGNORE_INDEX
@@ -37,6 +38,7 @@ from .config import Config, UniMatchConfig
 from .losses import ohem_cross_entropy
 from .models import upsample_logits
 from .run_support import Log, log_to_stderr, runtime_for
+from .runtime import Runtime
 from .segmenter_run import SegmenterRun
 from .training_run import Scalars
 
@@ -99,9 +101,12 @@ class StrongViews:
 
 
 def strong_views(
-    weak_u: torch.Tensor, weak_mix: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+    weak_u: torch.Tensor,
+    weak_mix: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
     u: UniMatchConfig,
-) -> StrongViews:  # fmt: skip
+) -> StrongViews:
     """One strong view per image of u: its weak view recoloured, with a CutMix box from a
     recoloured copy of u'."""
     colour = strong_colour(u)
@@ -117,9 +122,12 @@ def strong_views(
 
 
 def confident_ce(
-    logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor, ignore: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+    ignore: torch.Tensor,
     threshold: float,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Cross-entropy on pixels at ``confidence >= threshold`` and not ``ignore``, summed and
     divided by every non-ignored pixel (not by the confident ones: few confident pixels make a
     small loss, as in the public recipe)."""
@@ -129,9 +137,13 @@ def confident_ce(
 
 
 def pseudo_label_scalars(
-    labels: torch.Tensor, confidence: torch.Tensor, pad: torch.Tensor, truth: torch.Tensor,
-    threshold: float, background: int | None,
-) -> Scalars:  # fmt: skip
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+    pad: torch.Tensor,
+    truth: torch.Tensor,
+    threshold: float,
+    background: int | None,
+) -> Scalars:
     """What the weak pseudo-labels teach, logged each step: ``confident``, the share of the
     unlabeled pixels above the threshold (those that enter the unlabeled losses);
     ``confident_fg``, the share of those that are foreground (not ``background``). Where the
@@ -160,6 +172,49 @@ def pseudo_label_scalars(
     return scalars
 
 
+def unimatch_logits(
+    segmenter: nn.Module,
+    x: torch.Tensor,
+    u_w: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    u: UniMatchConfig,
+    runtime: Runtime,
+) -> tuple[torch.Tensor, ...]:
+    """The forwards of one step (``unimatch.forward``): two, as the public code ([x, u_w] with
+    the perturbed decode, then [s1, s2]), or one over all four. Returns the logits of x, u_w,
+    u_w's perturbed decode, s1 and s2, at the input's size, float32."""
+    size = x.shape[-2:]
+    n_u, n_x = len(u_w), len(x)
+    with runtime.autocast():
+        if u.forward == "two":
+            logits, logits_fp = segmenter(torch.cat([x, u_w]), perturbed=n_x + n_u, p=u.fp_dropout)
+            logits_s = segmenter(torch.cat([s1, s2]))
+        else:
+            logits, logits_fp = segmenter(
+                torch.cat([u_w, x, s1, s2]), perturbed=n_u, p=u.fp_dropout
+            )
+    logits = upsample_logits(logits.float(), size)
+    if u.forward == "two":
+        logits_x, logits_w = logits[:n_x], logits[n_x:]
+        logits_fp = logits_fp[n_x:]  # the public code perturbs x too, keeps u_w's
+        logits_s1, logits_s2 = upsample_logits(logits_s.float(), size).split(n_u)
+    else:
+        logits_w, logits_x = logits[:n_u], logits[n_u : n_u + n_x]
+        logits_s1, logits_s2 = logits[n_u + n_x : 2 * n_u + n_x], logits[2 * n_u + n_x :]
+    return logits_x, logits_w, upsample_logits(logits_fp.float(), size), logits_s1, logits_s2
+
+
+def unlabeled_batch_size(cfg: Config) -> int:
+    batch_u = cfg.unimatch.unlabeled_batch_size or cfg.train.batch_size
+    if batch_u < 2 and cfg.model.architecture == "deeplabv3plus":
+        raise ConfigError(
+            "unimatch on deeplabv3plus needs at least 2 unlabeled images a step (its image "
+            "pooling's batch norm): set unimatch.unlabeled_batch_size >= 2"
+        )
+    return batch_u
+
+
 def train_unimatch(
     cfg: Config, resumed: Checkpoint | None = None, log: Log = log_to_stderr
 ) -> Path:
@@ -168,12 +223,7 @@ def train_unimatch(
         run = UniMatchRun(cfg, runtime, "unimatch", resumed, log)
         u = cfg.unimatch
         segmenter = run.wrap(run.model)
-        batch_u = u.unlabeled_batch_size or cfg.train.batch_size
-        if batch_u < 2 and cfg.model.architecture == "deeplabv3plus":
-            raise ConfigError(
-                "unimatch on deeplabv3plus needs at least 2 unlabeled images a step (its image "
-                "pooling's batch norm): set unimatch.unlabeled_batch_size >= 2"
-            )
+        batch_u = unlabeled_batch_size(cfg)
         labeled = run.batches(run.data.labeled, stream=0, batch_size=cfg.train.batch_size)
         unlabeled = run.batches(run.data.unlabeled, stream=1, batch_size=batch_u)
         mixing = run.batches(run.data.unlabeled, stream=2, batch_size=batch_u)
@@ -195,30 +245,12 @@ def train_unimatch(
             run.model.train()
             conf_m, label_m = probs_m.max(1)
 
-            # --- strong views, then the forwards (``unimatch.forward``): two, as the public
-            # code ([x, u_w] with the perturbed decode, then [s1, s2]), or one over all four.
+            # --- strong views, then the forwards (``unimatch.forward``).
             s1 = strong_views(u_w, m_w, mean, std, u)
             s2 = strong_views(u_w, m_w, mean, std, u)
-            n_u, n_x = len(u_w), len(x)
-            with runtime.autocast():
-                if u.forward == "two":
-                    logits, logits_fp = segmenter(
-                        torch.cat([x, u_w]), perturbed=n_x + n_u, p=u.fp_dropout
-                    )
-                    logits_s = segmenter(torch.cat([s1.images, s2.images]))
-                else:
-                    logits, logits_fp = segmenter(
-                        torch.cat([u_w, x, s1.images, s2.images]), perturbed=n_u, p=u.fp_dropout
-                    )
-            logits = upsample_logits(logits.float(), size)
-            if u.forward == "two":
-                logits_x, logits_w = logits[:n_x], logits[n_x:]
-                logits_fp = logits_fp[n_x:]  # the public code perturbs x too, keeps u_w's
-                logits_s1, logits_s2 = upsample_logits(logits_s.float(), size).split(n_u)
-            else:
-                logits_w, logits_x = logits[:n_u], logits[n_u : n_u + n_x]
-                logits_s1, logits_s2 = logits[n_u + n_x : 2 * n_u + n_x], logits[2 * n_u + n_x :]
-            logits_fp = upsample_logits(logits_fp.float(), size)
+            logits_x, logits_w, logits_fp, logits_s1, logits_s2 = unimatch_logits(
+                segmenter, x, u_w, s1.images, s2.images, u, runtime
+            )
             conf_w, label_w = logits_w.detach().softmax(1).max(1)
 
             if u.labeled_loss == "ohem":
@@ -249,10 +281,14 @@ def train_unimatch(
                 **{k: v.detach() for k, v in unlabeled_terms.items()},
                 "loss_fp": loss_fp.detach(),
                 **pseudo_label_scalars(
-                    label_w, conf_w, pad_u, batch_u["audit_mask"].to(runtime.device),
-                    u.threshold, run.layout.background_index,
+                    label_w,
+                    conf_w,
+                    pad_u,
+                    batch_u["audit_mask"].to(runtime.device),
+                    u.threshold,
+                    run.layout.background_index,
                 ),
-            }  # fmt: skip
+            }
             return scalars
 
         return run.loop(step, "UniMatch (weak-to-strong consistency)")

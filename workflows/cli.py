@@ -1,7 +1,8 @@
 """The ``s4seg`` command: the composition root. Each stage's ``commands`` module adds its own
-commands, this layer's ``commands`` the ones that drive several stages; each command names its
-handler (``set_defaults(handler=...)``), whose code is imported when the command runs, so
-``s4seg --help`` and the serving commands never import torch."""
+commands, this layer's ``parsers`` the ones that drive several stages (handled in its
+``commands``); each command names its handler (``set_defaults(handler=...)``), whose code is
+imported when the command runs, so ``s4seg --help`` and the serving commands never import
+torch."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from s4seg.export import commands as export_commands
 from s4seg.training import commands as training_commands
 
 from . import commands as workflow_commands
+from . import parsers as workflow_parsers
 
 # In the order of the pipeline; ``serve`` is the top layer's (it builds the demo model first).
-STAGE_COMMANDS = (training_commands, export_commands, client_commands, workflow_commands)
+STAGE_COMMANDS = (training_commands, export_commands, client_commands, workflow_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

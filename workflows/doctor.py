@@ -24,8 +24,11 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from s4seg.export.requests import ExportRequest
 
 # Small enough for a couple of minutes on 2 CPU cores, real enough to cross every code path:
 # loader workers, a validation, checkpoints, resume, the classifier, the gate, ONNX export.
@@ -126,9 +129,14 @@ class Smoke:
 
         return load_config(
             "synthetic-quick",
-            [*SMOKE_SETTINGS, f"data.root={self.outputs['data']}", f"train.device={self.device}",
-             f"train.out_dir={self.work / trainer}", *extra],
-        )  # fmt: skip
+            [
+                *SMOKE_SETTINGS,
+                f"data.root={self.outputs['data']}",
+                f"train.device={self.device}",
+                f"train.out_dir={self.work / trainer}",
+                *extra,
+            ],
+        )
 
     def run(self, stage: str, needs: tuple[str, ...], body: Callable[[], str]) -> None:
         missing = [n for n in needs if n not in self.outputs]
@@ -187,14 +195,15 @@ class Smoke:
         return f"continued from iteration {before} to {done}"
 
     def evaluate(self) -> str:
-        from s4seg.training.evaluation import evaluate_checkpoint
+        from s4seg.training.evaluation import EvaluationRequest, evaluate_checkpoint
 
-        report, _ = evaluate_checkpoint(
+        request = EvaluationRequest(
             str(self.outputs["s4gan"]),
             device=self.device,
             classifier=str(self.outputs["mlmt"]),
             max_images=4,
         )
+        report, _ = evaluate_checkpoint(request)
         return (
             f"{report['images']} images: mIoU {100 * report['ungated']['miou']:.1f} ungated, "
             f"{100 * report['miou']:.1f} gated"
@@ -205,12 +214,14 @@ class Smoke:
 
         out = self.work / "export"
         manifest = export_models(
-            str(self.outputs["s4gan"]),
-            str(self.outputs["mlmt"]),
-            str(out),
-            input_size=(64, 64),
-            data=str(self.outputs["data"]),
-            parity_images=4,
+            ExportRequest(
+                str(self.outputs["s4gan"]),
+                str(self.outputs["mlmt"]),
+                str(out),
+                input_size=(64, 64),
+                data=str(self.outputs["data"]),
+                parity_images=4,
+            ),
             log=_quiet,
         )
         self.outputs["export"] = out
@@ -249,7 +260,7 @@ class Smoke:
     def all(self) -> list[StageResult]:
         self.run("data", (), self.data)
         for trainer in ("baseline", "s4gan", "mlmt"):
-            self.run(f"train {trainer}", ("data",), lambda t=trainer: self.train(t))
+            self.run(f"train {trainer}", ("data",), partial(self.train, trainer))
         self.run("resume", ("baseline",), self.resume)
         self.run("evaluate", ("s4gan", "mlmt"), self.evaluate)
         self.run("export", ("s4gan", "mlmt"), self.export)

@@ -17,6 +17,7 @@ from pathlib import Path
 from s4seg.errors import S4segError, first_line
 from s4seg.export.exporter import export_models
 from s4seg.export.repository import publish, served_version
+from s4seg.export.requests import ExportRequest, PublishRequest
 from s4seg.training.config import load_config
 from s4seg.training.trainers import TRAINERS
 
@@ -87,12 +88,14 @@ def quickstart(
         return served_version(repository)  # type: ignore[return-value]
     segmenter_iterations = iterations or load_config("quickstart", []).train.iterations
     classifier_iterations = iterations or MLMT_ITERATIONS
-    plan = Plan([
-        Step("data", 15, paced=False),
-        Step("s4gan", 12 + 1.1 * segmenter_iterations),
-        Step("mlmt", 8 + 0.5 * classifier_iterations),
-        Step("export", 50),
-    ])  # fmt: skip
+    plan = Plan(
+        [
+            Step("data", 15, paced=False),
+            Step("s4gan", 12 + 1.1 * segmenter_iterations),
+            Step("mlmt", 8 + 0.5 * classifier_iterations),
+            Step("export", 50),
+        ]
+    )
     start = time.monotonic()
 
     begun = plan.begin(0, f"the synthetic data set in {data}")
@@ -116,11 +119,20 @@ def quickstart(
     # INT8 and BF16 judged too, and the python runner serves the fastest that passed, measured
     # on this machine (issue 25; docs/export.md); the native backend serves FP32.
     export_models(
-        str(segmenter), str(classifier), str(out), input_size=SERVED_SIZE, overwrite=True,
-        int8=True, bf16=True, log=log,
-    )  # fmt: skip
+        ExportRequest(
+            str(segmenter),
+            str(classifier),
+            str(out),
+            input_size=SERVED_SIZE,
+            overwrite=True,
+            variants=frozenset({"int8", "bf16"}),
+        ),
+        log=log,
+    )
     precision = "auto" if runtime == "python" else "fp32"
-    version = publish(out, repository, runtime=runtime, precision=precision, log=log)
+    version = publish(
+        PublishRequest(out, repository, runtime=runtime, precision=precision), log=log
+    )
     log(f"done in {clock(time.monotonic() - start)}: version {version} in {repository}")
     return version
 

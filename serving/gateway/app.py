@@ -70,16 +70,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     # before anything is held) go on every answer, a segment request's body is received whole
     # under limits of its own, then admission and its deadline, the body's limits last.
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes,
-                       idle_seconds=settings.body_timeout)  # fmt: skip
-    app.add_middleware(Admission, max_in_flight=settings.max_in_flight,
-                       timeout=settings.request_timeout, workers=workers,
-                       per_client=settings.in_flight_per_client)  # fmt: skip
-    app.add_middleware(Reception, max_bytes=settings.max_body_bytes,
-                       idle_seconds=settings.body_timeout,
-                       total_seconds=settings.body_total_timeout,
-                       min_rate=settings.min_body_rate, max_receiving=settings.max_receiving,
-                       per_client=settings.uploads_per_client)  # fmt: skip
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, idle_seconds=settings.body_timeout
+    )
+    app.add_middleware(
+        Admission,
+        max_in_flight=settings.max_in_flight,
+        timeout=settings.request_timeout,
+        workers=workers,
+        per_client=settings.in_flight_per_client,
+    )
+    app.add_middleware(
+        Reception,
+        max_bytes=settings.max_body_bytes,
+        idle_seconds=settings.body_timeout,
+        total_seconds=settings.body_total_timeout,
+        min_rate=settings.min_body_rate,
+        max_receiving=settings.max_receiving,
+        per_client=settings.uploads_per_client,
+    )
     app.add_middleware(Hardening, api_key=api_key, private_docs=settings.docs_mode == "private")
     app.add_middleware(HeaderLimits)
     app.add_middleware(RequestMetrics, routes=app.routes)

@@ -72,17 +72,19 @@ ERRORS: dict[type[Exception], Answer] = {
     ImageError: Answer(lambda e: e.status, lambda e: e.code),
     # The client went away, or BodyLimits already answered 413/408: nothing to say.
     ClientDisconnect: Answer(499, "client_disconnected", lambda _: "the client closed the request"),
-    Unauthorized: Answer(401, "unauthorized", lambda _: "missing or wrong X-API-Key",
-                         {"WWW-Authenticate": "ApiKey"}),
+    Unauthorized: Answer(
+        401, "unauthorized", lambda _: "missing or wrong X-API-Key", {"WWW-Authenticate": "ApiKey"}
+    ),
     TritonUnavailable: Answer(503, "unavailable", str, RETRY),
     Busy: Answer(503, "overloaded", str, RETRY),
     ManifestError: Answer(503, "unavailable", unreadable, RETRY),
     VersionGone: Answer(503, "unavailable", switching, RETRY),
-    TritonFailed: Answer(lambda e: e.status,
-                         lambda e: "model_error" if e.status == 502 else "timeout"),
+    TritonFailed: Answer(
+        lambda e: e.status, lambda e: "model_error" if e.status == 502 else "timeout"
+    ),
     RequestValidationError: Answer(422, "invalid_parameter", first_invalid),
     StarletteHTTPException: Answer(lambda e: e.status_code, "http_error", lambda e: str(e.detail)),
-}  # fmt: skip
+}
 
 
 def install(app: FastAPI) -> None:

@@ -158,9 +158,13 @@ class Admission:
     One client (``client_of``) holds at most ``per_client`` of the slots (then 429)."""
 
     def __init__(
-        self, app: ASGIApp, max_in_flight: int, timeout: float, workers: Workers,
+        self,
+        app: ASGIApp,
+        max_in_flight: int,
+        timeout: float,
+        workers: Workers,
         per_client: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.per_client = per_client or max_in_flight

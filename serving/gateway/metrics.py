@@ -12,6 +12,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from s4seg.quality import Quality
+
 REQUESTS = Counter(
     "s4seg_gateway_requests_total", "HTTP requests by route and status", ["route", "status"]
 )
@@ -74,3 +76,35 @@ class RequestMetrics:
             route = route_label(self.routes, scope)
             LATENCY.labels(route).observe(time.perf_counter() - start)
             REQUESTS.labels(route, str(status)).inc()
+
+
+# How far the answers can be trusted, per served version (``s4seg.quality``): a model drifting
+# out of its calibrated regime answers with lower confidence and more uncertain pixels
+# (docs/serving.md has an alert rule).
+SHARES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+ANSWER_CONFIDENCE = Histogram(
+    "s4seg_answer_confidence",
+    "mean top-class probability of an answer (calibrated when the export measured it)",
+    ["version"],
+    buckets=SHARES,
+)
+ANSWER_UNCERTAIN = Histogram(
+    "s4seg_answer_uncertain_share",
+    "share of an answer's pixels whose prediction set holds more than one class",
+    ["version"],
+    buckets=SHARES,
+)
+ANSWER_DISAGREEING = Histogram(
+    "s4seg_answer_disagreeing_classes",
+    "classes the classifier and the segmenter disagree on, per answer",
+    ["version"],
+    buckets=(0, 1, 2, 3, 5, 8),
+)
+
+
+def record_quality(version: str, quality: Quality) -> None:
+    ANSWER_CONFIDENCE.labels(version).observe(quality.mean_confidence)
+    if quality.uncertain_share is not None:
+        ANSWER_UNCERTAIN.labels(version).observe(quality.uncertain_share)
+    if quality.disagreeing is not None:
+        ANSWER_DISAGREEING.labels(version).observe(len(quality.disagreeing))

@@ -78,8 +78,12 @@ class HeaderTimeoutProtocol(H11Protocol):
             self._write_left = left
             self._watch_write()
             return
-        self.logger.info("aborted a connection: its client read nothing of the answer for %gs "
-                         "(%d bytes waiting)", self.write_timeout, left)  # fmt: skip
+        self.logger.info(
+            "aborted a connection: its client read nothing of the answer for %gs "
+            "(%d bytes waiting)",
+            self.write_timeout,
+            left,
+        )
         self.transport.abort()
 
     def _arm_header_timer(self) -> None:
@@ -95,8 +99,9 @@ class HeaderTimeoutProtocol(H11Protocol):
     def _headers_late(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            self.logger.info("closed a connection: no complete headers within %gs",
-                             self.header_timeout)  # fmt: skip
+            self.logger.info(
+                "closed a connection: no complete headers within %gs", self.header_timeout
+            )
             self.transport.close()
 
 

@@ -59,8 +59,11 @@ class Hardening:
             if not key_matches(given, self.api_key):
                 # Connection: close: the body is never read, so the connection can not be reused.
                 await answer(
-                    with_headers, 401, "unauthorized", "missing or wrong X-API-Key",
+                    with_headers,
+                    401,
+                    "unauthorized",
+                    "missing or wrong X-API-Key",
                     ((b"www-authenticate", b"ApiKey"), (b"connection", b"close")),
-                )  # fmt: skip
+                )
                 return
         await self.app(scope, receive, with_headers)

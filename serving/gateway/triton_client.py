@@ -62,10 +62,14 @@ SERVED_GRACE = 30.0  # seconds
 READINESS_TTL = 1.0  # seconds a readiness answer is reused
 
 UNAVAILABLE_HINTS = (
-    "unknown model", "not ready", "no available versions", "unavailable",
-    "failed to connect", "connection refused",  # gRPC while Triton is down or restarting
+    "unknown model",
+    "not ready",
+    "no available versions",
+    "unavailable",
+    "failed to connect",
+    "connection refused",  # gRPC while Triton is down or restarting
     "exceeds maximum queue size",  # a step's queue policy: overloaded
-)  # fmt: skip
+)
 TIMEOUT_HINTS = ("timeout expired", "deadline exceeded", "deadline_exceeded")
 
 
@@ -152,9 +156,14 @@ class TritonEnsemble:
         )
 
     async def _infer_any(
-        self, canvas: np.ndarray, view: np.ndarray, tau: float, classes: int, wait: float,
+        self,
+        canvas: np.ndarray,
+        view: np.ndarray,
+        tau: float,
+        classes: int,
+        wait: float,
         version: str,
-    ):  # fmt: skip
+    ):
         """Through shared memory when there is a pool; when Triton no longer knows a region
         (it restarted) or a region is too small (a version with more classes), registrations
         are renewed on the next use and this request goes inline."""

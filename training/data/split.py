@@ -15,7 +15,7 @@ from s4seg.layouts import DataLayout, Sample
 SPLIT_FORMAT = "s4seg-split/1"
 
 
-def parse_ratio(text: str | float) -> Fraction:
+def parse_ratio(text: str | float | Fraction) -> Fraction:
     """'1/8', '0.125', '12.5%' or 'full' -> a fraction in (0, 1]."""
     raw = str(text).strip().lower()
     try:
@@ -76,7 +76,9 @@ class Split:
         return asdict(self)
 
 
-def make_split(layout: DataLayout, train_split: str, ratio: str | float, seed: int) -> Split:
+def make_split(
+    layout: DataLayout, train_split: str, ratio: str | float | Fraction, seed: int
+) -> Split:
     """Labeled = the first ``int(ratio * N)`` of a seeded permutation of the training ids.
 
     The rule of the authors' code, seeded (theirs is not) so that a split can be made again.

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,9 @@ def _polygon(cx: float, cy: float, radius: float, sides: int, rotation: float) -
     ]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, name: str, cx, cy, r, rng) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, r: float, rng: np.random.Generator
+) -> None:
     """Draw one object's silhouette in white (255) on an L image."""
     jitter = rng.uniform(-0.17, 0.17)  # +-10 degrees keeps squares and diamonds apart
     if name in ("disc", "ring"):
@@ -110,7 +113,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, name: str, cx, cy, r, rng) -> None:
         raise ValueError(name)
 
 
-def _blob(draw: ImageDraw.ImageDraw, cx, cy, r, rng) -> None:
+def _blob(
+    draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, rng: np.random.Generator
+) -> None:
     """A shape-less clutter region (background class)."""
     points = 9
     radii = r * rng.uniform(0.4, 1.0, points)
@@ -159,14 +164,15 @@ def render_sample(
         mask[region] = label
 
     for _ in range(int(rng.integers(0, 3))):
-        cx, cy, r = [*rng.uniform(0, size, 2).tolist(), rng.uniform(size * 0.1, size * 0.25)]
-        paste(lambda d, cx=cx, cy=cy, r=r: _blob(d, cx, cy, r, rng), label=0)
+        cx, cy = rng.uniform(0, size, 2).tolist()
+        r = float(rng.uniform(size * 0.1, size * 0.25))
+        paste(partial(_blob, cx=cx, cy=cy, r=r, rng=rng), label=0)
     for _ in range(int(rng.integers(scene.objects[0], scene.objects[1] + 1))):
         label = int(rng.integers(1, len(SYNTH_CLASSES)))
         cx, cy = rng.uniform(size * 0.15, size * 0.85, 2).tolist()
-        r = rng.uniform(size * scene.radius[0], size * scene.radius[1])
-        name = SYNTH_CLASSES[label]
-        paste(lambda d, cx=cx, cy=cy, r=r, name=name: _draw_shape(d, name, cx, cy, r, rng), label)
+        r = float(rng.uniform(size * scene.radius[0], size * scene.radius[1]))
+        shape = partial(_draw_shape, name=SYNTH_CLASSES[label], cx=cx, cy=cy, r=r, rng=rng)
+        paste(shape, label)
 
     noisy = image * 255 + rng.normal(0, rng.uniform(4, 14), image.shape)
     pixels = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))

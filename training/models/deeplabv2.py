@@ -71,12 +71,14 @@ class ASPPSum(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int]) -> None:
         super().__init__()
-        self.branches = nn.ModuleList(
+        branches = [
             nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate) for rate in rates
-        )
-        for branch in self.branches:
+        ]
+        for branch in branches:
             nn.init.normal_(branch.weight, 0.0, 0.01)
-            nn.init.zeros_(branch.bias)
+            if branch.bias is not None:
+                nn.init.zeros_(branch.bias)
+        self.branches = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branches[0](x)

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +23,7 @@ from s4seg import tensors as t
 from s4seg.classes import VOC_CLASSES, voc_palette
 from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.export.exporter import export_models
+from s4seg.export.requests import ExportRequest
 from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.training.checkpoint import Checkpoint
@@ -34,7 +36,7 @@ from .report import cpu_description, provenance, time_calls, update_section
 def random_checkpoints(folder: Path, depth: int, cls_depth: int, cls_size: int) -> tuple[str, str]:
     """A segmenter and a classifier checkpoint with random weights, in the real format."""
     classes = list(VOC_CLASSES)
-    common = {
+    common: dict[str, Any] = {
         "classes": classes,
         "palette": [list(c) for c in voc_palette(len(classes))],
         "background_index": 0,
@@ -129,11 +131,15 @@ def bench_export(request: ExportBenchRequest) -> str:
         print("bench export: exporting ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         manifest = export_models(
-            segmenter,
-            classifier,
-            str(folder / "export"),
-            input_size=tuple(request.input_size) if request.input_size else None,
-            parity_images=request.parity_images,
+            ExportRequest(
+                segmenter,
+                classifier,
+                str(folder / "export"),
+                input_size=(request.input_size[0], request.input_size[1])
+                if request.input_size
+                else None,
+                parity_images=request.parity_images,
+            ),
             log=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
         )
         export_seconds = time.perf_counter() - start

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from s4seg import tensors as t
+from s4seg.export.engine_choice import Candidate, candidates
 from s4seg.letterbox import Framing
+from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import OnnxPipeline
 
 from .report import cpu_description, percentile, provenance, report, time_calls
@@ -49,18 +53,27 @@ def bench_precision(request: PrecisionBenchRequest) -> str:
     candidates of ``publish --precision auto``), the segmenter alone and the whole pipeline, on
     the same letterboxed images: median ms per image over timed calls after a warm-up, the
     p10-p90 spread, and the ratio to ONNX Runtime FP32 measured in the same run."""
-    from s4seg.export.engine_choice import Candidate, candidates
-    from s4seg.manifest import Manifest
-
     folder = Path(request.model)
     manifest = Manifest.load(folder)
     found, left_out = candidates(manifest)
     if "fp16" in manifest.variants and manifest.variants["fp16"].graphs:
         found.append(Candidate("onnxruntime", "fp16"))
+    rows = measure(request, folder, manifest, found)
+    return report(render(request, manifest, rows, left_out), request.write, "precision-cpu")
+
+
+Row = tuple[int, str, Candidate, list[float]]  # batch, what, engine, seconds per image
+
+
+def measure(
+    request: PrecisionBenchRequest, folder: Path, manifest: Manifest, found: list[Candidate]
+) -> list[Row]:
+    """Each engine's segmenter alone and whole pipeline at each batch size, on one letterboxed
+    photo repeated."""
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
     framed = Framing.of(manifest).frame(photo)
-    rows = []
+    rows: list[Row] = []
     for batch in request.batch_sizes:
         images = np.repeat(framed.canvas[None], batch, axis=0)
         views = np.repeat(framed.view[None], batch, axis=0)
@@ -69,24 +82,36 @@ def bench_precision(request: PrecisionBenchRequest) -> str:
                 folder, device="cpu", precision=candidate.precision, runtime=candidate.runtime
             )
             session = pipeline.sessions["segmenter"]
-            calls = {
-                "segmenter": lambda s=session, x=images: s.run(None, {t.IMAGE.name: x}),
-                "pipeline": lambda p=pipeline, x=images, v=views: p.run(x, v),
+            calls: dict[str, Callable[[], object]] = {
+                "segmenter": partial(session.run, None, {t.IMAGE.name: images}),
+                "pipeline": partial(pipeline.run, images, views),
             }
             for what, call in calls.items():
                 times = time_calls(call, request.repeats, request.warmup, per=batch)
                 rows.append((batch, what, candidate, times))
                 median = 1000 * statistics.median(times)
-                print(f"bench precision: batch {batch} {what} {candidate.name}: {median:.1f} "
-                      "ms/image", file=sys.stderr)  # fmt: skip
+                print(
+                    f"bench precision: batch {batch} {what} {candidate.name}: {median:.1f} "
+                    "ms/image",
+                    file=sys.stderr,
+                )
+    return rows
+
+
+def render(
+    request: PrecisionBenchRequest, manifest: Manifest, rows: list[Row], left_out: list[str]
+) -> str:
+    """BENCHMARKS' section: provenance, each variant's parity, and the table (ratios to ONNX
+    Runtime FP32 of the same run)."""
+    import openvino
+
+    folder = request.model
     reference = {
         (b, w): statistics.median(ts)
         for b, w, c, ts in rows
         if c == Candidate("onnxruntime", "fp32")
     }
     h, w = manifest.input_size
-    import openvino
-
     lines = [
         *provenance(
             f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}, "
@@ -101,7 +126,7 @@ def bench_precision(request: PrecisionBenchRequest) -> str:
         "served tau).",
     ]
     for precision in ("int8", "bf16", "fp16"):
-        variant = manifest.variants.get(precision)  # type: ignore[call-overload]
+        variant = manifest.variants.get(precision)
         if variant is None:
             continue
         judged = {"onnxruntime" if precision != "bf16" else "openvino": variant.parity}
@@ -128,4 +153,4 @@ def bench_precision(request: PrecisionBenchRequest) -> str:
             f"{1000 * median:.1f} | {1000 * p10:.1f}-{1000 * p90:.1f} | "
             f"{reference[(batch, what)] / median:.2f}x |"
         )
-    return report("\n".join(lines), request.write, "precision-cpu")
+    return "\n".join(lines)

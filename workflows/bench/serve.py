@@ -15,14 +15,21 @@ by input size.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from s4seg.errors import S4segError
 from s4seg.imaging import decode_image
-from s4seg.letterbox import Framing, labels_from_scores
+from s4seg.letterbox import Framed, Framing, labels_from_scores
+from s4seg.manifest import Manifest
+from s4seg.onnx_pipeline import OnnxPipeline
 from s4seg.outputs import label_png
+from s4seg.quality import answer_quality
 from s4seg.repository import (
     served_version,
     version_pipeline,
@@ -58,7 +65,7 @@ def bench_serve(request: ServeBenchRequest) -> str:
     return report(render(results), request.write, "serve-cpu")
 
 
-def run_bench_serve(request: ServeBenchRequest) -> ServeResults:  # noqa: PLR0915 (one run, in order)
+def run_bench_serve(request: ServeBenchRequest) -> ServeResults:
     repository = request.repository
     version = served_version(repository)
     if version is None:
@@ -75,85 +82,134 @@ def run_bench_serve(request: ServeBenchRequest) -> ServeResults:  # noqa: PLR091
         scores = pipeline.run(framed.canvas[None], framed.view[None]).scores[0]
         label_png(labels_from_scores(scores, framed.placement), manifest)
 
+    quality = time_quality(pipeline, first)
     # The model alone first, with nothing else running: in the served engine (what the gateway
     # is compared with) and in every other engine its files run in here (the machine's limit).
     alone = model_alone(repository, version, pipeline, first, request.window, request.windows)
     served_engine, _ = served_engines(manifest)
-    flops = network_flops(manifest)
 
     env = {**os.environ, "S4SEG_LOG_DIR": str(Path(request.log_dir))}
     processes: list[subprocess.Popen] = []
-    rows: list[tuple[str, int, float, list[float]]] = []
-    hops: list[tuple[str, float, list[float]]] = []
-    stats: dict = {}
-    by_size: list[tuple] = []
-    cpu: dict[tuple[str, int], dict[str, float]] = {}  # (target, concurrency) -> ms per request
-    total = lambda c: max(request.requests, 4 * c)  # noqa: E731
+    measured = Measured()
     try:
         (default, variant), *others = list(GATEWAY_VARIANTS.items())[: request.variants]
         serve, gateway, triton_http, triton_grpc = start_serve(repository, env, variant)
         processes.append(serve)
-        naive_port = free_port()
-        naive_export = manifest.published.get("source") if manifest.published else None
-        factory = f"{naive_endpoint.__name__}:{naive_endpoint.create_app.__name__}"
-        naive = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", factory,
-             "--port", str(naive_port), "--log-level", "warning"],
-            env={**env, naive_endpoint.EXPORT_VARIABLE: str(naive_export)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        naive, naive_url = start_naive(env, manifest)
         processes.append(naive)
-        wait_http(f"http://127.0.0.1:{naive_port}/docs", naive)
+        wait_http(f"{naive_url}/docs", naive)
         targets = {
             IN_PROCESS: in_process,
             default: http_caller(f"{gateway}/v1/segment"),
-            "naive FastAPI + PyTorch eager": http_caller(
-                f"http://127.0.0.1:{naive_port}/v1/segment"
-            ),
+            "naive FastAPI + PyTorch eager": http_caller(f"{naive_url}/v1/segment"),
         }
-        for concurrency in request.concurrency:
-            for name, call in targets.items():
-                print(f"bench serve: {name}, concurrency {concurrency}", file=sys.stderr)
-                before, client = cpu_time.tree_cpu(serve.pid), cpu_time.own_cpu()
-                rate, latencies = measure(call, images, concurrency, total(concurrency))
-                rows.append((name, concurrency, rate, latencies))
-                calls = total(concurrency) + min(concurrency, 4)  # with measure's warm-up
-                if name in (default, IN_PROCESS):
-                    used = cpu_time.per_request(before, cpu_time.tree_cpu(serve.pid), calls)
-                    used = used if name == default else {}
-                    used["client" if name == default else IN_PROCESS] = (
-                        1000 * (cpu_time.own_cpu() - client) / calls
-                    )
-                    cpu[(name, concurrency)] = used
-        stats = triton_step_stats(triton_http)
+        measure_targets(measured, request, images, targets, default, serve.pid)
+        measured.stats = triton_step_stats(triton_http)
         callers, cleanup = hop_callers(triton_http, triton_grpc, first, manifest.tau)
         try:
-            for name, call in callers.items():
+            for name, hop in callers.items():
                 print(f"bench serve: hop {name}", file=sys.stderr)
-                rate, latencies = measure(call, images, request.hop_concurrency, request.requests)
-                hops.append((name, rate, latencies))
+                rate, latencies = measure(hop, images, request.hop_concurrency, request.requests)
+                measured.hops.append((name, rate, latencies))
         finally:
             cleanup()
-        by_size = latency_by_size(
+        measured.by_size = latency_by_size(
             f"{gateway}/v1/segment", size_images(images), request.size_repeats
         )
         stop(processes)
         processes.clear()
 
-        for name, variant in others:
+        for name, variant in others:  # the other gateway settings, one server at a time
             serve, gateway, _, _ = start_serve(repository, env, variant)
             processes.append(serve)
             call = http_caller(f"{gateway}/v1/segment")
-            for concurrency in request.concurrency:
-                print(f"bench serve: {name}, concurrency {concurrency}", file=sys.stderr)
-                rate, latencies = measure(call, images, concurrency, total(concurrency))
-                rows.append((name, concurrency, rate, latencies))
+            measure_targets(measured, request, images, {name: call}, default, serve.pid)
             stop(processes)
             processes.clear()
     finally:
         stop(processes)
     return ServeResults(
-        request=request, version=version, manifest=manifest, images=len(images), alone=alone,
-        served_engine=served_engine, flops=flops, default=default, rows=rows, cpu=cpu, hops=hops,
-        by_size=by_size, stats=stats,
-    )  # fmt: skip
+        request=request,
+        version=version,
+        manifest=manifest,
+        images=len(images),
+        alone=alone,
+        served_engine=served_engine,
+        flops=network_flops(manifest),
+        default=default,
+        rows=measured.rows,
+        cpu=measured.cpu,
+        hops=measured.hops,
+        by_size=measured.by_size,
+        stats=measured.stats,
+        quality_seconds=quality,
+    )
+
+
+def time_quality(pipeline: OnnxPipeline, framed: Framed, repeats: int = 50) -> float:
+    """Median seconds of ``answer_quality`` on one answer (what the gateway adds to each
+    request since issue 34), timed alone."""
+    out = pipeline.run(framed.canvas[None], framed.view[None])
+    scores, probs, manifest = out.scores[0], out.class_probs[0], pipeline.manifest
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        answer_quality(scores, framed.placement, probs, manifest)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class Measured:
+    """The figures as they come in (``ServeResults`` holds them when the run is done)."""
+
+    rows: list[tuple[str, int, float, list[float]]] = field(default_factory=list)
+    cpu: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)  # ms per request
+    hops: list[tuple[str, float, list[float]]] = field(default_factory=list)
+    by_size: list[tuple] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+def measure_targets(
+    measured: Measured,
+    request: ServeBenchRequest,
+    images: list[bytes],
+    targets: Mapping[str, Callable[[bytes], object]],
+    default: str,
+    serve_pid: int,
+) -> None:
+    """Each target at each concurrency; the CPU each request costs, for the default gateway
+    (the serving processes' and this client's) and in-process."""
+    for concurrency in request.concurrency:
+        total = max(request.requests, 4 * concurrency)
+        for name, call in targets.items():
+            print(f"bench serve: {name}, concurrency {concurrency}", file=sys.stderr)
+            before, client = cpu_time.tree_cpu(serve_pid), cpu_time.own_cpu()
+            rate, latencies = measure(call, images, concurrency, total)
+            measured.rows.append((name, concurrency, rate, latencies))
+            if name not in (default, IN_PROCESS):
+                continue
+            calls = total + min(concurrency, 4)  # with measure's warm-up
+            used = {}
+            if name == default:
+                used = cpu_time.per_request(before, cpu_time.tree_cpu(serve_pid), calls)
+            used["client" if name == default else IN_PROCESS] = (
+                1000 * (cpu_time.own_cpu() - client) / calls
+            )
+            measured.cpu[(name, concurrency)] = used
+
+
+def start_naive(env: dict[str, str], manifest: Manifest) -> tuple[subprocess.Popen, str]:
+    """The naive FastAPI + PyTorch eager endpoint over the published export's checkpoints, and
+    its address (started: the caller stops it, and waits for it to answer)."""
+    port = free_port()
+    export = manifest.published.get("source") if manifest.published else None
+    factory = f"{naive_endpoint.__name__}:{naive_endpoint.create_app.__name__}"
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port)]
+    naive = subprocess.Popen(
+        [*command, "--log-level", "warning"],
+        env={**env, naive_endpoint.EXPORT_VARIABLE: str(export)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return naive, f"http://127.0.0.1:{port}"

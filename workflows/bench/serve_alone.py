@@ -51,9 +51,13 @@ def served_engines(manifest) -> tuple[Candidate, list[Candidate]]:
 
 
 def model_alone(
-    repository: Path, version: int, pipeline: OnnxPipeline, framed: Framed, window: float,
+    repository: Path,
+    version: int,
+    pipeline: OnnxPipeline,
+    framed: Framed,
+    window: float,
     windows: int,
-) -> list[ModelAlone]:  # fmt: skip
+) -> list[ModelAlone]:
     """Images/s of the segmenter + classifier alone, for each engine x instances x batch (the
     threads split the cores); each instance is a Python thread looping over its own sessions
     (both runtimes release the GIL). Warm-up outside the windows; one rate per window."""
@@ -75,18 +79,30 @@ def model_alone(
             ]
             for batch in (1, 4, 8):
                 rows.append(
-                    ModelAlone(engine, instances, threads, batch,
-                               loop_rates(pipeline, sessions, framed, batch, window, windows))
-                )  # fmt: skip
-                print(f"bench serve: model alone {engine.name} {instances}x{threads} batch "
-                      f"{batch}: {rows[-1].rate:.1f} images/s", file=sys.stderr)  # fmt: skip
+                    ModelAlone(
+                        engine,
+                        instances,
+                        threads,
+                        batch,
+                        loop_rates(pipeline, sessions, framed, batch, window, windows),
+                    )
+                )
+                print(
+                    f"bench serve: model alone {engine.name} {instances}x{threads} batch "
+                    f"{batch}: {rows[-1].rate:.1f} images/s",
+                    file=sys.stderr,
+                )
     return rows
 
 
 def loop_rates(
-    pipeline: OnnxPipeline, sessions: list[dict], framed: Framed, batch: int, window: float,
+    pipeline: OnnxPipeline,
+    sessions: list[dict],
+    framed: Framed,
+    batch: int,
+    window: float,
     windows: int,
-) -> list[float]:  # fmt: skip
+) -> list[float]:
     images = np.repeat(framed.canvas[None], batch, axis=0)
     views = np.repeat(framed.view[None], batch, axis=0)
     done = [0] * len(sessions)

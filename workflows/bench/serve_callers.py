@@ -58,7 +58,7 @@ def bench_images(manifest, count: int) -> list[bytes]:
     return images
 
 
-def measure(call: Callable[[bytes], None], images: list[bytes], concurrency: int, total: int):
+def measure(call: Callable[[bytes], object], images: list[bytes], concurrency: int, total: int):
     """Requests/s and per-request latencies (s) with ``concurrency`` callers."""
     latencies: list[float] = []
 
@@ -102,8 +102,9 @@ def latency_by_size(gateway: str, photos: dict[str, bytes], repeats: int) -> lis
             times, length = [], 0
             for i in range(repeats + 1):  # the first is a warm-up
                 start = time.perf_counter()
-                response = client.post(gateway, content=data, params=params,
-                                       headers={"Content-Type": "image/jpeg"})  # fmt: skip
+                response = client.post(
+                    gateway, content=data, params=params, headers={"Content-Type": "image/jpeg"}
+                )
                 if response.status_code != 200:
                     raise S4segError(f"{gateway} {params}: HTTP {response.status_code}")
                 if i:
@@ -116,7 +117,9 @@ def latency_by_size(gateway: str, photos: dict[str, bytes], repeats: int) -> lis
     return rows
 
 
-def hop_callers(triton_url: str, grpc_url: str, framed: Framed, tau: float) -> dict:
+def hop_callers(
+    triton_url: str, grpc_url: str, framed: Framed, tau: float
+) -> tuple[dict[str, Callable[[bytes], np.ndarray]], Callable[[], None]]:
     """The ensemble called directly with a served-size tensor: HTTP, gRPC, HTTP + system shared
     memory for the image and the gated scores (one client and one pair of regions per thread;
     the classifier's small view inline, as the gateway sends it)."""
@@ -188,7 +191,7 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 300) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise S4segError(f"{process.args[:4]} exited with {process.returncode}")
+            raise S4segError(f"the server for {url} exited with {process.returncode}")
         try:
             httpx.get(url, timeout=2)
             return
@@ -239,15 +242,18 @@ IN_PROCESS = "in-process pipeline"
 # The gateway's hop to Triton, as the settings choose it: the first is the default.
 GATEWAY_VARIANTS = {
     "gateway -> Triton (gRPC + shared memory, default)": {
-        "S4SEG_TRITON_PROTOCOL": "grpc", "S4SEG_TRITON_SHARED_MEMORY": "true"
+        "S4SEG_TRITON_PROTOCOL": "grpc",
+        "S4SEG_TRITON_SHARED_MEMORY": "true",
     },
     "gateway -> Triton (gRPC)": {
-        "S4SEG_TRITON_PROTOCOL": "grpc", "S4SEG_TRITON_SHARED_MEMORY": "false"
+        "S4SEG_TRITON_PROTOCOL": "grpc",
+        "S4SEG_TRITON_SHARED_MEMORY": "false",
     },
     "gateway -> Triton (HTTP)": {
-        "S4SEG_TRITON_PROTOCOL": "http", "S4SEG_TRITON_SHARED_MEMORY": "false"
+        "S4SEG_TRITON_PROTOCOL": "http",
+        "S4SEG_TRITON_SHARED_MEMORY": "false",
     },
-}  # fmt: skip
+}
 
 
 def start_serve(
@@ -264,10 +270,19 @@ def start_serve(
         **variant,
     }
     serve = subprocess.Popen(
-        [sys.executable, "-m", "s4seg", "serve", "--repository", str(repository),
-         "--no-quickstart"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "s4seg",
+            "serve",
+            "--repository",
+            str(repository),
+            "--no-quickstart",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     gateway = f"http://127.0.0.1:{ports['PORT']}"
     wait_http(f"{gateway}/healthz", serve)
     while httpx.get(f"{gateway}/readyz", timeout=5).status_code != 200:

@@ -46,3 +46,4 @@ class ServeResults:
     hops: list[tuple[str, float, list[float]]] = field(default_factory=list)
     by_size: list[tuple] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    quality_seconds: float | None = None  # s4seg.quality on one answer, median

@@ -67,7 +67,7 @@ def peak_flops(runtime: Runtime) -> float | None:
 
 def segmenter_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
     """The baseline's step: forward, cross-entropy on upsampled logits, backward, SGD."""
-    model = DeepLabV2(21, depth).to(runtime.device, memory_format=runtime.memory_format())
+    model = runtime.place(DeepLabV2(21, depth))
     optimizer = torch.optim.SGD(model.param_groups(2.5e-4, 10), lr=2.5e-4, momentum=0.9)
     images = torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
         memory_format=runtime.memory_format()
@@ -94,7 +94,7 @@ def s4gan_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[
     from s4seg.training.s4gan import segmenter_gan_terms
 
     classes, gan = 21, GanConfig()
-    model = DeepLabV2(classes, depth).to(runtime.device, memory_format=runtime.memory_format())
+    model = runtime.place(DeepLabV2(classes, depth))
     discriminator = Discriminator(classes).to(runtime.device)
     optimizer = torch.optim.SGD(model.param_groups(2.5e-4, 10), lr=2.5e-4, momentum=0.9)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=gan.d_lr, betas=gan.d_betas)
@@ -140,7 +140,7 @@ def unimatch_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callab
     from s4seg.training.unimatch import confident_ce, strong_views
 
     classes, u = 21, UniMatchConfig()
-    model = DeepLabV3Plus(classes, depth).to(runtime.device, memory_format=runtime.memory_format())
+    model = runtime.place(DeepLabV3Plus(classes, depth))
     optimizer = torch.optim.SGD(model.param_groups(1e-3, 10), lr=1e-3, momentum=0.9)
     mean = torch.tensor([0.485, 0.456, 0.406], device=runtime.device).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=runtime.device).view(3, 1, 1)
@@ -277,9 +277,17 @@ def bench_train(request: TrainBenchRequest) -> list[dict]:
     for depth, precision, compiled in default_cases(request, on_cuda):
         label = f"{request.trainer} ResNet-{depth} {precision}{' + compile' if compiled else ''}"
         print(f"bench train: {label} ...", file=sys.stderr, flush=True)
-        row = time_case(request.trainer, depth, precision, device=request.device,
-                        batch_size=request.batch_size, crop=request.crop, warmup=request.warmup,
-                        iterations=request.iterations, compile_model=compiled)  # fmt: skip
+        row = time_case(
+            request.trainer,
+            depth,
+            precision,
+            device=request.device,
+            batch_size=request.batch_size,
+            crop=request.crop,
+            warmup=request.warmup,
+            iterations=request.iterations,
+            compile_model=compiled,
+        )
         rows.append(row)
         print(
             f"  median {1000 * row['median_s']:.1f} ms/it (p10 {1000 * row['p10_s']:.1f}, "

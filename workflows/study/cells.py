@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,10 @@ def run_cell(spec: StudySpec, cell: Cell, out: Path, device: str | None, log) ->
             "student_map": metrics.get("student_map"),
         }
     else:
-        from s4seg.training.evaluation import evaluate_checkpoint
+        from s4seg.training.evaluation import EvaluationRequest, evaluate_checkpoint
 
-        report, _ = evaluate_checkpoint(str(last), device=device or "auto", part="report")
+        request = EvaluationRequest(str(last), device=device or "auto", part="report")
+        report, _ = evaluate_checkpoint(request)
         figures = {"miou": report["miou"], "images": report["images"], "part": "report"}
     split = Split.load(cfg.data.split_file)
     result = {
@@ -157,16 +159,16 @@ def gated_row(
     if not (seg.is_file() and cls.is_file()):
         return None
     from s4seg.export.calibration import choose_tau
-    from s4seg.training.evaluation import evaluate_checkpoint
+    from s4seg.training.evaluation import EvaluationRequest, evaluate_checkpoint
 
     segmenter = json.loads(seg.read_text())["checkpoint"]
     classifier = json.loads(cls.read_text())["checkpoint"]
-    run = {"classifier": classifier, "device": device or "auto"}
-    calibration, _ = evaluate_checkpoint(
-        segmenter, tau=PAPER_TAU, tau_sweep=True, part="calibration", **run
+    calibrate = EvaluationRequest(
+        segmenter, classifier=classifier, device=device or "auto", tau=PAPER_TAU, tau_sweep=True
     )
+    calibration, _ = evaluate_checkpoint(replace(calibrate, part="calibration"))
     tau, reason = choose_tau(calibration["ungated"]["miou"], calibration["tau_sweep"])
-    report, _ = evaluate_checkpoint(segmenter, tau=tau, part="report", **run)
+    report, _ = evaluate_checkpoint(replace(calibrate, tau=tau, tau_sweep=False, part="report"))
     row = {
         "method": method.name,
         "budget": budget,

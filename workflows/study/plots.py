@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .spec import METHODS, Cell, StudySpec
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
@@ -22,16 +26,27 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
         points = sorted({r["labeled"] for r in rows if r["method"] == method})
         if not points:
             continue
-        values = [[100 * r["miou"] for r in rows if r["method"] == method and r["labeled"] == n]
-                  for n in points]  # fmt: skip
+        values = [
+            [100 * r["miou"] for r in rows if r["method"] == method and r["labeled"] == n]
+            for n in points
+        ]
         means = [statistics.fmean(v) for v in values]
         sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
         gated = METHODS[method].gated  # dashed: often on its ungated line (the gate off)
-        (line,) = axis.plot(points, means, marker="s" if gated else "o", label=method,
-                            linestyle="--" if gated else "-")  # fmt: skip
-        axis.fill_between(points, [m - s for m, s in zip(means, sds, strict=True)],
-                          [m + s for m, s in zip(means, sds, strict=True)],
-                          color=line.get_color(), alpha=0.15)  # fmt: skip
+        (line,) = axis.plot(
+            points,
+            means,
+            marker="s" if gated else "o",
+            label=method,
+            linestyle="--" if gated else "-",
+        )
+        axis.fill_between(
+            points,
+            [m - s for m, s in zip(means, sds, strict=True)],
+            [m + s for m, s in zip(means, sds, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
         for n, v in zip(points, values, strict=True):
             axis.scatter([n] * len(v), v, color=line.get_color(), s=10, alpha=0.5)
     axis.set_xscale("log")
@@ -45,15 +60,13 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:  # noqa: C901, PLR0912 (one panel a question, in one figure)
+def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     """The training curves behind the figures: every segmenter's validation mIoU (whether a
     run was still rising); for s4GAN, D(real), D(fake) and the share of unlabeled samples
     self-trained on; for UniMatch, the share of unlabeled pixels above the confidence
     threshold, the foreground share of those, the pseudo-labels' accuracy and their foreground
     recall (on masks never trained on); for MLMT, the teacher's val mAP; against iteration.
     One line per budget, the mean over its seeds."""
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,58 +80,24 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:  # noqa: C901, 
     if any(METHODS[m].gated for m in spec.methods):
         panels.append("map")
     figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=False)
-    axes = [axes] if len(panels) == 1 else list(axes)
-    trainers = list(dict.fromkeys(METHODS[m].segmenter for m in spec.methods))
-    styles = {"baseline": "-", "s4gan": "--", "unimatch": ":"}
+    axis_of = dict(zip(panels, [axes] if len(panels) == 1 else list(axes), strict=True))
     for budget in spec.labels:
-        colour = None
-        for trainer in trainers:  # validation mIoU during training: where each run stands
-            runs = [out / "runs" / Cell(trainer, budget, s).name for s in spec.seeds]
-            steps, mious = mean_curve(runs, "val/miou")
+        runs = {
+            trainer: [out / "runs" / Cell(trainer, budget, s).name for s in spec.seeds]
+            for trainer in ("baseline", "s4gan", "unimatch", "mlmt")
+        }
+        trainers = list(dict.fromkeys(METHODS[m].segmenter for m in spec.methods))
+        plot_validation(axis_of["val"], budget, {t: runs[t] for t in trainers})
+        if "d" in axis_of:
+            plot_discriminator(axis_of["d"], axis_of["st"], budget, runs["s4gan"])
+        if "pl" in axis_of:
+            plot_pseudo_labels(axis_of["pl"], budget, runs["unimatch"])
+        if "map" in axis_of:
+            steps, maps = mean_curve(runs["mlmt"], "val/teacher_map")
             if steps:
-                (line,) = axes[0].plot(steps, [100 * m for m in mious], styles.get(trainer, "-"),
-                                       marker="o", markersize=3, color=colour,
-                                       label=f"{budget}: {trainer}")  # fmt: skip
-                colour = line.get_color()
-        gan = [out / "runs" / Cell("s4gan", budget, s).name / "d_scores.csv" for s in spec.seeds]
-        histories = [list(csv.DictReader(p.open())) for p in gan if p.is_file()]
-        if histories and "d" in panels:
-            steps, real, fake, share = mean_history(histories)
-            (line,) = axes[panels.index("d")].plot(steps, real, label=f"{budget}: D(real)")
-            axes[panels.index("d")].plot(steps, fake, "--", color=line.get_color(),
-                                         label=f"{budget}: D(fake)")  # fmt: skip
-            axes[panels.index("st")].plot(steps, share, color=line.get_color(), label=budget)
-        if "pl" in panels:
-            runs = [out / "runs" / Cell("unimatch", budget, s).name for s in spec.seeds]
-            axis = axes[panels.index("pl")]
-            confident_steps, confident = mean_curve(runs, "train/confident")
-            if confident_steps:
-                (line,) = axis.plot(confident_steps, confident, label=f"{budget}: confident share")
-                for tag, style, name in (
-                    ("train/confident_fg", "-.", "foreground share of confident"),
-                    ("train/pl_accuracy", "--", "pseudo-label accuracy"),
-                    ("train/pl_fg_recall_confident", ":", "foreground recall (confident)"),
-                ):
-                    steps, values = mean_curve(runs, tag)
-                    if steps:
-                        axis.plot(steps, values, style, color=line.get_color(),
-                                  label=f"{budget}: {name}")  # fmt: skip
-        if "map" in panels:
-            runs = [out / "runs" / Cell("mlmt", budget, s).name for s in spec.seeds]
-            steps, maps = mean_curve(runs, "val/teacher_map")
-            if steps:
-                axes[panels.index("map")].plot(
-                    steps, [100 * m for m in maps], marker="o", label=budget
-                )
-    labels: dict[str, tuple[str, tuple[float, float] | None]] = {
-        "val": ("val mIoU during training, %", None),
-        "d": ("s4GAN: D score", (0, 1)),
-        "st": ("s4GAN: share self-trained", (0, 1)),
-        "pl": ("UniMatch: unlabeled pixels", (0, 1)),
-        "map": ("MLMT teacher mAP, %", None),
-    }
-    for axis, panel in zip(axes, panels, strict=True):
-        name, limits = labels[panel]
+                axis_of["map"].plot(steps, [100 * m for m in maps], marker="o", label=budget)
+    for panel, axis in axis_of.items():
+        name, limits = PANEL_LABELS[panel]
         axis.set_ylabel(name)
         if limits is not None:
             axis.set_ylim(*limits)
@@ -126,10 +105,70 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:  # noqa: C901, 
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
-    axes[0].set_title("training curves (mean over seeds, per budget)")
+    axis_of["val"].set_title("training curves (mean over seeds, per budget)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+PANEL_LABELS: dict[str, tuple[str, tuple[float, float] | None]] = {
+    "val": ("val mIoU during training, %", None),
+    "d": ("s4GAN: D score", (0, 1)),
+    "st": ("s4GAN: share self-trained", (0, 1)),
+    "pl": ("UniMatch: unlabeled pixels", (0, 1)),
+    "map": ("MLMT teacher mAP, %", None),
+}
+TRAINER_STYLES = {"baseline": "-", "s4gan": "--", "unimatch": ":"}
+
+
+def plot_validation(axis: Axes, budget: str, runs: dict[str, list[Path]]) -> None:
+    """Validation mIoU during training, one line per segmenter trainer: where each run stands;
+    the budget's trainers share a colour."""
+    colour = None
+    for trainer, folders in runs.items():
+        steps, mious = mean_curve(folders, "val/miou")
+        if steps:
+            (line,) = axis.plot(
+                steps,
+                [100 * m for m in mious],
+                TRAINER_STYLES.get(trainer, "-"),
+                marker="o",
+                markersize=3,
+                color=colour,
+                label=f"{budget}: {trainer}",
+            )
+            colour = line.get_color()
+
+
+def plot_discriminator(scores: Axes, share: Axes, budget: str, runs: list[Path]) -> None:
+    """s4GAN's D(real) and D(fake), and the share of unlabeled samples self-trained on."""
+    import csv
+
+    files = [run / "d_scores.csv" for run in runs]
+    histories = [list(csv.DictReader(f.open())) for f in files if f.is_file()]
+    if not histories:
+        return
+    steps, real, fake, selected = mean_history(histories)
+    (line,) = scores.plot(steps, real, label=f"{budget}: D(real)")
+    scores.plot(steps, fake, "--", color=line.get_color(), label=f"{budget}: D(fake)")
+    share.plot(steps, selected, color=line.get_color(), label=budget)
+
+
+def plot_pseudo_labels(axis: Axes, budget: str, runs: list[Path]) -> None:
+    """UniMatch's confident share, the foreground share of it, pseudo-label accuracy and
+    foreground recall."""
+    confident_steps, confident = mean_curve(runs, "train/confident")
+    if not confident_steps:
+        return
+    (line,) = axis.plot(confident_steps, confident, label=f"{budget}: confident share")
+    for tag, style, name in (
+        ("train/confident_fg", "-.", "foreground share of confident"),
+        ("train/pl_accuracy", "--", "pseudo-label accuracy"),
+        ("train/pl_fg_recall_confident", ":", "foreground recall (confident)"),
+    ):
+        steps, values = mean_curve(runs, tag)
+        if steps:
+            axis.plot(steps, values, style, color=line.get_color(), label=f"{budget}: {name}")
 
 
 def mean_history(

@@ -27,8 +27,13 @@ def method_rows(spec: StudySpec, out: Path, device: str | None) -> list[dict]:
                 if not seg.is_file():
                     continue
                 cell = json.loads(seg.read_text())
-                row = {"method": method_name, "budget": budget, "seed": seed,
-                       "labeled": cell["labeled"], "miou": cell["figures"]["miou"]}  # fmt: skip
+                row = {
+                    "method": method_name,
+                    "budget": budget,
+                    "seed": seed,
+                    "labeled": cell["labeled"],
+                    "miou": cell["figures"]["miou"],
+                }
                 if method.gated:
                     gated = gated_row(spec, method, budget, seed, out, device)
                     if gated is None:

@@ -41,8 +41,15 @@ class StudyRequest:
 
 def run_study(request: StudyRequest) -> int:
     out, device = request.out, request.device
-    spec = resolve_spec(out, request.preset, request.config, request.methods, request.labels,
-                        request.seeds, request.overrides)  # fmt: skip
+    spec = resolve_spec(
+        out,
+        request.preset,
+        request.config,
+        request.methods,
+        request.labels,
+        request.seeds,
+        request.overrides,
+    )
     cells = spec.cells()
     if request.dry_run:
         print(dry_run(spec, cells, out, device, request.step_seconds))
@@ -121,9 +128,17 @@ def run_parallel(
     while queue or running:
         while queue and len(running) < jobs:
             cell = queue.pop(0)
-            command = [sys.executable, "-m", "s4seg", "study", "--out", str(out),
-                       "--cell", f"{cells.index(cell)}/{len(cells)}",
-                       *(["--device", device] if device else [])]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "s4seg",
+                "study",
+                "--out",
+                str(out),
+                "--cell",
+                f"{cells.index(cell)}/{len(cells)}",
+                *(["--device", device] if device else []),
+            ]
             log(f"start {cell.name} ({timer.left(finished)})")
             running.append((cell, subprocess.Popen(command, env=env)))
         time.sleep(2)
@@ -156,26 +171,36 @@ def dry_run(
     else:
         per_iteration = step_seconds(cfg, device or cfg.train.device)
         source = f"timed on {device or cfg.train.device}"
-    lines = [f"study {out}: {len(cells)} cells ({', '.join(spec.methods)}; budgets "
-             f"{', '.join(spec.labels)}; seeds {', '.join(map(str, spec.seeds))}), "
-             f"{spec.config}, {cfg.train.iterations} iterations each"]  # fmt: skip
+    lines = [
+        f"study {out}: {len(cells)} cells ({', '.join(spec.methods)}; budgets "
+        f"{', '.join(spec.labels)}; seeds {', '.join(map(str, spec.seeds))}), "
+        f"{spec.config}, {cfg.train.iterations} iterations each"
+    ]
     total = 0.0
     for i, cell in enumerate(cells):
         split = out / "splits" / f"{budget_slug(cell.budget)}-s{cell.seed}.json"
-        given = [*spec.overrides, f"data.split_file={split}",
-                 f"train.out_dir={out}/runs/{cell.name}", f"train.seed={cell.seed}"]  # fmt: skip
+        given = [
+            *spec.overrides,
+            f"data.split_file={split}",
+            f"train.out_dir={out}/runs/{cell.name}",
+            f"train.seed={cell.seed}",
+        ]
         sets = " ".join(f"--set {o}" for o in given)
         seconds = per_iteration.get(cell.trainer)
         if seconds is not None:
             total += seconds * cfg.train.iterations
         estimate = clock(seconds * cfg.train.iterations) if seconds is not None else "not timed"
-        lines.append(f"  {i}/{len(cells)} {cell.name}: {estimate}  "
-                     f"s4seg train {cell.trainer} --config {spec.config} {sets}")  # fmt: skip
+        lines.append(
+            f"  {i}/{len(cells)} {cell.name}: {estimate}  "
+            f"s4seg train {cell.trainer} --config {spec.config} {sets}"
+        )
     timed = ", ".join(f"{k} {v:.2f} s/iteration" for k, v in per_iteration.items())
     untimed = sorted({c.trainer for c in cells} - set(per_iteration))
-    lines.append(f"estimate: {clock(total)} of training, {timed} ({source})"
-                 + (f"; not timed: {', '.join(untimed)}" if untimed else "")
-                 + ", plus evaluation")  # fmt: skip
+    lines.append(
+        f"estimate: {clock(total)} of training, {timed} ({source})"
+        + (f"; not timed: {', '.join(untimed)}" if untimed else "")
+        + ", plus evaluation"
+    )
     return "\n".join(lines)
 
 
@@ -191,10 +216,14 @@ def step_seconds(cfg, device: str) -> dict[str, float]:
     depth, batch, crop = cfg.model.backbone_depth, cfg.train.batch_size, max(cfg.data.crop_size)
     times = {}
     for i, (trainer, step) in enumerate(STEPS):
-        print(f"dry run: timing {trainer}'s step ({i + 1}/{len(STEPS)}): ResNet-{depth}, batch "
-              f"{batch}, crop {crop}, on {device}; 1 warm-up and 3 timed iterations",
-              file=sys.stderr, flush=True)  # fmt: skip
-        row = time_case(step, depth, "fp32", device=device, batch_size=batch, crop=crop,
-                        warmup=1, iterations=3)  # fmt: skip
+        print(
+            f"dry run: timing {trainer}'s step ({i + 1}/{len(STEPS)}): ResNet-{depth}, batch "
+            f"{batch}, crop {crop}, on {device}; 1 warm-up and 3 timed iterations",
+            file=sys.stderr,
+            flush=True,
+        )
+        row = time_case(
+            step, depth, "fp32", device=device, batch_size=batch, crop=crop, warmup=1, iterations=3
+        )
         times[trainer] = row["median_s"]
     return times

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from s4seg.imaging import ImageError, decode_image, image_pixels
-from s4seg.letterbox import Framing, labels_from_scores
+from s4seg.letterbox import Framing, Placement, labels_from_scores
+from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import UNGATED_TAU
-from s4seg.outputs import OVERLAY_ENCODINGS, label_png, overlay_bytes, segmentation_json
+from s4seg.outputs import (
+    OVERLAY_ENCODINGS,
+    Answer,
+    label_png,
+    overlay_bytes,
+    segmentation_json,
+)
+from s4seg.quality import answer_quality
 
 from ..dependencies import (
     BudgetDep,
@@ -24,7 +33,9 @@ from ..dependencies import (
     WorkDep,
     require_api_key,
 )
-from ..triton_client import TritonUnavailable, VersionMoved
+from ..metrics import record_quality
+from ..triton_client import Segmentation, TritonUnavailable, VersionMoved
+from ..work import RequestWork
 
 router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
 
@@ -144,9 +155,13 @@ async def segment(  # noqa: PLR0913 (a route: its query parameters and dependenc
             framed = await work.run(framing.frame, decoded.pixels, decoded.size)
             try:  # Triton runs the version this was framed for, or none (review M4a)
                 result = await triton.segment(
-                    framed.canvas, framed.view, used_tau, manifest.num_classes,
-                    deadline.remaining(), served,
-                )  # fmt: skip
+                    framed.canvas,
+                    framed.view,
+                    used_tau,
+                    manifest.num_classes,
+                    deadline.remaining(),
+                    served,
+                )
                 break
             except VersionMoved:
                 if attempt:
@@ -161,22 +176,47 @@ async def segment(  # noqa: PLR0913 (a route: its query parameters and dependenc
                     decoded = await work.run(
                         decode_image, data, settings.max_pixels, fit_of(framing)
                     )
-        labels = await work.run(labels_from_scores, result.scores, framed.placement)
-        headers = {"X-Model-Version": result.version}
-        if format is Format.json:
-            tau_shown = None if used_tau == UNGATED_TAU else used_tau  # gate=false, or "off"
-            content = await work.run(
-                json_body, labels, result.class_probs, result.suppressed, manifest,
-                result.version, tau_shown,
-            )  # fmt: skip
-            media_type = "application/json"
-        elif format is Format.overlay:
-            chosen = encoding.value if encoding is not None else "png"
-            content = await work.run(overlay_bytes, decoded.pixels, labels, manifest, chosen)
-            media_type = OVERLAY_ENCODINGS[chosen][1]
-        else:
-            content, media_type = await work.run(label_png, labels, manifest), "image/png"
-        return answer_of(content, media_type, headers)
+        answer = await answered(work, result, framed.placement, manifest, used_tau)
+        return await render(answer, format, encoding, decoded.pixels, work)
+
+
+async def answered(
+    work: RequestWork,
+    result: Segmentation,
+    placement: Placement,
+    manifest: Manifest,
+    used_tau: float,
+) -> Answer:
+    """The ensemble's answer mapped back to the image's size, with its quality (recorded per
+    served version)."""
+    scores, class_probs = result.scores, result.class_probs
+    labels = await work.run(labels_from_scores, scores, placement)
+    quality = await work.run(answer_quality, scores, placement, class_probs, manifest)
+    record_quality(result.version, quality)
+    tau = None if used_tau == UNGATED_TAU else used_tau  # gate=false, or served "gate off"
+    return Answer(labels, class_probs, result.suppressed, manifest, result.version, tau, quality)
+
+
+async def render(
+    answer: Answer,
+    format: Format,
+    encoding: Encoding | None,
+    photo: np.ndarray,
+    work: RequestWork,
+) -> Response:
+    """The answer in the format asked for: a label PNG, an overlay on the photo, or JSON."""
+    headers = {"X-Model-Version": answer.version}
+    if format is Format.json:
+        content = await work.run(json_body, answer)
+        media_type = "application/json"
+    elif format is Format.overlay:
+        chosen = encoding.value if encoding is not None else "png"
+        content = await work.run(overlay_bytes, photo, answer.labels, answer.manifest, chosen)
+        media_type = OVERLAY_ENCODINGS[chosen][1]
+    else:
+        content = await work.run(label_png, answer.labels, answer.manifest)
+        media_type = "image/png"
+    return answer_of(content, media_type, headers)
 
 
 CHUNK = 256 * 1024
@@ -198,8 +238,8 @@ def answer_of(content: bytes, media_type: str, headers: dict[str, str]) -> Respo
     return StreamingResponse(chunks(), media_type=media_type, headers=headers)
 
 
-def json_body(*args: Any) -> bytes:
+def json_body(answer: Answer) -> bytes:
     """``segmentation_json`` rendered (COCO RLE per class over the full-size label map: a
     worker's job, not the event loop's)."""
-    body = segmentation_json(*args)
+    body = segmentation_json(answer)
     return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
