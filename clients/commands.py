@@ -8,6 +8,7 @@ from pathlib import Path
 
 from s4seg.defaults import REPOSITORY
 from s4seg.errors import S4segError
+from s4seg.imaging import IMAGE_SUFFIXES
 from s4seg.outputs import OVERLAY_ENCODINGS
 
 from .predict import (
@@ -106,6 +107,69 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
+def run_queue(args: argparse.Namespace) -> int:
+    from s4seg.acquisition import STRATEGIES
+    from s4seg.manifest import Manifest
+
+    from .label_queue import (
+        SCORES,
+        QueueRequest,
+        Scorer,
+        build_queue,
+        check_strategy,
+        features_reason,
+    )
+    from .predict import log
+    from .workers import usable_cpus
+
+    if args.strategy not in STRATEGIES:
+        raise S4segError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+    if args.top < 1:
+        raise S4segError(f"--top must be at least 1, not {args.top}")
+    if args.deadline <= 0:
+        raise S4segError(f"--deadline must be a positive number of seconds, not {args.deadline}")
+    manifest = Manifest.load(args.model)
+    check_strategy(args.strategy, manifest, args.model)
+    pool, rejected = list_jobs(args.pool, (0, 1))
+    if not pool:
+        raise S4segError(f"--pool {args.pool} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    shard = parse_shard(args.shard, args.shard_count)
+    jobs, _ = list_jobs(args.pool, shard)
+    no_features = None if args.no_diversity else features_reason(args.model, manifest)
+    if no_features:
+        log(f"queue: no diversity step: {no_features}")
+    workers = max(1, args.concurrency or min(usable_cpus(), 4))
+    scorer = Scorer(
+        args.model,
+        not args.no_diversity and not no_features,
+        args.device,
+        max(1, usable_cpus() // workers),
+    )
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    log(f"queue: scoring {len(jobs)} of {len(pool)} images with {workers} worker processes")
+    report = run_jobs(jobs, output / SCORES, "json", scorer, workers, args.deadline)
+    report.failures = rejected + report.failures
+    write_failures(report, output)
+    request = QueueRequest(
+        args.strategy, args.top, args.seed, None if args.no_diversity else args.similarity
+    )
+    rows, missing = build_queue(output, pool, request, args.model, manifest)
+    print(summary(report, output))
+    if missing:
+        print(
+            f"{missing} of the pool's {len(pool)} images are not scored yet (other shards, or "
+            "failed): the queue ranks the rest; run again when they are done"
+        )
+    top = ", ".join(row["image"] for row in rows[: min(5, args.top)])
+    print(
+        f"queue: {len(rows)} images ranked by {args.strategy} -> {output / 'queue.csv'}, "
+        f"contact sheet of the top {min(args.top, len(rows))} -> {output / 'contact_sheet.png'}"
+    )
+    print(f"label first: {top}")
+    return 0
+
+
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 
@@ -166,5 +230,60 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--repository", default=str(REPOSITORY), help="--via triton/local")
     predict.add_argument("--model", help="--via local: an export folder (default: served)")
     predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+    add_queue_parser(commands)
     segment.set_defaults(handler=run_segment)
     predict.set_defaults(handler=run_predict)
+
+
+def add_queue_parser(commands: argparse._SubParsersAction) -> None:
+    from s4seg.acquisition import DEFAULT_SIMILARITY, DEFAULT_STRATEGY, STRATEGIES
+
+    queue = commands.add_parser(
+        "queue",
+        help="rank a pool of images by what labeling them would teach the model (resumable, "
+        "sharded): queue.csv and a contact sheet",
+    )
+    queue.add_argument("--pool", required=True, help="folder (recursive) or a list file")
+    queue.add_argument("--model", required=True, help="an export folder (s4seg export)")
+    queue.add_argument("--output", required=True, help="folder for the scores and the queue")
+    queue.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULT_STRATEGY,
+        help="what ranks an image first: the model's uncertainty (entropy, margin, set-size: the "
+        "share of pixels with more than one class in their calibrated prediction set), the "
+        "classifier disagreeing with the segmenter, or random (the baseline)",
+    )
+    queue.add_argument(
+        "--top",
+        type=int,
+        default=24,
+        help="the batch to label: the diversity step's and the contact sheet's length (default 24)",
+    )
+    queue.add_argument(
+        "--similarity",
+        type=float,
+        default=DEFAULT_SIMILARITY,
+        help="an image whose classifier features are this close (cosine, centred) to one "
+        f"already in the top is set aside as a near-copy (default {DEFAULT_SIMILARITY:g})",
+    )
+    queue.add_argument("--no-diversity", action="store_true", help="rank by score alone")
+    queue.add_argument("--seed", type=int, default=0, help="--strategy random: its seed")
+    queue.add_argument(
+        "--concurrency", type=int, help="worker processes (default: one per core, at most 4)"
+    )
+    queue.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help=f"the most an image may take (default {DEFAULT_DEADLINE:g})",
+    )
+    queue.add_argument(
+        "--shard",
+        help="i/n: score this share of the pool (as predict); every "
+        "run ranks all the images scored so far",
+    )
+    queue.add_argument("--shard-count", type=int, help="--shard auto: the job's shard count")
+    queue.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    queue.set_defaults(handler=run_queue)

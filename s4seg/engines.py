@@ -191,7 +191,7 @@ class OpenVinoSession:
 
 
 def open_onnxruntime(
-    path: str | Path, providers: list[str], spin: bool = False, threads: int | None = None
+    path: str | Path | bytes, providers: list[str], spin: bool = False, threads: int | None = None
 ):
     """``spin=False`` (the default): idle intra-op threads sleep instead of spinning. Spinning
     threads of one session steal the cores from the next: on 2 cores the four-step pipeline ran
@@ -206,10 +206,12 @@ def open_onnxruntime(
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        model = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
         first = first_line(error)
-        raise ManifestError(f"{path} does not load in ONNX Runtime: {first}") from None
+        name = "a graph given in memory" if isinstance(path, bytes) else path
+        raise ManifestError(f"{name} does not load in ONNX Runtime: {first}") from None
 
 
 def open_session(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from s4seg.engines import check_engine, open_onnxruntime, open_session
+from s4seg.features import with_pooled_features
 from s4seg.manifest import GATE_OFF_TAU, Manifest, ManifestError
 from s4seg.tensors import CLASS_PROBS, CLS_IMAGE, IMAGE, LOGITS, TAU
 
@@ -28,6 +29,7 @@ class PipelineOutput:
     suppressed: np.ndarray  # (N, C) bool
     scores: np.ndarray  # (N, C, H, W) float32: gated scores, labels = their argmax
     logits: np.ndarray | None = None  # (N, C, H, W) float32, only when asked for
+    features: np.ndarray | None = None  # (N, D) float32: the classifier's pooled features
 
 
 def gpu_present() -> bool:
@@ -96,8 +98,13 @@ class OnnxPipeline:
         runtime: str = "onnxruntime",
         precision: str = "fp32",
         threads: int | None = None,
+        features: bool = False,
     ) -> None:
+        """``features``: the classifier answers its pooled features too (``s4seg.features``;
+        ONNX Runtime only), for ranking images rather than serving them."""
         check_engine(runtime, precision)
+        if features and runtime != "onnxruntime":
+            raise ManifestError("the classifier's features are read in ONNX Runtime only")
         self.manifest, self.runtime, self.precision = manifest, runtime, precision
         self.providers = choose_providers(device)
         self.sessions = {}
@@ -106,6 +113,9 @@ class OnnxPipeline:
                 raise ManifestError(f"{path} (the {step} graph named by the manifest) is missing")
             if step in MODEL_STEPS and runtime != "onnxruntime":
                 self.sessions[step] = open_session(path, runtime, precision, threads=threads)
+            elif step == "classifier" and features:
+                graph = with_pooled_features(path)
+                self.sessions[step] = open_onnxruntime(graph, self.providers, spin, threads)
             else:
                 self.sessions[step] = open_onnxruntime(path, self.providers, spin, threads)
 
@@ -118,13 +128,14 @@ class OnnxPipeline:
         spin: bool = False,
         runtime: str = "onnxruntime",
         threads: int | None = None,
+        features: bool = False,
     ) -> OnnxPipeline:
         """The pipeline in a folder written by ``s4seg export`` (``fp16``/``int8``: its variant;
         ``bf16``: the FP32 graphs in OpenVINO at bf16)."""
         folder = Path(folder)
         manifest = Manifest.load(folder)
         files = graph_files(manifest, folder, precision)
-        return cls(manifest, files, device, spin, runtime, precision, threads)
+        return cls(manifest, files, device, spin, runtime, precision, threads, features)
 
     def run(
         self,
@@ -139,7 +150,7 @@ class OnnxPipeline:
         check_batch(images, views, self.manifest.classifier_view_size)
         tau = self.manifest.request_tau(tau)
         (logits,) = self.sessions["segmenter"].run(None, {IMAGE.name: images})
-        (class_probs,) = self.sessions["classifier"].run(None, {CLS_IMAGE.name: views})
+        class_probs, *features = self.sessions["classifier"].run(None, {CLS_IMAGE.name: views})
         taus = np.full((len(images), 1), tau, dtype=TAU.dtype)
         labels, suppressed, scores = self.sessions["gate"].run(
             None,
@@ -155,4 +166,5 @@ class OnnxPipeline:
             suppressed,
             scores,
             logits if keep_logits else None,
+            features[0] if features else None,
         )

@@ -104,3 +104,13 @@ def segmentation_json(answer: Answer) -> dict:
         "mask_encoding": "COCO RLE (pycocotools), one binary mask per class present",
         "quality": None if answer.quality is None else answer.quality.rounded(),
     }
+
+
+def labels_from_json(answer: dict) -> np.ndarray:
+    """The label map (H, W) uint8 of a JSON answer (``segmentation_json``), from its per-class
+    COCO RLE masks."""
+    labels = np.zeros((answer["height"], answer["width"]), dtype=np.uint8)
+    for present in answer["classes"]:
+        rle = {"size": present["rle"]["size"], "counts": present["rle"]["counts"].encode()}
+        labels[coco_mask.decode(rle).astype(bool)] = present["index"]
+    return labels

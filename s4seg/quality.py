@@ -44,12 +44,18 @@ class Quality:
         return figures
 
 
+def content_grid(scores: np.ndarray, placement: Placement) -> np.ndarray:
+    """Every ``STRIDE``-th pixel of the content (not the letterbox's padding) of ``scores``
+    (C, H, W) at the served size."""
+    (top, left), (height, width) = placement.offset, placement.content
+    return scores[:, top : top + height : STRIDE, left : left + width : STRIDE]
+
+
 def answer_quality(
     scores: np.ndarray, placement: Placement, class_probs: np.ndarray, manifest: Manifest
 ) -> Quality:
     """``scores`` (C, H, W): the gated scores at the served size; ``class_probs`` (C,)."""
-    (top, left), (height, width) = placement.offset, placement.content
-    grid = scores[:, top : top + height : STRIDE, left : left + width : STRIDE]
+    grid = content_grid(scores, placement)
     confidence = manifest.confidence
     probabilities = calibrated(grid, confidence.temperature if confidence else 1.0)
     uncertain = None
