@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock test test-fast lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean
+.PHONY: setup lock test test-fast lint serve quickstart bench-train bench-export gpu-wheels gpu-check clean labelstudio
 
 setup: $(STAMP)
 
@@ -29,6 +29,16 @@ lock:
 	$(PIP_COMPILE) --upgrade -o requirements.lock pyproject.toml
 	$(PIP_COMPILE) --upgrade --extra dev -o requirements-dev.lock pyproject.toml
 	printf 'numpy>=2,<3\n' | $(PIP_COMPILE) --upgrade -o numpy2.lock -
+	printf 'label-studio==1.23.2\n' | $(PIP_COMPILE) -o labelstudio.lock -
+
+# Label Studio itself, for the labeling round trip (docs/labeling.md) and its test: a server of
+# its own (Django, numpy 2; about 1 GB), so in a virtual environment of its own.
+LS_VENV := .venv-labelstudio
+labelstudio: $(LS_VENV)/.installed
+$(LS_VENV)/.installed: labelstudio.lock
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --require-hashes --no-deps -r labelstudio.lock
+	touch $@
 
 # Lint: ruff's rules, its formatter (check only) and mypy on the core, serving and clients.
 lint: setup

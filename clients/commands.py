@@ -170,6 +170,36 @@ def run_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_labelstudio_tasks(args: argparse.Namespace) -> int:
+    from .labelstudio import LABEL_CONFIG, TASKS, write_tasks
+
+    out = Path(args.out)
+    count = write_tasks(Path(args.queue), Path(args.document_root), out, args.top)
+    print(
+        f"{count} tasks with the model's masks as pre-annotations -> {out / TASKS}; the "
+        f"project's labeling interface -> {out / LABEL_CONFIG}"
+    )
+    return 0
+
+
+def run_labelstudio_import(args: argparse.Namespace) -> int:
+    from .labelstudio import import_export
+
+    done = import_export(
+        Path(args.export),
+        Path(args.data),
+        args.split,
+        Path(args.split_file) if args.split_file else None,
+        Path(args.document_root) if args.document_root else None,
+    )
+    print(
+        f"{done.images} labeled images added to {args.data} (split {args.split}; {done.moved} "
+        "moved out of images/unlabeled/)"
+        + (f"; {done.split_file} lists them as labeled" if done.split_file else "")
+    )
+    return 0
+
+
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 
@@ -231,6 +261,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", help="--via local: an export folder (default: served)")
     predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
     add_queue_parser(commands)
+    add_labelstudio_parsers(commands)
     segment.set_defaults(handler=run_segment)
     predict.set_defaults(handler=run_predict)
 
@@ -287,3 +318,33 @@ def add_queue_parser(commands: argparse._SubParsersAction) -> None:
     queue.add_argument("--shard-count", type=int, help="--shard auto: the job's shard count")
     queue.add_argument("--device", default="auto", help="auto|cpu|cuda")
     queue.set_defaults(handler=run_queue)
+
+
+def add_labelstudio_parsers(commands: argparse._SubParsersAction) -> None:
+    labelstudio = commands.add_parser(
+        "labelstudio", help="the labeling round trip: queue -> Label Studio tasks -> data set"
+    )
+    steps = labelstudio.add_subparsers(dest="step", required=True, metavar="STEP")
+    tasks = steps.add_parser(
+        "tasks", help="the top of a queue as Label Studio tasks, the model's masks pre-annotated"
+    )
+    tasks.add_argument("--queue", required=True, help="a folder written by s4seg queue")
+    tasks.add_argument(
+        "--document-root",
+        required=True,
+        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: the images' URLs are relative to it",
+    )
+    tasks.add_argument("--out", default=".", help="folder for tasks.json and label_config.xml")
+    tasks.add_argument("--top", type=int, help="how many (default: the queue's --top)")
+    tasks.set_defaults(handler=run_labelstudio_tasks)
+    back = steps.add_parser(
+        "import", help="a Label Studio JSON export into a folder data set, the split updated"
+    )
+    back.add_argument("--export", required=True, help="Label Studio's JSON export of the project")
+    back.add_argument("--data", required=True, help="the folder data set (classes.yaml, images/)")
+    back.add_argument("--split", default="train", help="where the labeled images go (train)")
+    back.add_argument("--split-file", help="a saved training split to list them as labeled in")
+    back.add_argument(
+        "--document-root", help="for tasks not made by s4seg: where their local-files URLs point"
+    )
+    back.set_defaults(handler=run_labelstudio_import)

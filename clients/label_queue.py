@@ -186,7 +186,7 @@ def queue_rows(scored: list[Scored], ranked: Ranked, request: QueueRequest) -> l
             {
                 "rank": place,
                 "image": item.name,
-                "source": str(item.job.source),
+                "source": str(item.job.source.resolve()),
                 "score": round(values[index], 5),
                 **{k: v for k, v in item.scores.rounded().items()},
                 "mean_confidence": quality.get("mean_confidence"),

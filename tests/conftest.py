@@ -16,7 +16,7 @@ from s4seg.training.data.synth import write_synthetic
 
 # Fixtures that start a real tritonserver (with the gateway) or a browser, and fixtures that
 # train (the others build on them).
-STACK_FIXTURES = {"served", "server", "stack", "browser", "page"}
+STACK_FIXTURES = {"served", "server", "stack", "browser", "page", "label_studio"}
 TRAINED_FIXTURES = {
     "tiny_checkpoint",
     "tiny_classifier",
