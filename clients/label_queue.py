@@ -90,7 +90,12 @@ class Scorer:
             assert out.logits is not None  # asked for
             scores, placement, class_probs = out.scores[0], framed.placement, out.class_probs[0]
             # Scored on the segmenter's own (ungated) logits, as calibrated; the mask is served.
-            figures = image_scores(content_grid(out.logits[0], placement), class_probs, manifest)
+            figures = image_scores(
+                content_grid(out.logits[0], placement),
+                class_probs if manifest.classifier is not None else None,
+                manifest.confidence,
+                manifest.background_index,
+            )
             answer = Answer(
                 labels_from_scores(scores, placement),
                 class_probs,

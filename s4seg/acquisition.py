@@ -28,9 +28,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from s4seg.confidence import calibrated
-from s4seg.manifest import Manifest
+from s4seg.manifest import Confidence
 
 STRATEGIES = ("entropy", "margin", "set-size", "disagreement", "random")
+# What a study can score between its rounds, from a checkpoint: no export, so no calibration and
+# no classifier (``training/acquisition.py``).
+STUDY_STRATEGIES = ("random", "entropy", "margin")
 DEFAULT_STRATEGY = "entropy"
 DEFAULT_SIMILARITY = 0.9
 
@@ -57,11 +60,16 @@ def random_score(name: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def image_scores(grid: np.ndarray, class_probs: np.ndarray, manifest: Manifest) -> ImageScores:
-    """``grid`` (C, h, w): the segmenter's ungated logits on the content
-    (``s4seg.quality.content_grid``), what the manifest's calibration was fitted on;
-    ``class_probs`` (C,): the classifier's answer."""
-    confidence = manifest.confidence
+def image_scores(
+    grid: np.ndarray,
+    class_probs: np.ndarray | None,
+    confidence: Confidence | None,
+    background_index: int | None,
+) -> ImageScores:
+    """``grid`` (C, h, w): the segmenter's ungated logits on the image's content
+    (``s4seg.quality.content_grid``), what ``confidence`` (an export's calibration; None:
+    temperature 1, no prediction sets) was fitted on; ``class_probs`` (C,): the MLMT
+    classifier's answer (None: no classifier)."""
     probabilities = calibrated(grid, confidence.temperature if confidence else 1.0)
     classes = len(probabilities)
     flat = probabilities.reshape(classes, -1)
@@ -71,12 +79,12 @@ def image_scores(grid: np.ndarray, class_probs: np.ndarray, manifest: Manifest) 
     if confidence is not None:
         set_size = float(((flat >= confidence.threshold).sum(0) > 1).mean())
     disagreement = None
-    if manifest.classifier is not None:
+    if class_probs is not None:
         in_map = np.zeros(classes)
         in_map[np.unique(flat.argmax(0))] = 1.0
         foreground = np.ones(classes, dtype=bool)
-        if manifest.background_index is not None:
-            foreground[manifest.background_index] = False
+        if background_index is not None:
+            foreground[background_index] = False
         said = np.asarray(class_probs, dtype=np.float64)
         disagreement = float(np.abs(said - in_map)[foreground].mean())
     return ImageScores(

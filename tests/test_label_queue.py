@@ -36,14 +36,18 @@ def test_uncertain_images_score_higher(tiny_export: Path) -> None:
     sure[0] = 50.0
     tied = np.zeros((classes, 4, 4), dtype=np.float32)
     absent = np.zeros(classes, dtype=np.float32)
-    low, high = image_scores(sure, absent, manifest), image_scores(tied, absent, manifest)
+
+    def scores(logits: np.ndarray, said: np.ndarray):
+        return image_scores(logits, said, manifest.confidence, manifest.background_index)
+
+    low, high = scores(sure, absent), scores(tied, absent)
     assert low.entropy < 0.01 and high.entropy == pytest.approx(1.0, abs=1e-4)
     assert low.margin < 0.01 and high.margin == pytest.approx(1.0, abs=1e-4)
     assert low.set_size == 0.0 and high.set_size == 1.0
     # The classifier says class 1 is there; the segmenter's map (all class 0) does not.
     said = absent.copy()
     said[1] = 1.0
-    assert image_scores(sure, said, manifest).disagreement > low.disagreement
+    assert scores(sure, said).disagreement > low.disagreement
 
 
 def test_the_diversity_step_sets_near_copies_aside() -> None:

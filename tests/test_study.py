@@ -220,6 +220,7 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
         ("voc-unimatch", 27),
         ("synthetic-cpu", 24),
         ("synthetic-dense", 24),
+        ("synthetic-dense-acquisition", 12),
     ],
 )
 def test_the_study_presets_list_their_cells(
@@ -262,3 +263,69 @@ def test_cpu_presets_train_batch_norm_and_old_studies_keep_their_settings() -> N
         1.0,
         "zero",
     )
+
+
+def top(ids: list[str], values: list[float], count: int) -> list[str]:
+    """The ``count`` ids of highest value (ties: the earlier)."""
+    return [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-values[i], i))[:count]]
+
+
+@pytest.mark.trains
+def test_an_acquisition_study_picks_each_round_by_its_strategy_against_random(
+    synth_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import yaml
+
+    from s4seg.acquisition import random_score
+    from s4seg.training.acquisition import score_pool
+    from s4seg.training.data.split import Split
+
+    spec = tmp_path / "acquisition.yaml"
+    settings = [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=2"]
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "config": "synthetic-quick",
+                "methods": ["baseline"],
+                "labels": ["3"],
+                "seeds": [0, 1],
+                "set": [*settings, "train.val_every=100"],
+                "acquisition": {"strategies": ["random", "entropy"], "add": 2, "rounds": 1},
+            }
+        )
+    )
+    out = tmp_path / "study"
+    command = ["study", "--preset", str(spec), "--out", str(out)]
+    assert main(command) == 0
+    assert len(list((out / "runs").glob("*/result.json"))) == 6
+    for seed in (0, 1):
+        start = Split.load(out / "splits" / f"3-s{seed}.json")
+        pool = start.unlabeled
+        checkpoint = json.loads((out / "runs" / f"baseline-3-s{seed}" / "result.json").read_text())
+        scored = score_pool(checkpoint["checkpoint"], "train", pool, "cpu")
+        values = {
+            "entropy": [scored[i].entropy for i in pool],
+            "random": [random_score(i, seed) for i in pool],
+        }
+        for strategy, value in values.items():
+            acquired = Split.load(out / "splits" / f"3_2_{strategy}-s{seed}.json")
+            assert acquired.labeled[:3] == start.labeled and len(acquired.labeled) == 5
+            assert acquired.labeled[3:] == top(pool, value, 2), strategy
+            assert not set(acquired.labeled) & set(acquired.unlabeled)
+    table = (out / "study.md").read_text()
+    assert "| 1 | 5 | entropy | 2 |" in table and "paired vs random" in table, table
+    assert (out / "study.png").stat().st_size > 10_000
+    # Resumed with only the committed results: every round's split is made, nothing retrains.
+    for checkpoint in out.rglob("*.pt"):
+        checkpoint.unlink()
+    capfd.readouterr()
+    assert main(command) == 0
+    assert "checkpoint is gone" not in capfd.readouterr().err
+    # A round whose split is not made yet needs the round before's checkpoint: retrained.
+    (out / "splits" / "3_2_entropy-s1.json").unlink()
+    shutil.rmtree(out / "runs" / "baseline-3_2_entropy-s1")
+    assert main(command) == 0
+    log = capfd.readouterr().err
+    assert "baseline-3-s1: its checkpoint is gone" in log and "6 cells, 4 done, 2 to run" in log

@@ -15,14 +15,14 @@ from s4seg.cluster import torchrun_rank, wait_for_file
 from s4seg.errors import ConfigError
 from s4seg.manifest import GATE_OFF_TAU, PAPER_TAU, digest_json
 
-from .spec import METHODS, Cell, Method, StudySpec, budget_slug
+from .spec import METHODS, Cell, Method, StudySpec, budget_slug, parse_acquired
 
 
 def cell_config(spec: StudySpec, cell: Cell, out: Path, device: str | None):
     """The cell's training config: the study's preset and overrides, its split and folder."""
     from s4seg.training.config import load_config
 
-    split = split_file(spec, cell, out)
+    split = split_file(spec, cell, out, device)
     overrides = [
         *spec.overrides,
         f"data.split_file={split}",
@@ -33,9 +33,10 @@ def cell_config(spec: StudySpec, cell: Cell, out: Path, device: str | None):
     return load_config(spec.config, overrides), overrides
 
 
-def split_file(spec: StudySpec, cell: Cell, out: Path) -> Path:
+def split_file(spec: StudySpec, cell: Cell, out: Path, device: str | None = None) -> Path:
     """The budget's labeled/unlabeled split for the cell's seed, made once and shared by the
-    cells of that budget and seed (the methods are compared on the same labels)."""
+    cells of that budget and seed (the methods are compared on the same labels); an acquired
+    budget's from the round before it (``acquisition.py``)."""
     from s4seg.layouts import open_layout
     from s4seg.training.config import load_config
     from s4seg.training.data.split import Split, make_budget_split
@@ -46,6 +47,10 @@ def split_file(spec: StudySpec, cell: Cell, out: Path) -> Path:
     if path.is_file():
         Split.load(path)  # refuse a damaged one by name
         return path
+    if parse_acquired(cell.budget):
+        from .acquisition import acquired_split
+
+        return acquired_split(spec, cell, out, device).save(path)
     data = load_config(spec.config, spec.overrides).data
     if data.root is None:
         raise ConfigError(f"{spec.config}: data.root is not set (--set data.root=DIR)")
@@ -122,8 +127,9 @@ def gate_now(spec: StudySpec, cell: Cell, out: Path, device: str | None) -> None
 
 
 def stale_cells(spec: StudySpec, out: Path) -> list[Cell]:
-    """Finished cells to train again: a gated row still to compute whose checkpoints are gone
-    (the study resumed in a session that has only the committed results). Their results are
+    """Finished cells to train again: a gated row still to compute, or an acquisition round
+    still to split, whose checkpoints are gone (the study resumed in a session that has only
+    the committed results). Their results are
     set aside (``result.stale.json``) so that they run again."""
     stale: set[Cell] = set()
     for method in (METHODS[m] for m in spec.methods if METHODS[m].gated):
@@ -139,6 +145,9 @@ def stale_cells(spec: StudySpec, out: Path) -> list[Cell]:
                         checkpoint = Path(json.loads(result.read_text())["checkpoint"])
                         if not checkpoint.is_file():
                             stale.add(cell)
+    from .acquisition import stale_rounds
+
+    stale |= stale_rounds(spec, out)
     for cell in stale:
         folder = out / "runs" / cell.name
         (folder / "result.json").replace(folder / "result.stale.json")

@@ -93,6 +93,14 @@ def table(spec: StudySpec, rows: list[dict], cells: list[dict]) -> str:
 
 
 def report_study(spec: StudySpec, out: Path, device: str | None, log, quiet: bool = False) -> None:
+    if spec.acquiring is not None:
+        from .acquisition import report_acquisition
+
+        text = report_acquisition(spec, out)
+        log(f"report: {out / 'study.md'}, {out / 'study.png'}")
+        if not quiet:
+            print(text)
+        return
     cells = [
         json.loads(p.read_text())
         for c in spec.cells()

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from s4seg.acquisition import STUDY_STRATEGIES
 from s4seg.atomic import write_json_atomic
 from s4seg.cluster import AUTO, job_index
 from s4seg.errors import ConfigError
@@ -56,6 +57,42 @@ def budget_slug(budget: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
+ACQUIRED = ":"  # an acquired budget: START+ADDED:STRATEGY (``12+24:entropy``)
+
+
+def acquired_budget(start: str, added: int, strategy: str) -> str:
+    return f"{start}+{added}{ACQUIRED}{strategy}"
+
+
+def parse_acquired(budget: str) -> tuple[str, int, str] | None:
+    """``12+24:entropy`` -> ("12", 24, "entropy"); None for any other budget."""
+    if ACQUIRED not in budget or "+" not in budget:
+        return None
+    counts, strategy = budget.rsplit(ACQUIRED, 1)
+    start, added = counts.split("+", 1)
+    return start, int(added), strategy
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The acquisition axis (issue 34, item 4): from the study's one budget, ``rounds`` times
+    add ``add`` images picked by each strategy from the rest of the training split, retrain."""
+
+    strategies: list[str]
+    add: int
+    rounds: int
+
+    def check(self) -> None:
+        unknown = [s for s in self.strategies if s not in STUDY_STRATEGIES]
+        if unknown or "random" not in self.strategies:
+            raise ConfigError(
+                f"acquisition strategies: {', '.join(STUDY_STRATEGIES)}, random among them (the "
+                f"baseline each is compared with); not {unknown}"
+            )
+        if self.add < 1 or self.rounds < 1:
+            raise ConfigError("acquisition: add and rounds must be at least 1")
+
+
 @dataclass
 class StudySpec:
     config: str  # a training preset or YAML file
@@ -63,6 +100,11 @@ class StudySpec:
     labels: list[str]  # budgets: ratios, counts or id files
     seeds: list[int]
     overrides: list[str] = field(default_factory=list)  # --set, for every cell
+    acquisition: dict | None = None  # Acquisition's fields (spec.json stays plain JSON)
+
+    @property
+    def acquiring(self) -> Acquisition | None:
+        return Acquisition(**self.acquisition) if self.acquisition else None
 
     def check(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -70,12 +112,36 @@ class StudySpec:
             raise ConfigError(f"unknown method {unknown}: choose from {', '.join(METHODS)}")
         if not self.methods or not self.labels or not self.seeds:
             raise ConfigError("a study needs at least one method, label budget and seed")
+        if self.acquiring is not None:
+            self.acquiring.check()
+            if len(self.methods) != 1 or METHODS[self.methods[0]].gated or len(self.labels) != 1:
+                raise ConfigError(
+                    "an acquisition study has one ungated method and one starting budget"
+                )
+
+    def acquisition_cells(self, acquiring: Acquisition) -> list[Cell]:
+        """Seed by seed: the starting budget, then round by round each strategy's cell."""
+        trainer, start = METHODS[self.methods[0]].segmenter, self.labels[0]
+        return [
+            cell
+            for seed in self.seeds
+            for cell in [
+                Cell(trainer, start, seed),
+                *(
+                    Cell(trainer, acquired_budget(start, r * acquiring.add, strategy), seed)
+                    for r in range(1, acquiring.rounds + 1)
+                    for strategy in acquiring.strategies
+                ),
+            ]
+        ]
 
     def cells(self) -> list[Cell]:
         """Seed by seed (an unfinished study still compares the methods on the same splits),
         then budget, then trainer; the classifier, when a gated method needs it, first: each
         segmenter's gated rows are computed as soon as it is trained, while both checkpoints
         are on disk (a study that resumes in another session has only what was committed)."""
+        if self.acquiring is not None:
+            return self.acquisition_cells(self.acquiring)
         trainers = list(dict.fromkeys(METHODS[m].segmenter for m in self.methods))
         if any(METHODS[m].gated for m in self.methods):
             trainers.insert(0, "mlmt")
@@ -136,6 +202,7 @@ def resolve_spec(
         labels=[str(b) for b in data["labels"]],
         seeds=[int(s) for s in data["seeds"]],
         overrides=[str(o) for o in data["overrides"]],
+        acquisition=data.get("acquisition"),
     )
     spec.check()
     return spec

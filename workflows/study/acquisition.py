@@ -1,0 +1,192 @@
+"""The acquisition axis of a study (issue 34, item 4): each round's split, its images picked by a
+strategy with the checkpoint of the round before, and the comparison at equal labels, each
+strategy against random on the same seed.
+
+A round's split is made once, when its cell first runs, and kept in ``splits/`` (the picks with
+their scores in ``acquired/``): a study that resumes in another session needs the checkpoint of
+the round before only for a split not yet made (``stale_rounds`` retrains it then)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from s4seg.acquisition import random_score, rank
+from s4seg.atomic import write_json_atomic
+from s4seg.errors import S4segError
+
+from .spec import Acquisition, Cell, StudySpec, acquired_budget, budget_slug, parse_acquired
+from .stats import summarise, verdict
+
+
+def previous_cell(acquiring: Acquisition, cell: Cell) -> Cell:
+    """The cell whose checkpoint picks this round's images: the round before, same strategy."""
+    parsed = parse_acquired(cell.budget)
+    assert parsed is not None
+    start, added, strategy = parsed
+    if added == acquiring.add:
+        return Cell(cell.trainer, start, cell.seed)
+    return Cell(cell.trainer, acquired_budget(start, added - acquiring.add, strategy), cell.seed)
+
+
+def acquired_split(spec: StudySpec, cell: Cell, out: Path, device: str | None):
+    """The round before's split with ``add`` more images labeled: the top of its unlabeled
+    images by the strategy's score (random: a hash of the id and the seed)."""
+    from s4seg.training.data.split import Split
+
+    acquiring, parsed = spec.acquiring, parse_acquired(cell.budget)
+    assert acquiring is not None and parsed is not None
+    strategy = parsed[2]
+    before = previous_cell(acquiring, cell)
+    result = json.loads((out / "runs" / before.name / "result.json").read_text())
+    previous = Split.load(result["split_file"])
+    pool = list(previous.unlabeled)
+    if strategy == "random":
+        values = [random_score(i, cell.seed) for i in pool]
+    else:
+        from s4seg.training.acquisition import score_pool
+
+        checkpoint = result["checkpoint"]
+        if not Path(checkpoint).is_file():
+            raise S4segError(
+                f"{cell.name}: its images are picked with {before.name}'s checkpoint, and "
+                f"{checkpoint} is gone (run the study again: it retrains {before.name})"
+            )
+        scored = score_pool(checkpoint, previous.train_split, pool, device or "auto")
+        values = [float(scored[i].of(strategy, i, cell.seed) or 0.0) for i in pool]
+    order = rank(values).order[: acquiring.add]
+    picked = [pool[k] for k in order]
+    write_json_atomic(
+        out / "acquired" / f"{budget_slug(cell.budget)}-s{cell.seed}.json",
+        {
+            "strategy": strategy,
+            "picked_with": before.name,
+            "picked": [{"id": pool[k], "score": round(values[k], 5)} for k in order],
+        },
+    )
+    labeled = [*previous.labeled, *picked]
+    unlabeled = [i for i in pool if i not in set(picked)]
+    return replace(
+        previous,
+        ratio=f"{len(labeled)}/{len(labeled) + len(unlabeled)}",
+        labeled=labeled,
+        unlabeled=unlabeled,
+    )
+
+
+def stale_rounds(spec: StudySpec, out: Path) -> set[Cell]:
+    """Finished cells whose checkpoint a round still to split needs, and is gone."""
+    acquiring, stale = spec.acquiring, set[Cell]()
+    if acquiring is None:
+        return stale
+    for cell in spec.cells():
+        parsed = parse_acquired(cell.budget)
+        split = out / "splits" / f"{budget_slug(cell.budget)}-s{cell.seed}.json"
+        if parsed is None or parsed[2] == "random" or split.is_file():
+            continue
+        before = previous_cell(acquiring, cell)
+        result = out / "runs" / before.name / "result.json"
+        if result.is_file() and not Path(json.loads(result.read_text())["checkpoint"]).is_file():
+            stale.add(before)
+    return stale
+
+
+def acquisition_rows(spec: StudySpec, out: Path) -> list[dict]:
+    """(strategy, labeled, seed, mIoU) for every finished cell; the starting cell counts for
+    every strategy (round 0)."""
+    acquiring = spec.acquiring
+    assert acquiring is not None
+    rows = []
+    for cell in spec.cells():
+        path = out / "runs" / cell.name / "result.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        parsed = parse_acquired(cell.budget)
+        strategies = acquiring.strategies if parsed is None else [parsed[2]]
+        for strategy in strategies:
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "round": 0 if parsed is None else parsed[1] // acquiring.add,
+                    "labeled": result["labeled"],
+                    "seed": cell.seed,
+                    "miou": result["figures"]["miou"],
+                }
+            )
+    return rows
+
+
+def acquisition_table(spec: StudySpec, rows: list[dict]) -> str:
+    acquiring = spec.acquiring
+    assert acquiring is not None
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    lines = [
+        f"Acquisition study: {spec.config}, {spec.methods[0]} from {spec.labels[0]} labels, "
+        f"+{acquiring.add} a round by each strategy, seeds {', '.join(map(str, spec.seeds))}; "
+        "mIoU on the report part. Paired: the strategy minus random on the same seed and round.",
+        "",
+        "| round | labeled | strategy | n | mIoU mean +- sd | paired vs random (mean +- sd) | "
+        "95% interval | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for round_ in range(1, acquiring.rounds + 1):
+        here = [r for r in rows if r["round"] == round_]
+        random = {r["seed"]: r["miou"] for r in here if r["strategy"] == "random"}
+        for strategy in acquiring.strategies:
+            mine = [r for r in here if r["strategy"] == strategy]
+            if not mine:
+                continue
+            s = summarise(r["miou"] for r in mine)
+            paired = interval = decided = "-"
+            diff = summarise(r["miou"] - random[r["seed"]] for r in mine if r["seed"] in random)
+            if strategy != "random" and diff.n:
+                paired = f"{pct(diff.mean)} +- {pct(diff.sd)} (n={diff.n})"
+                low, high = diff.mean - diff.half_width, diff.mean + diff.half_width
+                interval, decided = f"[{pct(low)}, {pct(high)}]", verdict(diff)
+            lines.append(
+                f"| {round_} | {mine[0]['labeled']} | {strategy} | {s.n} | {pct(s.mean)} +- "
+                f"{pct(s.sd)} | {paired} | {interval} | {decided} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_acquisition(spec: StudySpec, rows: list[dict], path: Path) -> None:
+    """mIoU against labeled images, one line per strategy (mean over seeds, sd as bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acquiring = spec.acquiring
+    assert acquiring is not None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for offset, strategy in enumerate(acquiring.strategies):
+        points = []
+        for round_ in range(acquiring.rounds + 1):
+            mine = [r for r in rows if r["strategy"] == strategy and r["round"] == round_]
+            if mine:
+                s = summarise(r["miou"] for r in mine)
+                points.append((mine[0]["labeled"] + 0.3 * offset, 100 * s.mean, 100 * s.sd))
+        if points:
+            x, y, sd = zip(*points, strict=True)
+            axes.errorbar(x, y, yerr=[0 if v != v else v for v in sd], marker="o", capsize=3,
+                          label=strategy)  # fmt: skip
+    axes.set_xlabel("labeled images")
+    axes.set_ylabel("mIoU (%), report part")
+    axes.set_title(f"{spec.config}: which images to label next (mean +- sd over seeds)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report_acquisition(spec: StudySpec, out: Path) -> str:
+    rows = acquisition_rows(spec, out)
+    text = acquisition_table(spec, rows)
+    (out / "study.md").write_text(text + "\n")
+    write_json_atomic(out / "study.json", {"spec": spec.__dict__, "rows": rows})
+    plot_acquisition(spec, rows, out / "study.png")
+    return text
