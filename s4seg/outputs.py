@@ -3,6 +3,7 @@ JSON + COCO RLE (shared by the gateway, `s4seg segment` and `s4seg predict`)."""
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass
 
@@ -73,6 +74,7 @@ class Answer:
     version: str
     tau: float | None  # the gate threshold applied; None: ungated
     quality: Quality | None = None
+    uncertainty: np.ndarray | None = None  # (h, w) uint8, s4seg.quality.uncertainty_map
 
 
 def segmentation_json(answer: Answer) -> dict:
@@ -103,7 +105,23 @@ def segmentation_json(answer: Answer) -> dict:
         "suppressed": [manifest.classes[i] for i in np.flatnonzero(suppressed)],
         "mask_encoding": "COCO RLE (pycocotools), one binary mask per class present",
         "quality": None if answer.quality is None else answer.quality.rounded(),
+        "uncertainty_map": None
+        if answer.uncertainty is None
+        else uncertainty_uri(answer.uncertainty),
     }
+
+
+# Magma's anchors (matplotlib): dark where the model is sure, bright where it is not.
+MAGMA = np.array([[0, 0, 4], [80, 18, 123], [183, 55, 121], [251, 136, 97], [252, 253, 191]])
+
+
+def uncertainty_uri(values: np.ndarray) -> str:
+    """An uncertainty map (uint8) as a PNG data URI, coloured by magma's anchors."""
+    stops = np.linspace(0, 255, len(MAGMA))
+    lut = np.stack([np.interp(np.arange(256), stops, MAGMA[:, c]) for c in range(3)], 1)
+    image = Image.fromarray(values, mode="L").convert("P")
+    image.putpalette(lut.round().astype(np.uint8).ravel().tolist())
+    return "data:image/png;base64," + base64.b64encode(encode(image, "png")).decode("ascii")
 
 
 def labels_from_json(answer: dict) -> np.ndarray:

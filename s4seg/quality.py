@@ -75,3 +75,14 @@ def answer_quality(
         uncertain_share=uncertain,
         disagreeing=disagreeing,
     )
+
+
+def uncertainty_map(scores: np.ndarray, placement: Placement, manifest: Manifest) -> np.ndarray:
+    """(h, w) uint8 over the content at the served size (the network's output, resized): 0
+    where the calibrated top probability is 1, 255 where every class is as likely (1/C)."""
+    (top, left), (height, width) = placement.offset, placement.content
+    content = scores[:, top : top + height, left : left + width]
+    confidence = manifest.confidence
+    sure = calibrated(content, confidence.temperature if confidence else 1.0).max(0)
+    spread = 1.0 - 1.0 / len(manifest.classes)
+    return np.round(255 * np.clip((1.0 - sure) / spread, 0.0, 1.0)).astype(np.uint8)

@@ -5,6 +5,7 @@ What needs the real model and a real tritonserver stays in tests/test_gateway.py
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -191,6 +192,18 @@ def test_multipart_json_and_overlay(
     # the fake scores are 0 and 1: softmax says 0.7311 everywhere; no calibration, no classifier
     quality = {"mean_confidence": 0.7311, "calibrated": False, "uncertain_share": None}
     assert body["quality"] == {**quality, "disagreeing": None}
+    assert body["uncertainty_map"] is None  # only when asked for
+    unsure = client.post(
+        "/v1/segment",
+        files={"file": ("photo.jpg", data, "image/jpeg")},
+        params={"format": "json", "uncertainty": "true"},
+    ).json()["uncertainty_map"]
+    assert unsure.startswith("data:image/png;base64,")
+    picture = Image.open(io.BytesIO(base64.b64decode(unsure.split(",", 1)[1])))
+    # 1 - 0.7311 of the 1 - 1/2 a two-class answer can be unsure: 0.538 of 255, everywhere.
+    assert set(np.asarray(picture).ravel()) == {137}
+    refused = post(client, data, "image/jpeg", format="png", uncertainty="true")
+    assert refused.status_code == 422 and "format=json only" in refused.text
     metrics = client.get("/metrics").text
     assert 's4seg_answer_confidence_count{version="1"}' in metrics
     for present in body["classes"]:

@@ -154,6 +154,20 @@ def test_photo_overlay_and_legend_match_the_json_api(page, served: Served) -> No
         "items => items.map(li => li.dataset.class)"
     )
     assert sorted(marked) == sorted(api["suppressed"])
+    # The uncertainty map (calibrated at export) is drawn beside them, at the image's size.
+    page.wait_for_function(
+        "document.getElementById('uncertainty-canvas').dataset.painted === 'yes'"
+    )
+    drawn = page.evaluate(
+        """() => {
+            const c = document.getElementById('uncertainty-canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            const seen = new Set();
+            for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] + ',' + d[i + 1]);
+            return {width: c.width, height: c.height, colours: seen.size};
+        }"""
+    )
+    assert (drawn["width"], drawn["height"]) == (width, height) and drawn["colours"] > 1
     assert "model version 1" in page.inner_text("#model")
     assert " ms" in page.inner_text("#status")
 

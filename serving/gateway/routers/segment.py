@@ -22,7 +22,7 @@ from s4seg.outputs import (
     overlay_bytes,
     segmentation_json,
 )
-from s4seg.quality import answer_quality
+from s4seg.quality import answer_quality, uncertainty_map
 
 from ..dependencies import (
     BudgetDep,
@@ -126,7 +126,20 @@ async def segment(  # noqa: PLR0913 (a route: its query parameters and dependenc
         Encoding | None,
         Query(description="overlay only: png (default), jpeg or webp (smaller, much faster)"),
     ] = None,
+    uncertainty: Annotated[
+        bool,
+        Query(
+            description="json only: add uncertainty_map, a PNG data URI of 1 - the calibrated "
+            "confidence per pixel over the image's content, at the network's output size"
+        ),
+    ] = False,
 ) -> Response:
+    if uncertainty and format is not Format.json:
+        raise ImageError(
+            "uncertainty=true applies to format=json only (the map comes as a PNG in the JSON)",
+            422,
+            "bad_parameter",
+        )
     if encoding is not None and format is not Format.overlay:
         raise ImageError(
             f"encoding={encoding} applies to format=overlay only (label maps are lossless PNG, "
@@ -176,7 +189,7 @@ async def segment(  # noqa: PLR0913 (a route: its query parameters and dependenc
                     decoded = await work.run(
                         decode_image, data, settings.max_pixels, fit_of(framing)
                     )
-        answer = await answered(work, result, framed.placement, manifest, used_tau)
+        answer = await answered(work, result, framed.placement, manifest, used_tau, uncertainty)
         return await render(answer, format, encoding, decoded.pixels, work)
 
 
@@ -186,15 +199,19 @@ async def answered(
     placement: Placement,
     manifest: Manifest,
     used_tau: float,
+    uncertainty: bool = False,
 ) -> Answer:
     """The ensemble's answer mapped back to the image's size, with its quality (recorded per
-    served version)."""
+    served version) and, when asked, its uncertainty map."""
     scores, class_probs = result.scores, result.class_probs
     labels = await work.run(labels_from_scores, scores, placement)
     quality = await work.run(answer_quality, scores, placement, class_probs, manifest)
     record_quality(result.version, quality)
     tau = None if used_tau == UNGATED_TAU else used_tau  # gate=false, or served "gate off"
-    return Answer(labels, class_probs, result.suppressed, manifest, result.version, tau, quality)
+    unsure = await work.run(uncertainty_map, scores, placement, manifest) if uncertainty else None
+    return Answer(
+        labels, class_probs, result.suppressed, manifest, result.version, tau, quality, unsure
+    )
 
 
 async def render(

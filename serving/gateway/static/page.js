@@ -96,7 +96,24 @@ function render(body) {
   }
   labelCanvas.getContext("2d").putImageData(labelImage, 0, 0);
   overlayCanvas.getContext("2d").putImageData(overlayImage, 0, 0);
+  renderUncertainty(body.uncertainty_map, width, height);
   renderTables(body, width * height);
+}
+
+// The uncertainty map comes at the network's output size over the image's content: drawn
+// stretched to the image's size, as the scores are mapped back.
+function renderUncertainty(uri, width, height) {
+  const canvas = $("uncertainty-canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.dataset.painted = "no";
+  if (!uri) return;
+  const picture = new Image();
+  picture.onload = () => {
+    canvas.getContext("2d").drawImage(picture, 0, 0, width, height);
+    canvas.dataset.painted = "yes";
+  };
+  picture.src = uri;
 }
 
 function swatch(index) {
@@ -195,7 +212,7 @@ async function segment() {
   state.busy = true;
   $("results").dataset.state = "running";
   $("status").textContent = "segmenting...";
-  const params = new URLSearchParams({ format: "json" });
+  const params = new URLSearchParams({ format: "json", uncertainty: "true" });
   if ($("gate").checked) params.set("tau", $("tau").value);
   else params.set("gate", "false");
   const form = new FormData();
