@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,11 @@ def check_strategy(strategy: str, manifest: Manifest, model: str) -> None:
         raise S4segError(
             f"--strategy set-size needs prediction sets, and {model} has no calibration: "
             "export again with a data set (s4seg export --data ...), or choose entropy"
+        )
+    if strategy == "discriminator" and manifest.discriminator is None:
+        raise S4segError(
+            f"--strategy discriminator needs s4GAN's discriminator, and {model} has none: export "
+            "an s4GAN checkpoint (its discriminator goes along), or choose entropy"
         )
     if strategy == "disagreement" and manifest.classifier is None:
         raise S4segError(
@@ -77,7 +82,11 @@ class Scorer:
         from s4seg.onnx_pipeline import OnnxPipeline
 
         pipeline = OnnxPipeline.from_export(
-            self.model, device=self.device, threads=self.threads, features=self.features
+            self.model,
+            device=self.device,
+            threads=self.threads,
+            features=self.features,
+            discriminator=Manifest.load(self.model).discriminator is not None,
         )
         manifest = pipeline.manifest
         framing = Framing.of(manifest)
@@ -96,6 +105,8 @@ class Scorer:
                 manifest.confidence,
                 manifest.background_index,
             )
+            if out.d_score is not None:  # label first what D finds least like a label
+                figures = replace(figures, discriminator=1.0 - float(out.d_score[0]))
             answer = Answer(
                 labels_from_scores(scores, placement),
                 class_probs,

@@ -44,6 +44,7 @@ from s4seg.training.models.classifier import classifier_from_checkpoint
 from . import graphs as g
 from .calibration import calibrate
 from .confidence_fit import fit_confidence
+from .discriminator import export_discriminator
 from .fold import PARTS, fold_network, graph_file
 from .onnx_export import OPSET, ExportError, export_onnx
 from .parity import describe_failure, measure_parity
@@ -400,6 +401,7 @@ def export_models(request: ExportRequest, log: Log = print) -> Manifest:
             log,
         )
         manifest.confidence = served_confidence(pipeline, seg, r, log)
+        manifest.discriminator = export_discriminator(seg, work, pipeline, images, log)
         # Lower-precision variants are judged as they will be served: at the served tau, on the
         # calibration images (the parity images when there are none).
         if r.variants:

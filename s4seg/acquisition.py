@@ -11,6 +11,8 @@ Every score says "label sooner" when higher:
   manifest's calibration; none without one);
 - ``disagreement``: how far the classifier and the segmenter disagree, the mean over foreground
   classes of |classifier probability - 1 if the class is in the map else 0| (none without MLMT);
+- ``discriminator``: 1 - the s4GAN discriminator's probability that the answer is a labeled
+  map (an export of an s4GAN checkpoint carries it; none otherwise);
 - ``random``: a hash of the image's name and a seed (the baseline every strategy must beat).
 
 The diversity step walks the ranking from the top and sets aside an image whose classifier
@@ -30,7 +32,7 @@ import numpy as np
 from s4seg.confidence import calibrated
 from s4seg.manifest import Confidence
 
-STRATEGIES = ("entropy", "margin", "set-size", "disagreement", "random")
+STRATEGIES = ("entropy", "margin", "set-size", "disagreement", "discriminator", "random")
 # What a study can score between its rounds, from a checkpoint: no export, so no calibration and
 # no classifier (``training/acquisition.py``).
 STUDY_STRATEGIES = ("random", "entropy", "margin")
@@ -44,6 +46,7 @@ class ImageScores:
     margin: float
     set_size: float | None
     disagreement: float | None
+    discriminator: float | None = None
 
     def of(self, strategy: str, name: str, seed: int = 0) -> float | None:
         if strategy == "random":

@@ -73,6 +73,15 @@ class GraphFile(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
+class DiscriminatorGraph(_Strict):
+    """The s4GAN discriminator, exported beside the pipeline (``export/discriminator.py``): not
+    served, read by ``s4seg queue``."""
+
+    graph: GraphFile
+    parity_images: int
+    max_abs_difference: float  # of its score, ONNX against PyTorch, on the parity images
+
+
 class Source(_Strict):
     """A checkpoint an ONNX file was made from."""
 
@@ -188,6 +197,9 @@ class Manifest(_Strict):
     )
     opset: int
     graphs: dict[str, GraphFile]
+    discriminator: DiscriminatorGraph | None = Field(
+        default=None, description="s4GAN's discriminator, for s4seg queue (not served)"
+    )
     sources: dict[str, Source]
     config_digest: str
     parity: Parity | None = Field(default=None, description="set by export once measured")

@@ -30,6 +30,7 @@ class PipelineOutput:
     scores: np.ndarray  # (N, C, H, W) float32: gated scores, labels = their argmax
     logits: np.ndarray | None = None  # (N, C, H, W) float32, only when asked for
     features: np.ndarray | None = None  # (N, D) float32: the classifier's pooled features
+    d_score: np.ndarray | None = None  # (N,) float32: s4GAN's discriminator, when asked for
 
 
 def gpu_present() -> bool:
@@ -118,6 +119,11 @@ class OnnxPipeline:
                 self.sessions[step] = open_onnxruntime(graph, self.providers, spin, threads)
             else:
                 self.sessions[step] = open_onnxruntime(path, self.providers, spin, threads)
+        self.spin, self.threads = spin, threads
+
+    def open_extra(self, path: Path):
+        """A graph beside the pipeline (the discriminator), in ONNX Runtime like the gate."""
+        return open_onnxruntime(path, self.providers, self.spin, self.threads)
 
     @classmethod
     def from_export(
@@ -129,13 +135,20 @@ class OnnxPipeline:
         runtime: str = "onnxruntime",
         threads: int | None = None,
         features: bool = False,
+        discriminator: bool = False,
     ) -> OnnxPipeline:
         """The pipeline in a folder written by ``s4seg export`` (``fp16``/``int8``: its variant;
         ``bf16``: the FP32 graphs in OpenVINO at bf16)."""
         folder = Path(folder)
         manifest = Manifest.load(folder)
         files = graph_files(manifest, folder, precision)
-        return cls(manifest, files, device, spin, runtime, precision, threads, features)
+        extra = manifest.discriminator
+        if discriminator and extra is None:
+            raise ManifestError(f"{folder} carries no discriminator (export an s4GAN checkpoint)")
+        pipeline = cls(manifest, files, device, spin, runtime, precision, threads, features)
+        if discriminator and extra is not None:  # then run() scores each answer with it
+            pipeline.sessions["discriminator"] = pipeline.open_extra(folder / extra.graph.file)
+        return pipeline
 
     def run(
         self,
@@ -160,6 +173,11 @@ class OnnxPipeline:
                 TAU.name: taus,
             },
         )
+        d_score = None
+        if "discriminator" in self.sessions:
+            (d_score,) = self.sessions["discriminator"].run(
+                None, {IMAGE.name: images, LOGITS.name: logits.astype(np.float32, copy=False)}
+            )
         return PipelineOutput(
             labels,
             class_probs.astype(np.float32, copy=False),
@@ -167,4 +185,5 @@ class OnnxPipeline:
             scores,
             logits if keep_logits else None,
             features[0] if features else None,
+            d_score,
         )

@@ -42,6 +42,7 @@ TAU = TensorSpec("tau", "float32", (1,))
 SEG_INPUT = TensorSpec("seg_input", "float32", (3, -1, -1))
 CLS_INPUT = TensorSpec("cls_input", "float32", (3, -1, -1))
 LOGITS = TensorSpec("logits", "float32", (-1, -1, -1))
+D_SCORE = TensorSpec("d_score", "float32", ())  # the optional discriminator graph's, per image
 CLASS_PROBS = TensorSpec("class_probs", "float32", (-1,))
 LABELS = TensorSpec("labels", "uint8", (-1, -1))
 SUPPRESSED = TensorSpec("suppressed", "bool", (-1,))

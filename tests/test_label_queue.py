@@ -177,3 +177,72 @@ def test_an_empty_pool_and_a_strategy_the_export_cannot_score_are_refused(
         from s4seg.features import with_pooled_features
 
         with_pooled_features(unimatch_export / "classifier.onnx")
+
+
+@pytest.fixture(scope="module")
+def s4gan_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A barely trained s4GAN segmenter, exported: its discriminator goes along."""
+    from helpers import TINY_TRAINING
+
+    from s4seg.export.exporter import export_models
+    from s4seg.export.requests import ExportRequest
+    from s4seg.training.config import load_config
+    from s4seg.training.trainers import TRAINERS
+
+    out = tmp_path_factory.mktemp("s4gan")
+    cfg = load_config(
+        "synthetic-quick",
+        [*TINY_TRAINING, f"data.root={synth_root}", "train.iterations=2",
+         "train.val_every=100", f"train.out_dir={out / 'run'}"],
+    )  # fmt: skip
+    checkpoint = TRAINERS["s4gan"].train(cfg, log=lambda *_: None)
+    export_models(
+        ExportRequest(str(checkpoint), None, str(out / "export"), input_size=(64, 64),
+                      data=str(synth_root), parity_images=2),
+        log=lambda *_: None,
+    )  # fmt: skip
+    return out / "export"
+
+
+def test_an_s4gan_export_carries_its_discriminator_and_the_queue_ranks_by_it(
+    s4gan_export: Path, synth_root: Path, tiny_export: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from s4seg.letterbox import Framing
+    from s4seg.onnx_pipeline import OnnxPipeline
+    from s4seg.training.checkpoint import Checkpoint
+    from s4seg.training.losses import fake_maps, minmax01
+    from s4seg.training.models.discriminator import Discriminator
+
+    manifest = Manifest.load(s4gan_export)
+    assert manifest.discriminator is not None and manifest.discriminator.max_abs_difference < 1e-4
+    assert "discriminator" not in manifest.graphs  # not a served step: publish leaves it
+    pipeline = OnnxPipeline.from_export(s4gan_export, device="cpu", discriminator=True)
+    images = [
+        np.asarray(Image.open(p).convert("RGB"))
+        for p in sorted((synth_root / "images" / "val").iterdir())[:3]
+    ]
+    canvases, views, _ = Framing.of(manifest).batch(images)
+    out = pipeline.run(canvases, views, keep_logits=True)
+    # The score is the trained discriminator's on what training shows it (its own functions).
+    trained = Checkpoint.load(manifest.sources["segmenter"].path)
+    model = Discriminator(len(manifest.classes))
+    model.load_state_dict(trained.discriminator)
+    mean = torch.tensor(trained.normalization["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(trained.normalization["std"]).view(1, 3, 1, 1)
+    normalised = (torch.from_numpy(canvases).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        logit, _ = model.eval()(fake_maps(torch.from_numpy(out.logits), None), minmax01(normalised))
+    expected = torch.sigmoid(logit).numpy()
+    np.testing.assert_allclose(out.d_score, expected, atol=1e-4)
+    ranked = tmp_path / "queue"
+    done = queue("--pool", str(synth_root / "images" / "val"), "--model", str(s4gan_export),
+                 "--output", str(ranked), "--strategy", "discriminator")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((ranked / "queue.csv").open()))
+    scores = [float(r["discriminator"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    refused = queue("--pool", str(synth_root / "images" / "val"), "--model", str(tiny_export),
+                    "--output", str(tmp_path / "q2"), "--strategy", "discriminator")  # fmt: skip
+    assert refused.returncode != 0 and "needs s4GAN's discriminator" in refused.stderr
