@@ -39,6 +39,8 @@ class DiscriminatorScore(nn.Module):
     def __init__(self, discriminator: Discriminator, mean: list[float], std: list[float]) -> None:
         super().__init__()
         self.discriminator = discriminator
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
