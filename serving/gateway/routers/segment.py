@@ -134,19 +134,7 @@ async def segment(  # noqa: PLR0913 (a route: its query parameters and dependenc
         ),
     ] = False,
 ) -> Response:
-    if uncertainty and format is not Format.json:
-        raise ImageError(
-            "uncertainty=true applies to format=json only (the map comes as a PNG in the JSON)",
-            422,
-            "bad_parameter",
-        )
-    if encoding is not None and format is not Format.overlay:
-        raise ImageError(
-            f"encoding={encoding} applies to format=overlay only (label maps are lossless PNG, "
-            "json is JSON)",
-            422,
-            "bad_parameter",
-        )
+    check_options(format, encoding, uncertainty)
     data = await read_image_bytes(request)
     # The header only (413/415/422 before work), in a worker: a PNG's text chunks or a TIFF's
     # directories cost event-loop time that /healthz needs (review H3).
@@ -191,6 +179,23 @@ async def segment(  # noqa: PLR0913 (a route: its query parameters and dependenc
                     )
         answer = await answered(work, result, framed.placement, manifest, used_tau, uncertainty)
         return await render(answer, format, encoding, decoded.pixels, work)
+
+
+def check_options(format: Format, encoding: Encoding | None, uncertainty: bool) -> None:
+    """Options that apply to one format only are refused with the others (422), before work."""
+    if uncertainty and format is not Format.json:
+        raise ImageError(
+            "uncertainty=true applies to format=json only (the map comes as a PNG in the JSON)",
+            422,
+            "bad_parameter",
+        )
+    if encoding is not None and format is not Format.overlay:
+        raise ImageError(
+            f"encoding={encoding} applies to format=overlay only (label maps are lossless PNG, "
+            "json is JSON)",
+            422,
+            "bad_parameter",
+        )
 
 
 async def answered(
