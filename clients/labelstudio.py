@@ -256,8 +256,12 @@ def read_export(
             source = imported
         if not source.is_file():
             raise LabelStudioError(f"task {task.get('id')}: its image {source} is not there")
-        with Image.open(source) as image:
-            size = image.size
+        try:
+            with Image.open(source) as image:
+                size = image.size
+        except OSError as error:
+            message = f"task {task.get('id')}: {source} is not an image: {error}"
+            raise LabelStudioError(message) from None
         labels = paint(task.get("id"), annotation["result"], list(layout.classes), size, fill)
         labeled.append(Labeled(task.get("id"), source, Path(name).name, labels))
     names = [item.name for item in labeled]
@@ -292,6 +296,14 @@ def import_export(
             "images/<split>/ folders only"
         )
     labeled = read_export(export, layout, split, sources)  # all checked before any write
+    for item in labeled:
+        there = layout.images / split / (item.name + item.source.suffix.lower())
+        same = there.resolve() == item.source.resolve()
+        if there.exists() and not same and there.read_bytes() != item.source.read_bytes():
+            raise LabelStudioError(
+                f"task {item.task}: {there} is another image of the same name already in the "
+                "data set; rename one of them"
+            )
     unlabeled = (layout.images / "unlabeled").resolve()
     moved, ids, left = 0, [], []
     for item in labeled:

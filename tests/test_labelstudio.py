@@ -72,6 +72,13 @@ def test_an_export_with_unknown_labels_or_other_sizes_is_refused_naming_the_task
     with pytest.raises(LabelStudioError, match="task 7: its mask was drawn on a 40x12 image"):
         import_export(export(resized), data)
     assert not (data / "masks").exists()  # refused before anything was written
+    other = data / "images" / "train" / "a.png"  # another image of the same name already there
+    other.parent.mkdir()
+    Image.new("RGB", (20, 12), "white").save(other)
+    with pytest.raises(LabelStudioError, match=r"task 7: .* another image of the same name"):
+        import_export(export(result), data)
+    other.unlink()
+    assert not (data / "masks").exists()
     done = import_export(export(result), data)
     assert done.images == 1 and done.moved == 1
     np.testing.assert_array_equal(read_label_png(data / "masks" / "train" / "a.png"), labels)
