@@ -56,23 +56,34 @@ def run_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def check_deadline(seconds: float) -> None:
+    if seconds <= 0:
+        raise S4segError(f"--deadline must be a positive number of seconds, not {seconds}")
+
+
+def worker_processes(concurrency: int | None, local: bool) -> int:
+    """--concurrency, else: local workers run the networks themselves, one per core (at most 4,
+    the cores shared out as intra-op threads); remote ones wait on the server, 4 in flight."""
+    from .workers import usable_cpus
+
+    workers = concurrency or (min(usable_cpus(), 4) if local else 4)
+    if workers < 1:
+        raise S4segError(f"--concurrency must be at least 1, not {workers}")
+    return workers
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from .backends import Backend, OutputFormat
     from .workers import usable_cpus
 
-    if args.deadline <= 0:
-        raise S4segError(f"--deadline must be a positive number of seconds, not {args.deadline}")
+    check_deadline(args.deadline)
     jobs, rejected = list_jobs(args.input, parse_shard(args.shard, args.shard_count))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     output_format = OutputFormat(args.format, overlay_encoding(args))
-    # Local workers run the networks themselves: one per core (at most 4), the cores shared out
-    # as intra-op threads. Remote ones wait on the server: 4 requests in flight.
     cpus = usable_cpus()
     local = args.via == "local"
-    workers = args.concurrency or (min(cpus, 4) if local else 4)
-    if workers < 1:
-        raise S4segError(f"--concurrency must be at least 1, not {workers}")
+    workers = worker_processes(args.concurrency, local)
     backend = Backend(
         args.via,
         output_format,
@@ -126,8 +137,7 @@ def run_queue(args: argparse.Namespace) -> int:
         raise S4segError(f"--strategy must be one of {', '.join(STRATEGIES)}")
     if args.top < 1:
         raise S4segError(f"--top must be at least 1, not {args.top}")
-    if args.deadline <= 0:
-        raise S4segError(f"--deadline must be a positive number of seconds, not {args.deadline}")
+    check_deadline(args.deadline)
     manifest = Manifest.load(args.model)
     check_strategy(args.strategy, manifest, args.model)
     pool, rejected = list_jobs(args.pool, (0, 1))
@@ -138,7 +148,7 @@ def run_queue(args: argparse.Namespace) -> int:
     no_features = None if args.no_diversity else features_reason(args.model, manifest)
     if no_features:
         log(f"queue: no diversity step: {no_features}")
-    workers = max(1, args.concurrency or min(usable_cpus(), 4))
+    workers = worker_processes(args.concurrency, local=True)
     scorer = Scorer(
         args.model,
         not args.no_diversity and not no_features,

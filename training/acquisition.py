@@ -19,7 +19,8 @@ from s4seg.quality import STRIDE
 from .checkpoint import Checkpoint
 from .data.split import select
 from .data.transforms import eval_transform
-from .models import segmenter_from_checkpoint, upsample_logits
+from .evaluation import predict_probabilities
+from .models import segmenter_from_checkpoint
 from .runtime import setup_runtime
 
 
@@ -40,8 +41,8 @@ def score_pool(
     for sample in tqdm(samples, desc="score the pool", leave=False, disable=None):
         pixels = np.array(layout.read_image(sample))
         image = view(tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1)))[None]
-        logits = model(image.to(runtime.device))
-        logits = upsample_logits(logits.float(), image.shape[-2:])[0].cpu().numpy()
-        grid = logits[:, ::STRIDE, ::STRIDE]
+        probabilities = predict_probabilities(model, image, runtime)[0].cpu().numpy()
+        # Log-probabilities: the logits up to a constant per pixel, which softmax ignores.
+        grid = np.log(np.clip(probabilities[:, ::STRIDE, ::STRIDE], 1e-12, 1.0))
         scored[sample.id] = image_scores(grid, None, None, trained.background_index)
     return scored
