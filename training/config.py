@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from s4seg.defaults import IMAGENET_MEAN, IMAGENET_STD
 from s4seg.errors import ConfigError
@@ -50,20 +57,34 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     # deeplabv2: the paper's (dilated ResNet at stride 8, summed ASPP); deeplabv3plus: ASPP with
-    # image pooling and a stride-4 decoder (the segmenter of current recipes, e.g. UniMatch).
-    architecture: Literal["deeplabv2", "deeplabv3plus"] = "deeplabv2"
-    backbone_depth: Literal[18, 34, 50, 101] = 101
+    # image pooling and a stride-4 decoder (the segmenter of current recipes, e.g. UniMatch);
+    # dpt: a ViT (model.backbone) with a DPT head (UniMatch V2's segmenter).
+    architecture: Literal["deeplabv2", "deeplabv3plus", "dpt"] = "deeplabv2"
+    backbone_depth: Literal[18, 34, 50, 101] = 101  # the ResNets (deeplabv2, deeplabv3plus)
+    # dpt's encoder: timm's DINOv2 ViT-S/14, B/14, L/14; vit_tiny_patch14 (4 narrow blocks,
+    # random weights only) for tests and CPU demos
+    backbone: Literal[
+        "vit_small_patch14_dinov2",
+        "vit_base_patch14_dinov2",
+        "vit_large_patch14_dinov2",
+        "vit_tiny_patch14",
+    ] = "vit_small_patch14_dinov2"
+    grad_checkpointing: bool = False  # dpt: recompute the ViT blocks in backward (ViT-L at 518+)
     aspp_rates: tuple[int, ...] = (6, 12, 18, 24)  # DeepLabv2's (v3+: 6/12/18 at stride 16)
     output_stride: Literal[8, 16] = 16  # DeepLabv3+ only (DeepLabv2 is stride 8)
     freeze_bn_affine: bool = True
     # imagenet: torchvision's weights of this depth (torch's cache, downloaded when online); or a
-    # local torchvision ResNet .pth; None: random init
+    # local torchvision ResNet .pth; dinov2 (dpt): the ViT's DINOv2 weights from the Hugging Face
+    # or torch cache (never downloaded), or a Meta/timm file; None: random init
     pretrained_backbone: str | None = None
 
 
 class OptimConfig(Section):
+    # sgd: the paper's (momentum, nesterov off); adamw: UniMatch V2's (betas, decoupled decay)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 2.5e-4
     momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
     head_lr_mult: float = 10.0
     poly_power: float = 0.9
@@ -144,9 +165,14 @@ class UniMatchConfig(Section):
     # "can severely affect the BN statistics"); one: a single forward over [u_w, x, s1, s2]
     # (s4seg before 2026-12-03, the synthetic-cpu study's).
     forward: Literal["two", "one"] = "two"
-    # The final factor of (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp): the public /2 halves the
-    # labeled step against a baseline at the same lr; 1.0 gives UniMatch the baseline's.
+    # The final factor of (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) (V2: of L_x + L_u): the public
+    # /2 halves the labeled step against a baseline at the same lr; 1.0 gives the baseline's.
     loss_scale: float = 0.5
+    # UniMatch V2 (`s4seg train unimatch-v2`): the EMA teacher's top momentum, and complementary
+    # dropout on the two strong views' ViT features (the V2 ablation: dropout moved elsewhere
+    # costs 1.5-2.8 points)
+    ema_max_decay: float = 0.996
+    complementary_dropout: bool = True
 
 
 class TrainConfig(Section):
@@ -176,6 +202,15 @@ class Config(Section):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _vit_crops_on_the_patch_grid(self) -> Config:
+        if self.model.architecture == "dpt" and any(side % 14 for side in self.data.crop_size):
+            raise ValueError(
+                f"data.crop_size {list(self.data.crop_size)}: a ViT (model.architecture dpt) "
+                "trains on crops whose sides are multiples of its patch, 14 (e.g. 518)"
+            )
+        return self
+
 
 PRESETS = (
     "voc",
@@ -186,6 +221,9 @@ PRESETS = (
     "voc-unimatch",
     "cityscapes-unimatch",
     "synthetic-dense",
+    "synthetic-vit-tiny",
+    "voc-unimatch-v2",
+    "cityscapes-unimatch-v2",
 )
 
 
@@ -274,6 +312,8 @@ def _describe(error: ValidationError) -> str:
             close = difflib.get_close_matches(key, _all_keys(), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"unknown config key '{key}'{hint}")
+        elif not key:  # a rule across sections: its message names the keys
+            problems.append(str(item["msg"]).removeprefix("Value error, "))
         else:
             problems.append(f"config key '{key}': {item['msg']} (got {item.get('input')!r})")
     return "; ".join(problems)

@@ -14,14 +14,14 @@ from .checkpoint import Checkpoint
 from .config import Config
 from .data.setup import build_training_data
 from .evaluation import evaluate_segmenter
-from .models import segmenter_arch, segmenter_from_arch
-from .models.backbone_weights import load_backbone_weights
+from .models import DPTSegmenter, load_pretrained, segmenter_arch, segmenter_from_arch
+from .optimizers import segmenter_optimizer
 from .run_support import Log
 from .runtime import Runtime
 from .schedules import poly
 from .training_run import TrainingRun, normalization
 
-ARCHITECTURE_NAMES = {"deeplabv2": "DeepLabv2", "deeplabv3plus": "DeepLabv3+"}
+ARCHITECTURE_NAMES = {"deeplabv2": "DeepLabv2", "deeplabv3plus": "DeepLabv3+", "dpt": "DPT"}
 
 
 class SegmenterRun(TrainingRun):
@@ -47,17 +47,13 @@ class SegmenterRun(TrainingRun):
         self.check_resumed_arch()
         self.model = segmenter_from_arch(self.arch)
         if cfg.model.pretrained_backbone and not resumed:
-            report = load_backbone_weights(
-                self.model.backbone, cfg.model.pretrained_backbone, cfg.model.backbone_depth
-            )
-            self.log_main(report.summary())
+            self.log_main(load_pretrained(self.model, cfg.model).summary())
+        if isinstance(self.model, DPTSegmenter):
+            self.model.backbone.grad_checkpointing = cfg.model.grad_checkpointing
         runtime.place(self.model)
-        # The paper's optimiser: SGD, head at 10x, poly(0.9) per iteration.
-        self.optimizer = torch.optim.SGD(
-            self.model.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult),
-            lr=cfg.optim.lr,
-            momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
+        # The paper's SGD (or UniMatch V2's AdamW), head at head_lr_mult, poly(0.9) per iteration.
+        self.optimizer = segmenter_optimizer(
+            self.model.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult), cfg.optim
         )
         self.scheduler = poly(self.optimizer, cfg.train.iterations, cfg.optim.poly_power)
         if resumed:
@@ -72,8 +68,11 @@ class SegmenterRun(TrainingRun):
 
     def summary(self) -> str:
         cfg, runtime, data = self.cfg, self.runtime, self.data
+        network = f"{cfg.model.backbone_depth}-layer {ARCHITECTURE_NAMES[cfg.model.architecture]}"
+        if cfg.model.architecture == "dpt":
+            network = f"DPT on {cfg.model.backbone}"
         return (
-            f"{cfg.model.backbone_depth}-layer {ARCHITECTURE_NAMES[cfg.model.architecture]} on "
+            f"{network} on "
             f"{len(data.labeled)} labeled images ({data.split.ratio}, split seed "
             f"{data.split.seed}), {self.num_classes} classes, {runtime.device}, world "
             f"size {runtime.world_size}, amp {runtime.amp_dtype or 'off'}, channels_last "

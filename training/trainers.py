@@ -32,6 +32,12 @@ def _unimatch() -> Train:
     return train_unimatch
 
 
+def _unimatch_v2() -> Train:
+    from .unimatch_v2 import train_unimatch_v2
+
+    return train_unimatch_v2
+
+
 def _mlmt() -> Train:
     from .mlmt import train_mlmt
 
@@ -96,6 +102,12 @@ TRAINERS: dict[str, Trainer] = {
             "UniMatch: weak-to-strong consistency with feature perturbation (CVPR 2023)",
             "segmenter",
             _unimatch,
+        ),
+        Trainer(
+            "unimatch-v2",
+            "UniMatch V2: EMA teacher, two strong views with complementary dropout (on a ViT)",
+            "segmenter",
+            _unimatch_v2,
         ),
         Trainer(
             "mlmt",
