@@ -69,11 +69,16 @@ bench-train: setup
 bench-export: setup
 	$(BIN)/s4seg bench export --write BENCHMARKS.md
 
-# A bare GPU machine (no registry) lacks pydantic: carry its wheels in .gpu-wheels/ (ignored).
+# A bare GPU machine (no registry) lacks pydantic and timm: carry their wheels in .gpu-wheels/
+# (ignored). timm and safetensors without their dependencies (torch is the machine's own; timm
+# imports the Hugging Face hub only if it is there), at the lock's versions.
 GPU_PYTHON_VERSION ?= 3.12
+GPU_PLATFORMS = --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels
 gpu-wheels: setup
-	$(BIN)/pip download --quiet --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
-		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-wheels 'pydantic>=2.6'
+	$(BIN)/pip download --quiet $(GPU_PLATFORMS) 'pydantic>=2.6'
+	$(BIN)/pip download --quiet --no-deps $(GPU_PLATFORMS) \
+		$$(grep -E '^(timm|safetensors)==' requirements.lock | cut -d' ' -f1)
 
 # On the GPU machine: doctor + bench train + loader check (scripts/gpu-check.sh says what).
 gpu-check:

@@ -9,7 +9,7 @@
 #   scripts/gpu-check.sh --device cpu --quick    # the assembly alone, on any machine (a test)
 #
 # It runs `s4seg doctor`, `s4seg bench train` (DeepLabv2 and s4GAN steps in fp32 / fp32+cl /
-# bf16 / bf16+cl) and a short s4GAN run on the synthetic set whose progress lines show how much
+# bf16 / bf16+cl, and the UniMatch V2 step on ViT-S/14 and ViT-B/14 at 518) and a short s4GAN run on the synthetic set whose progress lines show how much
 # of each step waited for the data loader. Figures go to $OUT (default ./gpu-check-out):
 # doctor/doctor.json, BENCHMARKS.md (this checkout's, with the GPU sections replaced), logs.
 set -uo pipefail
@@ -31,9 +31,9 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
 
 # 1. What the machine lacks, from the carried wheels (only if it is not importable already).
-if ! "$python" -c "import pydantic" 2>/dev/null; then
+if ! "$python" -c "import pydantic, timm" 2>/dev/null; then
   if ! ls "$root"/.gpu-wheels/*.whl >/dev/null 2>&1; then
-    echo "gpu-check: pydantic is missing and there is no .gpu-wheels/ (run make gpu-wheels)" >&2
+    echo "gpu-check: pydantic or timm is missing and there is no .gpu-wheels/ (make gpu-wheels)" >&2
     exit 2
   fi
   "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$work/site" \
@@ -65,14 +65,19 @@ if [ $quick = 1 ]; then
   s4seg bench train --device "$device" --depths 18 --crop 32 --batch-size 2 --iterations 2 \
     --warmup 1 --precisions fp32 --write "$out/BENCHMARKS.md" > "$out/bench-train.log" 2>&1 \
     || { echo "bench train FAILED"; tail -n 5 "$out/bench-train.log"; status=1; }
+  s4seg bench train --device "$device" --trainer unimatch-v2 --backbones vit_tiny_patch14 \
+    --crop 56 --batch-size 2 --iterations 2 --warmup 1 --precisions fp32 \
+    --write "$out/BENCHMARKS.md" > "$out/bench-train-vit.log" 2>&1 \
+    || { echo "bench train (ViT) FAILED"; tail -n 5 "$out/bench-train-vit.log"; status=1; }
   exit $status
 fi
 
 # 3. Every stage once on the device (exit 1 on a failed stage).
 s4seg doctor --device "$device" --out "$out/doctor" | tee "$out/doctor.txt" || status=1
 
-# 4. The training step per precision: DeepLabv2 R101 321x321 batch 8, then the s4GAN step.
-for trainer in segmenter s4gan; do
+# 4. The training step per precision: DeepLabv2 R101 321x321 batch 8, the s4GAN step, and the
+# UniMatch V2 step on ViT-S/14 and ViT-B/14 at 518, batch 8 + 8.
+for trainer in segmenter s4gan unimatch-v2; do
   s4seg bench train --device "$device" --trainer $trainer --write "$out/BENCHMARKS.md" \
     > "$out/bench-train-$trainer.log" 2>&1 \
     || { echo "bench train --trainer $trainer FAILED"; tail -n 5 "$out/bench-train-$trainer.log"; status=1; }

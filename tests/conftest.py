@@ -23,6 +23,7 @@ TRAINED_FIXTURES = {
     "varied_checkpoint",
     "tiny_export",
     "unimatch_export",
+    "vit_export",
 }
 
 
@@ -133,6 +134,44 @@ def unimatch_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         ],
     )
     checkpoint = TRAINERS["unimatch"].train(cfg, log=lambda *_: None)
+    export_models(
+        ExportRequest(
+            str(checkpoint),
+            None,
+            str(out / "export"),
+            input_size=(64, 64),
+            data=str(synth_root),
+            parity_images=2,
+        ),
+        log=lambda *_: None,
+    )
+    return out / "export"
+
+
+@pytest.fixture(scope="session")
+def vit_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """UniMatch V2 on the tiny ViT (issue 35), two steps, exported without a classifier at a
+    size off the patch grid (64: padded to 70 inside the graph), parity checked."""
+    from helpers import TINY_TRAINING
+
+    from s4seg.export.exporter import export_models
+    from s4seg.training.config import load_config
+    from s4seg.training.trainers import TRAINERS
+
+    out = tmp_path_factory.mktemp("vit")
+    cfg = load_config(
+        "synthetic-vit-tiny",
+        [
+            *TINY_TRAINING,
+            f"data.root={synth_root}",
+            "data.crop_size=[56, 56]",
+            "train.iterations=2",
+            "train.val_every=100",
+            "unimatch.unlabeled_batch_size=2",
+            f"train.out_dir={out / 'run'}",
+        ],
+    )
+    checkpoint = TRAINERS["unimatch-v2"].train(cfg, log=lambda *_: None)
     export_models(
         ExportRequest(
             str(checkpoint),

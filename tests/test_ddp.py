@@ -62,7 +62,11 @@ NETWORKS = {
     "s4gan": ("model", "discriminator"),
     "unimatch": ("model",),
     "mlmt": ("model", "student"),
+    "unimatch-v2": ("model", "student"),
 }
+# The config each trains with (UniMatch V2: the tiny ViT, crops on its patch grid).
+CONFIGS = {"unimatch-v2": "synthetic-vit-tiny"}
+EXTRA = {"unimatch-v2": ["data.crop_size=[56, 56]", "unimatch.unlabeled_batch_size=2"]}
 
 
 @pytest.mark.parametrize("trainer", sorted(NETWORKS))
@@ -79,13 +83,14 @@ def test_ddp_resume_restores_each_ranks_own_rng(
         "train.iterations=4",
         "train.val_every=100",
         "train.snapshot_every=2",
+        *EXTRA.get(trainer, []),
     ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     done = torchrun(
         "train",
         trainer,
         "--config",
-        "synthetic-quick",
+        CONFIGS.get(trainer, "synthetic-quick"),
         *[f"--set={s}" for s in [*settings, f"train.out_dir={straight}"]],
     )
     assert "world size 2" in done.stderr
@@ -105,9 +110,10 @@ def test_ddp_resume_restores_each_ranks_own_rng(
         mine, theirs = getattr(a, key), getattr(b, key)
         assert all(torch.equal(mine[k], theirs[k]) for k in mine), f"{key} differs"
     # Every rank ends with the same exported network, batch-norm statistics included: the
-    # gradients are averaged and, for MLMT's teacher, the statistics too before its EMA update.
+    # gradients are averaged and, for MLMT's teacher, the statistics too before its EMA update
+    # (UniMatch V2's teacher: an EMA of the same averaged student on every rank).
     ranks = [torch.load(straight / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    if trainer == "mlmt":
+    if trainer in ("mlmt", "unimatch-v2"):
         assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
         assert all(torch.equal(ranks[0][k], a.model[k]) for k in ranks[0])
 

@@ -358,6 +358,26 @@ def test_rollback_during_traffic_fails_no_request(
     assert not (served.repo / "s4seg_segmenter" / "2").exists()  # deleted, after the switch
 
 
+def test_a_vit_segmenter_is_served_like_every_other(
+    served: Served, photo: Image.Image, vit_export: Path
+) -> None:
+    """Issue 35: UniMatch V2 on a (tiny) DINOv2-style ViT with the DPT head, exported with
+    parity and published, answers through the same Triton ensemble and gateway."""
+    manifest = json.loads((vit_export / "manifest.json").read_text())
+    assert manifest["sources"]["segmenter"]["arch"]["name"] == "dpt"
+    version = publish(PublishRequest(vit_export, served.repo), **QUIET)
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{served.url}/v1/models").json()["served_version"] != version:
+        assert time.monotonic() < deadline, f"version {version} was never served"
+        time.sleep(0.3)
+    answer = served.post(encode(photo), format="json")
+    assert answer.status_code == 200 and answer.headers["x-model-version"] == str(version)
+    segmenter = httpx.get(f"{served.url}/v1/models").json()["manifest"]["sources"]["segmenter"]
+    assert segmenter["trainer"] == "unimatch-v2"
+    body = answer.json()
+    assert (body["height"], body["width"]) == (photo.height, photo.width)
+
+
 def shared_memory_regions(served: Served) -> list[str]:
     status = httpx.get(f"http://127.0.0.1:{served.triton_port}/v2/systemsharedmemory/status")
     return sorted(region["name"] for region in status.json())

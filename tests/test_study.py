@@ -209,7 +209,7 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
     assert "6 cells" in dry.stdout and "s4seg train s4gan --config synthetic-quick" in dry.stdout
     assert "s/iteration" in dry.stdout and not (tmp_path / "dry").exists()
     assert "timed on cpu" in dry.stdout  # what it timed, where, and how far it is
-    assert "dry run: timing s4gan's step (2/3): ResNet-18" in dry.stderr
+    assert "dry run: timing s4gan's step (2/2): ResNet-18" in dry.stderr  # only its trainers
 
 
 @pytest.mark.parametrize(
@@ -221,6 +221,7 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
         ("synthetic-cpu", 24),
         ("synthetic-dense", 24),
         ("synthetic-dense-acquisition", 12),
+        ("voc-unimatch-v2", 36),
     ],
 )
 def test_the_study_presets_list_their_cells(
@@ -230,7 +231,7 @@ def test_the_study_presets_list_their_cells(
     model; here it is stubbed: a ResNet-101 step takes a minute on these CPUs)."""
     from s4seg.workflows.study import runner
 
-    monkeypatch.setattr(runner, "step_seconds", lambda cfg, device: {"baseline": 0.5})
+    monkeypatch.setattr(runner, "step_seconds", lambda cfg, device, trainers: {"baseline": 0.5})
     assert main(["study", "--preset", preset, "--out", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"{cells} cells" in out and out.count("s4seg train ") == cells
@@ -242,6 +243,17 @@ def test_the_study_presets_list_their_cells(
     assert main([*argv, "--step-seconds", given]) == 0
     out = capsys.readouterr().out
     assert "baseline 0.50 s/iteration" in out and "(given)" in out
+
+
+def test_a_vit_studys_dry_run_times_the_vit_steps_its_cells_run() -> None:
+    """Issue 35: on a DPT config the dry run times the baseline's and UniMatch V2's steps on
+    that ViT (bench train's steps), and only the trainers the cells use."""
+    from s4seg.training.config import load_config
+    from s4seg.workflows.study import runner
+
+    cfg = load_config("synthetic-vit-tiny", ["data.crop_size=[28, 28]", "train.batch_size=1"])
+    times = runner.step_seconds(cfg, "cpu", {"baseline", "unimatch-v2", "mlmt"})
+    assert set(times) == {"baseline", "unimatch-v2"} and all(t > 0 for t in times.values())
 
 
 def test_cpu_presets_train_batch_norm_and_old_studies_keep_their_settings() -> None:

@@ -190,9 +190,16 @@ def add_bench_train_parser(targets: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--trainer",
-        choices=["segmenter", "s4gan", "unimatch"],
+        choices=["segmenter", "s4gan", "unimatch", "unimatch-v2"],
         default="segmenter",
-        help="which step (unimatch: on DeepLabv3+, its recipe's model)",
+        help="which step (unimatch: on DeepLabv3+, its recipe's model; unimatch-v2: on the DPT "
+        "ViT, --backbones)",
+    )
+    train.add_argument(
+        "--backbones",
+        nargs="+",
+        help="unimatch-v2's ViT encoders (default: vit_small_patch14_dinov2, and "
+        "vit_base_patch14_dinov2 on a GPU)",
     )
     train.add_argument(
         "--depths", type=int, nargs="+", help="backbones (default: 101 on a GPU, 18 50 101 on CPU)"
@@ -205,7 +212,7 @@ def add_bench_train_parser(targets: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--crop", type=int, default=321)
+    train.add_argument("--crop", type=int, help="square crop (default: 321; unimatch-v2: 518)")
     train.add_argument(
         "--iterations", type=int, help="timed iterations per row (default: 50 GPU, 3 CPU)"
     )

@@ -30,7 +30,7 @@ from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.models import segmenter_from_arch
 from s4seg.training.models.classifier import multilabel_resnet
 
-from .report import cpu_description, provenance, time_calls, update_section
+from .report import cpu_description, provenance, segmenter_name, time_calls, update_section
 
 
 def random_checkpoints(folder: Path, depth: int, cls_depth: int, cls_size: int) -> tuple[str, str]:
@@ -159,7 +159,7 @@ def bench_export(request: ExportBenchRequest) -> str:
     machine = f"{cpu_description()}, onnxruntime {ort.__version__}, torch {torch.__version__}"
     lines = [
         *provenance(machine),
-        f"Models: DeepLabv2 ResNet-{seg['backbone_depth']} ({len(manifest.classes)} classes) + "
+        f"Models: {segmenter_name(seg)} ({len(manifest.classes)} classes) + "
         f"MLMT ResNet-{manifest.sources['classifier'].arch['depth'] if classifier else '-'} "
         f"({manifest.classifier.size if manifest.classifier else '-'} px); served input "
         f"{h}x{w}; execution provider {pipeline.providers[0]}; {request.warmup} warm-up + "

@@ -19,7 +19,14 @@ from s4seg.letterbox import Framing
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import OnnxPipeline
 
-from .report import cpu_description, percentile, provenance, report, time_calls
+from .report import (
+    cpu_description,
+    percentile,
+    provenance,
+    report,
+    segmenter_name,
+    time_calls,
+)
 
 
 @dataclass
@@ -59,7 +66,10 @@ def bench_precision(request: PrecisionBenchRequest) -> str:
     if "fp16" in manifest.variants and manifest.variants["fp16"].graphs:
         found.append(Candidate("onnxruntime", "fp16"))
     rows = measure(request, folder, manifest, found)
-    return report(render(request, manifest, rows, left_out), request.write, "precision-cpu")
+    # A ViT's figures in a section of their own, beside the ResNet's.
+    vit = manifest.sources["segmenter"].arch.get("name") == "dpt"
+    section = "precision-cpu-vit" if vit else "precision-cpu"
+    return report(render(request, manifest, rows, left_out), request.write, section)
 
 
 Row = tuple[int, str, Candidate, list[float]]  # batch, what, engine, seconds per image
@@ -117,8 +127,8 @@ def render(
             f"{cpu_description()}; {cpu_int8_support()}; onnxruntime {ort.__version__}, "
             f"openvino {openvino.__version__}"
         ),
-        f"Model: {folder} (DeepLabv2 ResNet-"
-        f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}); "
+        f"Model: {folder} ({segmenter_name(manifest.sources['segmenter'].arch)}, served "
+        f"{h}x{w}); "
         f"{request.warmup} warm-up + {request.repeats} timed calls per row, one session per "
         "network "
         "with the runtime's default threads. Parity: each variant's figures from the manifest "

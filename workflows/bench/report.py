@@ -38,6 +38,14 @@ VECTOR_FLAGS = frozenset(
 )
 
 
+def segmenter_name(arch: dict) -> str:
+    """How a table names an export's segmenter, from its checkpoint's ``arch``."""
+    if arch.get("name") == "dpt":
+        return f"DPT on {arch['encoder']}"
+    network = "DeepLabv3+" if arch.get("name") == "deeplabv3plus" else "DeepLabv2"
+    return f"{network} ResNet-{arch['backbone_depth']}"
+
+
 def provenance(machine: str) -> list[str]:
     """The machine, the command and the date: the first lines of every benchmark section."""
     return [

@@ -1,4 +1,5 @@
-"""``s4seg bench train``: the training step of DeepLabv2 (or of s4GAN) per backbone and precision.
+"""``s4seg bench train``: a trainer's training step (DeepLabv2, s4GAN, UniMatch, UniMatch V2)
+per backbone and precision.
 
 A benchmark, not a probe: cuDNN autotuning and the warm-up happen outside the timed window, every
 timed iteration is measured on its own (GPU synchronised), and the table reports the median with
@@ -15,17 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from s4seg import IGNORE_INDEX
 from s4seg.errors import ConfigError
-from s4seg.training.config import GanConfig
-from s4seg.training.losses import discriminator_loss, minmax01, one_hot_with_ignore
-from s4seg.training.models import DeepLabV2, upsample_logits
-from s4seg.training.models.discriminator import Discriminator
 from s4seg.training.runtime import Runtime, setup_runtime
 from s4seg.workflows.bench.report import cpu_description, provenance, time_calls, update_section
+from s4seg.workflows.bench.train_steps import STEPS, VIT_DEFAULTS, VIT_TRAINERS, backbone_name
 
 PRECISIONS = {  # name -> (train.amp, train.channels_last)
     "fp32": ("off", "off"),
@@ -65,123 +61,6 @@ def peak_flops(runtime: Runtime) -> float | None:
     return None
 
 
-def segmenter_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
-    """The baseline's step: forward, cross-entropy on upsampled logits, backward, SGD."""
-    model = runtime.place(DeepLabV2(21, depth))
-    optimizer = torch.optim.SGD(model.param_groups(2.5e-4, 10), lr=2.5e-4, momentum=0.9)
-    images = torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
-        memory_format=runtime.memory_format()
-    )
-    masks = torch.randint(0, 21, (batch, crop, crop), device=runtime.device)
-    masks[:, :8] = IGNORE_INDEX
-
-    def step() -> None:
-        with runtime.autocast():
-            logits = model(images)
-        loss = F.cross_entropy(
-            upsample_logits(logits.float(), (crop, crop)), masks, ignore_index=IGNORE_INDEX
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def s4gan_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
-    """The s4GAN trainer's step (training/s4gan.py): S on labeled + unlabeled in one forward,
-    cross-entropy + feature matching + self-training, then the D step on detached maps."""
-    from s4seg.training.s4gan import segmenter_gan_terms
-
-    classes, gan = 21, GanConfig()
-    model = runtime.place(DeepLabV2(classes, depth))
-    discriminator = Discriminator(classes).to(runtime.device)
-    optimizer = torch.optim.SGD(model.param_groups(2.5e-4, 10), lr=2.5e-4, momentum=0.9)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=gan.d_lr, betas=gan.d_betas)
-
-    def images() -> torch.Tensor:
-        return torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
-            memory_format=runtime.memory_format()
-        )
-
-    x_l, x_u, x_r = images(), images(), images()
-    y_l = torch.randint(0, classes, (batch, crop, crop), device=runtime.device)
-    y_r = torch.randint(0, classes, (batch, crop, crop), device=runtime.device)
-
-    def step() -> None:
-        with runtime.autocast():
-            logits = model(torch.cat([x_l, x_u]))
-        logits = upsample_logits(logits.float(), (crop, crop))
-        logits_l, logits_u = logits[:batch], logits[batch:]
-        images_u, images_r = minmax01(x_u), minmax01(x_r)
-        real_maps = one_hot_with_ignore(y_r, classes)
-        terms = segmenter_gan_terms(discriminator, logits_u, images_u, real_maps, images_r, gan)
-        loss = F.cross_entropy(logits_l, y_l, ignore_index=IGNORE_INDEX) + terms.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        d_logit, _ = discriminator(
-            torch.cat([logits_u.detach().softmax(1), real_maps]), torch.cat([images_u, images_r])
-        )
-        loss_d = discriminator_loss(d_logit[batch:], d_logit[:batch])
-        optimizer_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        optimizer_d.step()
-
-    return step
-
-
-def unimatch_step(runtime: Runtime, depth: int, batch: int, crop: int) -> Callable[[], None]:
-    """The UniMatch trainer's step (training/unimatch.py) on DeepLabv3+ (its recipe's model):
-    the eval-mode pass on u', two strong views with CutMix, one forward of u's weak view (and
-    its perturbed features), x and both strong views, the four losses, SGD."""
-    from s4seg.training.config import UniMatchConfig
-    from s4seg.training.models import DeepLabV3Plus
-    from s4seg.training.unimatch import confident_ce, strong_views
-
-    classes, u = 21, UniMatchConfig()
-    model = runtime.place(DeepLabV3Plus(classes, depth))
-    optimizer = torch.optim.SGD(model.param_groups(1e-3, 10), lr=1e-3, momentum=0.9)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=runtime.device).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=runtime.device).view(3, 1, 1)
-
-    def images() -> torch.Tensor:
-        return torch.randn(batch, 3, crop, crop, device=runtime.device).contiguous(
-            memory_format=runtime.memory_format()
-        )
-
-    x, u_w, m_w = images(), images(), images()
-    y = torch.randint(0, classes, (batch, crop, crop), device=runtime.device)
-    pad = torch.zeros(batch, crop, crop, dtype=torch.bool, device=runtime.device)
-
-    def step() -> None:
-        model.eval()
-        with torch.no_grad(), runtime.autocast():
-            conf_m, label_m = upsample_logits(model(m_w).float(), (crop, crop)).softmax(1).max(1)
-        model.train()
-        s1, s2 = (strong_views(u_w, m_w, mean, std, u) for _ in range(2))
-        with runtime.autocast():
-            logits, fp = model(torch.cat([u_w, x, s1.images, s2.images]), perturbed=batch)
-        logits = upsample_logits(logits.float(), (crop, crop))
-        fp = upsample_logits(fp.float(), (crop, crop))
-        conf_w, label_w = logits[:batch].detach().softmax(1).max(1)
-        loss = F.cross_entropy(logits[batch : 2 * batch], y, ignore_index=IGNORE_INDEX)
-        for i, view in enumerate((s1, s2)):
-            part = logits[(2 + i) * batch : (3 + i) * batch]
-            labels = torch.where(view.boxes, label_m, label_w)
-            confidence = torch.where(view.boxes, conf_m, conf_w)
-            loss = loss + 0.25 * confident_ce(part, labels, confidence, pad, u.threshold)
-        loss = (loss + 0.5 * confident_ce(fp, label_w, conf_w, pad, u.threshold)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-STEPS = {"segmenter": segmenter_step, "s4gan": s4gan_step, "unimatch": unimatch_step}
-
-
 def count_flops(step: Callable[[], None]) -> int:
     """FLOPs of one step (forward and backward), counted by PyTorch on the real operators."""
     with FlopCounterMode(display=False) as counter:
@@ -191,7 +70,7 @@ def count_flops(step: Callable[[], None]) -> int:
 
 def time_case(  # noqa: PLR0913 (one benchmark case, by keyword)
     trainer: str,
-    depth: int,
+    depth: int | str,
     precision: str,
     *,
     device: str,
@@ -218,7 +97,7 @@ def time_case(  # noqa: PLR0913 (one benchmark case, by keyword)
     median = statistics.median(times)
     deciles = statistics.quantiles(times, n=10) if len(times) >= 2 else [median] * 9
     peak = peak_flops(runtime)
-    images = batch_size * (2 if trainer in ("s4gan", "unimatch") else 1)
+    images = batch_size * (2 if trainer in ("s4gan", "unimatch", "unimatch-v2") else 1)
     return {
         "trainer": trainer,
         "depth": depth,
@@ -241,19 +120,24 @@ class TrainBenchRequest:
     """``s4seg bench train``'s options."""
 
     trainer: str
-    depths: list[int] | None
+    depths: list[int] | None  # ResNet depths; a ViT trainer's encoders are ``backbones``
     precisions: list[str] | None
     compile: bool
     batch_size: int
-    crop: int
+    crop: int | None  # None: 321 (ResNets), 518 (ViTs)
     iterations: int | None
     warmup: int | None
     device: str
     write: str | None
+    backbones: list[str] | None = None
 
 
-def default_cases(request: TrainBenchRequest, on_cuda: bool) -> list[tuple[int, str, bool]]:
-    depths = request.depths or ([101] if on_cuda else [18, 50, 101])
+def default_cases(request: TrainBenchRequest, on_cuda: bool) -> list[tuple[int | str, str, bool]]:
+    depths: list[int | str] = list(request.depths or ([101] if on_cuda else [18, 50, 101]))
+    if request.trainer in VIT_TRAINERS:
+        depths = list(request.backbones or VIT_DEFAULTS["cuda" if on_cuda else "cpu"])
+        if request.crop is None or request.crop % 14:
+            raise ConfigError(f"--crop {request.crop}: a ViT step needs a multiple of 14 (518)")
     precisions = request.precisions or (list(PRECISIONS) if on_cuda else ["fp32"])
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
@@ -271,11 +155,13 @@ def _cell(value: float | None, fmt: str) -> str:
 def bench_train(request: TrainBenchRequest) -> list[dict]:
     runtime = setup_runtime(request.device, "off", "off")
     on_cuda = runtime.on_cuda
+    request.crop = request.crop or (518 if request.trainer in VIT_TRAINERS else 321)
     request.iterations = request.iterations or (50 if on_cuda else 3)
     request.warmup = request.warmup if request.warmup is not None else (10 if on_cuda else 1)
     rows = []
     for depth, precision, compiled in default_cases(request, on_cuda):
-        label = f"{request.trainer} ResNet-{depth} {precision}{' + compile' if compiled else ''}"
+        compiled_tag = " + compile" if compiled else ""
+        label = f"{request.trainer} {backbone_name(depth)} {precision}{compiled_tag}"
         print(f"bench train: {label} ...", file=sys.stderr, flush=True)
         row = time_case(
             request.trainer,
@@ -296,12 +182,12 @@ def bench_train(request: TrainBenchRequest) -> list[dict]:
             flush=True,
         )
     baseline = {r["depth"]: r for r in rows if r["precision"] == "fp32"}
-    s4gan = request.trainer == "s4gan"
-    what = (
-        "s4GAN step (S on labeled + unlabeled batch in one forward, CE + FM + ST, D step)"
-        if s4gan
-        else "DeepLabv2 step (forward, CE, backward, SGD)"
-    )
+    s4gan = request.trainer in ("s4gan", "unimatch-v2")  # a labeled and an unlabeled batch
+    what = {
+        "s4gan": "s4GAN step (S on labeled + unlabeled batch in one forward, CE + FM + ST, D step)",
+        "unimatch-v2": "UniMatch V2 step on the DPT ViT (teacher pass, labeled pass, two strong "
+        "views with complementary dropout, AdamW, EMA update; random weights)",
+    }.get(request.trainer, "DeepLabv2 step (forward, CE, backward, SGD)")
     lines = [
         *provenance(machine_description()),
         f"Setting: {what}, {request.crop}x{request.crop}, batch {request.batch_size}"
@@ -320,7 +206,7 @@ def bench_train(request: TrainBenchRequest) -> list[dict]:
         peak = "n/a" if row["peak_gib"] is None else f"{row['peak_gib']:.1f} GiB"
         mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.0f}%"
         lines.append(
-            f"| ResNet-{row['depth']} | {row['device']} | {row['precision']} | "
+            f"| {backbone_name(row['depth'])} | {row['device']} | {row['precision']} | "
             f"{1000 * row['median_s']:.1f} | {1000 * row['p10_s']:.1f}-{1000 * row['p90_s']:.1f}"
             f" | {row['images_per_s']:.1f} | {peak} | {_cell(row['tflop_per_step'], '.2f')} | "
             f"{mfu} | {ratio} |"
@@ -329,6 +215,7 @@ def bench_train(request: TrainBenchRequest) -> list[dict]:
     print(table)
     if request.write:
         device_tag = "gpu" if on_cuda else "cpu"
-        name = f"train-{device_tag}" + ("-s4gan" if request.trainer == "s4gan" else "")
+        suffix = f"-{request.trainer}" if request.trainer in ("s4gan", "unimatch-v2") else ""
+        name = f"train-{device_tag}{suffix}"
         update_section(Path(request.write), name, table)
     return rows

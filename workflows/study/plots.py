@@ -72,10 +72,12 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    segmenters = {METHODS[m].segmenter for m in spec.methods}
     panels = ["val"]
     if any(METHODS[m].segmenter == "s4gan" for m in spec.methods):
         panels += ["d", "st"]
-    if any(METHODS[m].segmenter == "unimatch" for m in spec.methods):
+    consistency = [t for t in ("unimatch", "unimatch-v2") if t in segmenters]
+    if consistency:
         panels.append("pl")
     if any(METHODS[m].gated for m in spec.methods):
         panels.append("map")
@@ -84,14 +86,14 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     for budget in spec.labels:
         runs = {
             trainer: [out / "runs" / Cell(trainer, budget, s).name for s in spec.seeds]
-            for trainer in ("baseline", "s4gan", "unimatch", "mlmt")
+            for trainer in ("baseline", "s4gan", "unimatch", "unimatch-v2", "mlmt")
         }
         trainers = list(dict.fromkeys(METHODS[m].segmenter for m in spec.methods))
         plot_validation(axis_of["val"], budget, {t: runs[t] for t in trainers})
         if "d" in axis_of:
             plot_discriminator(axis_of["d"], axis_of["st"], budget, runs["s4gan"])
         if "pl" in axis_of:
-            plot_pseudo_labels(axis_of["pl"], budget, runs["unimatch"])
+            plot_pseudo_labels(axis_of["pl"], budget, runs[consistency[0]])
         if "map" in axis_of:
             steps, maps = mean_curve(runs["mlmt"], "val/teacher_map")
             if steps:
@@ -118,7 +120,7 @@ PANEL_LABELS: dict[str, tuple[str, tuple[float, float] | None]] = {
     "pl": ("UniMatch: unlabeled pixels", (0, 1)),
     "map": ("MLMT teacher mAP, %", None),
 }
-TRAINER_STYLES = {"baseline": "-", "s4gan": "--", "unimatch": ":"}
+TRAINER_STYLES = {"baseline": "-", "s4gan": "--", "unimatch": ":", "unimatch-v2": "-."}
 
 
 def plot_validation(axis: Axes, budget: str, runs: dict[str, list[Path]]) -> None:

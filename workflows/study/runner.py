@@ -169,7 +169,7 @@ def dry_run(
     if recorded:
         per_iteration, source = dict(recorded), "given"
     else:
-        per_iteration = step_seconds(cfg, device or cfg.train.device)
+        per_iteration = step_seconds(cfg, device or cfg.train.device, {c.trainer for c in cells})
         source = f"timed on {device or cfg.train.device}"
     lines = [
         f"study {out}: {len(cells)} cells ({', '.join(spec.methods)}; budgets "
@@ -204,26 +204,41 @@ def dry_run(
     return "\n".join(lines)
 
 
-STEPS = (("baseline", "segmenter"), ("s4gan", "s4gan"), ("unimatch", "unimatch"))
+# The bench-train step that times each segmenter trainer's iteration.
+STEPS = {"baseline": "segmenter", "s4gan": "s4gan", "unimatch": "unimatch"}
+# On a ViT (model.architecture dpt): the baseline's step on it, and UniMatch V2's.
+VIT_STEPS = {"baseline": "segmenter", "unimatch-v2": "unimatch-v2"}
 
 
-def step_seconds(cfg, device: str) -> dict[str, float]:
-    """Median seconds of one training step per segmenter trainer, timed as ``bench train``
-    does (a few iterations after a warm-up) at the config's depth, batch and crop. Says what it
-    times, where, and how far it is (a ResNet-101 step on a CPU takes a minute)."""
+def step_seconds(cfg, device: str, trainers: set[str] | None = None) -> dict[str, float]:
+    """Median seconds of one training step per segmenter trainer (of ``trainers``, default
+    all), timed as ``bench train`` does (a few iterations after a warm-up) at the config's
+    backbone, batch and crop. Says what it times, where, and how far it is (a ResNet-101 step on
+    a CPU takes a minute)."""
     from ..bench.train import time_case
+    from ..bench.train_steps import backbone_name
 
-    depth, batch, crop = cfg.model.backbone_depth, cfg.train.batch_size, max(cfg.data.crop_size)
+    vit = cfg.model.architecture == "dpt"
+    backbone = cfg.model.backbone if vit else cfg.model.backbone_depth
+    batch, crop = cfg.train.batch_size, max(cfg.data.crop_size)
+    steps = {t: s for t, s in (VIT_STEPS if vit else STEPS).items() if t in (trainers or {t})}
     times = {}
-    for i, (trainer, step) in enumerate(STEPS):
+    for i, (trainer, step) in enumerate(steps.items()):
         print(
-            f"dry run: timing {trainer}'s step ({i + 1}/{len(STEPS)}): ResNet-{depth}, batch "
-            f"{batch}, crop {crop}, on {device}; 1 warm-up and 3 timed iterations",
+            f"dry run: timing {trainer}'s step ({i + 1}/{len(steps)}): {backbone_name(backbone)}, "
+            f"batch {batch}, crop {crop}, on {device}; 1 warm-up and 3 timed iterations",
             file=sys.stderr,
             flush=True,
         )
         row = time_case(
-            step, depth, "fp32", device=device, batch_size=batch, crop=crop, warmup=1, iterations=3
+            step,
+            backbone,
+            "fp32",
+            device=device,
+            batch_size=batch,
+            crop=crop,
+            warmup=1,
+            iterations=3,
         )
         times[trainer] = row["median_s"]
     return times

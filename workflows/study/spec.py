@@ -35,6 +35,8 @@ METHODS = {
         Method("s4gan+mlmt", "s4gan", True),
         Method("unimatch", "unimatch", False),
         Method("unimatch+mlmt", "unimatch", True),
+        Method("unimatch-v2", "unimatch-v2", False),
+        Method("unimatch-v2+mlmt", "unimatch-v2", True),
     )
 }
 
@@ -43,7 +45,7 @@ METHODS = {
 class Cell:
     """One training run."""
 
-    trainer: str  # baseline | s4gan | unimatch | mlmt
+    trainer: str  # baseline | s4gan | unimatch | unimatch-v2 | mlmt
     budget: str
     seed: int
 
