@@ -46,6 +46,9 @@ class DataConfig(Section):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     num_workers: int = 2
+    # Validation and `s4seg evaluate`: None, the whole image at once (the paper); N, the softmax
+    # summed over N x N windows a third apart, the last at the border (UniMatch V2 on Cityscapes)
+    eval_window: PositiveInt | None = None
 
     @field_validator("labeled_ratio", mode="before")
     @classmethod

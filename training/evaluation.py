@@ -28,13 +28,40 @@ from .models.classifier import classifier_from_checkpoint
 from .runtime import Runtime, setup_runtime
 
 
+def window_starts(length: int, window: int) -> list[int]:
+    """Window offsets along one side: every ``int(window * 2/3)`` pixels, the last one snapped
+    to the border (UniMatch V2's sliding window: 2 x 4 windows of 798 on 1024 x 2048)."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, int(window * 2 / 3)))
+    return [*starts, length - window]
+
+
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, image: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """Softmax class probabilities at the input's resolution, (N, C, H, W) float32."""
+def predict_probabilities(
+    model: nn.Module, image: torch.Tensor, runtime: Runtime, window: int | None = None
+) -> torch.Tensor:
+    """Softmax class probabilities at the input's resolution, (N, C, H, W) float32: of the
+    whole image, or (``window``) the softmax summed over square windows overlapping by a third,
+    renormalised (the recipe sums; the argmax is the same)."""
     image = image.to(runtime.device, memory_format=runtime.memory_format())
-    with runtime.autocast():
-        logits = model(image)
-    return upsample_logits(logits.float(), image.shape[-2:]).softmax(1)
+    height, width = image.shape[-2:]
+    if window is None or (height <= window and width <= window):
+        with runtime.autocast():
+            logits = model(image)
+        return upsample_logits(logits.float(), image.shape[-2:]).softmax(1)
+    total: torch.Tensor | None = None
+    for top in window_starts(height, window):
+        for left in window_starts(width, window):
+            crop = image[..., top : top + window, left : left + window]
+            with runtime.autocast():
+                logits = model(crop)
+            probabilities = upsample_logits(logits.float(), crop.shape[-2:]).softmax(1)
+            if total is None:
+                total = image.new_zeros((len(image), probabilities.shape[1], height, width))
+            total[..., top : top + window, left : left + window] += probabilities
+    assert total is not None
+    return total / total.sum(1, keepdim=True)
 
 
 @torch.no_grad()
@@ -45,8 +72,10 @@ def evaluate_segmenter(
     runtime: Runtime,
     max_images: int | None = None,
     progress: bool | None = True,
+    window: int | None = None,
 ) -> np.ndarray:
-    """Confusion matrix over the data set, one whole image at a time (images differ in size)."""
+    """Confusion matrix over the data set, one image at a time (images differ in size): whole,
+    or in sliding ``window``s (``data.eval_window``)."""
     was_training = model.training
     model.eval()
     total = len(dataset) if max_images is None else min(max_images, len(dataset))
@@ -61,7 +90,7 @@ def evaluate_segmenter(
                 leave=False,
                 disable=None if progress is None else not progress,  # None: only on a terminal
             ):
-                probabilities = predict_probabilities(model, item["image"][None], runtime)
+                probabilities = predict_probabilities(model, item["image"][None], runtime, window)
                 prediction = probabilities.argmax(1)[0].cpu().numpy()
                 confusion += confusion_matrix(item["mask"].numpy(), prediction, num_classes)
     finally:
@@ -118,6 +147,7 @@ class Models:
     runtime: Runtime
     gate: nn.Module | None = None
     gate_view: Callable[[torch.Tensor], torch.Tensor] | None = None
+    window: int | None = None  # the sliding window the training config evaluates with
 
 
 def load_models(request: EvaluationRequest, trained: Checkpoint, layout: DataLayout) -> Models:
@@ -131,6 +161,7 @@ def load_models(request: EvaluationRequest, trained: Checkpoint, layout: DataLay
         request.device, amp="off", channels_last="off", fixed_shapes=False, distributed=False
     )
     models = Models(trained, segmenter_from_checkpoint(trained).to(runtime.device).eval(), runtime)
+    models.window = trained.config.get("data", {}).get("eval_window")
     if request.classifier:
         from .data.classification import eval_view
 
@@ -166,7 +197,8 @@ def evaluate_checkpoint(request: EvaluationRequest) -> tuple[dict, str]:
         "part": part,
         "images": len(samples),
         "iteration": models.trained.iteration,
-        "protocol": "single scale, no flip",
+        "protocol": "single scale, no flip"
+        + (f", sliding window {models.window}" if models.window else ""),
     }
     report, table = describe(request, classes, extra, ungated, gated)
     if request.out_dir:
@@ -194,7 +226,7 @@ def confusions(
         truth = layout.read_mask(sample)
         pixels = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))
         probabilities = predict_probabilities(
-            models.segmenter, seg_view(pixels)[None], models.runtime
+            models.segmenter, seg_view(pixels)[None], models.runtime, models.window
         )
         prediction = probabilities.argmax(1)[0].cpu().numpy()
         ungated += confusion_matrix(truth, prediction, num_classes)

@@ -87,6 +87,7 @@ class SegmenterRun(TrainingRun):
             self.runtime,
             self.cfg.train.val_max_images,
             progress=sys.stderr.isatty(),
+            window=self.cfg.data.eval_window,
         )
         result = scores(confusion)
         self.best_miou = max(self.best_miou, result.miou)
