@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from s4seg.confidence import Reliability, calibrated, conformal_threshold, set_sizes
-from s4seg.export.confidence_fit import choose_scope, fit_temperature
+from s4seg.export.confidence_fit import choose_scope, fit_temperature, keeps_unscaled
 
 CLASSES, PIXELS = 5, 16_000
 
@@ -74,6 +74,20 @@ def test_one_temperature_per_class_is_chosen_only_when_classes_differ() -> None:
     assert (calibrated(logits, temperatures, axis=1).argmax(1) == served).all()  # labels kept
     even, _ = choose_scope(*pixels(np.full(CLASSES, 3.0), seed=3))
     assert not even  # the same miscalibration everywhere: one temperature predicts as well
+
+
+def test_a_fit_that_does_not_predict_held_out_images_better_is_not_served() -> None:
+    """Images that disagree (the even ones three times too sure, the odd ones three times too
+    unsure): a temperature fitted on one half makes the other worse than no temperature, so
+    temperature 1 stays; a model three times too sure everywhere keeps its fit."""
+    for seed in range(5):
+        logits, truth, image = pixels(np.full(CLASSES, 1.0), seed=seed)
+        logits = logits * np.where(image % 2 == 0, 3.0, 1 / 3)[:, None].astype(np.float32)
+        keep, reason = keeps_unscaled(logits, truth, image, per_class=False)
+        assert keep, reason
+        sure, sure_truth, sure_image = pixels(np.full(CLASSES, 3.0), seed=seed)
+        keep, reason = keeps_unscaled(sure, sure_truth, sure_image, per_class=False)
+        assert not keep and "the fit kept" in reason
 
 
 def test_the_threshold_is_the_quantile_the_rule_names() -> None:
