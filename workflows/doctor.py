@@ -32,6 +32,9 @@ from s4seg.export.requests import ExportRequest
 
 # Small enough for a couple of minutes on 2 CPU cores, real enough to cross every code path:
 # loader workers, a validation, checkpoints, resume, the classifier, the gate, ONNX export.
+# UniMatch V2 on the tiny ViT (issue 35): its preset, crops on the 14-pixel patch grid.
+VIT_SMOKE_PRESET = "synthetic-vit-tiny"
+VIT_SMOKE = {"unimatch-v2": ["data.crop_size=[56, 56]", "unimatch.unlabeled_batch_size=2"]}
 SMOKE_SETTINGS = [
     "model.backbone_depth=18",
     "data.crop_size=[64, 64]",
@@ -128,9 +131,10 @@ class Smoke:
         from s4seg.training.config import load_config
 
         return load_config(
-            "synthetic-quick",
+            VIT_SMOKE_PRESET if trainer in VIT_SMOKE else "synthetic-quick",
             [
                 *SMOKE_SETTINGS,
+                *VIT_SMOKE.get(trainer, []),
                 f"data.root={self.outputs['data']}",
                 f"train.device={self.device}",
                 f"train.out_dir={self.work / trainer}",
@@ -259,7 +263,7 @@ class Smoke:
 
     def all(self) -> list[StageResult]:
         self.run("data", (), self.data)
-        for trainer in ("baseline", "s4gan", "mlmt"):
+        for trainer in ("baseline", "s4gan", "mlmt", "unimatch-v2"):
             self.run(f"train {trainer}", ("data",), partial(self.train, trainer))
         self.run("resume", ("baseline",), self.resume)
         self.run("evaluate", ("s4gan", "mlmt"), self.evaluate)
