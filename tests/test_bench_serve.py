@@ -142,3 +142,15 @@ def test_render_compares_each_target_with_in_process_and_the_model_alone() -> No
     assert "2.00 ms, timed alone, 2.0% of an in-process request" in text
     for absent in ("Where the CPU goes", "The hop alone", "Latency by input size", "Triton, per"):
         assert absent not in text
+
+
+def test_the_benchmarks_name_the_segmenter_they_measured() -> None:
+    from s4seg.workflows.bench.report import segmenter_name
+
+    assert segmenter_name({"name": "deeplabv2", "backbone_depth": 18}) == "DeepLabv2 ResNet-18"
+    assert segmenter_name({"name": "deeplabv3plus", "backbone_depth": 101}) == (
+        "DeepLabv3+ ResNet-101"
+    )
+    assert segmenter_name({"name": "dpt", "encoder": "vit_small_patch14_dinov2"}) == (
+        "DPT on vit_small_patch14_dinov2"
+    )

@@ -62,7 +62,9 @@ def bench_serve(request: ServeBenchRequest) -> str:
     from .serve_render import render
 
     results = run_bench_serve(request)
-    return report(render(results), request.write, "serve-cpu")
+    # A ViT's figures in a section of their own, beside the ResNet's.
+    vit = results.manifest.sources["segmenter"].arch.get("name") == "dpt"
+    return report(render(results), request.write, "serve-cpu-vit" if vit else "serve-cpu")
 
 
 def run_bench_serve(request: ServeBenchRequest) -> ServeResults:

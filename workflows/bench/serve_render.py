@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 from .limits import peak_gflops
-from .report import cpu_description, percentile, provenance
+from .report import cpu_description, percentile, provenance, segmenter_name
 from .serve_alone import ModelAlone
 from .serve_callers import IN_PROCESS
 from .serve_results import ServeResults
@@ -42,8 +42,8 @@ def model_alone(results: ServeResults) -> list[str]:
     h, w = manifest.input_size
     lines = [
         *provenance(f"{cpu_description()} (client, gateway, Triton and models share it)"),
-        f"Model: version {results.version} of {request.repository} (DeepLabv2 ResNet-"
-        f"{manifest.sources['segmenter'].arch['backbone_depth']}, served {h}x{w}, "
+        f"Model: version {results.version} of {request.repository} "
+        f"({segmenter_name(manifest.sources['segmenter'].arch)}, served {h}x{w}, "
         f"{manifest.num_classes} classes); {results.images} images cycled.",
         "",
         "**Model alone** (segmenter + classifier sessions, nothing else; "
