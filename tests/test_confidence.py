@@ -80,7 +80,7 @@ def test_a_fit_that_does_not_predict_held_out_images_better_is_not_served() -> N
     """Images that disagree (the even ones three times too sure, the odd ones three times too
     unsure): a temperature fitted on one half makes the other worse than no temperature, so
     temperature 1 stays; a model three times too sure everywhere keeps its fit."""
-    for seed in range(5):
+    for seed in range(2):
         logits, truth, image = pixels(np.full(CLASSES, 1.0), seed=seed)
         logits = logits * np.where(image % 2 == 0, 3.0, 1 / 3)[:, None].astype(np.float32)
         keep, reason = keeps_unscaled(logits, truth, image, per_class=False)
