@@ -111,13 +111,23 @@ def tiny_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     return train_baseline(cfg, log=lambda *_: None)
 
 
+def export_alone(checkpoint: Path, out: Path, synth_root: Path) -> Path:
+    """A segmenter exported without a classifier at 64x64, parity checked on 2 images."""
+    from s4seg.export.exporter import export_models
+
+    request = ExportRequest(
+        str(checkpoint), None, str(out), input_size=(64, 64), data=str(synth_root), parity_images=2
+    )
+    export_models(request, log=lambda *_: None)
+    return out
+
+
 @pytest.fixture(scope="session")
 def unimatch_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A UniMatch segmenter on DeepLabv3+ (issue 23), barely trained, exported without a
     classifier: what the gateway serves as a second model."""
     from helpers import TINY_TRAINING
 
-    from s4seg.export.exporter import export_models
     from s4seg.training.config import load_config
     from s4seg.training.trainers import TRAINERS
 
@@ -134,18 +144,7 @@ def unimatch_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         ],
     )
     checkpoint = TRAINERS["unimatch"].train(cfg, log=lambda *_: None)
-    export_models(
-        ExportRequest(
-            str(checkpoint),
-            None,
-            str(out / "export"),
-            input_size=(64, 64),
-            data=str(synth_root),
-            parity_images=2,
-        ),
-        log=lambda *_: None,
-    )
-    return out / "export"
+    return export_alone(checkpoint, out / "export", synth_root)
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +153,6 @@ def vit_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     size off the patch grid (64: padded to 70 inside the graph), parity checked."""
     from helpers import TINY_TRAINING
 
-    from s4seg.export.exporter import export_models
     from s4seg.training.config import load_config
     from s4seg.training.trainers import TRAINERS
 
@@ -172,18 +170,7 @@ def vit_export(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         ],
     )
     checkpoint = TRAINERS["unimatch-v2"].train(cfg, log=lambda *_: None)
-    export_models(
-        ExportRequest(
-            str(checkpoint),
-            None,
-            str(out / "export"),
-            input_size=(64, 64),
-            data=str(synth_root),
-            parity_images=2,
-        ),
-        log=lambda *_: None,
-    )
-    return out / "export"
+    return export_alone(checkpoint, out / "export", synth_root)
 
 
 @pytest.fixture(scope="session")
