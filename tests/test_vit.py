@@ -132,7 +132,10 @@ def test_dinov2_weights_in_the_hugging_face_cache_come_first(empty_caches: Path)
     file.parent.mkdir(parents=True)
     state = {k: torch.randn_like(v).contiguous() for k, v in encoder.vit.state_dict().items()}
     save_file(state, str(file))
-    _meta_file(encoder, empty_caches / "torch" / "hub" / "checkpoints" / "x.pth")
+    # Meta's file in torch's cache too, under its own name: the Hugging Face one wins.
+    _meta_file(
+        encoder, empty_caches / "torch" / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    )
     assert load_vit_weights(encoder, "dinov2", "vit_small_patch14_dinov2").path == str(file)
     assert torch.equal(encoder.vit.pos_embed, state["pos_embed"])
 
