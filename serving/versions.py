@@ -292,8 +292,29 @@ class VersionManager:
         write_status(self.repository, self.replica, self._status())
         try:
             self._switch_to(version, keep)
+        except LoadError:
+            self._release(version, keep)
+            raise
         finally:
             self.loading = None
+
+    def _release(self, version: int, keep: int | None) -> None:
+        """A version that failed its switch leaves Triton: its steps held memory, and kept
+        rollback and prune waiting for a version nobody will ever serve."""
+        try:
+            if keep is not None:
+                self._load_steps([keep])
+                return
+            for model in STEP_MODELS.values():
+                httpx.post(
+                    f"{self.url}/v2/repository/models/{model}/unload",
+                    json={},
+                    timeout=self.timeout,
+                    headers=self._admin,
+                )
+            self.loaded = []
+        except (LoadError, httpx.HTTPError) as error:
+            self.log(f"version {version} failed and stays loaded until the next switch: {error}")
 
     def _verify(self, version: int) -> None:
         """Every network file of ``version`` is the one its manifest names (sha256), before

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from s4seg.repository import ENSEMBLE, MANIFEST_NAME, STEP_MODELS
+from s4seg.repository import ENSEMBLE, MANIFEST_NAME, STEP_MODELS, read_status
 from s4seg.serving import versions as v
 
 
@@ -82,3 +82,42 @@ def test_drain_is_due_only_after_its_time() -> None:
     assert not v.drain_due(v.VersionState(), 10.0)
     assert not v.drain_due(v.VersionState(drain_until=11.0), 10.0)
     assert v.drain_due(v.VersionState(drain_until=10.0), 10.0)
+
+
+def test_a_version_that_fails_its_switch_leaves_triton(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its steps load before the smoke test refuses it: they are unloaded with the refusal
+    (before, they stayed loaded, and a rollback of it waited a minute for nobody)."""
+    repository = tmp_path / "repo"
+    published(repository, 1)
+    manager = v.VersionManager(repository, "http://127.0.0.1:1", view=tmp_path / "view", log=str)
+    loads: list[tuple[str, list[int]]] = []
+    monkeypatch.setattr(manager, "_load", lambda model, config, kept: loads.append((model, kept)))
+    monkeypatch.setattr(manager, "_ready", lambda model, version: True)
+    monkeypatch.setattr(manager, "_verify", lambda version: None)
+    unloads: list[str] = []
+    monkeypatch.setattr(v.httpx, "post", lambda url, **_: unloads.append(url.split("/")[-2]))
+
+    def smoke_test(version: int) -> None:
+        if version != 1:
+            raise v.LoadError(f"version {version}: logits has the wrong shape")
+
+    monkeypatch.setattr(manager, "_smoke_test", smoke_test)
+    assert manager.sync() == 1 and manager.loaded == [1]
+    published(repository, 2)
+    loads.clear()
+    assert manager.sync() == 1
+    assert manager.loaded == [1] and 2 in manager.problems()
+    steps = [kept for model, kept in loads if model != ENSEMBLE]
+    assert steps == [[1, 2]] * len(STEP_MODELS) + [[1]] * len(STEP_MODELS)
+    assert read_status(repository, manager.replica)["loaded"] == [1]
+
+    # Nothing served yet and the only version fails: its steps are unloaded.
+    empty = tmp_path / "empty"
+    published(empty, 3)
+    first = v.VersionManager(empty, "http://127.0.0.1:1", view=tmp_path / "view3", log=str)
+    for name in ("_load", "_ready", "_verify", "_smoke_test"):
+        monkeypatch.setattr(first, name, getattr(manager, name))
+    assert first.sync() is None and first.loaded == [] and 3 in first.problems()
+    assert sorted(unloads) == sorted(STEP_MODELS.values())
