@@ -14,6 +14,7 @@ from PIL import Image
 from s4seg.export.requests import PublishRequest
 from s4seg.letterbox import Framing
 from s4seg.onnx_pipeline import OnnxPipeline
+from s4seg.workflows.bench.serve import time_quality
 from s4seg.workflows.bench.serve_alone import model_alone
 from s4seg.workflows.bench.serve_callers import SIZES, size_images
 
@@ -30,6 +31,8 @@ def test_model_alone_tries_every_engine_and_layout_and_counts_images(
     pipeline = version_pipeline(repo, version, device="cpu")
     framed = Framing.of(pipeline.manifest).frame(np.zeros((64, 64, 3), np.uint8))
     rows = model_alone(repo, version, pipeline, framed, window=0.3, windows=2)
+    quality, uncertainty = time_quality(pipeline, framed, repeats=3)
+    assert quality > 0 and uncertainty > 0  # both timed (the render test checks the line)
     layouts = [(i, b) for i in (1, 2) for b in (1, 4, 8)]
     engines = [("onnxruntime", "fp32"), ("openvino", "fp32")]  # tiny_export has no BF16 variant
     assert [(r.engine.runtime, r.engine.precision, r.instances, r.batch) for r in rows] == [
@@ -132,6 +135,7 @@ def test_render_compares_each_target_with_in_process_and_the_model_alone() -> No
         default="gateway",
         rows=[(IN_PROCESS, 1, 10.0, [0.1, 0.1]), ("gateway", 1, 5.0, [0.2, 0.4])],
         quality_seconds=0.002,
+        uncertainty_seconds=0.005,
     )
     text = render(results)
     assert "| onnxruntime | fp32 | 1 x 2 | 1 | 20.0 **served best** |" in text
@@ -140,6 +144,7 @@ def test_render_compares_each_target_with_in_process_and_the_model_alone() -> No
     assert gateway.endswith("| 0.50x | 0.25x | 0.12x |"), gateway
     assert "FLOPs per image 3.00 G" in text
     assert "2.00 ms, timed alone, 2.0% of an in-process request" in text
+    assert "With `uncertainty=true`, the map and its PNG add 5.00 ms (5.0%)." in text
     for absent in ("Where the CPU goes", "The hop alone", "Latency by input size", "Triton, per"):
         assert absent not in text
 

@@ -28,8 +28,8 @@ from s4seg.imaging import decode_image
 from s4seg.letterbox import Framed, Framing, labels_from_scores
 from s4seg.manifest import Manifest
 from s4seg.onnx_pipeline import OnnxPipeline
-from s4seg.outputs import label_png
-from s4seg.quality import answer_quality
+from s4seg.outputs import label_png, uncertainty_uri
+from s4seg.quality import answer_quality, uncertainty_map
 from s4seg.repository import (
     served_version,
     version_pipeline,
@@ -84,7 +84,7 @@ def run_bench_serve(request: ServeBenchRequest) -> ServeResults:
         scores = pipeline.run(framed.canvas[None], framed.view[None]).scores[0]
         label_png(labels_from_scores(scores, framed.placement), manifest)
 
-    quality = time_quality(pipeline, first)
+    quality, uncertainty = time_quality(pipeline, first)
     # The model alone first, with nothing else running: in the served engine (what the gateway
     # is compared with) and in every other engine its files run in here (the machine's limit).
     alone = model_alone(repository, version, pipeline, first, request.window, request.windows)
@@ -145,20 +145,31 @@ def run_bench_serve(request: ServeBenchRequest) -> ServeResults:
         by_size=measured.by_size,
         stats=measured.stats,
         quality_seconds=quality,
+        uncertainty_seconds=uncertainty,
     )
 
 
-def time_quality(pipeline: OnnxPipeline, framed: Framed, repeats: int = 50) -> float:
-    """Median seconds of ``answer_quality`` on one answer (what the gateway adds to each
-    request since issue 34), timed alone."""
+def time_quality(pipeline: OnnxPipeline, framed: Framed, repeats: int = 50) -> tuple[float, float]:
+    """Median seconds, timed alone on one answer, of ``answer_quality`` (what the gateway adds
+    to each request since issue 34) and of the uncertainty map as ``uncertainty=true`` sends
+    it (the map and its PNG data URI)."""
     out = pipeline.run(framed.canvas[None], framed.view[None])
     scores, probs, manifest = out.scores[0], out.class_probs[0], pipeline.manifest
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        answer_quality(scores, framed.placement, probs, manifest)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    def median_seconds(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return (
+        median_seconds(lambda: answer_quality(scores, framed.placement, probs, manifest)),
+        median_seconds(
+            lambda: uncertainty_uri(uncertainty_map(scores, framed.placement, manifest))
+        ),
+    )
 
 
 @dataclass

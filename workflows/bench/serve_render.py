@@ -104,6 +104,12 @@ def requests(results: ServeResults) -> list[str]:
             f"{1000 * results.quality_seconds:.2f} ms, timed alone, {100 * share:.1f}% of an "
             "in-process request at concurrency 1.",
         ]
+        if results.uncertainty_seconds is not None:
+            extra = results.uncertainty_seconds / statistics.median(alone[0])
+            lines[-1] += (
+                f" With `uncertainty=true`, the map and its PNG add "
+                f"{1000 * results.uncertainty_seconds:.2f} ms ({100 * extra:.1f}%)."
+            )
     return lines
 
 

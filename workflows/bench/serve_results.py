@@ -47,3 +47,4 @@ class ServeResults:
     by_size: list[tuple] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     quality_seconds: float | None = None  # s4seg.quality on one answer, median
+    uncertainty_seconds: float | None = None  # the uncertainty map and its PNG, median
