@@ -210,6 +210,38 @@ def run_labelstudio_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_labelstudio_backend(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from .backends import Backend, OutputFormat
+    from .labelstudio_backend import backend_app
+
+    backend = Backend(
+        args.via,
+        OutputFormat("json"),
+        args.tau,
+        url=args.url,
+        api_key=args.api_key or os.environ.get("S4SEG_API_KEY"),
+        triton_url=args.triton_url,
+        repository=Path(args.repository),
+        model=args.model,
+        device=args.device,
+    )
+    backend.check()
+    token = args.token or os.environ.get("LABEL_STUDIO_API_KEY")
+    auth = args.basic_auth or os.environ.get("S4SEG_LS_BACKEND_AUTH")
+    app = backend_app(backend, args.label_studio, token, auth)
+    print(
+        f"Label Studio ML backend on http://{args.host}:{args.port} (model via {args.via}; "
+        f"images read from {args.label_studio} only): add this URL under the project's "
+        "Settings > Model"
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 # -- the command line: parsers only (no torch at parse time); each command names its handler ----
 
 
@@ -358,3 +390,32 @@ def add_labelstudio_parsers(commands: argparse._SubParsersAction) -> None:
         "--document-root", help="for tasks not made by s4seg: where their local-files URLs point"
     )
     back.set_defaults(handler=run_labelstudio_import)
+    serve = steps.add_parser(
+        "backend",
+        help="Label Studio's ML backend: a project asks s4seg for brush-mask predictions",
+    )
+    serve.add_argument(
+        "--label-studio",
+        required=True,
+        help="Label Studio's URL: task images are read from there (and from nowhere else)",
+    )
+    serve.add_argument(
+        "--token", help="a Label Studio legacy API token (default: env LABEL_STUDIO_API_KEY)"
+    )
+    serve.add_argument(
+        "--basic-auth",
+        metavar="USER:PASSWORD",
+        help="required of every call (the connection's basic auth in Label Studio; env "
+        "S4SEG_LS_BACKEND_AUTH); set it before listening beyond loopback",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9090)
+    serve.add_argument("--via", choices=["gateway", "triton", "local"], default="local")
+    serve.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
+    serve.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")
+    serve.add_argument("--api-key", help="--via gateway: X-API-Key (env S4SEG_API_KEY)")
+    serve.add_argument("--triton-url", default="127.0.0.1:8000", help="--via triton")
+    serve.add_argument("--repository", default=str(REPOSITORY), help="--via triton/local")
+    serve.add_argument("--model", help="--via local: an export folder (default: served)")
+    serve.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+    serve.set_defaults(handler=run_labelstudio_backend)

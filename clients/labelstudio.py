@@ -74,9 +74,15 @@ def label_config(manifest: Manifest) -> str:
 
 
 def brush_results(
-    labels: np.ndarray, classes: list[str], background: int | None, prefix: str
+    labels: np.ndarray,
+    classes: list[str],
+    background: int | None,
+    prefix: str,
+    from_name: str = FROM_NAME,
+    to_name: str = TO_NAME,
 ) -> list[dict]:
-    """One brush result per painted class of a label map (H, W); none for ``background``."""
+    """One brush result per painted class of a label map (H, W); none for ``background``;
+    ``from_name``/``to_name``: the project's BrushLabels and Image tags."""
     encoder = brush()
     height, width = labels.shape
     results = []
@@ -87,8 +93,8 @@ def brush_results(
         results.append(
             {
                 "id": f"{prefix}-{index}",
-                "from_name": FROM_NAME,
-                "to_name": TO_NAME,
+                "from_name": from_name,
+                "to_name": to_name,
                 "type": "brushlabels",
                 "original_width": width,
                 "original_height": height,

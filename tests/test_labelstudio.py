@@ -11,9 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -97,10 +99,14 @@ def label_studio_environment() -> Path | None:
     return venv if (venv / "bin" / "label-studio").is_file() else None
 
 
-@pytest.fixture
-def label_studio(tmp_path: Path) -> Iterator[tuple[str, str, Path, Path]]:
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path, Path]]:
     """A real Label Studio on loopback (sqlite, its own data folder, local files served from
-    a document root): (url, token, its python, the document root)."""
+    a document root), one for the module's tests: (url, token, its python, the document root).
+    Its ML backends may be on loopback (``ML_BLOCK_LOCAL_IP=false`` and
+    ``SSRF_PROTECTION_ENABLED=false``: by default Label
+    Studio refuses private addresses, as a cluster's would be)."""
+    tmp_path = tmp_path_factory.mktemp("label-studio")
     venv = label_studio_environment()
     if venv is None:
         if os.environ.get("S4SEG_REQUIRE_LABEL_STUDIO"):
@@ -115,6 +121,8 @@ def label_studio(tmp_path: Path) -> Iterator[tuple[str, str, Path, Path]]:
         "LOCAL_FILES_SERVING_ENABLED": "true",
         "LOCAL_FILES_DOCUMENT_ROOT": str(documents),
         "DJANGO_DB": "sqlite",
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",  # the backend's /webhook, registered with it
     }
     env.pop("PYTHONPATH", None)
     log = (tmp_path / "label-studio.log").open("wb")
@@ -206,3 +214,129 @@ def test_the_queue_goes_through_label_studio_and_its_labels_land_in_the_data_set
     built = build_training_data(DataConfig(root=str(data), split_file=str(split_file)))
     assert f"train/{name}" in [s.id for s in built.labeled.samples]
     assert all(s.id != f"unlabeled/{name}" for s in built.unlabeled.samples)
+
+
+def test_a_label_studio_project_asks_the_backend_for_brush_predictions(
+    label_studio: tuple[str, str, Path, Path], tiny_export: Path, synth_root: Path
+) -> None:
+    """Item 5's ML backend, once through a real Label Studio: the project connects to
+    ``s4seg labelstudio backend`` (health, setup), retrieves predictions for its tasks, and
+    each stored prediction paints the label map the model gives that image."""
+    import uvicorn
+
+    from s4seg.clients.backends import Backend, OutputFormat
+    from s4seg.clients.labelstudio import label_config
+    from s4seg.clients.labelstudio_backend import backend_app
+    from s4seg.manifest import Manifest
+    from s4seg.outputs import labels_from_json
+
+    url, token, _, documents = label_studio
+    images = sorted((synth_root / "images" / "val").iterdir())[:2]
+    (documents / "backend").mkdir()
+    for image in images:
+        shutil.copyfile(image, documents / "backend" / image.name)
+    model = Backend("local", OutputFormat("json"), model=str(tiny_export), device="cpu")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(backend_app(model, url, token), "127.0.0.1", port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    manifest = Manifest.load(tiny_export)
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.1)
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Token {token}"}, timeout=120
+        ) as ls:
+            project = ls.post(
+                "/api/projects/", json={"title": "backend", "label_config": label_config(manifest)}
+            ).json()["id"]
+            # Label Studio serves local files of a project's local storage only.
+            storage = ls.post(
+                "/api/storages/localfiles/",
+                json={"project": project, "path": str(documents / "backend"), "title": "images"},
+            )
+            assert storage.status_code == 201, storage.text
+            tasks = [{"data": {"image": f"/data/local-files/?d=backend/{p.name}"}} for p in images]
+            assert ls.post(f"/api/projects/{project}/import", json=tasks).status_code == 201
+            connected = ls.post(
+                "/api/ml/", json={"url": f"http://127.0.0.1:{port}", "project": project}
+            )
+            assert connected.status_code == 201, connected.text  # health and setup answered
+            retrieved = ls.post(
+                "/api/dm/actions/",
+                params={"id": "retrieve_tasks_predictions", "project": project},
+                json={"selectedItems": {"all": True, "excluded": []}},
+            )
+            assert retrieved.status_code == 200, retrieved.text
+            listed = ls.get("/api/tasks/", params={"project": project}).json()
+            stored = sorted(listed["tasks"] if isinstance(listed, dict) else listed,
+                            key=lambda t: t["id"])  # fmt: skip
+            assert len(stored) == len(images)
+            painted_classes = 0
+            for task, image in zip(stored, images, strict=True):
+                predictions = ls.get("/api/predictions/", params={"task": task["id"]}).json()
+                assert len(predictions) == 1, predictions
+                (prediction,) = predictions
+                expected = labels_from_json(json.loads(model.build()(image)))
+                assert prediction["model_version"] == "s4seg-local"
+                assert 0 < prediction["score"] <= 1  # the calibrated mean confidence
+                assert {r["from_name"] for r in prediction["result"]} <= {"label"}
+                height, width = expected.shape
+                painted = paint(task["id"], prediction["result"], list(manifest.classes),
+                                (width, height), manifest.background_index or 0)  # fmt: skip
+                np.testing.assert_array_equal(painted, expected)
+                painted_classes += len(prediction["result"])
+            assert painted_classes > 0  # the varied model paints classes: masks crossed
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class FakeModel:
+    """The model boundary of the backend: counts the images it was asked to segment."""
+
+    def __init__(self) -> None:
+        self.asked: list[Path] = []
+
+    def build(self) -> Callable[[Path], bytes]:
+        def segment(path: Path) -> bytes:
+            self.asked.append(path)
+            return b"{}"
+
+        return segment
+
+
+def test_the_backend_refuses_other_hosts_and_configs_without_brushes_by_name() -> None:
+    """A task whose image is on another host is refused naming the task and the host, and
+    nothing is fetched or segmented; a project without BrushLabels is refused at setup."""
+    from fastapi.testclient import TestClient
+
+    from s4seg.clients.labelstudio import label_config
+    from s4seg.clients.labelstudio_backend import backend_app
+
+    config = label_config(
+        SimpleNamespace(classes=CLASSES, background_index=0, palette=[[0, 0, 0]] * 3)
+    )
+    model = FakeModel()
+    app = backend_app(model, "http://127.0.0.1:1", "t", auth="ls:secret")  # type: ignore[arg-type]
+    client = TestClient(app)
+    assert client.get("/health").status_code == 401
+    assert client.post("/predict", json={}, auth=("ls", "wrong")).status_code == 401
+    client.auth = ("ls", "secret")
+    assert client.get("/health").json()["status"] == "UP"
+    assert client.post("/setup", json={"schema": config}).status_code == 200
+    text = "<View><Image name='image' value='$image'/><Choices name='c' toName='image'/></View>"
+    refused = client.post("/setup", json={"schema": text})
+    assert refused.status_code == 422 and "no BrushLabels" in refused.text
+    tasks = [{"id": 7, "data": {"image": "http://169.254.169.254/latest/meta-data"}}]
+    answer = client.post("/predict", json={"tasks": tasks, "label_config": config})
+    assert answer.status_code == 422
+    assert "task 7" in answer.text and "169.254.169.254" in answer.text
+    missing = client.post(
+        "/predict", json={"tasks": [{"id": 8, "data": {}}], "label_config": config}
+    )
+    assert missing.status_code == 422 and "task 8" in missing.text and "data.image" in missing.text
+    assert model.asked == []
