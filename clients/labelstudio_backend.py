@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from s4seg.errors import S4segError
 from s4seg.outputs import labels_from_json
 
-from .backends import Backend, Segment
+from .backends import Backend, Segment, local_version
 from .labelstudio import brush_results
 
 log = logging.getLogger("s4seg.labelstudio")
@@ -101,16 +101,19 @@ class LabelStudioImages:
 
     def fetch(self, reference: str, into: Path) -> Path:
         url = self.url_of(reference)
-        with self.client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise S4segError(f"{url}: Label Studio answered {response.status_code}")
-            size = 0
-            with into.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > MAX_IMAGE_BYTES:
-                        raise S4segError(f"{url} is over {MAX_IMAGE_BYTES >> 20} MB")
-                    out.write(chunk)
+        try:
+            with self.client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise S4segError(f"{url}: Label Studio answered {response.status_code}")
+                size = 0
+                with into.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > MAX_IMAGE_BYTES:
+                            raise S4segError(f"{url} is over {MAX_IMAGE_BYTES >> 20} MB")
+                        out.write(chunk)
+        except httpx.HTTPError as error:
+            raise S4segError(f"{url}: Label Studio did not answer ({error})") from None
         return into
 
 
@@ -174,7 +177,10 @@ def backend_app(
         redoc_url=None,
         openapi_url=None,
     )
-    version: dict[str, str] = {}
+    version: dict[str, str] = {}  # the model's, as its answers name it
+    if model.via == "local":
+        served = local_version(model.model, model.repository)
+        version["last"] = f"s4seg-{'local' if served is None else served}"
 
     @app.get("/health")
     def health() -> dict:

@@ -298,6 +298,8 @@ def test_a_label_studio_project_asks_the_backend_for_brush_predictions(
 class FakeModel:
     """The model boundary of the backend: counts the images it was asked to segment."""
 
+    via = "gateway"
+
     def __init__(self) -> None:
         self.asked: list[Path] = []
 
@@ -327,6 +329,10 @@ def test_the_backend_refuses_other_hosts_and_configs_without_brushes_by_name() -
     assert client.post("/predict", json={}, auth=("ls", "wrong")).status_code == 401
     client.auth = ("ls", "secret")
     assert client.get("/health").json()["status"] == "UP"
+    down = {"tasks": [{"id": 6, "data": {"image": "/data/upload/1/a.png"}}], "label_config": config}
+    unreachable = client.post("/predict", json=down)  # Label Studio (port 1) does not answer
+    assert unreachable.status_code == 422 and "task 6" in unreachable.text
+    assert "Label Studio did not answer" in unreachable.text
     assert client.post("/setup", json={"schema": config}).status_code == 200
     text = "<View><Image name='image' value='$image'/><Choices name='c' toName='image'/></View>"
     refused = client.post("/setup", json={"schema": text})
