@@ -125,7 +125,7 @@ def predict_task(
     reference = task.get("data", {}).get(interface.value)
     if not isinstance(reference, str):
         raise S4segError(f"it has no data.{interface.value} (the image the project labels)")
-    path = images.fetch(reference, folder / f"task-{task.get('id', 'new')}")
+    path = images.fetch(reference, folder / "image")  # never a name from the request
     try:
         answer = json.loads(segment(path))
     finally:
