@@ -296,12 +296,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--shard-count", type=int, help="--shard auto: the job's shard count")
     predict.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
     predict.add_argument("--no-gate", action="store_true")
-    predict.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")
-    predict.add_argument("--api-key", help="--via gateway: X-API-Key (env S4SEG_API_KEY)")
-    predict.add_argument("--triton-url", default="127.0.0.1:8000", help="--via triton")
-    predict.add_argument("--repository", default=str(REPOSITORY), help="--via triton/local")
-    predict.add_argument("--model", help="--via local: an export folder (default: served)")
-    predict.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+    add_model_arguments(predict)
     add_queue_parser(commands)
     add_labelstudio_parsers(commands)
     segment.set_defaults(handler=run_segment)
@@ -362,6 +357,16 @@ def add_queue_parser(commands: argparse._SubParsersAction) -> None:
     queue.set_defaults(handler=run_queue)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the model is, for each ``--via`` (``clients/backends.py``'s ``Backend``)."""
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")
+    parser.add_argument("--api-key", help="--via gateway: X-API-Key (env S4SEG_API_KEY)")
+    parser.add_argument("--triton-url", default="127.0.0.1:8000", help="--via triton")
+    parser.add_argument("--repository", default=str(REPOSITORY), help="--via triton/local")
+    parser.add_argument("--model", help="--via local: an export folder (default: served)")
+    parser.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+
+
 def add_labelstudio_parsers(commands: argparse._SubParsersAction) -> None:
     labelstudio = commands.add_parser(
         "labelstudio", help="the labeling round trip: queue -> Label Studio tasks -> data set"
@@ -412,10 +417,5 @@ def add_labelstudio_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=9090)
     serve.add_argument("--via", choices=["gateway", "triton", "local"], default="local")
     serve.add_argument("--tau", type=float, help="gate threshold (default: the model's)")
-    serve.add_argument("--url", default="http://127.0.0.1:8080", help="--via gateway")
-    serve.add_argument("--api-key", help="--via gateway: X-API-Key (env S4SEG_API_KEY)")
-    serve.add_argument("--triton-url", default="127.0.0.1:8000", help="--via triton")
-    serve.add_argument("--repository", default=str(REPOSITORY), help="--via triton/local")
-    serve.add_argument("--model", help="--via local: an export folder (default: served)")
-    serve.add_argument("--device", default="auto", help="--via local: auto|cpu|cuda")
+    add_model_arguments(serve)
     serve.set_defaults(handler=run_labelstudio_backend)
