@@ -54,6 +54,28 @@ def test_summaries_and_the_verdict_on_paired_differences() -> None:
     assert verdict(summarise([0.5])) == "one pair: no verdict"
 
 
+def test_a_single_seed_is_shown_without_sd_or_interval_not_as_nan() -> None:
+    from s4seg.workflows.study.acquisition import acquisition_table
+
+    spec = StudySpec(
+        config="synthetic-dense",
+        methods=["baseline"],
+        labels=["12"],
+        seeds=[0, 1, 2],
+        acquisition={"strategies": ["random", "entropy"], "add": 12, "rounds": 1},
+    )
+    rows = [
+        {"round": 1, "labeled": 24, "strategy": "random", "seed": 0, "miou": 0.41},
+        {"round": 1, "labeled": 24, "strategy": "entropy", "seed": 0, "miou": 0.43},
+    ]
+    table = acquisition_table(spec, rows)
+    assert "nan" not in table, table
+    assert "| 1 | 24 | random | 1 | 41.00 +- n/a | - | - | - |" in table, table
+    assert (
+        "| 1 | 24 | entropy | 1 | 43.00 +- n/a | 2.00 +- n/a (n=1) | [n/a, n/a] | one pair" in table
+    )
+
+
 def test_cells_go_seed_by_seed_and_add_the_classifier_for_gated_methods() -> None:
     spec = StudySpec("synthetic-quick", ["baseline", "s4gan+mlmt"], ["1/8", "12"], [0, 1])
     names = [c.name for c in spec.cells()]

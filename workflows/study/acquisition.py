@@ -17,7 +17,7 @@ from s4seg.atomic import write_json_atomic
 from s4seg.errors import S4segError
 
 from .spec import Acquisition, Cell, StudySpec, acquired_budget, budget_slug, parse_acquired
-from .stats import summarise, verdict
+from .stats import interval, percent, summarise, verdict
 
 
 def previous_cell(acquiring: Acquisition, cell: Cell) -> Cell:
@@ -121,7 +121,6 @@ def acquisition_rows(spec: StudySpec, out: Path) -> list[dict]:
 def acquisition_table(spec: StudySpec, rows: list[dict]) -> str:
     acquiring = spec.acquiring
     assert acquiring is not None
-    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
     lines = [
         f"Acquisition study: {spec.config}, {spec.methods[0]} from {spec.labels[0]} labels, "
         f"+{acquiring.add} a round by each strategy, seeds {', '.join(map(str, spec.seeds))}; "
@@ -139,15 +138,14 @@ def acquisition_table(spec: StudySpec, rows: list[dict]) -> str:
             if not mine:
                 continue
             s = summarise(r["miou"] for r in mine)
-            paired = interval = decided = "-"
+            paired = paired_interval = decided = "-"
             diff = summarise(r["miou"] - random[r["seed"]] for r in mine if r["seed"] in random)
             if strategy != "random" and diff.n:
-                paired = f"{pct(diff.mean)} +- {pct(diff.sd)} (n={diff.n})"
-                low, high = diff.mean - diff.half_width, diff.mean + diff.half_width
-                interval, decided = f"[{pct(low)}, {pct(high)}]", verdict(diff)
+                paired = f"{percent(diff.mean)} +- {percent(diff.sd)} (n={diff.n})"
+                paired_interval, decided = interval(diff), verdict(diff)
             lines.append(
-                f"| {round_} | {mine[0]['labeled']} | {strategy} | {s.n} | {pct(s.mean)} +- "
-                f"{pct(s.sd)} | {paired} | {interval} | {decided} |"
+                f"| {round_} | {mine[0]['labeled']} | {strategy} | {s.n} | {percent(s.mean)} +- "
+                f"{percent(s.sd)} | {paired} | {paired_interval} | {decided} |"
             )
     return "\n".join(lines)
 

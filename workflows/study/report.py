@@ -4,7 +4,6 @@ the pictures."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from s4seg.atomic import write_json_atomic
 from .cells import gated_row
 from .plots import plot_curves, plot_study
 from .spec import METHODS, Cell, StudySpec
-from .stats import summarise, verdict
+from .stats import interval, percent, summarise, verdict
 
 
 def method_rows(spec: StudySpec, out: Path, device: str | None) -> list[dict]:
@@ -44,7 +43,6 @@ def method_rows(spec: StudySpec, out: Path, device: str | None) -> list[dict]:
 
 
 def table(spec: StudySpec, rows: list[dict], cells: list[dict]) -> str:
-    pct = lambda v: "n/a" if math.isnan(v) else f"{100 * v:.2f}"  # noqa: E731
     lines = [
         f"Study: {spec.config}, methods {', '.join(spec.methods)}, seeds "
         f"{', '.join(map(str, spec.seeds))}; mIoU on the report part of the validation split "
@@ -67,19 +65,16 @@ def table(spec: StudySpec, rows: list[dict], cells: list[dict]) -> str:
                 continue
             s = summarise(r["miou"] for r in mine)
             paired = "-"
-            interval = verdict_text = "-"
+            paired_interval = verdict_text = "-"
             if method != "baseline" and base:
                 diff = summarise(r["miou"] - base[r["seed"]] for r in mine if r["seed"] in base)
                 if diff.n:
-                    paired = f"{pct(diff.mean)} +- {pct(diff.sd)} (n={diff.n})"
-                    interval = (
-                        f"[{pct(diff.mean - diff.half_width)}, {pct(diff.mean + diff.half_width)}]"
-                    )
+                    paired = f"{percent(diff.mean)} +- {percent(diff.sd)} (n={diff.n})"
+                    paired_interval = interval(diff)
                     verdict_text = verdict(diff)
             lines.append(
-                f"| {budget} | {mine[0]['labeled']} | {method} | {s.n} | {pct(s.mean)} +- "
-                f"{pct(s.sd)} | [{pct(s.mean - s.half_width)}, {pct(s.mean + s.half_width)}] | "
-                f"{paired} | {interval} | {verdict_text} |"
+                f"| {budget} | {mine[0]['labeled']} | {method} | {s.n} | {percent(s.mean)} +- "
+                f"{percent(s.sd)} | {interval(s)} | {paired} | {paired_interval} | {verdict_text} |"
             )
     classifiers = [c for c in cells if c["trainer"] == "mlmt"]
     if classifiers:
@@ -88,7 +83,7 @@ def table(spec: StudySpec, rows: list[dict], cells: list[dict]) -> str:
             maps = [c["figures"]["teacher_map"] for c in classifiers if c["budget"] == budget]
             if maps:
                 s = summarise(maps)
-                lines.append(f"| {budget} | {pct(s.mean)} +- {pct(s.sd)} ({s.n}) |")
+                lines.append(f"| {budget} | {percent(s.mean)} +- {percent(s.sd)} ({s.n}) |")
     return "\n".join(lines)
 
 

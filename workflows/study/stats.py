@@ -59,6 +59,17 @@ def summarise(values: Iterable[float]) -> Summary:
     return Summary(n, mean, sd, t * sd / math.sqrt(n) if n >= 2 else math.nan)
 
 
+def percent(value: float) -> str:
+    """A fraction as a table's percent; "n/a" where one seed leaves no sd or interval."""
+    return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def interval(summary: Summary) -> str:
+    """The 95% interval as a table shows it."""
+    low, high = summary.mean - summary.half_width, summary.mean + summary.half_width
+    return f"[{percent(low)}, {percent(high)}]"
+
+
 def verdict(diff: Summary) -> str:
     if diff.n < 2:
         return "one pair: no verdict"
