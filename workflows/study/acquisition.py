@@ -151,7 +151,9 @@ def acquisition_table(spec: StudySpec, rows: list[dict]) -> str:
 
 
 def plot_acquisition(spec: StudySpec, rows: list[dict], path: Path) -> None:
-    """mIoU against labeled images, one line per strategy (mean over seeds, sd as bars)."""
+    """Left: mIoU against labeled images, one line per strategy (mean over seeds, sd as bars).
+    Right: what the verdict reads, each strategy minus random on the same seed and round (the
+    seeds as dots, their mean with its 95% interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +161,7 @@ def plot_acquisition(spec: StudySpec, rows: list[dict], path: Path) -> None:
 
     acquiring = spec.acquiring
     assert acquiring is not None
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, (curves, paired) = plt.subplots(1, 2, figsize=(11, 4))
     for offset, strategy in enumerate(acquiring.strategies):
         points = []
         for round_ in range(acquiring.rounds + 1):
@@ -169,16 +171,46 @@ def plot_acquisition(spec: StudySpec, rows: list[dict], path: Path) -> None:
                 points.append((mine[0]["labeled"] + 0.3 * offset, 100 * s.mean, 100 * s.sd))
         if points:
             x, y, sd = zip(*points, strict=True)
-            axes.errorbar(x, y, yerr=[0 if v != v else v for v in sd], marker="o", capsize=3,
-                          label=strategy)  # fmt: skip
-    axes.set_xlabel("labeled images")
-    axes.set_ylabel("mIoU (%), report part")
-    axes.set_title(f"{spec.config}: which images to label next (mean +- sd over seeds)")
-    axes.legend()
-    axes.grid(alpha=0.3)
+            curves.errorbar(x, y, yerr=[0 if v != v else v for v in sd], marker="o", capsize=3,
+                            label=strategy)  # fmt: skip
+    seeds = len({r["seed"] for r in rows})
+    curves.set(xlabel="labeled images", ylabel="mIoU (%), report part")
+    curves.set_title(f"{spec.config}: mean +- sd over {seeds} seed(s)", fontsize=11)
+    curves.legend()
+    curves.grid(alpha=0.3)
+    plot_paired(paired, acquiring, rows)
+    figure.suptitle("Which images to label next", fontsize=12)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_paired(axes, acquiring: Acquisition, rows: list[dict]) -> None:
+    """Each strategy minus random, per round: the seeds as dots, the mean and its 95% interval."""
+    ticks: list[str] = []
+    for round_ in range(1, acquiring.rounds + 1):
+        here = [r for r in rows if r["round"] == round_]
+        random = {r["seed"]: r["miou"] for r in here if r["strategy"] == "random"}
+        for strategy in (s for s in acquiring.strategies if s != "random"):
+            diffs = [
+                100 * (r["miou"] - random[r["seed"]])
+                for r in here
+                if r["strategy"] == strategy and r["seed"] in random
+            ]
+            x = len(ticks)
+            ticks.append(f"{strategy}\n+{round_ * acquiring.add}")
+            if not diffs:
+                continue
+            axes.plot([x] * len(diffs), diffs, "o", color="0.6", markersize=4)
+            s = summarise(diffs)
+            bar = 0 if s.half_width != s.half_width else s.half_width
+            axes.errorbar([x], [s.mean], yerr=[bar], fmt="s", color="C3", capsize=5)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(ticks)), ticks)
+    axes.set_xlim(-0.6, max(len(ticks), 1) - 0.4)
+    axes.set_ylabel("mIoU minus random, same seed (points)")
+    axes.set_title("paired: seeds (dots), mean and 95% interval", fontsize=11)
+    axes.grid(alpha=0.3, axis="y")
 
 
 def report_acquisition(spec: StudySpec, out: Path) -> str:
