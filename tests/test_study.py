@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import TINY_TRAINING
 
@@ -74,6 +75,15 @@ def test_a_single_seed_is_shown_without_sd_or_interval_not_as_nan() -> None:
     assert (
         "| 1 | 24 | entropy | 1 | 43.00 +- n/a | 2.00 +- n/a (n=1) | [n/a, n/a] | one pair" in table
     )
+
+
+def test_what_a_pick_holds_is_read_from_its_mask() -> None:
+    from s4seg.workflows.study.acquisition import mask_contents
+
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, :2], mask[1, :2], mask[3, :] = 2, 5, 255  # 4 of 12 labeled pixels: classes 2 and 5
+    assert mask_contents(mask, background=0) == {"foreground": 4 / 12, "classes": 2}
+    assert mask_contents(mask, background=None) == {"foreground": 1.0, "classes": 3}
 
 
 def test_cells_go_seed_by_seed_and_add_the_classifier_for_gated_methods() -> None:
@@ -350,6 +360,9 @@ def test_an_acquisition_study_picks_each_round_by_its_strategy_against_random(
             assert not set(acquired.labeled) & set(acquired.unlabeled)
     table = (out / "study.md").read_text()
     assert "| 1 | 5 | entropy | 2 |" in table and "paired vs random" in table, table
+    # What each strategy picked, from the picks' own masks: 2 seeds x 2 images a strategy.
+    assert re.search(r"\| - \| pool \| \d+ \| [\d.]+ \| [\d.]+ \|", table), table
+    assert re.search(r"\| 1 \| entropy \| 4 \| [\d.]+ \| [\d.]+ \|", table), table
     assert (out / "study.png").stat().st_size > 10_000
     # Resumed with only the committed results: every round's split is made, nothing retrains.
     for checkpoint in out.rglob("*.pt"):

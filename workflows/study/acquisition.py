@@ -12,6 +12,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from s4seg.acquisition import random_score, rank
 from s4seg.atomic import write_json_atomic
 from s4seg.errors import S4segError
@@ -150,6 +152,81 @@ def acquisition_table(spec: StudySpec, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def picked_contents(spec: StudySpec, out: Path) -> list[dict]:
+    """What each strategy's picks hold, read from their own masks (the labels an annotator gives
+    them, never used to pick): foreground share and classes per image, one row per image, the
+    pool the first round picks from as strategy "pool". Empty where the data set is not here."""
+    from s4seg.layouts import open_layout
+    from s4seg.training.data.split import Split
+
+    acquiring = spec.acquiring
+    assert acquiring is not None
+    rows: list[dict] = []
+    masks: dict[str, dict] = {}
+    for cell in spec.cells():
+        parsed = parse_acquired(cell.budget)
+        picks = out / "acquired" / f"{budget_slug(cell.budget)}-s{cell.seed}.json"
+        split_path = out / "splits" / f"{budget_slug(cell.budget)}-s{cell.seed}.json"
+        if not split_path.is_file() or (parsed is not None and not picks.is_file()):
+            continue
+        split = Split.load(split_path)
+        root = str(split.dataset.get("root", ""))
+        if not Path(root).is_dir():
+            return []
+        if root not in masks:
+            layout = open_layout(root, str(split.dataset.get("kind", "auto")))
+            masks[root] = {"layout": layout, "samples": {}}
+            for sample in layout.samples(split.train_split):
+                masks[root]["samples"][sample.id] = sample
+        layout, samples = masks[root]["layout"], masks[root]["samples"]
+        if parsed is None:
+            ids, strategy, round_ = split.unlabeled, "pool", 0
+        else:
+            ids = [p["id"] for p in json.loads(picks.read_text())["picked"]]
+            strategy, round_ = parsed[2], parsed[1] // acquiring.add
+        for sample_id in ids:
+            if sample_id in samples and samples[sample_id].mask is not None:
+                mask = layout.read_mask(samples[sample_id])
+                rows.append({"strategy": strategy, "round": round_, "seed": cell.seed,
+                             **mask_contents(mask, layout.background_index)})  # fmt: skip
+    return rows
+
+
+def mask_contents(mask: np.ndarray, background: int | None) -> dict:
+    """Foreground share of the labeled pixels and the classes present (background not counted)."""
+    from s4seg import IGNORE_INDEX
+
+    labeled = mask != IGNORE_INDEX
+    classes = {int(c) for c in np.unique(mask[labeled])} - {background}
+    foreground = labeled & (mask != background) if background is not None else labeled
+    return {"foreground": float(foreground.sum()) / max(int(labeled.sum()), 1),
+            "classes": len(classes)}  # fmt: skip
+
+
+def picked_table(contents: list[dict]) -> str:
+    """Mean over the picked images of all seeds, per round and strategy."""
+    if not contents:
+        return ""
+    lines = [
+        "What each strategy picked, from the picked images' own masks (the labels they get; never "
+        "used to pick), mean over the images of every seed; pool: the images the first round "
+        "picks from.",
+        "",
+        "| round | picked by | images | foreground share (%) | classes per image |",
+        "|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["round"], r["strategy"]) for r in contents})
+    for round_, strategy in keys:
+        mine = [r for r in contents if r["round"] == round_ and r["strategy"] == strategy]
+        share = summarise(r["foreground"] for r in mine)
+        count = summarise(float(r["classes"]) for r in mine)
+        lines.append(
+            f"| {round_ or '-'} | {strategy} | {len(mine)} | {percent(share.mean)} | "
+            f"{count.mean:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot_acquisition(spec: StudySpec, rows: list[dict], path: Path) -> None:
     """Left: mIoU against labeled images, one line per strategy (mean over seeds, sd as bars).
     Right: what the verdict reads, each strategy minus random on the same seed and round (the
@@ -216,6 +293,8 @@ def plot_paired(axes, acquiring: Acquisition, rows: list[dict]) -> None:
 def report_acquisition(spec: StudySpec, out: Path) -> str:
     rows = acquisition_rows(spec, out)
     text = acquisition_table(spec, rows)
+    picked = picked_table(picked_contents(spec, out))
+    text = f"{text}\n\n{picked}" if picked else text
     (out / "study.md").write_text(text + "\n")
     write_json_atomic(out / "study.json", {"spec": spec.__dict__, "rows": rows})
     plot_acquisition(spec, rows, out / "study.png")
