@@ -199,6 +199,23 @@ def test_a_killed_study_resumes_without_redoing_finished_cells(
     assert other.returncode == 2 and "holds a study with other overrides" in other.stderr
 
 
+def test_the_curves_average_finished_runs_only(tmp_path: Path) -> None:
+    # A cell still training has a shorter history: in the mean over seeds it would cut every
+    # curve of its budget short (the dense study's s4GAN D scores once stopped at iteration 300).
+    from s4seg.workflows.study.plots import finished_runs
+
+    spec = StudySpec(config="synthetic-quick", methods=["s4gan"], labels=["12"], seeds=[0, 1])
+    for seed, done in ((0, True), (1, False)):
+        folder = tmp_path / "runs" / Cell("s4gan", "12", seed).name
+        folder.mkdir(parents=True)
+        (folder / "d_scores.csv").write_text("iteration,d_real,d_fake,st_selected,st_batch\n")
+        if done:
+            (folder / "result.json").write_text("{}")
+    runs = finished_runs(spec, tmp_path, "12")
+    assert runs["s4gan"] == [tmp_path / "runs" / "s4gan-12-s0"]
+    assert runs["baseline"] == []
+
+
 @pytest.mark.trains
 def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"

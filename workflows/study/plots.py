@@ -84,10 +84,7 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=False)
     axis_of = dict(zip(panels, [axes] if len(panels) == 1 else list(axes), strict=True))
     for budget in spec.labels:
-        runs = {
-            trainer: [out / "runs" / Cell(trainer, budget, s).name for s in spec.seeds]
-            for trainer in ("baseline", "s4gan", "unimatch", "unimatch-v2", "mlmt")
-        }
+        runs = finished_runs(spec, out, budget)
         trainers = list(dict.fromkeys(METHODS[m].segmenter for m in spec.methods))
         plot_validation(axis_of["val"], budget, {t: runs[t] for t in trainers})
         if "d" in axis_of:
@@ -111,6 +108,19 @@ def plot_curves(spec: StudySpec, out: Path, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def finished_runs(spec: StudySpec, out: Path, budget: str) -> dict[str, list[Path]]:
+    """Each trainer's finished runs at a budget (``result.json`` written): a cell still training
+    has a shorter history, and a mean over seeds stops where the shortest does."""
+    return {
+        trainer: [
+            folder
+            for folder in (out / "runs" / Cell(trainer, budget, s).name for s in spec.seeds)
+            if (folder / "result.json").is_file()
+        ]
+        for trainer in ("baseline", "s4gan", "unimatch", "unimatch-v2", "mlmt")
+    }
 
 
 PANEL_LABELS: dict[str, tuple[str, tuple[float, float] | None]] = {
