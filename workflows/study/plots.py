@@ -50,6 +50,9 @@ def plot_study(spec: StudySpec, rows: list[dict], path: Path) -> None:
         for n, v in zip(points, values, strict=True):
             axis.scatter([n] * len(v), v, color=line.get_color(), s=10, alpha=0.5)
     axis.set_xscale("log")
+    budgets = sorted({r["labeled"] for r in rows})
+    axis.set_xticks(budgets, [str(n) for n in budgets])  # the budgets, not powers of ten
+    axis.minorticks_off()
     axis.set_xlabel("labeled images (log scale)")
     axis.set_ylabel("mIoU (report part of val), %")
     axis.set_title(f"{spec.config}: label efficiency (mean +- sd over seeds)")
