@@ -45,9 +45,11 @@ def test_model_alone_tries_every_engine_and_layout_and_counts_images(
     cores = os.cpu_count() or 1
     for row in rows:
         assert row.threads == max(1, cores // row.instances)
+        # A window lasts until a call finishes in it: a busy machine reads slow, never 0.
         assert len(row.rates) == 2 and all(rate > 0 for rate in row.rates)
-        # Images, not calls: a batch of 8 counts 8 (a rate below one call per window is 0).
-        assert all(rate * 0.3 >= row.batch * 0.9 for rate in row.rates)
+        # Images, not calls: a batch of 8 counts 8.
+        assert len(row.images) == 2
+        assert all(n >= row.batch and n % row.batch == 0 for n in row.images)
 
 
 def test_size_images_are_jpegs_of_each_size() -> None:

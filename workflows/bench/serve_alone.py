@@ -8,7 +8,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ from s4seg.repository import (
 )
 from s4seg.tensors import CLS_IMAGE, IMAGE
 
+CALL_LIMIT_S = 60.0  # a call that takes longer is a stuck engine: its window reads 0
+
 
 @dataclass
 class ModelAlone:
@@ -30,6 +32,7 @@ class ModelAlone:
     threads: int
     batch: int
     rates: list[float]  # images/s in each timed window
+    images: list[int] = field(default_factory=list)  # images finished in each window
 
     @property
     def rate(self) -> float:
@@ -78,15 +81,8 @@ def model_alone(
                 for _ in range(instances)
             ]
             for batch in (1, 4, 8):
-                rows.append(
-                    ModelAlone(
-                        engine,
-                        instances,
-                        threads,
-                        batch,
-                        loop_rates(pipeline, sessions, framed, batch, window, windows),
-                    )
-                )
+                rates, images = loop_rates(pipeline, sessions, framed, batch, window, windows)
+                rows.append(ModelAlone(engine, instances, threads, batch, rates, images))
                 print(
                     f"bench serve: model alone {engine.name} {instances}x{threads} batch "
                     f"{batch}: {rows[-1].rate:.1f} images/s",
@@ -102,7 +98,10 @@ def loop_rates(
     batch: int,
     window: float,
     windows: int,
-) -> list[float]:
+) -> tuple[list[float], list[int]]:
+    """Images/s in each window, and the images finished in it. Every instance finishes a call
+    before the first window (first-call compilation is not timed), and a window lasts until at
+    least one call finishes in it: a slow call on a busy machine gives a low rate, never 0."""
     images = np.repeat(framed.canvas[None], batch, axis=0)
     views = np.repeat(framed.view[None], batch, axis=0)
     done = [0] * len(sessions)
@@ -118,13 +117,19 @@ def loop_rates(
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
     for worker in workers:
         worker.start()
+    deadline = time.perf_counter() + CALL_LIMIT_S
+    while not all(done) and time.perf_counter() < deadline:
+        time.sleep(0.005)
     time.sleep(window / 2)  # warm-up
-    rates = []
+    rates, counts = [], []
     for _ in range(windows):
         before, start = sum(done), time.perf_counter()
         time.sleep(window)
-        rates.append((sum(done) - before) / (time.perf_counter() - start))
+        while sum(done) == before and time.perf_counter() - start < CALL_LIMIT_S:
+            time.sleep(0.005)
+        counts.append(sum(done) - before)
+        rates.append(counts[-1] / (time.perf_counter() - start))
     stop.set()
     for worker in workers:
         worker.join()
-    return rates
+    return rates, counts
