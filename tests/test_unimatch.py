@@ -12,7 +12,7 @@ from helpers import TINY_TRAINING
 from s4seg.training.checkpoint import Checkpoint
 from s4seg.training.config import UniMatchConfig
 from s4seg.training.models import DeepLabV2, DeepLabV3Plus
-from s4seg.training.unimatch import confident_ce, cutmix_box, strong_views
+from s4seg.training.unimatch import class_thresholds, confident_ce, cutmix_box, strong_views
 from s4seg.workflows.cli import main
 
 
@@ -26,6 +26,27 @@ def test_confident_ce_counts_confident_pixels_over_every_unignored_one() -> None
     got = confident_ce(logits, labels, confidence, ignore, 0.95)
     assert torch.isclose(got, 2 * per_pixel / 3)
     assert confident_ce(logits, labels, confidence, ignore, 0.999) == 0
+
+
+def test_class_thresholds_follow_flexmatch_by_hand() -> None:
+    """Ten unpadded pixels (one padded): class 0 confident on 6, class 1 on 2, class 2 on none,
+    2 unsure. beta = sigma / max(6, 2): 1, 1/3, 0; T = beta / (2 - beta) * 0.9."""
+    labels = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1, 2, 1, 0]])
+    confidence = torch.tensor([[0.99] * 8 + [0.5, 0.5, 0.99]])
+    pad = torch.tensor([[False] * 10 + [True]])
+    got = class_thresholds(labels, confidence, pad, 0.9, 3)
+    torch.testing.assert_close(got, torch.tensor([0.9, 0.9 * (1 / 3) / (5 / 3), 0.0]))
+    # The warm-up: while most pixels are unsure (8 of 10), even the surest class is below 0.9.
+    unsure = torch.tensor([[0.99, 0.99] + [0.5] * 8 + [0.99]])
+    warm = class_thresholds(labels, unsure, pad, 0.9, 3)
+    torch.testing.assert_close(warm[0], torch.tensor(0.9 * (2 / 8) / (2 - 2 / 8)))
+    # A class the model is rarely sure of lets in pixels the fixed threshold keeps out.
+    logits = torch.zeros(1, 3, 1, 11)
+    fixed = confident_ce(logits, labels[:, None], confidence[:, None], pad[:, None], 0.9)
+    flexible = confident_ce(
+        logits, labels[:, None], confidence[:, None], pad[:, None], got[labels][:, None]
+    )
+    assert flexible > fixed
 
 
 def test_cutmix_boxes_follow_the_area_and_aspect_limits() -> None:
@@ -115,6 +136,19 @@ def test_the_unimatch_step_sends_each_term_with_its_weight(
         "unimatch.ohem_min_kept=100",
     )
     assert any(not torch.equal(full[k], ohem[k]) for k in full)
+
+
+@pytest.mark.trains
+def test_flexmatch_thresholds_change_the_step(synth_root: Path, tmp_path: Path, capsys) -> None:
+    """At initialisation no pixel reaches 0.95: the fixed rule trains on no unlabeled pixel,
+    FlexMatch's warm-up (every class unsure, every threshold 0) on all of them."""
+    base = ["model.architecture=deeplabv2"]
+    fixed = _one_step(synth_root, tmp_path / "fixed", *base)
+    assert "threshold_fg" not in capsys.readouterr().err
+    flexible = _one_step(synth_root, tmp_path / "flex", *base, "unimatch.threshold_rule=flexmatch")
+    logged = capsys.readouterr().err
+    assert "confident 1 " in logged and "threshold_fg 0 " in logged, logged
+    assert any(not torch.equal(fixed[k], flexible[k]) for k in fixed)
 
 
 def test_pseudo_label_logs_count_foreground_and_its_recall() -> None:

@@ -197,6 +197,21 @@ def test_unimatch_v2_resumes_bit_exact(synth_root: Path, tmp_path: Path) -> None
     assert all(torch.equal(state_a[i]["exp_avg"], state_b[i]["exp_avg"]) for i in state_a)
 
 
+@pytest.mark.trains
+def test_unimatch_v2_takes_flexmatch_thresholds(synth_root: Path, tmp_path: Path, capsys) -> None:
+    """``unimatch.threshold_rule=flexmatch`` reaches V2's unlabeled terms: at initialisation
+    no teacher pixel reaches 0.95, so only the class-wise warm-up trains on them."""
+    _train_v2(synth_root, tmp_path / "fixed", "train.iterations=1")
+    assert "threshold_fg" not in capsys.readouterr().err
+    _train_v2(
+        synth_root, tmp_path / "flex", "train.iterations=1", "unimatch.threshold_rule=flexmatch"
+    )
+    assert "threshold_fg 0 " in capsys.readouterr().err
+    fixed, flex = (Checkpoint.load(tmp_path / n / "last.pt").student for n in ("fixed", "flex"))
+    assert fixed is not None and flex is not None
+    assert any(not torch.equal(fixed[k], flex[k]) for k in fixed)
+
+
 def test_dpt_is_a_segmenter_the_trainers_build() -> None:
     cfg = load_config("synthetic-vit-tiny")
     from s4seg.training.models import segmenter_arch

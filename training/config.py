@@ -147,6 +147,10 @@ class UniMatchConfig(Section):
     ../shared/docs/modern-recipe-notes.md): the public recipe's values."""
 
     threshold: float = 0.95  # softmax confidence a pseudo-labeled pixel needs
+    # fixed: every class at ``threshold`` (the public recipe); flexmatch: class-wise thresholds,
+    # each class's scaled by how many pixels the model labels it confidently (FlexMatch,
+    # Zhang et al. NeurIPS 2021; ``class_thresholds``), so rarely-sure classes get lower ones.
+    threshold_rule: Literal["fixed", "flexmatch"] = "fixed"
     weight_strong: float = 0.5  # split over the two strong views (0.25 each)
     weight_fp: float = 0.5  # the feature-perturbed prediction
     fp_dropout: float = 0.5  # Dropout2d on the encoder's features

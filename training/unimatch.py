@@ -16,7 +16,8 @@ One step (../shared/docs/modern-recipe-notes.md):
 4. Loss = (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) * ``loss_scale`` (the public 0.5, i.e. the
    final /2; 1.0 gives UniMatch the baseline's labeled step at the same lr); each unlabeled term
    is the cross-entropy on pixels at confidence >= 0.95, summed over those and divided by every
-   non-padded pixel.
+   non-padded pixel (``unimatch.threshold_rule: flexmatch``: a threshold per class,
+   ``class_thresholds``).
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ def confident_ce(
     labels: torch.Tensor,
     confidence: torch.Tensor,
     ignore: torch.Tensor,
-    threshold: float,
+    threshold: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Cross-entropy on pixels at ``confidence >= threshold`` and not ``ignore``, summed and
+    """Cross-entropy on pixels at ``confidence >= threshold`` (a number, or one per pixel) and
+    not ``ignore``, summed and
     divided by every non-ignored pixel (not by the confident ones: few confident pixels make a
     small loss, as in the public recipe)."""
     per_pixel = F.cross_entropy(logits, labels, reduction="none")
@@ -136,12 +138,75 @@ def confident_ce(
     return (per_pixel * keep).sum() / (~ignore).sum().clamp_min(1)
 
 
+def class_thresholds(
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+    ignore: torch.Tensor,
+    threshold: float,
+    num_classes: int,
+) -> torch.Tensor:
+    """FlexMatch's class-wise thresholds (Zhang et al., NeurIPS 2021), one per class, from the
+    weak pseudo-labels of a step. sigma_c: the pixels labeled c at ``confidence >= threshold``;
+    beta_c = sigma_c / max(max_c sigma, the pixels below it) (the warm-up: while most pixels
+    are unsure, every class's threshold is low); T_c = beta_c / (2 - beta_c) * threshold (the
+    convex map). The class the model is surest of most often keeps ``threshold``; a class it is
+    rarely sure of gets a lower one, so its pixels reach the unlabeled losses. Counted on the
+    step's batch rather than FlexMatch's memory of every unlabeled sample's last prediction
+    (here one per pixel): no state, so resume stays exact."""
+    keep = ~ignore
+    sure = keep & (confidence >= threshold)
+    sigma = torch.bincount(labels[sure], minlength=num_classes).float()
+    unsure = (keep & ~sure).sum().float()
+    beta = sigma / torch.maximum(sigma.max(), unsure).clamp_min(1)
+    return beta / (2 - beta) * threshold
+
+
+@dataclass
+class Thresholds:
+    """The confidence a pseudo-labeled pixel needs (``unimatch.threshold_rule``): ``fixed`` for
+    every class, or one per class (``class_thresholds``) counted on the step's weak labels."""
+
+    fixed: float
+    per_class: torch.Tensor | None = None
+
+    @classmethod
+    def of_step(
+        cls,
+        u: UniMatchConfig,
+        labels: torch.Tensor,
+        confidence: torch.Tensor,
+        pad: torch.Tensor,
+        num_classes: int,
+    ) -> Thresholds:
+        if u.threshold_rule == "fixed":
+            return cls(u.threshold)
+        return cls(u.threshold, class_thresholds(labels, confidence, pad, u.threshold, num_classes))
+
+    def __call__(self, labels: torch.Tensor) -> float | torch.Tensor:
+        """The threshold of each pixel of ``labels`` (a number where it is the same for all)."""
+        return self.fixed if self.per_class is None else self.per_class[labels]
+
+    def scalars(self, background: int | None) -> Scalars:
+        """``threshold_fg``: the mean of the foreground classes' thresholds (class-wise only)."""
+        if self.per_class is None or background is None:
+            return {}
+        foreground = [c for c in range(len(self.per_class)) if c != background]
+        return {"threshold_fg": self.per_class[foreground].mean()}
+
+
+def labeled_loss(logits: torch.Tensor, y: torch.Tensor, u: UniMatchConfig) -> torch.Tensor:
+    """``unimatch.labeled_loss``: cross-entropy, or OHEM (the Cityscapes recipe)."""
+    if u.labeled_loss == "ohem":
+        return ohem_cross_entropy(logits, y, u.ohem_threshold, u.ohem_min_kept)
+    return F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+
+
 def pseudo_label_scalars(
     labels: torch.Tensor,
     confidence: torch.Tensor,
     pad: torch.Tensor,
     truth: torch.Tensor,
-    threshold: float,
+    threshold: float | torch.Tensor,
     background: int | None,
 ) -> Scalars:
     """What the weak pseudo-labels teach, logged each step: ``confident``, the share of the
@@ -252,20 +317,17 @@ def train_unimatch(
                 segmenter, x, u_w, s1.images, s2.images, u, runtime
             )
             conf_w, label_w = logits_w.detach().softmax(1).max(1)
-
-            if u.labeled_loss == "ohem":
-                loss_x = ohem_cross_entropy(logits_x, y, u.ohem_threshold, u.ohem_min_kept)
-            else:
-                loss_x = F.cross_entropy(logits_x, y, ignore_index=IGNORE_INDEX)
+            needed = Thresholds.of_step(u, label_w, conf_w, pad_u, logits_w.shape[1])
+            loss_x = labeled_loss(logits_x, y, u)
             unlabeled_terms = {}
             for name, logits_s, view in (("loss_s1", logits_s1, s1), ("loss_s2", logits_s2, s2)):
                 labels = torch.where(view.boxes, label_m, label_w)
                 confidence = torch.where(view.boxes, conf_m, conf_w)
                 ignore = torch.where(view.boxes, pad_m, pad_u)
                 unlabeled_terms[name] = confident_ce(
-                    logits_s, labels, confidence, ignore, u.threshold
+                    logits_s, labels, confidence, ignore, needed(labels)
                 )
-            loss_fp = confident_ce(logits_fp, label_w, conf_w, pad_u, u.threshold)
+            loss_fp = confident_ce(logits_fp, label_w, conf_w, pad_u, needed(label_w))
             loss = u.loss_scale * (
                 loss_x
                 + u.weight_strong / 2 * (unlabeled_terms["loss_s1"] + unlabeled_terms["loss_s2"])
@@ -285,9 +347,10 @@ def train_unimatch(
                     conf_w,
                     pad_u,
                     batch_u["audit_mask"].to(runtime.device),
-                    u.threshold,
+                    needed(label_w),
                     run.layout.background_index,
                 ),
+                **needed.scalars(run.layout.background_index),
             }
             return scalars
 

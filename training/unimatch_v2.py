@@ -11,7 +11,8 @@ One step:
    through the student in one pass with complementary dropout on the encoder's taps; the
    labeled batch in a pass of its own.
 4. Loss = (L_x + (L_s1 + L_s2) / 2) * ``unimatch.loss_scale`` (the recipe's 0.5: the final /2);
-   each unlabeled term is the cross-entropy on pixels at confidence >= ``unimatch.threshold``,
+   each unlabeled term is the cross-entropy on pixels at confidence >= ``unimatch.threshold``
+   (or a threshold per class, ``unimatch.threshold_rule: flexmatch``),
    summed and divided by every non-padded pixel.
 5. After the optimiser step, teacher <- m * teacher + (1 - m) * student, parameters and buffers,
    m = min(1 - 1/(t + 1), ``unimatch.ema_max_decay``) at iteration t (0.996: the teacher equals
@@ -28,20 +29,24 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from s4seg import IGNORE_INDEX
 from s4seg.errors import CheckpointError, ConfigError
 
 from .checkpoint import Checkpoint
 from .config import Config
-from .losses import ohem_cross_entropy
 from .mean_teacher import ema_decay, update_teacher
 from .models import upsample_logits
 from .run_support import Log, log_to_stderr, runtime_for
 from .runtime import Runtime
 from .training_run import Scalars
-from .unimatch import UniMatchRun, confident_ce, pseudo_label_scalars, strong_views
+from .unimatch import (
+    Thresholds,
+    UniMatchRun,
+    confident_ce,
+    labeled_loss,
+    pseudo_label_scalars,
+    strong_views,
+)
 
 
 class UniMatchV2Run(UniMatchRun):
@@ -117,20 +122,14 @@ def train_unimatch_v2(
             logits_x = upsample_logits(logits_x.float(), size)
             logits_strong = upsample_logits(logits_s.float(), size).chunk(2)
 
-            if u.labeled_loss == "ohem":
-                loss_x = ohem_cross_entropy(logits_x, y, u.ohem_threshold, u.ohem_min_kept)
-            else:
-                loss_x = F.cross_entropy(logits_x, y, ignore_index=IGNORE_INDEX)
-            terms = [
-                confident_ce(
-                    logits,
-                    torch.where(view.boxes, label_m, label_w),
-                    torch.where(view.boxes, conf_m, conf_w),
-                    torch.where(view.boxes, pad_m, pad_u),
-                    u.threshold,
-                )
-                for logits, view in zip(logits_strong, views, strict=True)
-            ]
+            loss_x = labeled_loss(logits_x, y, u)
+            needed = Thresholds.of_step(u, label_w, conf_w, pad_u, logits_x.shape[1])
+            terms = []
+            for logits, view in zip(logits_strong, views, strict=True):
+                labels = torch.where(view.boxes, label_m, label_w)
+                confidence = torch.where(view.boxes, conf_m, conf_w)
+                ignore = torch.where(view.boxes, pad_m, pad_u)
+                terms.append(confident_ce(logits, labels, confidence, ignore, needed(labels)))
             loss = u.loss_scale * (loss_x + (terms[0] + terms[1]) / 2)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,9 +148,10 @@ def train_unimatch_v2(
                     conf_w,
                     pad_u,
                     batch_unl["audit_mask"].to(runtime.device),
-                    u.threshold,
+                    needed(label_w),
                     run.layout.background_index,
                 ),
+                **needed.scalars(run.layout.background_index),
             }
 
         return run.loop(step, "UniMatch V2 (EMA teacher, complementary dropout)")
