@@ -270,6 +270,7 @@ def test_one_cell_by_index_and_the_dry_run(synth_root: Path, tmp_path: Path) -> 
         ("synthetic-cpu", 24),
         ("synthetic-dense", 24),
         ("synthetic-dense-acquisition", 12),
+        ("synthetic-dense-flexmatch", 12),
         ("voc-unimatch-v2", 36),
     ],
 )
