@@ -703,6 +703,62 @@ def test_readiness_holds_while_the_ensemble_reloads_for_a_switch() -> None:
     assert asked == 1
 
 
+def test_readiness_holds_while_triton_is_slow_to_answer_and_not_when_it_refuses(
+    monkeypatch,
+) -> None:
+    """Under load, while Triton loads a step model, its health query can outlast the timeout
+    though it runs every request: both replicas answered 503 to one probe (tests/test_replicas.py
+    on a saturated CPU). A query that times out within the grace of a ready answer is ready; one
+    never ready, one past the grace, or a refused connection is not."""
+    import asyncio
+
+    from s4seg.serving.gateway import triton_client
+    from s4seg.serving.gateway.triton_client import TritonEnsemble
+
+    monkeypatch.setattr(triton_client, "QUERY_TIMEOUT", 0.05)
+
+    async def check() -> list[tuple[bool, str]]:
+        ensemble = TritonEnsemble("127.0.0.1:1", 1.0)
+        mode = ["slow"]
+
+        async def is_live(*_):
+            if mode[0] == "slow":
+                await asyncio.sleep(1)
+            if mode[0] == "refused":
+                raise ConnectionRefusedError("connection refused")
+            return True
+
+        async def is_ready(*_):
+            return True
+
+        ensemble.client.is_server_live = is_live
+        ensemble.client.is_model_ready = is_ready
+        states = [await ensemble.readiness(max_age=0)]  # slow before it was ever ready
+        mode[0] = "answers"
+        states.append(await ensemble.readiness(max_age=0))
+        mode[0] = "slow"
+        states.append(await ensemble.readiness(max_age=0))
+        mode[0] = "refused"
+        states.append(await ensemble.readiness(max_age=0))
+        mode[0] = "slow"
+        states.append(await ensemble.readiness(max_age=0))  # after a refusal: not ready
+        mode[0] = "answers"
+        await ensemble.readiness(max_age=0)
+        mode[0] = "slow"
+        ensemble._ready_at -= triton_client.SERVED_GRACE  # the ready answer is old now
+        states.append(await ensemble.readiness(max_age=0))
+        await ensemble.close()
+        return states
+
+    never, ready, slow, refused, after_refusal, stale = asyncio.run(check())
+    assert never[0] is False and "has not answered for 0.05 s" in never[1]
+    assert ready == (True, "ready")
+    assert slow[0] is True and "slow to answer" in slow[1], slow
+    assert refused[0] is False and "unreachable" in refused[1]
+    assert after_refusal[0] is False and "has not answered" in after_refusal[1]
+    assert stale[0] is False and "has not answered" in stale[1]
+
+
 def test_strips_are_refused_and_wide_pixels_weigh_more() -> None:
     """Issue 32, item 11 (review M8): a 1 x 40,000,000 strip passed the pixel cap and cost up
     to 165 bytes a pixel to map back; a 16-bit image cost 26 bytes a pixel to decode against

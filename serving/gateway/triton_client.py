@@ -7,6 +7,7 @@ machine (``S4SEG_TRITON_SHARED_MEMORY``); health, readiness and the served versi
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ SERVED_VERSION_TTL = 0.5  # seconds
 # inference meanwhile (503 all the same).
 SERVED_GRACE = 30.0  # seconds
 READINESS_TTL = 1.0  # seconds a readiness answer is reused
+# How long Triton's health and config queries may take. A query that runs out of it (Triton
+# busy: while it loads a step model its health answers wait, though it runs requests) is not a
+# "no": within SERVED_GRACE of a ready answer the replica stays ready (tests/test_replicas.py,
+# on a saturated CPU: both replicas answered 503 to one probe while both served every request).
+QUERY_TIMEOUT = 5.0  # seconds
+READY = (True, "ready")
 
 UNAVAILABLE_HINTS = (
     "unknown model",
@@ -95,6 +102,7 @@ class TritonEnsemble:
         self._fetching = asyncio.Lock()
         self._readiness_seen: tuple[float, tuple[bool, str]] = (-READINESS_TTL, (False, ""))
         self._readiness_lock = asyncio.Lock()
+        self._ready_at = -math.inf  # when Triton last said ready (never, yet)
 
     async def _infer(
         self,
@@ -248,7 +256,7 @@ class TritonEnsemble:
 
     async def _fetch_served_version(self) -> int | None:
         try:
-            config = await asyncio.wait_for(self.client.get_model_config(ENSEMBLE), 5)
+            config = await asyncio.wait_for(self.client.get_model_config(ENSEMBLE), QUERY_TIMEOUT)
         except (TimeoutError, InferenceServerException, aiohttp.ClientError, OSError):
             return None
         versions = config.get("version_policy", {}).get("specific", {}).get("versions", [])
@@ -268,20 +276,40 @@ class TritonEnsemble:
             return answer
 
     async def _readiness(self) -> tuple[bool, str]:
+        """``_health``; a health query that times out (Triton busy) is ready within
+        ``SERVED_GRACE`` of Triton's last plain "ready", so that replicas loading together
+        under load are not all taken out of the Service at once; any "no" forgets that."""
+        try:
+            answer = await self._health()
+        except TimeoutError:
+            since = time.monotonic() - self._ready_at
+            if since < SERVED_GRACE:
+                return True, f"ready (Triton is slow to answer; it was ready {since:.0f} s ago)"
+            return False, f"Triton at {self.url} has not answered for {QUERY_TIMEOUT:g} s"
+        if answer == READY:
+            self._ready_at = time.monotonic()
+        elif not answer[0]:
+            self._ready_at = -math.inf
+        return answer
+
+    async def _health(self) -> tuple[bool, str]:
         """Ready as the segment route serves: while Triton reloads the ensemble (every version
         switch), it answers "not ready" but runs requests; within ``SERVED_GRACE`` of a known
         served version that is ready too, so that replicas switching together are not all
-        taken out of the Service at once (review M4d)."""
+        taken out of the Service at once (review M4d). Raises TimeoutError when a query runs
+        out of ``QUERY_TIMEOUT``."""
         try:
-            if not await asyncio.wait_for(self.client.is_server_live(), 5):
+            if not await asyncio.wait_for(self.client.is_server_live(), QUERY_TIMEOUT):
                 return False, "Triton is not live"
-            if not await asyncio.wait_for(self.client.is_model_ready(ENSEMBLE), 5):
+            if not await asyncio.wait_for(self.client.is_model_ready(ENSEMBLE), QUERY_TIMEOUT):
                 if await self.served_version() is not None:
                     return True, "ready (the ensemble is reloading for a version switch)"
                 return False, f"the '{ENSEMBLE}' ensemble is not ready (nothing published?)"
-        except (TimeoutError, InferenceServerException, aiohttp.ClientError, OSError) as error:
+        except TimeoutError:  # an OSError, but not a refusal: the caller decides
+            raise
+        except (InferenceServerException, aiohttp.ClientError, OSError) as error:
             return False, f"Triton is unreachable at {self.url}: {error or type(error).__name__}"
-        return True, "ready"
+        return READY
 
     async def close(self) -> None:
         if self.pool is not None:
