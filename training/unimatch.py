@@ -130,9 +130,8 @@ def confident_ce(
     threshold: float | torch.Tensor,
 ) -> torch.Tensor:
     """Cross-entropy on pixels at ``confidence >= threshold`` (a number, or one per pixel) and
-    not ``ignore``, summed and
-    divided by every non-ignored pixel (not by the confident ones: few confident pixels make a
-    small loss, as in the public recipe)."""
+    not ``ignore``, summed and divided by every non-ignored pixel (not by the confident ones:
+    few confident pixels make a small loss, as in the public recipe)."""
     per_pixel = F.cross_entropy(logits, labels, reduction="none")
     keep = (confidence >= threshold) & ~ignore
     return (per_pixel * keep).sum() / (~ignore).sum().clamp_min(1)
